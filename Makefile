@@ -1,0 +1,36 @@
+# berth: `make up` starts the platform on the embedded default; `make test` runs every test.
+# Both install what is missing first (a virtualenv in .venv with berth and its dependencies).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install up test test-fast bench proto lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/berth up
+
+# pytest's exit code 5 (no tests collected) is a failure here, as every non-zero code is.
+test: $(STAMP)
+	$(BIN)/python -m pytest -ra --durations=15
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -ra -m "not slow"
+
+bench: $(STAMP)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+proto: $(STAMP)
+	$(BIN)/python -m libs.proto write
+
+clean:
+	rm -rf $(VENV) .berth .pytest_cache
