@@ -1,0 +1,196 @@
+"""The bus: every JetStream stream, subject and durable consumer of berth, declared in one place.
+
+Services build their broker with `make_broker`, declare subscribers with the `JStream` objects and
+durable names below, and publish events with `publish` (which sets `Nats-Msg-Id` for de-duplication
+and carries OpenTelemetry context in the headers through FastStream's telemetry middleware).
+`latest_per_subject` reads the newest message of every subject of a stream: how a service rebuilds
+its in-memory slice on start.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from typing import Any
+
+import nats
+from faststream.nats import JStream, NatsBroker
+from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
+
+from libs.events import Event, decode_event
+from libs.logging import LibraryLogger
+
+DUPLICATE_WINDOW_SECONDS = 120.0
+
+SPECS = JStream(
+    "BERTH_SPECS",
+    subjects=["berth.spec.v1.>"],
+    duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    description="Desired state: SpecApplied and DeploymentDeleted, by deployment id.",
+)
+REPLICAS = JStream(
+    "BERTH_REPLICAS",
+    subjects=["berth.replica.v1.>"],
+    duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    description="Replica lifecycle: started, exited, stopped, by deployment and replica id.",
+)
+HEALTH = JStream(
+    "BERTH_HEALTH",
+    subjects=["berth.health.v1.>"],
+    duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    max_msgs_per_subject=16,
+    description="Replica health (started, ready, live), by deployment and replica id.",
+)
+CONTROL = JStream(
+    "BERTH_CONTROL",
+    subjects=["berth.control.v1.>"],
+    duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    max_age=24 * 3600,
+    description="Requests between services, e.g. restart a replica.",
+)
+STATUS = JStream(
+    "BERTH_STATUS",
+    subjects=["berth.status.v1.>"],
+    duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    max_msgs_per_subject=4,
+    description="Observed deployment status; the registry's read model.",
+)
+METRICS = JStream(
+    "BERTH_METRICS",
+    subjects=["berth.metrics.v1.>"],
+    max_age=3600,
+    description="Request metrics from the router, for the autoscaler and monitoring.",
+)
+ALL_STREAMS: tuple[JStream, ...] = (SPECS, REPLICAS, HEALTH, CONTROL, STATUS, METRICS)
+
+# Subject filters.
+SPEC_EVENTS = "berth.spec.v1.*"
+REPLICA_EVENTS = "berth.replica.v1.*.*"
+HEALTH_EVENTS = "berth.health.v1.*.*"
+RESTART_REQUESTS = "berth.control.v1.restart.*.*"
+STATUS_EVENTS = "berth.status.v1.*"
+REQUEST_METRICS = "berth.metrics.v1.requests.*"
+# Request/reply (core NATS, no stream): the registry asks the scheduler for replica logs.
+# Payload {"deployment_id", "replica_id", "tail", "since"}; reply {"lines": [{"replica_id", "offset", "line"}], "next"}.
+LOGS_RPC = "berth.rpc.v1.logs"
+
+# Durable consumer names: one per (service, subject filter). Renaming one replays its stream.
+DURABLE_SCHEDULER_SPECS = "scheduler-specs"
+DURABLE_SCHEDULER_HEALTH = "scheduler-health"
+DURABLE_SCHEDULER_RESTARTS = "scheduler-restarts"
+DURABLE_HEALTH_REPLICAS = "health-monitor-replicas"
+DURABLE_ROUTER_SPECS = "router-specs"
+DURABLE_ROUTER_HEALTH = "router-health"
+DURABLE_ROUTER_REPLICAS = "router-replicas"
+DURABLE_REGISTRY_STATUS = "registry-status"
+
+# A consumer every instance of a service needs for itself (each router keeps the whole routing table)
+# is named per instance, and expires once its instance is gone for this long.
+PER_INSTANCE_CONSUMER_TTL_SECONDS = 3600.0
+
+
+def per_instance_durable(base: str) -> str:
+    """`base` plus this host's name, as a valid consumer name: one durable consumer per instance."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:48] or "host"
+    return f"{base}-{host}"
+
+
+SECRETS_BUCKET = "berth_secrets"
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+def make_broker(url: str, service: str, **kwargs: Any) -> NatsBroker:
+    """A NatsBroker for one service, with trace context carried in message headers.
+
+    FastStream's own lines go through structlog (JSON like every other line), and its line per
+    handled message at DEBUG: at INFO it would write two lines for every event."""
+    return NatsBroker(
+        url,
+        name=f"berth-{service}",
+        middlewares=[NatsTelemetryMiddleware()],
+        max_reconnect_attempts=-1,
+        logger=LibraryLogger("faststream"),
+        log_level=logging.DEBUG,
+        **kwargs,
+    )
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Create or update every stream berth uses; idempotent, safe to call from each service."""
+    for stream in ALL_STREAMS:
+        config = StreamConfig(
+            name=stream.name,
+            subjects=list(stream.subjects),
+            duplicate_window=stream.config.duplicate_window,
+            max_age=stream.config.max_age,
+            max_msgs_per_subject=stream.config.max_msgs_per_subject,
+            description=stream.config.description,
+        )
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await js.update_stream(config)
+
+
+def event_headers(event: Event, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {MSG_ID_HEADER: event.event_id, **(extra or {})}
+
+
+async def publish(broker: NatsBroker, event: Event, headers: dict[str, str] | None = None) -> None:
+    """Publish an event to JetStream, waiting for the stream's ack; de-duplicated by event id."""
+    await broker.publish(
+        event.model_dump(mode="json"),
+        subject=event.subject(),
+        headers=event_headers(event, headers),
+        stream=_stream_of(event.subject()),
+    )
+
+
+def _stream_of(subject: str) -> str:
+    for stream in ALL_STREAMS:
+        prefix = list(stream.subjects)[0].removesuffix(">")
+        if subject.startswith(prefix):
+            return stream.name
+    raise ValueError(f"no stream holds subject {subject!r}")
+
+
+async def latest_per_subject(
+    js: JetStreamContext, subject_filter: str, timeout: float = 2.0
+) -> list[Event]:
+    """The newest event of every subject matching the filter, oldest first (a state snapshot)."""
+    return await _read_stream(js, subject_filter, DeliverPolicy.LAST_PER_SUBJECT, timeout)
+
+
+async def all_events(js: JetStreamContext, subject_filter: str, timeout: float = 2.0) -> list[Event]:
+    """Every event the stream still holds for the filter, oldest first (e.g. each spec version)."""
+    return await _read_stream(js, subject_filter, DeliverPolicy.ALL, timeout)
+
+
+async def _read_stream(
+    js: JetStreamContext, subject_filter: str, deliver_policy: DeliverPolicy, timeout: float
+) -> list[Event]:
+    sub = await js.pull_subscribe(
+        subject_filter,
+        stream=_stream_of(subject_filter),
+        config=ConsumerConfig(deliver_policy=deliver_policy, inactive_threshold=30),
+    )
+    events: list[Event] = []
+    try:
+        while True:
+            pending = (await sub.consumer_info()).num_pending or 0
+            if pending == 0:  # everything delivered (acks may still be in flight)
+                break
+            try:  # ask for no more than is pending: a larger batch waits out the whole timeout
+                messages = await sub.fetch(batch=min(256, pending), timeout=timeout)
+            except TimeoutError:
+                break
+            for message in messages:
+                events.append(decode_event(message.data))
+                await message.ack()
+    finally:
+        await sub.unsubscribe()
+    return events

@@ -1,0 +1,76 @@
+"""berth settings, read from ``BERTH_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BERTH_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".berth"), description="State of the embedded default.")
+    nats_url: str | None = Field(
+        default=None, description="Existing NATS server; when unset `berth up` starts its own."
+    )
+    nats_port: int = Field(default=4333, description="Port of the nats-server that `berth up` starts.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; SQLite in the data directory when unset."
+    )
+    runtime: Literal["local", "kubernetes"] = "local"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    router_host: str = "127.0.0.1"
+    router_port: int = 8000
+    ops_host: str = Field(default="127.0.0.1", description="Interface of /healthz and /metrics (0.0.0.0 in a container).")
+    scheduler_ops_port: int = Field(default=8091, description="/healthz and /metrics of the scheduler.")
+    health_monitor_ops_port: int = Field(default=8092, description="/healthz and /metrics of the health-monitor.")
+    router_metrics_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often the router publishes RequestMetricsReported."
+    )
+    # ip-hash keys on the socket peer unless the router sits behind a proxy that sets X-Forwarded-For.
+    router_trust_forwarded_for: bool = False
+    # `berth up` sets this: stopping berth stops its replicas. A scheduler run on its own leaves them
+    # running so that the next scheduler adopts them (an upgrade must not take the endpoints down).
+    stop_replicas_on_exit: bool = False
+
+    # The token `berth up` creates for the `default` project on first start; the CLI reads it too.
+    token: str | None = None
+    api_url: str | None = None
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    reconcile_interval_seconds: float = 10.0
+    stop_grace_seconds: float = 10.0
+
+    @property
+    def token_file(self) -> Path:
+        return self.data_dir / "token"
+
+    def resolved_token(self) -> str | None:
+        if self.token:
+            return self.token
+        return self.token_file.read_text().strip() if self.token_file.exists() else None
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'berth.db').resolve()}"
+
+    @property
+    def resolved_api_url(self) -> str:
+        return self.api_url or f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def resolved_nats_url(self) -> str:
+        return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,231 @@
+"""Every event on the bus, defined once. Events are facts in the past tense and carry a version.
+
+Each event names its own subject (`subject()`) and its de-duplication id (`event_id`, sent as the
+`Nats-Msg-Id` header). Subjects end in the ids they are about, so a consumer with the
+"last per subject" deliver policy reads the current state of every deployment or replica; that is
+how a service rebuilds its slice on start.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from libs.spec import DeploymentSpec, HealthChecks
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # newer producers may add fields; old consumers keep working
+
+    type: ClassVar[str]
+    subject_template: ClassVar[str]  # formatted with the event's fields; ends in the ids it is about
+    version: int = 1
+    event_id: str = Field(default_factory=new_id)
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+    def subject(self) -> str:
+        return self.subject_template.format(**self.__dict__)
+
+
+# -- spec-registry ---------------------------------------------------------------------------------
+
+
+class DeploymentRef(BaseModel):
+    deployment_id: str
+    project: str
+    slug: str
+
+
+class SpecApplied(Event, DeploymentRef):
+    """A spec version was accepted: the desired state of a deployment is now `spec`."""
+
+    type: ClassVar[str] = "spec.applied"
+    subject_template: ClassVar[str] = "berth.spec.v1.{deployment_id}"
+    kind: Literal["spec.applied"] = "spec.applied"
+    name: str
+    spec_id: str
+    spec_version: int
+    spec: DeploymentSpec
+
+
+class DeploymentDeleted(Event, DeploymentRef):
+    """A deployment was deleted: every replica goes and its endpoint answers 404."""
+
+    type: ClassVar[str] = "deployment.deleted"
+    subject_template: ClassVar[str] = "berth.spec.v1.{deployment_id}"
+    kind: Literal["deployment.deleted"] = "deployment.deleted"
+
+
+SpecEvent = SpecApplied | DeploymentDeleted
+
+
+# -- scheduler: replica lifecycle ------------------------------------------------------------------
+
+
+class ReplicaRef(DeploymentRef):
+    replica_id: str
+    spec_id: str
+
+
+class ReplicaStarted(Event, ReplicaRef):
+    """A replica process (or pod) started; `ports` maps each spec port to where it is reachable."""
+
+    type: ClassVar[str] = "replica.started"
+    subject_template: ClassVar[str] = "berth.replica.v1.{deployment_id}.{replica_id}"
+    kind: Literal["replica.started"] = "replica.started"
+    host: str
+    ports: dict[int, int]
+    primary_port: int
+    restart_count: int = 0
+    health_checks: HealthChecks = Field(default_factory=HealthChecks)
+
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.ports[self.primary_port]}"
+
+
+class ReplicaExited(Event, ReplicaRef):
+    """The replica's process ended on its own (crash or exit); the runtime will restart it."""
+
+    type: ClassVar[str] = "replica.exited"
+    subject_template: ClassVar[str] = "berth.replica.v1.{deployment_id}.{replica_id}"
+    kind: Literal["replica.exited"] = "replica.exited"
+    exit_code: int | None
+    restart_count: int
+    next_restart_in_seconds: float | None = None
+    log_tail: list[str] = Field(default_factory=list)
+
+
+class ReplicaStopped(Event, ReplicaRef):
+    """The replica was stopped on purpose (scale down, replacement, stop, delete) and is gone."""
+
+    type: ClassVar[str] = "replica.stopped"
+    subject_template: ClassVar[str] = "berth.replica.v1.{deployment_id}.{replica_id}"
+    kind: Literal["replica.stopped"] = "replica.stopped"
+    reason: str
+
+
+ReplicaEvent = ReplicaStarted | ReplicaExited | ReplicaStopped
+
+
+# -- health-monitor --------------------------------------------------------------------------------
+
+
+class ProbeResult(BaseModel):
+    probe: Literal["startup", "readiness", "liveness", "tcp"]
+    ok: bool
+    status_code: int | None = None
+    error: str | None = None
+    at: datetime = Field(default_factory=utcnow)
+
+
+class ReplicaHealthChanged(Event, ReplicaRef):
+    """The health of a replica changed (started, ready or live flipped)."""
+
+    type: ClassVar[str] = "replica.health_changed"
+    subject_template: ClassVar[str] = "berth.health.v1.{deployment_id}.{replica_id}"
+    kind: Literal["replica.health_changed"] = "replica.health_changed"
+    address: str
+    started: bool
+    ready: bool
+    live: bool
+    last_probe: ProbeResult | None = None
+    restart_count: int = Field(default=0, description="The process of the replica this is about.")
+
+
+class ReplicaRestartRequested(Event, ReplicaRef):
+    """A replica must be restarted (liveness or startup failed its threshold)."""
+
+    type: ClassVar[str] = "replica.restart_requested"
+    subject_template: ClassVar[str] = "berth.control.v1.restart.{deployment_id}.{replica_id}"
+    kind: Literal["replica.restart_requested"] = "replica.restart_requested"
+    reason: str
+
+
+# -- scheduler: status read model ------------------------------------------------------------------
+
+Phase = Literal["Provisioning", "Ready", "Degraded", "Stopped", "Failed", "CrashLoopBackOff", "Deleted"]
+
+
+class ReplicaStatus(BaseModel):
+    replica_id: str
+    spec_id: str
+    address: str | None = None
+    state: Literal["starting", "running", "exited", "backoff", "stopping"] = "starting"
+    started: bool = False
+    ready: bool = False
+    live: bool = False
+    restart_count: int = 0
+    last_exit_code: int | None = None
+    last_probe: ProbeResult | None = None
+    log_tail: list[str] = Field(default_factory=list)
+
+
+class DeploymentStatusChanged(Event, DeploymentRef):
+    """The observed state of a deployment, as the scheduler sees it; the registry's read model."""
+
+    type: ClassVar[str] = "deployment.status_changed"
+    subject_template: ClassVar[str] = "berth.status.v1.{deployment_id}"
+    kind: Literal["deployment.status_changed"] = "deployment.status_changed"
+    spec_id: str | None
+    phase: Phase
+    reason: str = ""
+    desired_replicas: int
+    ready_replicas: int
+    replicas: list[ReplicaStatus] = Field(default_factory=list)
+    not_provided: list[str] = Field(default_factory=list, description="What this runtime could not give.")
+
+
+# -- router ----------------------------------------------------------------------------------------
+
+LATENCY_BUCKETS_SECONDS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"),
+)
+
+
+class RequestMetricsReported(Event, DeploymentRef):
+    """Requests the router served for one deployment over the last window."""
+
+    type: ClassVar[str] = "metrics.requests_reported"
+    subject_template: ClassVar[str] = "berth.metrics.v1.requests.{deployment_id}"
+    kind: Literal["metrics.requests_reported"] = "metrics.requests_reported"
+    window_seconds: float
+    requests: int
+    errors: int = Field(description="Responses with status >= 500 and upstream failures.")
+    latency_sum_seconds: float
+    latency_buckets: list[int] = Field(description="Counts per LATENCY_BUCKETS_SECONDS upper bound.")
+    in_flight: int = 0
+
+
+ALL_EVENTS: tuple[type[Event], ...] = (
+    SpecApplied,
+    DeploymentDeleted,
+    ReplicaStarted,
+    ReplicaExited,
+    ReplicaStopped,
+    ReplicaHealthChanged,
+    ReplicaRestartRequested,
+    DeploymentStatusChanged,
+    RequestMetricsReported,
+)
+_BY_KIND: dict[str, type[Event]] = {cls.type: cls for cls in ALL_EVENTS}
+
+
+def decode_event(payload: bytes | str | dict[str, Any]) -> Event:
+    """Decode any event by its `kind` field."""
+    from pydantic import TypeAdapter
+
+    data = TypeAdapter(dict[str, Any]).validate_json(payload) if not isinstance(payload, dict) else payload
+    return _BY_KIND[data["kind"]].model_validate(data)

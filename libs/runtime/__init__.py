@@ -1,0 +1,16 @@
+"""Runtime adapters. `make_runtime` picks one from settings."""
+
+from __future__ import annotations
+
+from libs.config import Settings
+from libs.runtime.base import Replica, Runtime, Usage, Workload
+
+__all__ = ["Replica", "Runtime", "Usage", "Workload", "make_runtime"]
+
+
+def make_runtime(settings: Settings) -> Runtime:
+    if settings.runtime == "local":
+        from libs.runtime.local import LocalRuntime
+
+        return LocalRuntime(settings.data_dir / "replicas", grace_seconds=settings.stop_grace_seconds)
+    raise NotImplementedError("the kubernetes runtime adapter is not built yet")

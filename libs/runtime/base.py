@@ -1,0 +1,134 @@
+"""The Runtime: where replicas actually run. One interface, two adapters (`local`, `kubernetes`).
+
+The unit is a *workload*: one replica set of one spec version, as a Kubernetes Deployment is. The
+scheduler says what workloads should exist (`apply`, `delete`); the runtime keeps that many replicas
+running, restarts a replica whose process exits (with exponential back-off, as the kubelet does), and
+reports what actually runs (`replicas`). The mapping to Kubernetes is one to one:
+
+    apply(workload)       -> create/patch Deployment + Service (+ Secret for env)
+    delete(name)          -> delete Deployment, Service, Secret
+    workloads()           -> list Deployments labelled berth
+    replicas(name)        -> list Pods of the Deployment, with their status
+    restart(replica_id)   -> delete the Pod (its Deployment starts a new one) / restart the process
+    logs(replica_id)      -> read_namespaced_pod_log
+    usage(replica_id)     -> metrics.k8s.io
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol
+
+ReplicaState = Literal["starting", "running", "exited", "backoff", "stopping"]
+
+RESTART_BACKOFF_INITIAL_SECONDS = 10.0
+RESTART_BACKOFF_MAX_SECONDS = 300.0
+RESTART_BACKOFF_RESET_SECONDS = 600.0
+
+
+def restart_backoff(consecutive_failures: int, initial: float = RESTART_BACKOFF_INITIAL_SECONDS) -> float:
+    """Delay before restart number `consecutive_failures` (1-based): 10 s, 20 s, 40 s ... 5 min."""
+    if consecutive_failures <= 0:
+        return 0.0
+    return min(initial * 2 ** (consecutive_failures - 1), RESTART_BACKOFF_MAX_SECONDS)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Desired state of one replica set: a spec version of a deployment, with secrets resolved."""
+
+    name: str  # unique runtime name: f"{project}-{slug}-{spec_id[:8]}", DNS-1123
+    deployment_id: str
+    project: str
+    slug: str
+    spec_id: str
+    replicas: int
+    command: tuple[str, ...]
+    image: str
+    env: dict[str, str]  # values already resolved; never logged
+    ports: tuple[int, ...]  # spec ports; the first receives traffic
+    cpu: float | None = None
+    memory_gb: float | None = None
+    gpu_count: int = 0
+    gpu_type: str | None = None
+    machine_type: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Replica:
+    """One running (or restarting) replica of a workload, as the runtime observes it."""
+
+    replica_id: str
+    workload: str
+    deployment_id: str
+    spec_id: str
+    host: str
+    ports: dict[int, int]  # spec port -> reachable port
+    state: ReplicaState
+    pid: int | None = None
+    restart_count: int = 0
+    last_exit_code: int | None = None
+    started_at: datetime | None = None
+    next_restart_at: datetime | None = None
+
+
+ReplicaEventKind = Literal["started", "exited", "stopped"]
+# Called by the runtime when a replica started (or restarted), exited on its own, or was stopped on
+# purpose, with the replica as it is after the change and, for exited/stopped, the exit code when known.
+ReplicaEventHook = Callable[[ReplicaEventKind, "Replica", int | None], Awaitable[None]]
+
+
+class InvalidWorkload(ValueError):
+    """The runtime cannot run this workload at all (e.g. it has no command); the message says why."""
+
+
+class ReplicaNotFound(LookupError):
+    """No replica with this id runs here."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_percent: float  # of the cores requested (or of one core when none were)
+    memory_percent: float  # of the memory requested (or of the machine when none was)
+    memory_bytes: int
+
+
+class Runtime(Protocol):
+    # Set before start(); see ReplicaEventHook. The scheduler publishes replica events from it.
+    on_replica_event: ReplicaEventHook | None
+
+    async def start(self) -> None:
+        """Connect, and adopt replicas that are still running from before a restart."""
+
+    async def close(self, stop_replicas: bool = False) -> None:
+        """Let go of the runtime; with stop_replicas, stop every replica first (berth shutting down)."""
+
+    def not_provided(self, workload: Workload) -> list[str]:
+        """What of the workload's resources this runtime cannot give (e.g. a GPU), for status."""
+
+    async def apply(self, workload: Workload) -> None:
+        """Create the workload or bring it to `workload.replicas`; idempotent."""
+
+    async def delete(self, name: str) -> None:
+        """Stop every replica of the workload (graceful: SIGTERM, then SIGKILL) and forget it."""
+
+    async def workloads(self) -> list[Workload]:
+        """Every workload this runtime holds."""
+
+    async def replicas(self, name: str | None = None) -> list[Replica]:
+        """Replicas of one workload, or of all."""
+
+    async def restart(self, replica_id: str) -> None:
+        """Kill the replica and start it again, keeping its id and counting the restart."""
+
+    async def logs(self, replica_id: str, tail: int = 100) -> list[str]:
+        """The last `tail` lines of the replica's output."""
+
+    def follow_logs(self, replica_id: str) -> AsyncIterator[str]:
+        """New lines of the replica's output as they are written."""
+
+    async def usage(self, replica_id: str) -> Usage | None:
+        """CPU and memory of the replica now, or None when it is not running."""

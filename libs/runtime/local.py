@@ -1,0 +1,607 @@
+"""The local runtime: each replica is an OS process on this machine, supervised through a shim.
+
+    runtime = LocalRuntime(data_dir / "replicas", grace_seconds=10, on_replica_event=hook)
+    await runtime.start()          # adopts replicas still running from before
+    await runtime.apply(workload)  # creates / scales; idempotent
+    ...
+    await runtime.close(stop_replicas=settings.stop_replicas_on_exit)
+
+A replica is `python -I libs/runtime/shim.py --dir <state_dir>/<replica_id> ... -- <command>`, started
+in a session of its own so that it outlives the scheduler (see libs/runtime/shim.py). Its directory is
+the command's working directory and holds `output.log` (rotated), the command's `pid` and `exit_code`
+(written by the shim) and `replica.json` (written here: ports, shim pid and create time, restarts).
+`_workloads/<name>.json` (mode 0600: it holds resolved secrets) keeps each workload, so that a new
+runtime on the same directory knows what should run: `start()` adopts every shim still alive (pid and
+create time match, so a reused pid is never mistaken for it), restarts replicas whose shim died while
+nobody watched, terminates shims of replicas nobody knows, and brings each workload to its count.
+
+Every spec port gets a free host port, kept across restarts: PORT is the first one's, PORT_<spec port>
+each one's, and `$PORT` / `${PORT}` / `$PORT_<spec port>` in the command's arguments are replaced.
+The command also gets BERTH_REPLICA_ID, BERTH_DEPLOYMENT_ID and BERTH_SPEC_ID, and the workload's env
+over this process's environment minus BERTH_* (the scheduler's own settings may hold tokens).
+
+A replica whose command exits is restarted with the same id and ports after restart_backoff (10 s,
+20 s ... 5 min; back to the start once it ran 10 min). `on_replica_event(kind, replica, exit_code)` is
+awaited on each change: "started" (first start and each restart), "exited" (on its own; the replica is
+then in state "backoff" with next_restart_at), "stopped" (on purpose: scale down, delete,
+close(stop_replicas=True); restart() is an "exited" then a "started"), after which the replica's
+directory, logs included, is gone. Errors of the hook are logged, never raised here.
+`Replica.pid` is the shim's pid: signalling it stops the replica gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import string
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from libs.events import utcnow
+from libs.logging import get_logger
+from libs.natsd import free_port
+from libs.runtime import shim
+from libs.runtime.base import (
+    RESTART_BACKOFF_INITIAL_SECONDS,
+    RESTART_BACKOFF_RESET_SECONDS,
+    InvalidWorkload,
+    Replica,
+    ReplicaEventHook,
+    ReplicaEventKind,
+    ReplicaNotFound,
+    Usage,
+    Workload,
+    restart_backoff,
+)
+from libs.runtime.logfiles import follow, tail_lines
+from libs.runtime.processes import alive, detect_gpus, find_process, send_signal, wait_exited
+
+HOST = "127.0.0.1"
+WORKLOADS_DIR = "_workloads"  # not a DNS-1123 name: no replica directory can be called so
+STATE_FILE = "replica.json"
+SHIM_LOG = "shim.log"
+GIB = 1024**3
+CPU_SAMPLE_SECONDS = 0.1
+STOP_MARGIN_SECONDS = 5.0  # past the grace period, a shim that has not exited is killed itself
+_PORT_REF = re.compile(r"\$(?:\{(PORT(?:_\d+)?)\}|(PORT(?:_\d+)?)\b)")
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+log = get_logger(__name__)
+
+
+# -- pure helpers ---------------------------------------------------------------------------------
+
+
+def port_env(ports: dict[int, int]) -> dict[str, str]:
+    """PORT (the first spec port's host port) and PORT_<spec port> for each."""
+    env = {f"PORT_{spec}": str(host) for spec, host in ports.items()}
+    if ports:
+        env["PORT"] = str(next(iter(ports.values())))
+    return env
+
+
+def substitute_ports(args: Iterable[str], ports: dict[str, str]) -> list[str]:
+    """Replace $PORT, ${PORT}, $PORT_8000, ${PORT_8000}; every other `$` is left as it is."""
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        return ports.get(name, match.group(0))
+
+    return [_PORT_REF.sub(value, arg) for arg in args]
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+# -- one supervised replica -----------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Supervised:
+    """A replica and what it takes to watch it; `replica` is the view the runtime hands out (copied)."""
+
+    replica: Replica
+    dir: Path
+    created_at: datetime
+    consecutive_failures: int = 0
+    shim: psutil.Process | None = None
+    popen: subprocess.Popen[bytes] | None = None  # set when the shim is our own child, to reap it
+    restart_requested: bool = False
+    task: asyncio.Task[None] | None = None
+    stop_task: asyncio.Task[int | None] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    restart_waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    cpu_meters: dict[int, psutil.Process] = field(default_factory=dict)
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_task is not None
+
+    def save(self) -> None:
+        r = self.replica
+        state = {
+            "replica_id": r.replica_id,
+            "workload": r.workload,
+            "deployment_id": r.deployment_id,
+            "spec_id": r.spec_id,
+            "host": r.host,
+            "ports": {str(spec): host for spec, host in r.ports.items()},
+            "created_at": self.created_at.isoformat(),
+            "started_at": r.started_at.isoformat() if r.started_at else None,
+            "restart_count": r.restart_count,
+            "consecutive_failures": self.consecutive_failures,
+            "last_exit_code": r.last_exit_code,
+            "next_restart_at": r.next_restart_at.isoformat() if r.next_restart_at else None,
+            "shim_pid": self.shim.pid if self.shim else None,
+            "shim_create_time": self.shim.create_time() if self.shim else None,
+        }
+        shim.write_atomically(self.dir / STATE_FILE, json.dumps(state, indent=1))
+
+    @classmethod
+    def load(cls, directory: Path) -> _Supervised | None:
+        try:
+            state: dict[str, Any] = json.loads((directory / STATE_FILE).read_text())
+            started_at, next_restart_at = state["started_at"], state["next_restart_at"]
+            replica = Replica(
+                replica_id=state["replica_id"],
+                workload=state["workload"],
+                deployment_id=state["deployment_id"],
+                spec_id=state["spec_id"],
+                host=state["host"],
+                ports={int(spec): host for spec, host in state["ports"].items()},
+                state="running",
+                restart_count=state["restart_count"],
+                last_exit_code=state["last_exit_code"],
+                started_at=datetime.fromisoformat(started_at) if started_at else None,
+                next_restart_at=datetime.fromisoformat(next_restart_at) if next_restart_at else None,
+            )
+            supervised = cls(
+                replica,
+                directory,
+                datetime.fromisoformat(state["created_at"]),
+                consecutive_failures=state["consecutive_failures"],
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # never got as far as a whole state file: nothing ran from it
+        supervised.shim = find_process(state["shim_pid"], state["shim_create_time"])
+        if supervised.shim is not None:
+            supervised.replica.pid = supervised.shim.pid
+        elif replica.started_at is None:
+            replica.state = "starting"  # created, never launched
+        elif state["shim_pid"] is None:
+            replica.state = "backoff"  # its exit is counted already; next_restart_at says when
+        else:
+            replica.state = "exited"  # ended while nobody watched
+        return supervised
+
+
+# -- the runtime ----------------------------------------------------------------------------------
+
+
+class LocalRuntime:
+    """Replicas as OS processes on this machine (see the module docstring)."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        grace_seconds: float = 10.0,
+        *,
+        backoff_initial_seconds: float = RESTART_BACKOFF_INITIAL_SECONDS,
+        backoff_reset_seconds: float = RESTART_BACKOFF_RESET_SECONDS,
+        log_max_bytes: int = shim.LOG_MAX_BYTES,
+        log_backups: int = shim.LOG_BACKUPS,
+        on_replica_event: ReplicaEventHook | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir).absolute()
+        self.grace_seconds = grace_seconds
+        self.backoff_initial_seconds = backoff_initial_seconds
+        self.backoff_reset_seconds = backoff_reset_seconds
+        self.log_max_bytes = log_max_bytes
+        self.log_backups = log_backups
+        self.on_replica_event = on_replica_event
+        self._workloads: dict[str, Workload] = {}
+        self._replicas: dict[str, _Supervised] = {}
+        self._gpus: int | None = None
+        self._closing = False
+
+    # -- lifecycle --
+
+    async def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / WORKLOADS_DIR).mkdir(mode=0o700, exist_ok=True)
+        self._workloads = {w.name: w for w in self._load_workloads()}
+        orphans: list[_Supervised] = []
+        for directory in sorted(
+            p for p in self.state_dir.iterdir() if p.is_dir() and p.name != WORKLOADS_DIR
+        ):
+            supervised = _Supervised.load(directory)
+            if supervised is None:
+                shutil.rmtree(directory, ignore_errors=True)
+                continue
+            self._replicas[supervised.replica.replica_id] = supervised
+            launch = supervised.replica.state == "starting"
+            supervised.task = asyncio.create_task(self._supervise(supervised, launch=launch))
+            if supervised.replica.workload not in self._workloads:
+                orphans.append(supervised)  # its workload was deleted while this one kept running
+            log.info("replica adopted" if supervised.shim else "replica found ended", **self._ids(supervised))
+        self._terminate_unknown_shims()
+        await asyncio.gather(*(self._stop(s) for s in orphans))
+        for workload in self._workloads.values():
+            await self._scale(workload)
+
+    async def close(self, stop_replicas: bool = False) -> None:
+        # From now on no replica is created: a reconcile still under way must not start one after
+        # the stop below has looked, which would leave it running with nobody to stop it.
+        self._closing = True
+        if stop_replicas:
+            while self._replicas:
+                await asyncio.gather(*(self._stop(s) for s in list(self._replicas.values())))
+            return
+        supervised = list(self._replicas.values())
+        for s in supervised:  # let go: the shims run on, for the next runtime to adopt
+            if s.task is not None:
+                s.task.cancel()
+        await asyncio.gather(*(s.task for s in supervised if s.task is not None), return_exceptions=True)
+        self._replicas.clear()
+
+    # -- desired state --
+
+    async def apply(self, workload: Workload) -> None:
+        if not workload.command:
+            raise InvalidWorkload(
+                f"workload {workload.name} has no command: the local runtime runs the spec's command"
+            )
+        if workload.replicas < 0:
+            raise InvalidWorkload(f"workload {workload.name} asks for {workload.replicas} replicas")
+        self._workloads[workload.name] = workload
+        self._save_workload(workload)
+        await self._scale(workload)
+
+    async def delete(self, name: str) -> None:
+        self._workloads.pop(name, None)
+        (self.state_dir / WORKLOADS_DIR / f"{name}.json").unlink(missing_ok=True)
+        await asyncio.gather(*(self._stop(s) for s in self._of(name)))
+
+    async def workloads(self) -> list[Workload]:
+        return list(self._workloads.values())
+
+    async def replicas(self, name: str | None = None) -> list[Replica]:
+        return [
+            replace(s.replica, ports=dict(s.replica.ports))
+            for s in self._replicas.values()
+            if name is None or s.replica.workload == name
+        ]
+
+    async def restart(self, replica_id: str) -> None:
+        """Stop gracefully and start again at once; repeated restarts back off like crashes do."""
+        supervised = self._get(replica_id)
+        if supervised.stopping:
+            return
+        restarted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        supervised.restart_waiters.append(restarted)
+        supervised.restart_requested = True
+        if supervised.shim is not None:
+            send_signal(supervised.shim, signal.SIGTERM)
+        else:
+            supervised.wake.set()  # waiting in back-off: start now
+        await restarted
+
+    def not_provided(self, workload: Workload) -> list[str]:
+        missing = []
+        if workload.machine_type:
+            missing.append(f"machineType {workload.machine_type} (local runtime runs on this machine's CPU)")
+        if workload.gpu_count > 0:
+            if self._gpus is None:
+                self._gpus = detect_gpus()
+            if workload.gpu_count > self._gpus:
+                gpus = f"{workload.gpu_count} GPU{'s' if workload.gpu_count > 1 else ''}"
+                if workload.gpu_type:
+                    gpus += f" of type {workload.gpu_type}"
+                missing.append(f"{gpus} (this machine has {self._gpus or 'none'})")
+        cores = psutil.cpu_count() or 1
+        if workload.cpu and workload.cpu > cores:
+            missing.append(f"{workload.cpu:g} CPU cores (this machine has {cores})")
+        memory_gb = psutil.virtual_memory().total / GIB
+        if workload.memory_gb and workload.memory_gb > memory_gb:
+            missing.append(f"{workload.memory_gb:g} GB of memory (this machine has {memory_gb:.1f} GB)")
+        return missing
+
+    # -- observation --
+
+    async def logs(self, replica_id: str, tail: int = 100) -> list[str]:
+        return await asyncio.to_thread(tail_lines, self._log_files(self._get(replica_id)), tail)
+
+    def follow_logs(self, replica_id: str) -> AsyncIterator[str]:
+        """Lines written from now on, across rotations, until the replica is gone."""
+        supervised = self._get(replica_id)
+        return follow(supervised.dir / shim.OUTPUT_LOG, lambda: self._replicas.get(replica_id) is supervised)
+
+    async def usage(self, replica_id: str) -> Usage | None:
+        """CPU and memory of the command's process tree (the shim itself is not counted)."""
+        supervised = self._get(replica_id)
+        if supervised.shim is None or not alive(supervised.shim):
+            return None
+        try:
+            tree = supervised.shim.children(recursive=True)
+        except psutil.Error:
+            return None
+        meters = supervised.cpu_meters
+        fresh = [p for p in tree if p.pid not in meters]
+        for process in fresh:  # psutil measures CPU between two calls: the first one only starts
+            meters[process.pid] = process
+            with contextlib.suppress(psutil.Error):
+                process.cpu_percent(None)
+        if fresh:
+            await asyncio.sleep(CPU_SAMPLE_SECONDS)
+        cpu = 0.0
+        memory = 0
+        for process in tree:
+            with contextlib.suppress(psutil.Error):
+                cpu += meters[process.pid].cpu_percent(None)
+                memory += process.memory_info().rss
+        for pid in set(meters) - {p.pid for p in tree}:
+            del meters[pid]
+        workload = self._workloads.get(supervised.replica.workload)
+        cores = workload.cpu if workload and workload.cpu else 1.0
+        memory_limit = (
+            workload.memory_gb * GIB if workload and workload.memory_gb else psutil.virtual_memory().total
+        )
+        return Usage(
+            cpu_percent=cpu / cores, memory_percent=100.0 * memory / memory_limit, memory_bytes=memory
+        )
+
+    # -- supervision --
+
+    async def _supervise(self, s: _Supervised, launch: bool) -> None:
+        """One replica's life: start it, wait for its shim to end, restart it after the back-off."""
+        try:
+            if launch and not s.stopping:
+                self._launch(s)
+                self._notify_restarted(s)
+                await self._emit("started", s, None)
+            while True:
+                if s.shim is not None:
+                    await wait_exited(s.shim)
+                    if s.popen is not None:
+                        s.popen.wait()  # our own child: reap it
+                    s.shim, s.popen = None, None
+                if s.stopping:
+                    return
+                if s.replica.state != "backoff":  # an exit not counted yet
+                    exit_code = _read_int(s.dir / shim.EXIT_CODE_FILE)
+                    delay = self._record_exit(s, exit_code)
+                    log.info("replica exited", exit_code=exit_code, restart_in_seconds=delay, **self._ids(s))
+                    await self._emit("exited", s, exit_code)
+                await self._back_off(s)
+                if s.stopping:
+                    return
+                self._launch(s)
+                self._notify_restarted(s)
+                await self._emit("started", s, None)
+        except Exception:
+            log.exception("replica supervision failed", **self._ids(s))
+            raise
+        finally:
+            self._notify_restarted(s)
+
+    async def _back_off(self, s: _Supervised) -> None:
+        """Until next_restart_at, unless restart() or a stop cuts it short."""
+        assert s.replica.next_restart_at is not None
+        delay = (s.replica.next_restart_at - utcnow()).total_seconds()
+        if delay > 0:
+            self._notify_restarted(s)  # restart() returns once the replica waits here
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):  # not wait_for: it can swallow a cancel on 3.11
+                    await s.wake.wait()
+
+    def _record_exit(self, s: _Supervised, exit_code: int | None) -> float:
+        """Count the failure and return the back-off before the next start."""
+        now = utcnow()
+        started = s.replica.started_at
+        if started is not None and (now - started).total_seconds() >= self.backoff_reset_seconds:
+            s.consecutive_failures = 0  # it ran long enough to count as healthy
+        s.consecutive_failures += 1
+        # A requested restart (liveness) starts again at once; only repeated ones wait.
+        failures = s.consecutive_failures - (1 if s.restart_requested else 0)
+        delay = restart_backoff(failures, self.backoff_initial_seconds)
+        s.replica.state = "backoff"
+        s.replica.pid = None
+        s.replica.last_exit_code = exit_code
+        s.replica.next_restart_at = now + timedelta(seconds=delay)
+        s.save()
+        return delay
+
+    def _launch(self, s: _Supervised) -> None:
+        workload = self._workloads[s.replica.workload]
+        restarting = s.replica.started_at is not None
+        for name in (shim.EXIT_CODE_FILE, shim.PID_FILE):
+            (s.dir / name).unlink(missing_ok=True)
+        ports = port_env(s.replica.ports)
+        command = [
+            sys.executable, "-I", shim.__file__,  # -I: the workload's PYTHON* env must not touch the shim
+            "--dir", str(s.dir),
+            "--grace", str(self.grace_seconds),
+            "--log-max-bytes", str(self.log_max_bytes),
+            "--log-backups", str(self.log_backups),
+            "--", *substitute_ports(workload.command, ports),
+        ]  # fmt: skip
+        with (s.dir / SHIM_LOG).open("ab") as shim_log:
+            s.popen = subprocess.Popen(
+                command,
+                cwd=s.dir,
+                env=self._environment(workload, s.replica, ports),
+                stdin=subprocess.DEVNULL,
+                stdout=shim_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # survives the scheduler; no terminal signal reaches it
+            )
+        s.shim = psutil.Process(s.popen.pid)
+        s.restart_requested = False
+        s.wake.clear()
+        s.cpu_meters.clear()
+        r = s.replica
+        r.restart_count += 1 if restarting else 0
+        r.state, r.pid, r.started_at, r.next_restart_at = "running", s.shim.pid, utcnow(), None
+        s.save()
+        log.info("replica started", pid=r.pid, restart_count=r.restart_count, **self._ids(s))
+
+    def _environment(self, workload: Workload, replica: Replica, ports: dict[str, str]) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+        env["PYTHONUNBUFFERED"] = "1"  # Python servers' prints reach the log as they happen
+        env.update(workload.env)
+        env.update(ports)
+        env.update(
+            BERTH_REPLICA_ID=replica.replica_id,
+            BERTH_DEPLOYMENT_ID=replica.deployment_id,
+            BERTH_SPEC_ID=replica.spec_id,
+        )
+        return env
+
+    def _notify_restarted(self, s: _Supervised) -> None:
+        for waiter in s.restart_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        s.restart_waiters.clear()
+
+    async def _emit(self, kind: ReplicaEventKind, s: _Supervised, exit_code: int | None) -> None:
+        if self.on_replica_event is None:
+            return
+        try:
+            await self.on_replica_event(kind, replace(s.replica), exit_code)
+        except Exception:
+            log.exception("replica event hook failed", kind=kind, **self._ids(s))
+
+    # -- scale, stop --
+
+    async def _scale(self, workload: Workload) -> None:
+        current = sorted(self._of(workload.name), key=lambda s: s.created_at)
+        for _ in range(0 if self._closing else workload.replicas - len(current)):
+            self._create(workload)
+        await asyncio.gather(*(self._stop(s) for s in current[workload.replicas :]))  # newest go first
+
+    def _create(self, workload: Workload) -> None:
+        replica_id = self._new_replica_id(workload.name)
+        directory = self.state_dir / replica_id
+        directory.mkdir(mode=0o700, parents=True)
+        replica = Replica(
+            replica_id=replica_id,
+            workload=workload.name,
+            deployment_id=workload.deployment_id,
+            spec_id=workload.spec_id,
+            host=HOST,
+            ports={spec: free_port() for spec in workload.ports},
+            state="starting",
+        )
+        s = _Supervised(replica, directory, utcnow())
+        s.save()
+        self._replicas[replica_id] = s
+        s.task = asyncio.create_task(self._supervise(s, launch=True))
+
+    def _stop(self, s: _Supervised) -> asyncio.Task[int | None]:
+        """Stop a replica gracefully and forget it; marks it stopping at once (so a second apply
+        counts it out), and any number of callers may await the same stop."""
+        if s.stop_task is None:
+            s.replica.state = "stopping"
+            s.stop_task = asyncio.create_task(self._stop_now(s))
+            s.wake.set()
+        return s.stop_task
+
+    async def _stop_now(self, s: _Supervised) -> int | None:
+        shim_process = s.shim
+        send_signal(shim_process, signal.SIGTERM)  # the shim passes it on, and SIGKILLs after the grace
+        assert s.task is not None
+        try:
+            async with asyncio.timeout(self.grace_seconds + STOP_MARGIN_SECONDS):
+                await asyncio.shield(s.task)
+        except TimeoutError:
+            log.warning("replica shim did not stop: killing it", **self._ids(s))
+            send_signal(shim_process, signal.SIGKILL)  # its command dies with it (parent-death signal)
+            child = _read_int(s.dir / shim.PID_FILE)
+            if child is not None:
+                with contextlib.suppress(OSError):
+                    os.killpg(child, signal.SIGKILL)
+            await s.task
+        exit_code = _read_int(s.dir / shim.EXIT_CODE_FILE) if shim_process is not None else None
+        s.replica.pid = None
+        s.replica.last_exit_code = exit_code
+        self._replicas.pop(s.replica.replica_id, None)
+        await asyncio.to_thread(shutil.rmtree, s.dir, True)
+        log.info("replica stopped", exit_code=exit_code, **self._ids(s))
+        await self._emit("stopped", s, exit_code)
+        return exit_code
+
+    def _terminate_unknown_shims(self) -> None:
+        """Shims of this directory that no state file names (a crash between spawn and save)."""
+        known = {s.shim.pid for s in self._replicas.values() if s.shim is not None}
+        prefix = str(self.state_dir) + os.sep
+        for process in psutil.process_iter(["pid", "cmdline"]):
+            cmdline = process.info["cmdline"] or []
+            if process.pid in known or shim.__file__ not in cmdline or "--dir" not in cmdline:
+                continue
+            directory = cmdline[cmdline.index("--dir") + 1]
+            if directory.startswith(prefix):
+                log.warning("terminating a replica shim nobody knows", pid=process.pid, dir=directory)
+                send_signal(process, signal.SIGTERM)
+
+    # -- small things --
+
+    def _of(self, name: str) -> list[_Supervised]:
+        return [s for s in self._replicas.values() if s.replica.workload == name and not s.stopping]
+
+    def _get(self, replica_id: str) -> _Supervised:
+        try:
+            return self._replicas[replica_id]
+        except KeyError:
+            raise ReplicaNotFound(f"no replica {replica_id} runs here") from None
+
+    def _new_replica_id(self, name: str) -> str:
+        while True:
+            replica_id = f"{name}-{''.join(secrets.choice(_ID_ALPHABET) for _ in range(5))}"
+            if replica_id not in self._replicas and not (self.state_dir / replica_id).exists():
+                return replica_id
+
+    def _log_files(self, s: _Supervised) -> list[Path]:
+        current = s.dir / shim.OUTPUT_LOG
+        return [
+            current,
+            *(current.with_name(f"{shim.OUTPUT_LOG}.{i}") for i in range(1, self.log_backups + 1)),
+        ]
+
+    def _save_workload(self, workload: Workload) -> None:
+        path = self.state_dir / WORKLOADS_DIR / f"{workload.name}.json"
+        tmp = path.with_name(f".{path.name}.tmp")
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # env holds secrets
+        with os.fdopen(fd, "w") as file:
+            json.dump(asdict(workload), file)
+        os.replace(tmp, path)
+
+    def _load_workloads(self) -> list[Workload]:
+        workloads = []
+        for path in (self.state_dir / WORKLOADS_DIR).glob("*.json"):
+            data = json.loads(path.read_text())
+            data["command"], data["ports"] = tuple(data["command"]), tuple(data["ports"])
+            workloads.append(Workload(**data))
+        return workloads
+
+    @staticmethod
+    def _ids(s: _Supervised) -> dict[str, str]:
+        r = s.replica
+        return {"replica_id": r.replica_id, "deployment_id": r.deployment_id, "spec_id": r.spec_id}

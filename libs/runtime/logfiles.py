@@ -1,0 +1,82 @@
+"""A replica's output log, rotated by size (output.log, output.log.1 ...): its last lines, and the
+lines written from now on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+FOLLOW_POLL_SECONDS = 0.2
+
+
+def tail_lines(paths_newest_first: Iterable[Path], count: int) -> list[str]:
+    """The last `count` lines across rotated files, oldest first, without reading whole files."""
+    lines: list[str] = []
+    for path in paths_newest_first:
+        if len(lines) >= count:
+            break
+        lines = _last_lines(path, count - len(lines)) + lines
+    return lines
+
+
+def _last_lines(path: Path, count: int, block: int = 64 * 1024) -> list[str]:
+    try:
+        file = path.open("rb")
+    except FileNotFoundError:
+        return []
+    with file:
+        position = file.seek(0, os.SEEK_END)
+        data = b""
+        while position > 0 and data.count(b"\n") <= count:
+            step = min(block, position)
+            position -= step
+            file.seek(position)
+            data = file.read(step) + data
+    chunks = data.split(b"\n")
+    if chunks and chunks[-1] == b"":
+        chunks.pop()
+    if position > 0:
+        chunks = chunks[1:]  # the first one starts mid-line
+    return [chunk.decode("utf-8", errors="replace") for chunk in chunks[-count:]] if count > 0 else []
+
+
+async def follow(path: Path, while_true: Callable[[], bool]) -> AsyncIterator[str]:
+    """Lines written to `path` from now on, across rotations, for as long as `while_true()`."""
+    file: BinaryIO | None = None
+    with contextlib.suppress(FileNotFoundError):
+        file = path.open("rb")
+        file.seek(0, os.SEEK_END)  # only what comes next
+    pending = b""
+    try:
+        while while_true():
+            if file is None:  # not written yet: all of it is new
+                try:
+                    file = path.open("rb")
+                except FileNotFoundError:
+                    await asyncio.sleep(FOLLOW_POLL_SECONDS)
+                    continue
+            chunk = file.read()
+            if chunk:
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    yield line.decode("utf-8", errors="replace")
+            elif _rotated(path, file):  # what the old file had is read: go on with the new one
+                file.close()
+                file = path.open("rb")
+            else:
+                await asyncio.sleep(FOLLOW_POLL_SECONDS)
+    finally:
+        if file is not None:
+            file.close()
+
+
+def _rotated(path: Path, file: BinaryIO) -> bool:
+    """The file we read is no longer the one at `path` (the shim rolled it over)."""
+    try:
+        return os.stat(path).st_ino != os.fstat(file.fileno()).st_ino
+    except FileNotFoundError:
+        return False

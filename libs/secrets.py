@@ -1,0 +1,63 @@
+"""Project secrets, kept in a JetStream key-value bucket that only the spec-registry writes.
+
+A spec refers to a secret as `secret:<name>`; services that need the value (the scheduler for env,
+the router for basic auth) resolve it here at the last moment. Values never go into events, logs or
+API answers.
+"""
+
+from __future__ import annotations
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from libs.bus import SECRETS_BUCKET
+from libs.spec import is_secret_ref, secret_name
+
+
+class SecretNotFound(KeyError):
+    pass
+
+
+class SecretStore:
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    @classmethod
+    async def open(cls, js: JetStreamContext) -> SecretStore:
+        try:
+            kv = await js.key_value(SECRETS_BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            kv = await js.create_key_value(bucket=SECRETS_BUCKET, history=1)
+        return cls(kv)
+
+    @staticmethod
+    def _key(project: str, name: str) -> str:
+        return f"{project}.{name}"
+
+    async def put(self, project: str, name: str, value: str) -> None:
+        await self._kv.put(self._key(project, name), value.encode())
+
+    async def delete(self, project: str, name: str) -> None:
+        await self._kv.delete(self._key(project, name))
+
+    async def names(self, project: str) -> set[str]:
+        try:
+            keys = await self._kv.keys()
+        except nats.js.errors.NoKeysError:
+            return set()
+        prefix = f"{project}."
+        return {k.removeprefix(prefix) for k in keys if k.startswith(prefix)}
+
+    async def get(self, project: str, name: str) -> str:
+        try:
+            entry = await self._kv.get(self._key(project, name))
+        except nats.js.errors.KeyNotFoundError as exc:
+            raise SecretNotFound(name) from exc
+        if entry.value is None:
+            raise SecretNotFound(name)
+        return entry.value.decode()
+
+    async def resolve(self, project: str, value: str) -> str:
+        """The value itself, or the secret's value when it is a `secret:` reference."""
+        return await self.get(project, secret_name(value)) if is_secret_ref(value) else value

@@ -1,0 +1,354 @@
+"""The deployment spec: the YAML of seeds/000 plus the console fields of seeds/002.
+
+Field names are the seed's camelCase. Unknown fields are rejected everywhere so that a typo such as
+``replica:`` is an error instead of a silently ignored line. `validate_spec` turns pydantic's errors
+into `SpecError`s that name the field path and the rule, all errors of one spec at once.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SECRET_PREFIX = "secret:"
+SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+MAX_INTEGRATIONS = 5
+
+
+class SpecModel(BaseModel):
+    """Base of every spec object: camelCase as written, unknown fields forbidden."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, str_strip_whitespace=True)
+
+
+def is_secret_ref(value: str) -> bool:
+    return value.startswith(SECRET_PREFIX)
+
+
+def secret_name(value: str) -> str:
+    return value[len(SECRET_PREFIX) :]
+
+
+def _check_secret_ref(value: str) -> str:
+    name = secret_name(value)
+    if not SECRET_NAME.match(name):
+        raise ValueError(
+            f"secret reference must be 'secret:<name>' where <name> matches {SECRET_NAME.pattern}"
+        )
+    return value
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Header(SpecModel):
+    name: str = Field(min_length=1)
+    value: str
+
+
+class EnvVar(SpecModel):
+    # seeds/000 itself uses `some-env`, so names are not restricted to POSIX shell identifiers.
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[^=\x00]+$")
+    value: str = ""
+
+    @field_validator("value")
+    @classmethod
+    def _secret_ref(cls, value: str) -> str:
+        return _check_secret_ref(value) if is_secret_ref(value) else value
+
+
+class Probe(SpecModel):
+    """One health check; semantics of a Kubernetes HTTP probe, defaults of seeds/003."""
+
+    path: str = Field(pattern=r"^/", description="HTTP path probed; must start with '/'.")
+    port: Port | None = Field(default=None, description="Defaults to the spec's first port.")
+    initialDelaySeconds: int = Field(default=0, ge=0)
+    periodSeconds: int = Field(default=10, ge=1)
+    timeoutSeconds: int = Field(default=1, ge=1)
+    failureThreshold: int = Field(default=3, ge=1)
+    headers: list[Header] = Field(default_factory=list)
+
+
+class HealthChecks(SpecModel):
+    readiness: Probe | None = None
+    liveness: Probe | None = None
+    startup: Probe | None = None
+
+
+class AutoscalingMetric(SpecModel):
+    metric: Literal["cpu", "memory", "requestDuration"]
+    summary: Literal["average"] = "average"
+    value: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _percent_bounds(self) -> AutoscalingMetric:
+        if self.metric in ("cpu", "memory") and self.value > 100:
+            raise ValueError(f"{self.metric} value is a utilisation percentage: at most 100")
+        return self
+
+
+class Autoscaling(SpecModel):
+    enabled: bool = False
+    minReplicas: int | None = Field(default=None, ge=0, description="Defaults to resources.replicas.")
+    maxReplicas: int = Field(ge=1)
+    metrics: list[AutoscalingMetric] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Autoscaling:
+        if self.minReplicas is not None and self.minReplicas > self.maxReplicas:
+            raise ValueError("minReplicas must not exceed maxReplicas")
+        if self.enabled and not self.metrics:
+            raise ValueError("autoscaling needs at least one metric when enabled")
+        names = [m.metric for m in self.metrics]
+        if len(names) != len(set(names)):
+            raise ValueError("each metric may appear once")
+        return self
+
+
+class Resources(SpecModel):
+    ports: list[Port] = Field(min_length=1, description="The first port receives traffic.")
+    replicas: int = Field(default=1, ge=0, le=1000)
+    machineType: str | None = None
+    autoscaling: Autoscaling | None = None
+    # Console fields (seeds/002), per replica.
+    cpu: float | None = Field(default=None, gt=0, description="CPU cores per replica.")
+    memory: float | None = Field(default=None, gt=0, description="Memory per replica, GB.")
+    gpuCount: int = Field(default=0, ge=0)
+    gpuType: Literal["T4", "V100", "A100"] | None = None
+
+    @model_validator(mode="after")
+    def _gpu(self) -> Resources:
+        if self.gpuType is not None and self.gpuCount == 0:
+            raise ValueError("gpuType needs gpuCount greater than 0")
+        if self.autoscaling and self.autoscaling.enabled and self.replicas > self.autoscaling.maxReplicas:
+            raise ValueError("replicas must not exceed autoscaling.maxReplicas")
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.ports[0]
+
+
+class GitLfsIntegration(SpecModel):
+    type: Literal["git-lfs"]
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    path: str = Field(pattern=r"^/")
+    url: str = Field(pattern=r"^(https?|ssh|git|file)://")
+    ref: str | None = Field(default=None, description="Branch, tag or commit; the default branch when unset.")
+
+
+class S3Integration(SpecModel):
+    type: Literal["s3"]
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    path: str = Field(pattern=r"^/")
+    url: str = Field(pattern=r"^s3://[^/]+")
+    region: str | None = None
+    endpointUrl: str | None = None
+    accessKeyId: str | None = None
+    secretAccessKey: str | None = None
+
+    @field_validator("secretAccessKey")
+    @classmethod
+    def _secret(cls, value: str | None) -> str | None:
+        if value is not None and not is_secret_ref(value):
+            raise ValueError("must be a secret reference 'secret:<name>', never the key itself")
+        return None if value is None else _check_secret_ref(value)
+
+    @model_validator(mode="after")
+    def _pair(self) -> S3Integration:
+        if (self.accessKeyId is None) != (self.secretAccessKey is None):
+            raise ValueError("accessKeyId and secretAccessKey are given together or not at all")
+        return self
+
+
+Integration = Annotated[GitLfsIntegration | S3Integration, Field(discriminator="type")]
+
+
+class LoadBalancer(SpecModel):
+    """Console load-balancer settings (seeds/002)."""
+
+    enabled: bool = True
+    algorithm: Literal["round-robin", "least-connections", "ip-hash"] = "round-robin"
+    stickySessions: bool = False
+    healthCheckPath: str | None = Field(default=None, pattern=r"^/")
+    healthCheckIntervalSeconds: int | None = Field(default=None, ge=1)
+
+
+class UpdateStrategy(SpecModel):
+    type: Literal["rolling", "blue-green", "canary"] = "rolling"
+    canaryPercent: int | None = Field(default=None, ge=1, le=99)
+
+    @model_validator(mode="after")
+    def _canary(self) -> UpdateStrategy:
+        if self.canaryPercent is not None and self.type != "canary":
+            raise ValueError("canaryPercent applies only to type 'canary'")
+        return self
+
+
+class Model(SpecModel):
+    id: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+
+
+class DeploymentSpec(SpecModel):
+    apiVersion: Literal["v1"] = "v1"
+    name: str = Field(min_length=1, max_length=200)
+    image: str = Field(min_length=1)
+    enabled: bool = True
+    containerRegistry: str | None = None
+    command: list[str] | None = None
+    resources: Resources
+    integrations: list[Integration] = Field(default_factory=list, max_length=MAX_INTEGRATIONS)
+    healthChecks: HealthChecks = Field(default_factory=HealthChecks)
+    basicAuthKey: str | None = None
+    env: list[EnvVar] = Field(default_factory=list)
+    # Console fields (seeds/002).
+    description: str | None = Field(default=None, max_length=2000)
+    model: Model | None = None
+    environment: Literal["development", "staging", "production"] = "development"
+    loadBalancer: LoadBalancer = Field(default_factory=LoadBalancer)
+    updateStrategy: UpdateStrategy = Field(default_factory=UpdateStrategy)
+
+    @field_validator("basicAuthKey")
+    @classmethod
+    def _basic_auth_secret(cls, value: str | None) -> str | None:
+        if value is not None and not is_secret_ref(value):
+            raise ValueError("must be a secret reference 'secret:<name>', never the key itself")
+        return None if value is None else _check_secret_ref(value)
+
+    @field_validator("integrations")
+    @classmethod
+    def _unique_integrations(cls, items: list[Integration]) -> list[Integration]:
+        for attr in ("name", "path"):
+            seen = [getattr(i, attr) for i in items]
+            dupes = sorted({v for v in seen if seen.count(v) > 1})
+            if dupes:
+                raise ValueError(f"integration {attr}s must be unique; repeated: {', '.join(dupes)}")
+        return items
+
+    @field_validator("env")
+    @classmethod
+    def _unique_env(cls, items: list[EnvVar]) -> list[EnvVar]:
+        names = [e.name for e in items]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"env names must be unique; repeated: {', '.join(dupes)}")
+        return items
+
+    @property
+    def slug(self) -> str:
+        return slugify(self.name)
+
+    def secret_refs(self) -> set[str]:
+        """Names of every `secret:` reference in the spec, checked against the project when applied."""
+        return {name for _, name in self.secret_ref_fields()}
+
+    def secret_ref_fields(self) -> list[tuple[str, str]]:
+        """(field path, secret name) of every `secret:` reference, e.g. ("env[1].value", "token")."""
+        refs = [(f"env[{i}].value", e.value) for i, e in enumerate(self.env)]
+        refs.append(("basicAuthKey", self.basicAuthKey or ""))
+        refs += [
+            (f"integrations[{i}].secretAccessKey", integration.secretAccessKey or "")
+            for i, integration in enumerate(self.integrations)
+            if isinstance(integration, S3Integration)
+        ]
+        return [(field, secret_name(value)) for field, value in refs if is_secret_ref(value)]
+
+    def effective_readiness(self) -> Probe | None:
+        """The readiness probe, or the console's load-balancer health check when only that is set."""
+        if self.healthChecks.readiness is not None:
+            return self.healthChecks.readiness
+        if self.loadBalancer.healthCheckPath:
+            return Probe(
+                path=self.loadBalancer.healthCheckPath,
+                periodSeconds=self.loadBalancer.healthCheckIntervalSeconds or 10,
+            )
+        return None
+
+
+def slugify(name: str) -> str:
+    """A DNS-1123 label derived from a free-text name: `my cool deployment` -> `my-cool-deployment`."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
+    return slug[:63].rstrip("-") or "deployment"
+
+
+@dataclass(frozen=True)
+class SpecError:
+    """One broken rule: the dotted field path (`resources.replicas`) and what the rule says."""
+
+    field: str
+    rule: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.rule}"
+
+
+class SpecInvalid(ValueError):
+    def __init__(self, errors: list[SpecError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
+        elif item in ("git-lfs", "s3") and parts and parts[-1].endswith("]"):
+            continue  # the discriminated-union tag pydantic inserts; the user never wrote it
+        else:
+            parts.append(str(item))
+    return ".".join(parts) or "(spec)"
+
+
+def _rule(error: Mapping[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown field (not part of the spec; check its spelling)"
+    if error["type"] == "missing":
+        return "field required"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def errors_from(exc: ValidationError) -> list[SpecError]:
+    return spec_errors(exc.errors())
+
+
+def spec_errors(errors: Sequence[Mapping[str, Any]]) -> list[SpecError]:
+    """SpecErrors from pydantic error dicts (also FastAPI's request validation errors)."""
+    return [SpecError(_field_path(tuple(e["loc"])), _rule(e)) for e in errors]
+
+
+def parse_document(text: str) -> Any:
+    """Parse YAML (JSON is YAML too); a syntax error becomes a SpecInvalid naming the line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "document"
+        raise SpecInvalid([SpecError("(spec)", f"not valid YAML or JSON at {where}")]) from exc
+
+
+def validate_spec(document: Any) -> DeploymentSpec:
+    """Validate a parsed document; raises SpecInvalid listing every error at once."""
+    if not isinstance(document, dict):
+        raise SpecInvalid([SpecError("(spec)", "a spec is a mapping of fields (YAML or JSON object)")])
+    try:
+        return DeploymentSpec.model_validate(document)
+    except ValidationError as exc:
+        raise SpecInvalid(errors_from(exc)) from exc
+
+
+def load_spec(text: str) -> DeploymentSpec:
+    return validate_spec(parse_document(text))
+
+
+def spec_json_schema() -> dict[str, Any]:
+    return DeploymentSpec.model_json_schema(by_alias=True)

@@ -1,0 +1,114 @@
+"""The registry's SQL tables (sqlmodel). Only the spec-registry writes them.
+
+Timestamps are stored in UTC; `UTCDateTime` gives them back timezone-aware on SQLite too (which keeps
+no zone). JSON columns hold the spec as submitted and event payloads.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return None if value is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _created_at() -> Any:
+    return Field(default_factory=utcnow, sa_type=UTCDateTime, nullable=False)
+
+
+class ProjectRow(SQLModel, table=True):
+    __tablename__ = "projects"
+
+    name: str = Field(primary_key=True, max_length=63)
+    created_at: datetime = _created_at()
+
+
+class TokenRow(SQLModel, table=True):
+    """An API token; only its SHA-256 hex digest is kept."""
+
+    __tablename__ = "tokens"
+
+    id: int | None = Field(default=None, primary_key=True)
+    project: str = Field(foreign_key="projects.name", index=True, max_length=63)
+    token_hash: str = Field(unique=True, max_length=64)
+    is_admin: bool = False
+    created_at: datetime = _created_at()
+
+
+class DeploymentRow(SQLModel, table=True):
+    """A deployment and a pointer to its current spec version. Deleting removes the row (and its
+    history), so the name can be used again."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (
+        sa.UniqueConstraint("project", "name", name="uq_deployments_project_name"),
+        sa.UniqueConstraint("project", "slug", name="uq_deployments_project_slug"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    project: str = Field(foreign_key="projects.name", max_length=63)
+    name: str = Field(max_length=200)
+    slug: str = Field(max_length=63)
+    environment: str = Field(index=True, max_length=32)
+    spec_id: str = Field(max_length=32)
+    spec_version: int
+    created_at: datetime = _created_at()
+    updated_at: datetime = _created_at()
+
+
+class SpecVersionRow(SQLModel, table=True):
+    """One accepted spec of a deployment; (deployment_id, version) is unique, which also makes two
+    concurrent updates based on the same version fail instead of both succeeding."""
+
+    __tablename__ = "spec_versions"
+    __table_args__ = (sa.UniqueConstraint("deployment_id", "version", name="uq_spec_versions_deployment_version"),)
+
+    spec_id: str = Field(primary_key=True, max_length=32)
+    deployment_id: str = Field(foreign_key="deployments.id", ondelete="CASCADE", index=True, max_length=32)
+    version: int
+    spec: dict[str, Any] = Field(sa_type=sa.JSON, nullable=False)
+    created_at: datetime = _created_at()
+
+
+class DeploymentStatusRow(SQLModel, table=True):
+    """Read model: the newest DeploymentStatusChanged of each deployment."""
+
+    __tablename__ = "deployment_status"
+
+    deployment_id: str = Field(primary_key=True, foreign_key="deployments.id", ondelete="CASCADE", max_length=32)
+    occurred_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    status: dict[str, Any] = Field(sa_type=sa.JSON, nullable=False)
+
+
+class OutboxRow(SQLModel, table=True):
+    """An event committed with the change it reports; the relay publishes it and sets published_at.
+    `headers` holds the trace context (W3C traceparent, ...) of the request that made the change, so
+    the publish, later and maybe after a restart, continues that trace; NULL in rows from before 0002."""
+
+    __tablename__ = "outbox"
+
+    id: int | None = Field(default=None, primary_key=True)
+    msg_id: str = Field(unique=True, max_length=64)
+    subject: str = Field(max_length=255)
+    payload: dict[str, Any] = Field(sa_type=sa.JSON, nullable=False)
+    headers: dict[str, str] | None = Field(default=None, sa_type=sa.JSON, nullable=True)
+    created_at: datetime = _created_at()
+    published_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
