@@ -1,0 +1,146 @@
+"""Request metrics per deployment: a window published as RequestMetricsReported every few seconds
+(for the autoscaler and the console), and running totals served to Prometheus on /_berth/metrics.
+
+The hot path only bumps integers on a `Stats`; everything else happens when a window closes or when
+Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from faststream.nats import NatsBroker
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from libs.bus import publish
+from libs.events import LATENCY_BUCKETS_SECONDS, RequestMetricsReported
+from libs.logging import get_logger
+
+if TYPE_CHECKING:
+    from services.router.table import Route
+
+log = get_logger("router.metrics")
+
+_BUCKET_COUNT = len(LATENCY_BUCKETS_SECONDS)
+
+
+class Stats:
+    """Counters of one deployment. `latency_buckets` counts each request once, in the first bucket
+    whose upper bound holds its latency (not cumulative)."""
+
+    __slots__ = (
+        "_had_traffic",
+        "buckets",
+        "errors",
+        "in_flight",
+        "latency_sum",
+        "requests",
+        "total_buckets",
+        "total_errors",
+        "total_latency_sum",
+        "total_requests",
+    )
+
+    def __init__(self) -> None:
+        self.requests = self.errors = self.in_flight = 0
+        self.latency_sum = 0.0
+        self.buckets = [0] * _BUCKET_COUNT
+        self.total_requests = self.total_errors = 0
+        self.total_latency_sum = 0.0
+        self.total_buckets = [0] * _BUCKET_COUNT
+        self._had_traffic = False
+
+    def observe(self, seconds: float, error: bool) -> None:
+        self.requests += 1
+        if error:
+            self.errors += 1
+        self.latency_sum += seconds
+        self.buckets[bisect_left(LATENCY_BUCKETS_SECONDS, seconds)] += 1
+
+    def close_window(self, route: Route, window_seconds: float) -> RequestMetricsReported | None:
+        """The window's report, or None when neither it nor the previous window saw traffic (a
+        deployment that went quiet gets one report of zeros, then nothing)."""
+        busy = bool(self.requests or self.in_flight)
+        if not busy and not self._had_traffic:
+            return None
+        self._had_traffic = busy
+        report = RequestMetricsReported(
+            deployment_id=route.deployment_id, project=route.project, slug=route.slug,
+            window_seconds=window_seconds, requests=self.requests, errors=self.errors,
+            latency_sum_seconds=self.latency_sum, latency_buckets=self.buckets, in_flight=self.in_flight,
+        )
+        self.total_requests += self.requests
+        self.total_errors += self.errors
+        self.total_latency_sum += self.latency_sum
+        self.total_buckets = [t + w for t, w in zip(self.total_buckets, self.buckets, strict=True)]
+        self.requests = self.errors = 0
+        self.latency_sum = 0.0
+        self.buckets = [0] * _BUCKET_COUNT
+        return report
+
+
+async def report_metrics(
+    routes: Callable[[], Iterable[Route]], broker: NatsBroker, interval: float, stop: asyncio.Event
+) -> None:
+    """Publish every deployment's window each `interval` seconds until `stop` is set."""
+    opened = time.monotonic()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval):
+                await stop.wait()
+        now = time.monotonic()
+        window, opened = now - opened, now
+        for route in list(routes()):
+            report = route.stats.close_window(route, window)
+            if report is None:
+                continue
+            try:
+                await publish(broker, report)
+            except Exception:  # the bus being away must not stop the data plane
+                log.warning("request metrics not published", deployment_id=route.deployment_id, exc_info=True)
+
+
+class RouterCollector(Collector):
+    """Prometheus view of the routing table: totals so far plus the open window."""
+
+    def __init__(self, routes: Callable[[], Iterable[Route]], unrouted: Callable[[], int]) -> None:
+        self._routes = routes
+        self._unrouted = unrouted
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        labels = ["project", "deployment"]
+        requests = CounterMetricFamily("berth_router_requests", "Requests proxied per deployment.", labels=labels)
+        errors = CounterMetricFamily(
+            "berth_router_errors", "Responses >= 500 and upstream failures per deployment.", labels=labels
+        )
+        latency = HistogramMetricFamily(
+            "berth_router_request_duration_seconds", "Time to answer a request, as the router saw it.", labels=labels
+        )
+        in_flight = GaugeMetricFamily("berth_router_in_flight", "Requests being proxied now.", labels=labels)
+        ready = GaugeMetricFamily("berth_router_ready_replicas", "Ready replicas the router knows.", labels=labels)
+        for route in self._routes():
+            stats, values = route.stats, [route.project, route.slug]
+            requests.add_metric(values, stats.total_requests + stats.requests)
+            errors.add_metric(values, stats.total_errors + stats.errors)
+            cumulative, buckets = 0, []
+            for bound, total, window in zip(LATENCY_BUCKETS_SECONDS, stats.total_buckets, stats.buckets, strict=True):
+                cumulative += total + window
+                buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+            latency.add_metric(values, buckets, stats.total_latency_sum + stats.latency_sum)
+            in_flight.add_metric(values, stats.in_flight)
+            ready.add_metric(values, len(route.ready))
+        unrouted = CounterMetricFamily(
+            "berth_router_unrouted_requests", "Requests that named no known deployment (404)."
+        )
+        unrouted.add_metric([], self._unrouted())
+        yield from (requests, errors, latency, in_flight, ready, unrouted)

@@ -1,0 +1,335 @@
+"""The data plane: one handler proxying `/<project>/<slug>[/<spec_version>]/<rest>` to a ready
+replica, streaming both bodies. Also answers `/_berth/healthz` and `/_berth/metrics`.
+
+Hot path rules: dict lookups and string slicing only, no logging per request, everything derived
+from events (ready tuples, balancers, resolved credentials) is prepared by the routing table. Headers
+travel as the bytes they arrived as: the request's to the replica, the replica's to the client.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from services.router.auth import CHALLENGE
+from services.router.balancers import AFFINITY_COOKIE, RequestKey
+from services.router.server import Request
+from services.router.table import Replica, Route, RoutingTable
+from services.router.upstream import (
+    SMALL_BODY_BYTES,
+    ConnectFailed,
+    Connection,
+    UpstreamError,
+    UpstreamPools,
+)
+
+OPS_PREFIX = "_berth/"  # a reserved project name: the router's own endpoints
+
+# RFC 7230 section 6.1 hop-by-hop headers (and the pre-standard Proxy-Connection). Host is
+# replaced by the replica's address; the client's Host travels in X-Forwarded-Host.
+HOP_BY_HOP = (
+    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
+    "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+)
+_HOP_BY_HOP_LOWER = frozenset(name.lower().encode() for name in HOP_BY_HOP)
+# The router writes Host and the X-Forwarded-* headers itself.
+_SKIPPED_REQUEST_HEADERS = _HOP_BY_HOP_LOWER | {
+    b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-prefix",
+}
+REPLICA_HEADER = "X-Berth-Replica"
+STOPPED_RETRY_AFTER = "30"
+NOT_READY_RETRY_AFTER = "2"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An answer of the router's own."""
+
+    status: int
+    headers: bytes  # header lines, Content-Length included
+    body: bytes
+
+    def send(self, request: Request) -> int:
+        request.respond(self.status, None, self.headers, self.body)
+        return self.status
+
+
+def reply(status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> Reply:
+    lines = f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+    lines += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    return Reply(status, lines.encode(), body)
+
+
+def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> Reply:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    return reply(status, json.dumps(body).encode(), "application/problem+json", headers)
+
+
+class Proxy:
+    def __init__(
+        self,
+        table: RoutingTable,
+        pools: UpstreamPools,
+        trust_forwarded_for: bool,
+        registry: CollectorRegistry,
+        bus_connected: Callable[[], bool],
+    ) -> None:
+        self._by_key = table.by_key
+        self._pools = pools
+        self._trust_forwarded_for = trust_forwarded_for
+        self._registry = registry
+        self._bus_connected = bus_connected
+        self.unrouted = 0
+
+    async def handle(self, request: Request) -> None:
+        path, _, query = request.target.partition("?")
+        first = path.find("/", 1)
+        second = path.find("/", first + 1) if first > 0 else -1
+        key = path[1:second] if second > 0 else path[1:]
+        route = self._by_key.get(key)
+        if route is None:
+            self._unrouted(key).send(request)
+            return
+        prefix_end = second if second > 0 else len(path)
+        rest = path[second:] if second > 0 else "/"
+        replicas: tuple[Replica, ...] | None = None
+        if route.by_version and len(rest) > 1:
+            end = rest.find("/", 1)
+            segment = rest[1:end] if end > 0 else rest[1:]
+            if segment.isascii() and segment.isdigit():
+                replicas = route.by_version.get(int(segment))
+                if replicas:
+                    rest = rest[end:] if end > 0 else "/"
+                    prefix_end += 1 + len(segment)
+        target = f"{rest}?{query}" if query else rest
+        await self._serve(request, route, replicas, path[:prefix_end], target)
+
+    async def _serve(
+        self, request: Request, route: Route, replicas: tuple[Replica, ...] | None, prefix: str, target: str
+    ) -> None:
+        stats = route.stats
+        stats.in_flight += 1
+        started = time.perf_counter()
+        status = 502
+        try:
+            if route.auth is not None and not route.auth.allows(_header(request, b"authorization")):
+                status = problem(401, "Unauthorized", "credentials required", {"WWW-Authenticate": CHALLENGE}).send(
+                    request
+                )
+                return
+            if not route.enabled:
+                status = problem(
+                    503, "Deployment stopped", "deployment is stopped", {"Retry-After": STOPPED_RETRY_AFTER}
+                ).send(request)
+                return
+            if replicas is None:
+                replicas = route.serving
+            if not replicas:
+                status = problem(
+                    503, "No ready replica", "no ready replica", {"Retry-After": NOT_READY_RETRY_AFTER}
+                ).send(request)
+                return
+            status = await self._forward(request, route, replicas, prefix, target)
+        finally:
+            stats.in_flight -= 1
+            stats.observe(time.perf_counter() - started, status >= 500)
+
+    async def _forward(
+        self, request: Request, route: Route, replicas: tuple[Replica, ...], prefix: str, target: str
+    ) -> int:
+        """Send the request to a replica and relay its answer; the status the client got."""
+        peer = request.peer
+        headers = request.headers
+        forwarded_for = _header(request, b"x-forwarded-for")
+        client_ip = forwarded_for.partition(",")[0].strip() if forwarded_for and self._trust_forwarded_for else peer
+        affinity = _cookie(headers.get(b"cookie"), AFFINITY_COOKIE) if route.sticky else None
+        request_key = RequestKey(client_ip, affinity)
+        replica = route.balancer.pick(replicas, request_key)
+
+        body = request.body
+        length = request.content_length
+        expect_continue = body is not None and headers.get(b"expect", b"").lower() == b"100-continue"
+        connection_header = headers.get(b"connection")
+        skip = _SKIPPED_REQUEST_HEADERS
+        if connection_header or route.auth is not None or expect_continue:
+            skip = _request_skips(connection_header, route.auth is not None, expect_continue)
+        if expect_continue:
+            # The client waits for this before it sends the body; the replica gets the body at once.
+            request.send_continue()
+        host = _header(request, b"host") or ""
+        lines = [
+            f"{request.method} {target} HTTP/1.1\r\n".encode("latin-1"),
+            b"",  # the replica's Host line
+            *[name + b": " + value + b"\r\n" for name, value in request.raw_headers if name.lower() not in skip],
+            _forwarded(forwarded_for, peer, host, prefix),
+        ]
+        streamed = body is not None and (length is None or length > SMALL_BODY_BYTES)
+        if streamed and length is None:
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        lines.append(b"\r\n")
+        if body is not None and not streamed:
+            lines.append(await body.read())  # small: sent with the head, in one write
+
+        try:
+            upstream = await self._send(replica, request, lines, streamed, length is None)
+        except UpstreamError as exc:
+            # Retry once when nothing of the request can have been consumed: the connection was never
+            # made (the replica died since its last probe: try another), or there is no body (also
+            # when a kept-alive connection had been closed by the only replica: try it afresh).
+            refused = isinstance(exc, ConnectFailed)
+            others = tuple(r for r in replicas if r is not replica)
+            if not (refused or body is None) or (refused and not others):
+                return _bad_gateway(replica, exc).send(request)
+            if others:
+                replica = route.balancer.pick(others, request_key)
+            try:
+                upstream = await self._send(replica, request, lines, streamed, length is None, fresh=True)
+            except UpstreamError as retry_exc:
+                return _bad_gateway(replica, retry_exc).send(request)
+        try:
+            await self._relay(request, route, replica, affinity, prefix, upstream)
+            return upstream.status
+        finally:
+            upstream.pool.release(upstream)
+            replica.in_flight -= 1
+
+    async def _send(
+        self,
+        replica: Replica,
+        request: Request,
+        lines: list[bytes],
+        streamed: bool,
+        chunked: bool,
+        fresh: bool = False,
+    ) -> Connection:
+        """Send the request to `replica` and wait for its response head; the replica counts as busy
+        from here until the caller has relayed the response."""
+        pool = self._pools.pool(replica.base_url)
+        replica.in_flight += 1
+        try:
+            connection = await pool.acquire(fresh)
+            try:
+                connection.begin(request.method == "HEAD")
+                lines[1] = pool.host_header
+                connection.write(b"".join(lines))
+                if streamed:
+                    assert request.body is not None
+                    await _send_body(request.body.chunks(), connection, chunked)
+                await connection.response()
+            except BaseException:
+                connection.close()
+                raise
+            return connection
+        except BaseException:
+            replica.in_flight -= 1
+            raise
+
+    async def _relay(
+        self, request: Request, route: Route, replica: Replica, affinity: str | None, prefix: str, upstream: Connection
+    ) -> None:
+        headers = _response_headers(upstream.headers, replica.replica_id)
+        if route.sticky and affinity != replica.replica_id:
+            headers += (
+                f"Set-Cookie: {AFFINITY_COOKIE}={replica.replica_id}; HttpOnly; Path={prefix}; SameSite=Lax\r\n"
+            ).encode()
+        if upstream.body is not None:
+            # A small body goes out with the head in one write (on loopback each send costs about as
+            # much as the rest of the request).
+            request.respond(upstream.status, upstream.reason, headers, upstream.body)
+            return
+        request.start(upstream.status, upstream.reason, headers, upstream.length is not None)
+        try:
+            while chunk := await upstream.read_chunk():
+                await request.write(chunk)
+        except UpstreamError:
+            request.abort()  # the replica broke off: closing is how the client learns the body is cut
+            raise
+        except ConnectionResetError:
+            return  # the client left; the replica's connection, not read to its end, is closed
+        request.end()
+
+    def _unrouted(self, key: str) -> Reply:
+        if key.startswith(OPS_PREFIX):
+            return self._ops(key.removeprefix(OPS_PREFIX))
+        self.unrouted += 1
+        project, _, slug = key.partition("/")
+        if not slug:
+            return problem(404, "Not Found", "endpoints are /<project>/<deployment>/...")
+        return problem(404, "Not Found", f"no deployment {slug!r} in project {project!r}")
+
+    def _ops(self, name: str) -> Reply:
+        if name == "healthz":
+            # Healthy while it serves: without the bus the table only goes stale, and the last known
+            # routes beat none.
+            body = json.dumps({"healthy": True, "bus_connected": self._bus_connected()}).encode()
+            return reply(200, body, "application/json")
+        if name == "metrics":
+            return reply(200, generate_latest(self._registry), CONTENT_TYPE_LATEST)
+        return problem(404, "Not Found", "the router serves /_berth/healthz and /_berth/metrics")
+
+
+def _header(request: Request, name: bytes) -> str | None:
+    value = request.headers.get(name)
+    return value.decode("latin-1") if value is not None else None
+
+
+def _cookie(header: bytes | None, name: str) -> str | None:
+    """The value of cookie `name` in a Cookie header."""
+    if not header:
+        return None
+    for pair in header.decode("latin-1").split(";"):
+        key, _, value = pair.strip().partition("=")
+        if key == name:
+            return value.strip('"')
+    return None
+
+
+def _request_skips(connection: bytes | None, authenticated: bool, expect_continue: bool) -> frozenset[bytes]:
+    """The request headers not forwarded, beyond the usual ones."""
+    names = set(_SKIPPED_REQUEST_HEADERS)
+    if connection:  # headers the sender declared hop-by-hop for this connection only
+        names.update(token.strip().lower() for token in connection.split(b","))
+    if authenticated:  # the router's credentials, not the replica's business
+        names.add(b"authorization")
+    if expect_continue:  # the router answered it
+        names.add(b"expect")
+    return frozenset(names)
+
+
+def _forwarded(forwarded_for: str | None, peer: str, host: str, prefix: str) -> bytes:
+    chain = f"{forwarded_for}, {peer}" if forwarded_for else peer
+    return (
+        f"X-Forwarded-For: {chain}\r\nX-Forwarded-Proto: http\r\n"
+        f"X-Forwarded-Host: {host}\r\nX-Forwarded-Prefix: {prefix}\r\n"
+    ).encode("latin-1")
+
+
+def _response_headers(raw: list[tuple[bytes, bytes]], replica_id: str) -> bytes:
+    """The replica's header lines for the client: hop-by-hop ones left out, X-Berth-Replica added."""
+    skip = _HOP_BY_HOP_LOWER
+    for name, value in raw:
+        if name.lower() == b"connection":  # and the headers it declares hop-by-hop
+            skip = skip | {token.strip().lower() for token in value.split(b",")}
+    lines = [name + b": " + value + b"\r\n" for name, value in raw if name.lower() not in skip]
+    lines.append(f"{REPLICA_HEADER}: {replica_id}\r\n".encode())
+    return b"".join(lines)
+
+
+async def _send_body(chunks: AsyncIterator[bytes], upstream: Connection, chunked: bool) -> None:
+    """Stream the request body to the replica, as it arrives and no faster than the replica reads."""
+    async for chunk in chunks:
+        if upstream.closed:
+            return  # the replica gave up on the request: its answer (or the lack of one) says why
+        upstream.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+        await upstream.drain()
+    if chunked:
+        upstream.write(b"0\r\n\r\n")
+
+
+def _bad_gateway(replica: Replica, exc: Exception) -> Reply:
+    reason = type(exc).__name__
+    return problem(502, "Bad Gateway", f"replica {replica.replica_id} did not answer ({reason})")

@@ -1,0 +1,133 @@
+"""Wiring of the spec-registry: the FastAPI app (built without I/O by `create_app`), its lifespan
+(migrations, admin bootstrap, bus, outbox relay, status consumer) and the service's `main`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+from libs.bus import ensure_streams, make_broker
+from libs.config import Settings
+from libs.logging import get_logger
+from libs.secrets import SecretStore
+from libs.store import create_engine, migrate
+from services.spec_registry.auth import TokenCache, bootstrap_admin
+from services.spec_registry.metrics import REQUESTS
+from services.spec_registry.outbox import OutboxRelay
+from services.spec_registry.problems import (
+    install_problem_handlers,
+    problems_in_openapi,
+)
+from services.spec_registry.registry import Registry
+from services.spec_registry.repository import Repository
+from services.spec_registry.routes import admin, deployments, ops
+from services.spec_registry.status import subscribe_status
+
+log = get_logger("spec_registry")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The registry's ASGI app. Nothing is connected until its lifespan starts."""
+    app = FastAPI(
+        title="berth spec-registry",
+        version=_version(),
+        description="Deployments, spec versions and their history, status, projects, tokens and secrets.",
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    install_problem_handlers(app)
+    app.middleware("http")(_observe)
+    for module in (ops, deployments, admin):
+        app.include_router(module.router)
+    app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
+    # A server span per request, continuing the caller's W3C `traceparent`; the events the request
+    # commits keep its context (outbox headers), so the trace goes on through every service.
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="/healthz$,/metrics$", exclude_spans=["receive", "send"])
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        app.openapi_schema = problems_in_openapi(FastAPI.openapi(app))
+    return app.openapi_schema
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    await asyncio.to_thread(migrate, settings.sqlalchemy_url)
+    engine = create_engine(settings.sqlalchemy_url)
+    broker = make_broker(settings.resolved_nats_url, "spec-registry")
+    async with contextlib.AsyncExitStack() as cleanup:
+        cleanup.callback(engine.dispose)
+        repo = Repository(engine)
+        await asyncio.to_thread(bootstrap_admin, settings, repo)
+
+        connection = await broker.connect()
+        cleanup.push_async_callback(broker.stop)
+        js = connection.jetstream()
+        await ensure_streams(js)
+        relay = OutboxRelay(repo, broker)
+        subscribe_status(broker, repo)
+        await broker.start()
+
+        app.state.registry = Registry(repo, await SecretStore.open(js), relay, connection)
+        app.state.tokens = TokenCache(repo)
+        app.state.bus = connection
+        relay.start()
+        cleanup.push_async_callback(relay.stop)
+        log.info("registry ready", api=settings.resolved_api_url)
+        yield
+
+
+async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """Count and log every request by its route template (headers, bodies and tokens are not logged)."""
+    started = time.perf_counter()
+    response = await call_next(request)
+    route = request.scope.get("route")
+    template = getattr(route, "path", "unmatched")
+    REQUESTS.labels(request.method, template, str(response.status_code)).inc()
+    log.info(
+        "request",
+        method=request.method,
+        route=template,
+        status=response.status_code,
+        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+    )
+    return response
+
+
+def _version() -> str:
+    try:
+        return version("berth")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+async def main(settings: Settings, stop: asyncio.Event) -> None:
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    stopping.cancel()
+    await serving
+    if not server.started:
+        raise SystemExit("the registry did not start; see the log above")

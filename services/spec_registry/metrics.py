@@ -1,0 +1,12 @@
+"""Prometheus metrics of the registry (process-wide, like the default prometheus-client registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+REQUESTS = Counter(
+    "berth_registry_requests", "HTTP requests answered, by route template and status.", ["method", "route", "status"]
+)
+SPEC_VERSIONS_ACCEPTED = Counter("berth_registry_spec_versions_accepted", "Spec versions committed.")
+OUTBOX_LAG = Gauge("berth_registry_outbox_lag", "Outbox events committed but not yet published.")
+EVENTS_PUBLISHED = Counter("berth_registry_events_published", "Outbox events published to JetStream.")

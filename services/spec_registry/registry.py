@@ -1,0 +1,113 @@
+"""Accepting specs: validation, secret references, and the one write path every new version takes
+(PUT, scale, stop, start and rollback all end in `Registry.update`)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+from pydantic import ValidationError
+
+from libs.bus import LOGS_RPC
+from libs.secrets import SecretStore
+from libs.spec import DeploymentSpec, SpecError, SpecInvalid, validate_spec
+from services.spec_registry.metrics import SPEC_VERSIONS_ACCEPTED
+from services.spec_registry.outbox import OutboxRelay
+from services.spec_registry.problems import BadGateway, Unavailable
+from services.spec_registry.repository import Repository, StoredDeployment
+from services.spec_registry.schemas import LogPage
+
+LOGS_TIMEOUT_SECONDS = 5.0
+SpecEdit = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Registry:
+    def __init__(self, repo: Repository, secrets: SecretStore, relay: OutboxRelay, nc: Client) -> None:
+        self.repo = repo
+        self.secrets = secrets
+        self._relay = relay
+        self._nc = nc
+
+    async def check(self, project: str, document: Any) -> DeploymentSpec:
+        """The validated spec; SpecInvalid lists every broken rule, then every missing secret."""
+        spec = validate_spec(document)
+        refs = spec.secret_ref_fields()
+        if refs:
+            existing = await self.secrets.names(project)
+            missing = [
+                SpecError(field, f"secret {name!r} does not exist in project {project!r}")
+                for field, name in refs
+                if name not in existing
+            ]
+            if missing:
+                raise SpecInvalid(missing)
+        return spec
+
+    async def create(self, project: str, document: Any) -> StoredDeployment:
+        spec = await self.check(project, document)
+        stored = await asyncio.to_thread(self.repo.create_deployment, project, spec)
+        self._accepted()
+        return stored
+
+    async def update(self, project: str, ref: str, document: Any, if_match: list[str]) -> StoredDeployment:
+        """A new spec version, based on the version whose spec_id is in `if_match`."""
+        spec = await self.check(project, document)
+        stored = await asyncio.to_thread(self.repo.update_deployment, project, ref, spec, if_match)
+        self._accepted()
+        return stored
+
+    async def change(self, project: str, ref: str, edit: SpecEdit) -> StoredDeployment:
+        """A new version made from the current one by `edit` (scale, stop, start, rollback)."""
+        current = await asyncio.to_thread(self.repo.get_deployment, project, ref)
+        document = edit(copy.deepcopy(current.spec))
+        return await self.update(project, current.row.id, document, [current.row.spec_id])
+
+    async def delete(self, project: str, ref: str) -> None:
+        await asyncio.to_thread(self.repo.delete_deployment, project, ref)
+        self._relay.notify()
+
+    async def logs(self, deployment_id: str, replica: str | None, tail: int, since: str | None) -> LogPage:
+        """Ask the scheduler, which owns the replicas, for their log lines."""
+        request = {"deployment_id": deployment_id, "replica_id": replica, "tail": tail, "since": since}
+        try:
+            reply = await self._nc.request(LOGS_RPC, json.dumps(request).encode(), timeout=LOGS_TIMEOUT_SECONDS)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise Unavailable(
+                f"the scheduler did not answer the logs request within {LOGS_TIMEOUT_SECONDS:g} s; is it running?"
+            ) from exc
+        try:
+            answer = json.loads(reply.data)
+            if answer.get("error"):
+                raise BadGateway(f"the scheduler could not answer the logs request: {answer['error']}")
+            return LogPage.model_validate(answer)
+        except (ValueError, AttributeError, ValidationError) as exc:
+            raise BadGateway("the scheduler's answer to the logs request was not understood") from exc
+
+    def _accepted(self) -> None:
+        SPEC_VERSIONS_ACCEPTED.inc()
+        self._relay.notify()
+
+
+def with_replicas(replicas: int) -> SpecEdit:
+    def edit(spec: dict[str, Any]) -> dict[str, Any]:
+        spec["resources"]["replicas"] = replicas
+        return spec
+
+    return edit
+
+
+def with_enabled(enabled: bool) -> SpecEdit:
+    def edit(spec: dict[str, Any]) -> dict[str, Any]:
+        spec["enabled"] = enabled
+        return spec
+
+    return edit
+
+
+def replaced_by(old_spec: dict[str, Any]) -> SpecEdit:
+    return lambda _: copy.deepcopy(old_spec)

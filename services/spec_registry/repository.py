@@ -1,0 +1,333 @@
+"""SQL reads and writes of the registry. Synchronous: the async layer runs them in worker threads.
+
+Every write that changes a deployment commits its outbox event in the same transaction
+(transactional outbox); the relay publishes it afterwards.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from libs.events import (
+    DeploymentDeleted,
+    DeploymentStatusChanged,
+    Event,
+    SpecApplied,
+    new_id,
+)
+from libs.spec import DeploymentSpec, SpecError
+from libs.store import (
+    DeploymentRow,
+    DeploymentStatusRow,
+    OutboxRow,
+    ProjectRow,
+    SpecVersionRow,
+    TokenRow,
+    reader,
+    utcnow,
+)
+from libs.telemetry import trace_headers
+from services.spec_registry.faults import crash_point
+from services.spec_registry.problems import Conflict, Invalid, NotFound, StaleVersion
+
+DEFAULT_PROJECT = "default"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a token speaks for: one project, and whether it may also manage projects."""
+
+    project: str
+    is_admin: bool
+
+
+@dataclass(frozen=True)
+class StoredDeployment:
+    row: DeploymentRow
+    spec: dict[str, Any]  # as submitted
+    status: dict[str, Any] | None  # the newest DeploymentStatusChanged, or None before the first
+
+
+def submitted(spec: DeploymentSpec) -> dict[str, Any]:
+    """The spec as the user wrote it (defaults left out), which is what the API shows and stores."""
+    return spec.model_dump(mode="json", exclude_unset=True)
+
+
+class Repository:
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._reader = reader(engine)
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with Session(self._reader, expire_on_commit=False) as session:
+            yield session
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with Session(self._engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _write_with_event(self) -> Iterator[Session]:
+        """A write that adds an outbox event: the test-only crash hook fires right after its commit."""
+        with self._write() as session:
+            yield session
+        crash_point("crash_after_commit")
+
+    def ping(self) -> bool:
+        with self._read() as session:
+            return session.exec(select(sa.literal(1))).one() == 1
+
+    # -- projects and tokens ------------------------------------------------------------------------
+
+    def has_admin(self) -> bool:
+        with self._read() as session:
+            return session.exec(select(TokenRow).where(col(TokenRow.is_admin))).first() is not None
+
+    def bootstrap(self, token_hash: str) -> None:
+        """Create project `default` and its admin token (first start)."""
+        with self._write() as session:
+            if session.get(ProjectRow, DEFAULT_PROJECT) is None:
+                session.add(ProjectRow(name=DEFAULT_PROJECT))
+                session.flush()
+            session.add(TokenRow(project=DEFAULT_PROJECT, token_hash=token_hash, is_admin=True))
+
+    def principal(self, token_hash: str) -> Principal | None:
+        with self._read() as session:
+            row = session.exec(select(TokenRow).where(TokenRow.token_hash == token_hash)).first()
+        # The lookup is by digest of a high-entropy token; the constant-time compare keeps the final
+        # check free of timing differences anyway.
+        if row is None or not hmac.compare_digest(row.token_hash, token_hash):
+            return None
+        return Principal(project=row.project, is_admin=row.is_admin)
+
+    def create_project(self, name: str, token_hash: str) -> None:
+        try:
+            with self._write() as session:
+                if session.get(ProjectRow, name) is not None:
+                    raise Conflict(f"project {name!r} exists")
+                session.add(ProjectRow(name=name))
+                session.flush()
+                session.add(TokenRow(project=name, token_hash=token_hash))
+        except IntegrityError as exc:
+            raise Conflict(f"project {name!r} exists") from exc
+
+    def add_token(self, project: str, token_hash: str) -> None:
+        with self._write() as session:
+            if session.get(ProjectRow, project) is None:
+                raise NotFound(f"no project {project!r}")
+            session.add(TokenRow(project=project, token_hash=token_hash))
+
+    # -- deployments ----------------------------------------------------------------------------------
+
+    def create_deployment(self, project: str, spec: DeploymentSpec) -> StoredDeployment:
+        try:
+            with self._write_with_event() as session:
+                taken = self._taken(session, project, spec, exclude_id=None)
+                if taken is not None:
+                    raise Conflict(f"deployment {taken.name!r} (slug {taken.slug!r}) exists in project {project!r}")
+                now = utcnow()
+                row = DeploymentRow(
+                    id=new_id(),
+                    project=project,
+                    name=spec.name,
+                    slug=spec.slug,
+                    environment=spec.environment,
+                    spec_id=new_id(),
+                    spec_version=1,
+                    created_at=now,
+                    updated_at=now,
+                )
+                session.add(row)
+                session.flush()
+                self._add_version(session, row, spec)
+        except IntegrityError as exc:
+            raise Conflict(f"a deployment named {spec.name!r} exists in project {project!r}") from exc
+        return StoredDeployment(row, submitted(spec), None)
+
+    def update_deployment(self, project: str, ref: str, spec: DeploymentSpec, if_match: list[str]) -> StoredDeployment:
+        """A new spec version based on the one `if_match` names."""
+        try:
+            with self._write_with_event() as session:
+                row = self._find(session, project, ref, for_update=True)
+                if row.spec_id not in if_match:
+                    raise StaleVersion(
+                        f"deployment {row.slug!r} is at spec version {row.spec_version} (spec_id {row.spec_id}); "
+                        "read it again and apply your change to that version"
+                    )
+                if spec.name != row.name:
+                    taken = self._taken(session, project, spec, exclude_id=row.id)
+                    if taken is not None:
+                        raise Conflict(f"deployment {taken.name!r} (slug {taken.slug!r}) exists in project {project!r}")
+                    raise Invalid(
+                        "a deployment cannot be renamed", [SpecError("name", "deployment name cannot be edited")]
+                    )
+                row.spec_id, row.spec_version = new_id(), row.spec_version + 1
+                row.environment, row.updated_at = spec.environment, utcnow()
+                session.add(row)
+                self._add_version(session, row, spec)
+                status = session.get(DeploymentStatusRow, row.id)
+        except IntegrityError as exc:  # another update based on the same version committed first
+            raise StaleVersion(f"deployment {ref!r} changed meanwhile; read it again") from exc
+        return StoredDeployment(row, submitted(spec), status.status if status else None)
+
+    def delete_deployment(self, project: str, ref: str) -> None:
+        with self._write_with_event() as session:
+            row = self._find(session, project, ref, for_update=True)
+            for table in (DeploymentStatusRow, SpecVersionRow):
+                session.execute(sa.delete(table).where(col(table.deployment_id) == row.id))
+            session.delete(row)
+            self._add_event(session, DeploymentDeleted(deployment_id=row.id, project=project, slug=row.slug))
+
+    def get_deployment(self, project: str, ref: str) -> StoredDeployment:
+        with self._read() as session:
+            row = self._find(session, project, ref)
+            version = session.get(SpecVersionRow, row.spec_id)
+            status = session.get(DeploymentStatusRow, row.id)
+        assert version is not None, "a deployment always points at one of its versions"
+        return StoredDeployment(row, version.spec, status.status if status else None)
+
+    def list_deployments(self, project: str, environment: str | None) -> list[StoredDeployment]:
+        query = (
+            select(DeploymentRow, SpecVersionRow, DeploymentStatusRow)
+            .join(SpecVersionRow, col(SpecVersionRow.spec_id) == DeploymentRow.spec_id)
+            .join(DeploymentStatusRow, col(DeploymentStatusRow.deployment_id) == DeploymentRow.id, isouter=True)
+            .where(DeploymentRow.project == project)
+            .order_by(col(DeploymentRow.name))
+        )
+        if environment is not None:
+            query = query.where(DeploymentRow.environment == environment)
+        with self._read() as session:
+            rows = session.exec(query).all()
+        return [StoredDeployment(d, v.spec, s.status if s else None) for d, v, s in rows]
+
+    def history(self, project: str, ref: str) -> list[SpecVersionRow]:
+        with self._read() as session:
+            row = self._find(session, project, ref)
+            query = (
+                select(SpecVersionRow)
+                .where(SpecVersionRow.deployment_id == row.id)
+                .order_by(col(SpecVersionRow.version).desc())
+            )
+            return list(session.exec(query).all())
+
+    def spec_version(self, project: str, ref: str, version: int) -> SpecVersionRow:
+        with self._read() as session:
+            row = self._find(session, project, ref)
+            query = select(SpecVersionRow).where(
+                SpecVersionRow.deployment_id == row.id, SpecVersionRow.version == version
+            )
+            found = session.exec(query).first()
+        if found is None:
+            raise NotFound(f"deployment {row.slug!r} has no spec version {version}")
+        return found
+
+    # -- status read model ------------------------------------------------------------------------------
+
+    def save_status(self, event: DeploymentStatusChanged) -> bool:
+        """Keep the newest status of a deployment; older (re-delivered, reordered) events are ignored."""
+        with self._write() as session:
+            if session.get(DeploymentRow, event.deployment_id) is None:
+                return False  # deleted meanwhile
+            row = session.get(DeploymentStatusRow, event.deployment_id)
+            if row is not None and row.occurred_at >= event.occurred_at:
+                return False
+            status = event.model_dump(
+                mode="json",
+                include={"phase", "reason", "desired_replicas", "ready_replicas", "replicas", "not_provided"},
+            )
+            status["observed_at"] = event.occurred_at.isoformat()
+            row = row or DeploymentStatusRow(
+                deployment_id=event.deployment_id, occurred_at=event.occurred_at, status={}
+            )
+            row.occurred_at, row.status = event.occurred_at, status
+            session.add(row)
+            return True
+
+    # -- outbox -------------------------------------------------------------------------------------------
+
+    def pending_events(self, limit: int) -> list[OutboxRow]:
+        with self._read() as session:
+            query = (
+                select(OutboxRow).where(col(OutboxRow.published_at).is_(None)).order_by(col(OutboxRow.id)).limit(limit)
+            )
+            return list(session.exec(query).all())
+
+    def mark_published(self, ids: list[int]) -> None:
+        with self._write() as session:
+            session.execute(sa.update(OutboxRow).where(col(OutboxRow.id).in_(ids)).values(published_at=utcnow()))
+
+    def outbox_lag(self) -> int:
+        with self._read() as session:
+            query = select(sa.func.count()).select_from(OutboxRow).where(col(OutboxRow.published_at).is_(None))
+            return int(session.exec(query).one())
+
+    # -- helpers --------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _find(session: Session, project: str, ref: str, for_update: bool = False) -> DeploymentRow:
+        query = select(DeploymentRow).where(
+            DeploymentRow.project == project, sa.or_(col(DeploymentRow.id) == ref, col(DeploymentRow.slug) == ref)
+        )
+        if for_update:
+            query = query.with_for_update()
+        found = session.exec(query).all()
+        if not found:
+            raise NotFound(f"no deployment {ref!r} in project {project!r}")
+        return next((row for row in found if row.id == ref), found[0])
+
+    @staticmethod
+    def _taken(session: Session, project: str, spec: DeploymentSpec, exclude_id: str | None) -> DeploymentRow | None:
+        query = select(DeploymentRow).where(
+            DeploymentRow.project == project,
+            sa.or_(col(DeploymentRow.name) == spec.name, col(DeploymentRow.slug) == spec.slug),
+        )
+        if exclude_id is not None:
+            query = query.where(DeploymentRow.id != exclude_id)
+        return session.exec(query).first()
+
+    def _add_version(self, session: Session, row: DeploymentRow, spec: DeploymentSpec) -> None:
+        session.add(
+            SpecVersionRow(
+                spec_id=row.spec_id,
+                deployment_id=row.id,
+                version=row.spec_version,
+                spec=submitted(spec),
+                created_at=row.updated_at,
+            )
+        )
+        self._add_event(
+            session,
+            SpecApplied(
+                event_id=row.spec_id,
+                deployment_id=row.id,
+                project=row.project,
+                slug=row.slug,
+                name=row.name,
+                spec_id=row.spec_id,
+                spec_version=row.spec_version,
+                spec=spec,
+            ),
+        )
+        session.flush()
+
+    @staticmethod
+    def _add_event(session: Session, event: Event) -> None:
+        """Commit the event with the change; it keeps the current trace context for the relay."""
+        session.add(
+            OutboxRow(
+                msg_id=event.event_id,
+                subject=event.subject(),
+                payload=event.model_dump(mode="json"),
+                headers=trace_headers() or None,
+            )
+        )

@@ -1,0 +1,66 @@
+"""Projects and their tokens (admin token only), and the caller's project secrets."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+
+from libs.spec import SECRET_NAME
+from services.spec_registry.auth import Admin, Caller, hash_token, new_token
+from services.spec_registry.problems import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    Unauthorized,
+    responses,
+)
+from services.spec_registry.routes.deps import RegistryDep
+from services.spec_registry.schemas import (
+    ProjectCreate,
+    ProjectCreated,
+    SecretNames,
+    SecretPut,
+    TokenCreated,
+)
+
+router = APIRouter(prefix="/v1", responses=responses(Unauthorized, Invalid))
+SecretName = Annotated[str, Path(pattern=SECRET_NAME.pattern, description="Referred to as secret:<name> in specs.")]
+
+
+@router.post("/projects", status_code=201, tags=["projects"], responses=responses(Forbidden, Conflict, Invalid))
+async def create_project(body: ProjectCreate, _: Admin, registry: RegistryDep) -> ProjectCreated:
+    """A project and its first token (shown once)."""
+    token = new_token()
+    await asyncio.to_thread(registry.repo.create_project, body.name, hash_token(token))
+    return ProjectCreated(name=body.name, token=token)
+
+
+@router.post("/projects/{project}/tokens", status_code=201, tags=["projects"], responses=responses(Forbidden, NotFound))
+async def create_token(project: str, _: Admin, registry: RegistryDep) -> TokenCreated:
+    """Another token for a project (shown once)."""
+    token = new_token()
+    await asyncio.to_thread(registry.repo.add_token, project, hash_token(token))
+    return TokenCreated(token=token)
+
+
+@router.put("/secrets/{name}", status_code=204, tags=["secrets"], responses=responses(Invalid))
+async def put_secret(name: SecretName, body: SecretPut, caller: Caller, registry: RegistryDep) -> Response:
+    await registry.secrets.put(caller.project, name, body.value.get_secret_value())
+    return Response(status_code=204)
+
+
+@router.get("/secrets", tags=["secrets"])
+async def list_secrets(caller: Caller, registry: RegistryDep) -> SecretNames:
+    """Names only; values are never shown."""
+    return SecretNames(names=sorted(await registry.secrets.names(caller.project)))
+
+
+@router.delete("/secrets/{name}", status_code=204, tags=["secrets"], responses=responses(NotFound))
+async def delete_secret(name: SecretName, caller: Caller, registry: RegistryDep) -> Response:
+    if name not in await registry.secrets.names(caller.project):
+        raise NotFound(f"no secret {name!r} in project {caller.project!r}")
+    await registry.secrets.delete(caller.project, name)
+    return Response(status_code=204)

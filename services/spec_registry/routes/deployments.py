@@ -1,0 +1,226 @@
+"""Deployments: create, read, update (If-Match), scale, stop/start, rollback, delete, history,
+status and logs. Every route is scoped to the caller's project; a deployment of another project
+answers 404 like one that does not exist."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+
+from libs.config import Settings
+from libs.spec import DeploymentSpec
+from services.spec_registry.auth import Caller
+from services.spec_registry.problems import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    PreconditionRequired,
+    StaleVersion,
+    Unauthorized,
+    Unavailable,
+    UnsupportedMediaType,
+    responses,
+)
+from services.spec_registry.registry import replaced_by, with_enabled, with_replicas
+from services.spec_registry.repository import StoredDeployment
+from services.spec_registry.routes.deps import (
+    SPEC_BODY,
+    RegistryDep,
+    SettingsDep,
+    SpecDocument,
+)
+from services.spec_registry.schemas import (
+    Deployment,
+    DeploymentList,
+    History,
+    LogPage,
+    RollbackRequest,
+    ScaleRequest,
+    SpecVersion,
+    Status,
+    Validation,
+)
+
+router = APIRouter(prefix="/v1", responses=responses(Unauthorized, Invalid))
+READ = responses(NotFound)
+WRITE = responses(NotFound, StaleVersion, Invalid)
+
+
+@router.post(
+    "/specs/validate", tags=["specs"], openapi_extra=SPEC_BODY, responses=responses(Invalid, UnsupportedMediaType)
+)
+async def validate_spec(caller: Caller, registry: RegistryDep, document: SpecDocument) -> Validation:
+    """Validate a spec (including its secret references) without storing anything."""
+    await registry.check(caller.project, document)
+    return Validation(valid=True)
+
+
+@router.post(
+    "/deployments",
+    status_code=201,
+    tags=["deployments"],
+    openapi_extra=SPEC_BODY,
+    responses=responses(Conflict, Invalid, UnsupportedMediaType),
+)
+async def create_deployment(
+    caller: Caller, registry: RegistryDep, settings: SettingsDep, document: SpecDocument, response: Response
+) -> Deployment:
+    stored = await registry.create(caller.project, document)
+    response.headers["Location"] = f"/v1/deployments/{stored.row.id}"
+    return _answer(stored, settings, response)
+
+
+@router.get("/deployments", tags=["deployments"], responses=responses(Forbidden))
+async def list_deployments(
+    caller: Caller,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    environment: Annotated[str | None, Query(description="development, staging or production")] = None,
+    project: Annotated[str | None, Query(description="Another project's deployments (admin token only).")] = None,
+) -> DeploymentList:
+    if project is not None and project != caller.project and not caller.is_admin:
+        raise Forbidden("only the admin token may list another project's deployments")
+    stored = await asyncio.to_thread(registry.repo.list_deployments, project or caller.project, environment)
+    return DeploymentList(items=[present(s, settings) for s in stored])
+
+
+@router.get("/deployments/{ref}", tags=["deployments"], responses=READ)
+async def get_deployment(
+    ref: str, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
+) -> Deployment:
+    """`ref` is the deployment_id or the slug."""
+    stored = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
+    return _answer(stored, settings, response)
+
+
+@router.put(
+    "/deployments/{ref}",
+    tags=["deployments"],
+    openapi_extra=SPEC_BODY,
+    responses={**WRITE, **responses(Conflict, PreconditionRequired, UnsupportedMediaType)},
+)
+async def update_deployment(
+    ref: str,
+    caller: Caller,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    document: SpecDocument,
+    response: Response,
+    if_match: Annotated[str | None, Header(description='"<spec_id>" of the version this update is based on')] = None,
+) -> Deployment:
+    if not if_match:
+        raise PreconditionRequired('send If-Match: "<spec_id>" of the version your change is based on')
+    stored = await registry.update(caller.project, ref, document, _etags(if_match))
+    return _answer(stored, settings, response)
+
+
+@router.post("/deployments/{ref}/scale", tags=["deployments"], responses=WRITE)
+async def scale_deployment(
+    ref: str, body: ScaleRequest, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
+) -> Deployment:
+    stored = await registry.change(caller.project, ref, with_replicas(body.replicas))
+    return _answer(stored, settings, response)
+
+
+@router.post("/deployments/{ref}/stop", tags=["deployments"], responses=WRITE)
+async def stop_deployment(
+    ref: str, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
+) -> Deployment:
+    stored = await registry.change(caller.project, ref, with_enabled(False))
+    return _answer(stored, settings, response)
+
+
+@router.post("/deployments/{ref}/start", tags=["deployments"], responses=WRITE)
+async def start_deployment(
+    ref: str, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
+) -> Deployment:
+    stored = await registry.change(caller.project, ref, with_enabled(True))
+    return _answer(stored, settings, response)
+
+
+@router.post("/deployments/{ref}/rollback", tags=["deployments"], responses=WRITE)
+async def rollback_deployment(
+    ref: str, body: RollbackRequest, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
+) -> Deployment:
+    """A new version whose spec is that of `spec_version`."""
+    old = await asyncio.to_thread(registry.repo.spec_version, caller.project, ref, body.spec_version)
+    stored = await registry.change(caller.project, ref, replaced_by(old.spec))
+    return _answer(stored, settings, response)
+
+
+@router.delete("/deployments/{ref}", status_code=204, tags=["deployments"], responses=READ)
+async def delete_deployment(ref: str, caller: Caller, registry: RegistryDep) -> Response:
+    await registry.delete(caller.project, ref)
+    return Response(status_code=204)
+
+
+@router.get("/deployments/{ref}/history", tags=["deployments"], responses=READ)
+async def deployment_history(ref: str, caller: Caller, registry: RegistryDep) -> History:
+    versions = await asyncio.to_thread(registry.repo.history, caller.project, ref)
+    return History(
+        items=[
+            SpecVersion(spec_id=v.spec_id, spec_version=v.version, created_at=v.created_at, spec=_spec(v.spec))
+            for v in versions
+        ]
+    )
+
+
+@router.get("/deployments/{ref}/status", tags=["deployments"], responses=READ)
+async def deployment_status(ref: str, caller: Caller, registry: RegistryDep) -> Status:
+    stored = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
+    return _status(stored, _spec(stored.spec))
+
+
+@router.get("/deployments/{ref}/logs", tags=["deployments"], responses={**READ, **responses(Unavailable)})
+async def deployment_logs(
+    ref: str,
+    caller: Caller,
+    registry: RegistryDep,
+    replica: Annotated[str | None, Query(description="One replica's lines only.")] = None,
+    tail: Annotated[int, Query(ge=0, le=10_000, description="Lines from the end to start with.")] = 100,
+    since: Annotated[str | None, Query(description="The `next` cursor of an earlier answer.")] = None,
+) -> LogPage:
+    stored = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
+    return await registry.logs(stored.row.id, replica, tail, since)
+
+
+def present(stored: StoredDeployment, settings: Settings) -> Deployment:
+    row, spec = stored.row, _spec(stored.spec)
+    return Deployment(
+        deployment_id=row.id,
+        project=row.project,
+        name=row.name,
+        slug=row.slug,
+        environment=row.environment,
+        spec_id=row.spec_id,
+        spec_version=row.spec_version,
+        spec=spec,
+        endpoint=f"http://{settings.router_host}:{settings.router_port}/{row.project}/{row.slug}/",
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        status=_status(stored, spec),
+    )
+
+
+def _answer(stored: StoredDeployment, settings: Settings, response: Response) -> Deployment:
+    response.headers["ETag"] = f'"{stored.row.spec_id}"'
+    return present(stored, settings)
+
+
+def _spec(document: dict[str, object]) -> DeploymentSpec:
+    return DeploymentSpec.model_validate(document)
+
+
+def _status(stored: StoredDeployment, spec: DeploymentSpec) -> Status:
+    if stored.status is not None:
+        return Status.model_validate(stored.status)
+    desired = spec.resources.replicas if spec.enabled else 0
+    return Status(desired_replicas=desired, reason="waiting for the scheduler's first report")
+
+
+def _etags(header: str) -> list[str]:
+    """The spec_ids of an If-Match header: `"a"`, `"a", "b"`, `W/"a"` or a bare id."""
+    return [tag.strip().removeprefix("W/").strip('"') for tag in header.split(",") if tag.strip()]

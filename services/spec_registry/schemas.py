@@ -1,0 +1,126 @@
+"""The registry's REST resources (pydantic), as the API contract names them; OpenAPI is built from
+these. Request bodies reject unknown fields, like the spec does."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializerFunctionWrapHandler,
+    field_serializer,
+)
+
+from libs.events import Phase, ReplicaStatus
+from libs.spec import DeploymentSpec
+
+PROJECT_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Status(BaseModel):
+    """The observed state of a deployment, from the scheduler's DeploymentStatusChanged events."""
+
+    phase: Literal["Pending"] | Phase = Field(default="Pending", description="Pending until the first status event.")
+    reason: str = ""
+    desired_replicas: int = 0
+    ready_replicas: int = 0
+    replicas: list[ReplicaStatus] = Field(default_factory=list)
+    not_provided: list[str] = Field(default_factory=list, description="What this runtime could not give.")
+    observed_at: datetime | None = None
+
+
+class SubmittedSpec(BaseModel):
+    """A resource holding a spec shows it as submitted: the fields the user wrote, not every default."""
+
+    spec: DeploymentSpec
+
+    # No return annotation on purpose: pydantic then documents the field as a DeploymentSpec.
+    @field_serializer("spec", mode="wrap")
+    def _as_submitted(self, spec: DeploymentSpec, _: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
+        return spec.model_dump(mode="json", exclude_unset=True)
+
+
+class Deployment(SubmittedSpec):
+    deployment_id: str
+    project: str
+    name: str
+    slug: str = Field(description="DNS-1123 label derived from the name; unique in the project.")
+    environment: str
+    spec_id: str = Field(description="Id of the current spec version; send it back in If-Match to update.")
+    spec_version: int
+    endpoint: str = Field(description="The load-balanced URL: http://<router>/<project>/<slug>/")
+    created_at: datetime
+    updated_at: datetime
+    status: Status
+
+
+class DeploymentList(BaseModel):
+    items: list[Deployment]
+
+
+class SpecVersion(SubmittedSpec):
+    spec_id: str
+    spec_version: int
+    created_at: datetime
+
+
+class History(BaseModel):
+    items: list[SpecVersion] = Field(description="Newest first.")
+
+
+class Validation(BaseModel):
+    valid: bool
+
+
+class ScaleRequest(Request):
+    replicas: int = Field(ge=0, le=1000)
+
+
+class RollbackRequest(Request):
+    spec_version: int = Field(ge=1, description="The version whose spec becomes the new version's spec.")
+
+
+class ProjectCreate(Request):
+    name: str = Field(pattern=PROJECT_NAME, description="A DNS-1123 label; part of endpoint URLs.")
+
+
+class ProjectCreated(BaseModel):
+    name: str
+    token: str = Field(description="Shown once; only its hash is stored.")
+
+
+class TokenCreated(BaseModel):
+    token: str = Field(description="Shown once; only its hash is stored.")
+
+
+class SecretPut(Request):
+    value: SecretStr
+
+
+class SecretNames(BaseModel):
+    names: list[str]
+
+
+class LogLine(BaseModel):
+    replica_id: str
+    offset: int
+    line: str
+
+
+class LogPage(BaseModel):
+    lines: list[LogLine]
+    next: Any = Field(default=None, description="Cursor: pass it as `since` to read what follows.")
+
+
+class Health(BaseModel):
+    healthy: bool
+    database: bool
+    bus_connected: bool
