@@ -1,0 +1,206 @@
+"""A small typed client of the spec-registry's REST API (the contract in the brief / proto/openapi).
+
+Answers are returned as the JSON the API sent (TypedDicts name their fields), so `-o json` prints
+exactly what the server said. Failures raise `ApiError` (a problem+json answer) or `NotRunning`
+(nothing listens at the API URL).
+"""
+
+from __future__ import annotations
+
+import json
+from types import TracebackType
+from typing import Any, NotRequired, TypedDict
+
+import httpx
+
+
+class ProblemField(TypedDict):
+    field: str
+    rule: str
+
+
+class ReplicaStatus(TypedDict, total=False):
+    replica_id: str
+    spec_id: str
+    address: str | None
+    state: str
+    started: bool
+    ready: bool
+    live: bool
+    restart_count: int
+    last_exit_code: int | None
+
+
+class Status(TypedDict, total=False):
+    phase: str
+    reason: str
+    desired_replicas: int
+    ready_replicas: int
+    replicas: list[ReplicaStatus]
+    not_provided: list[str]
+    observed_at: str | None
+
+
+class Deployment(TypedDict):
+    deployment_id: str
+    project: str
+    name: str
+    slug: str
+    environment: str
+    spec_id: str
+    spec_version: int
+    spec: dict[str, Any]
+    endpoint: str
+    created_at: str
+    updated_at: str
+    status: NotRequired[Status]
+
+
+class SpecVersion(TypedDict):
+    spec_id: str
+    spec_version: int
+    created_at: str
+    spec: dict[str, Any]
+
+
+class LogLine(TypedDict):
+    replica_id: str
+    offset: int
+    line: str
+
+
+class LogPage(TypedDict):
+    lines: list[LogLine]
+    next: Any
+
+
+class NotRunning(Exception):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        super().__init__(f"berth is not running at {url}: start it with `berth up`")
+
+
+class ApiError(Exception):
+    """An error answer; `errors` lists each offending field and the rule it breaks."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        self.status = status
+        self.title = str(problem.get("title") or f"HTTP {status}")
+        self.detail = str(problem.get("detail") or "")
+        self.errors: list[ProblemField] = [
+            {"field": str(e.get("field", "")), "rule": str(e.get("rule", ""))} for e in problem.get("errors") or []
+        ]
+        super().__init__(self.title if not self.detail else f"{self.title}: {self.detail}")
+
+
+class BerthClient:
+    def __init__(self, api_url: str, token: str | None = None, timeout: float = 10.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.api_url = api_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.api_url, headers=headers, timeout=timeout)
+
+    def __enter__(self) -> BerthClient:
+        return self
+
+    def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.ConnectError as exc:
+            raise NotRunning(self.api_url) from exc
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, _problem(response))
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    # -- health, specs --------------------------------------------------------------------------
+
+    def healthz(self) -> dict[str, Any]:
+        return self._request("GET", "/healthz")  # type: ignore[no-any-return]
+
+    def validate(self, spec: dict[str, Any]) -> None:
+        self._request("POST", "/v1/specs/validate", json=spec)
+
+    # -- deployments ------------------------------------------------------------------------------
+
+    def list_deployments(self, environment: str | None = None, project: str | None = None) -> list[Deployment]:
+        params = {k: v for k, v in {"environment": environment, "project": project}.items() if v}
+        return self._request("GET", "/v1/deployments", params=params)["items"]  # type: ignore[no-any-return]
+
+    def get_deployment(self, ref: str) -> Deployment:
+        return self._request("GET", f"/v1/deployments/{ref}")  # type: ignore[no-any-return]
+
+    def find_deployment(self, ref: str) -> Deployment | None:
+        """The deployment, or None when the project has none by that id or slug."""
+        try:
+            return self.get_deployment(ref)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create_deployment(self, spec: dict[str, Any]) -> Deployment:
+        return self._request("POST", "/v1/deployments", json=spec)  # type: ignore[no-any-return]
+
+    def update_deployment(self, ref: str, spec: dict[str, Any], based_on_spec_id: str) -> Deployment:
+        headers = {"If-Match": f'"{based_on_spec_id}"'}
+        return self._request("PUT", f"/v1/deployments/{ref}", json=spec, headers=headers)  # type: ignore[no-any-return]
+
+    def delete_deployment(self, ref: str) -> None:
+        self._request("DELETE", f"/v1/deployments/{ref}")
+
+    def scale(self, ref: str, replicas: int) -> Deployment:
+        return self._request("POST", f"/v1/deployments/{ref}/scale", json={"replicas": replicas})  # type: ignore[no-any-return]
+
+    def start(self, ref: str) -> Deployment:
+        return self._request("POST", f"/v1/deployments/{ref}/start")  # type: ignore[no-any-return]
+
+    def stop(self, ref: str) -> Deployment:
+        return self._request("POST", f"/v1/deployments/{ref}/stop")  # type: ignore[no-any-return]
+
+    def rollback(self, ref: str, spec_version: int) -> Deployment:
+        body = {"spec_version": spec_version}
+        return self._request("POST", f"/v1/deployments/{ref}/rollback", json=body)  # type: ignore[no-any-return]
+
+    def history(self, ref: str) -> list[SpecVersion]:
+        return self._request("GET", f"/v1/deployments/{ref}/history")["items"]  # type: ignore[no-any-return]
+
+    def status(self, ref: str) -> Status:
+        return self._request("GET", f"/v1/deployments/{ref}/status")  # type: ignore[no-any-return]
+
+    def logs(self, ref: str, replica: str | None = None, tail: int = 100, since: Any = None) -> LogPage:
+        params: dict[str, Any] = {"tail": tail}
+        if replica:
+            params["replica"] = replica
+        if since is not None:
+            params["since"] = since if isinstance(since, str | int) else json.dumps(since)
+        return self._request("GET", f"/v1/deployments/{ref}/logs", params=params)  # type: ignore[no-any-return]
+
+    # -- secrets ----------------------------------------------------------------------------------
+
+    def set_secret(self, name: str, value: str) -> None:
+        self._request("PUT", f"/v1/secrets/{name}", json={"value": value})
+
+    def list_secrets(self) -> list[str]:
+        return self._request("GET", "/v1/secrets")["names"]  # type: ignore[no-any-return]
+
+    def delete_secret(self, name: str) -> None:
+        self._request("DELETE", f"/v1/secrets/{name}")
+
+
+def _problem(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {"title": response.reason_phrase or f"HTTP {response.status_code}", "detail": response.text[:500]}
+    if isinstance(body, dict):
+        if "title" not in body and isinstance(body.get("detail"), str):
+            body = {"title": body["detail"], **{k: v for k, v in body.items() if k != "detail"}}
+        return body
+    return {"title": f"HTTP {response.status_code}", "detail": str(body)[:500]}

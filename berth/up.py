@@ -1,0 +1,387 @@
+"""`berth up`: run the embedded default on this machine and supervise it.
+
+It starts nats-server with JetStream (unless BERTH_NATS_URL names one) and then each service as its own
+process (`python -m services.<name>`), restarts any that dies, and on Ctrl-C or SIGTERM stops the
+services in reverse order and nats-server last. All state lives in the data directory (SQLite file,
+JetStream store, token, logs), so the next `up` on it finds every deployment again; a lock file keeps
+two `up`s off one data directory.
+
+Its children get, besides the BERTH_* settings, this interpreter's bin directory first on PATH and the
+berth checkout on PYTHONPATH: a replica whose command is `python -m examples.iris.server` then runs
+with the same Python and packages as berth, whatever its working directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO
+
+import httpx
+import psutil
+from rich.console import Console
+from rich.markup import escape
+from rich.panel import Panel
+from rich.text import Text
+
+from libs.config import Settings
+from libs.natsd import start_nats_server
+
+SERVICES = ("spec_registry", "scheduler", "health_monitor", "router")
+CHECKOUT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT_SECONDS = 60.0
+TICK_SECONDS = 0.25
+# A child that ran this long before dying starts its back-off from the beginning again.
+STABLE_AFTER_SECONDS = 30.0
+BACKOFF_MAX_SECONDS = 30.0
+CENSUS_SECONDS = 2.0
+
+
+class CannotStart(Exception):
+    """berth cannot start as asked (data dir in use, ports taken, nats-server missing); says why."""
+
+
+def restart_delay(failures: int) -> float:
+    """1 s, 2 s, 4 s ... up to 30 s between restarts of a child that keeps dying."""
+    return min(2.0 ** max(failures - 1, 0), BACKOFF_MAX_SECONDS)
+
+
+@dataclass
+class Child:
+    """One supervised process: how to start it, and what became of it."""
+
+    name: str
+    log_file: Path
+    spawn: Callable[[], subprocess.Popen[bytes]]
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
+    descendants: list[psutil.Process] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.process = self.spawn()
+        self.started_at = time.monotonic()
+        self.restart_at = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class DataDirLock:
+    """An exclusive flock on data_dir/up.lock, held for as long as `up` runs."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "up.lock"
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise CannotStart(
+                f"another `berth up` (pid {holder}) is running with the data dir {self.path.parent}; "
+                "stop it first, or use another --data-dir"
+            ) from None
+        handle.truncate(0)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+class Launcher:
+    def __init__(self, settings: Settings, console: Console | None = None) -> None:
+        self.settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+        self.data_dir = self.settings.data_dir
+        self.logs_dir = self.data_dir / "logs"
+        self.console = console or Console(soft_wrap=True)
+        self.nats_url = self.settings.resolved_nats_url
+        self.grace = self.settings.stop_grace_seconds
+        self._stopping = threading.Event()
+        self.children: list[Child] = []
+
+    # -- the whole run ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        lock = DataDirLock(self.data_dir)
+        lock.acquire()
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._check_ports()
+            self.logs_dir.mkdir(parents=True, exist_ok=True)
+            self.children = self._children()
+            self._announce_logs()
+            for child in self.children:
+                if self._stopping.is_set():
+                    break
+                try:
+                    child.start()
+                except (OSError, TimeoutError) as exc:
+                    raise CannotStart(f"{child.name} did not start: {exc} (see {child.log_file})") from exc
+            self._supervise()
+            return 0
+        finally:
+            self._shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            lock.release()
+
+    def _on_signal(self, signum: int, _: FrameType | None) -> None:
+        if not self._stopping.is_set():
+            self.console.print(f"\n[bold]{signal.Signals(signum).name}[/]: stopping berth …")
+        self._stopping.set()
+
+    # -- what to run ------------------------------------------------------------------------------
+
+    def _children(self) -> list[Child]:
+        children = []
+        if self.settings.nats_url is None:
+            children.append(Child("nats-server", self.logs_dir / "nats-server.log", self._spawn_nats))
+        for name in SERVICES:
+            if not _runnable(f"services.{name}"):
+                self.console.print(f"[yellow]services.{name} is not present: not started[/]")
+                continue
+            children.append(Child(name, self.logs_dir / f"{name}.log", self._spawner(name)))
+        return children
+
+    def _spawn_nats(self) -> subprocess.Popen[bytes]:
+        return start_nats_server(
+            self.data_dir / "jetstream", self.settings.nats_port, self.logs_dir / "nats-server.log", own_session=True
+        )
+
+    def _spawner(self, name: str) -> Callable[[], subprocess.Popen[bytes]]:
+        def spawn() -> subprocess.Popen[bytes]:
+            with open(self.logs_dir / f"{name}.log", "ab") as log:
+                return subprocess.Popen(
+                    [sys.executable, "-m", f"services.{name}"],
+                    env=self.child_env(),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+
+        return spawn
+
+    def child_env(self) -> dict[str, str]:
+        s = self.settings
+        env = dict(os.environ)
+        env.update(
+            BERTH_DATA_DIR=str(self.data_dir),
+            BERTH_NATS_URL=self.nats_url,
+            BERTH_API_HOST=s.api_host,
+            BERTH_API_PORT=str(s.api_port),
+            BERTH_ROUTER_HOST=s.router_host,
+            BERTH_ROUTER_PORT=str(s.router_port),
+            BERTH_SCHEDULER_OPS_PORT=str(s.scheduler_ops_port),
+            BERTH_HEALTH_MONITOR_OPS_PORT=str(s.health_monitor_ops_port),
+            BERTH_STOP_REPLICAS_ON_EXIT="true",
+            PYTHONUNBUFFERED="1",
+        )
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [str(CHECKOUT), env.get("PYTHONPATH", "")] if p)
+        return env
+
+    def _check_ports(self) -> None:
+        s = self.settings
+        wanted = {
+            "BERTH_API_PORT": s.api_port,
+            "BERTH_ROUTER_PORT": s.router_port,
+            "BERTH_SCHEDULER_OPS_PORT": s.scheduler_ops_port,
+            "BERTH_HEALTH_MONITOR_OPS_PORT": s.health_monitor_ops_port,
+        }
+        if s.nats_url is None:
+            wanted["BERTH_NATS_PORT"] = s.nats_port
+        busy = [f"{port} ({var})" for var, port in wanted.items() if not _port_free(port)]
+        if busy:
+            raise CannotStart(
+                f"ports already in use: {', '.join(busy)}; stop what uses them or choose other ports with"
+                " those variables"
+            )
+
+    # -- supervision ------------------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        announced = "spec_registry" not in {c.name for c in self.children}
+        if announced:
+            self._announce_ready(registry=False)
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        next_census = 0.0
+        while not self._stopping.wait(TICK_SECONDS):
+            for child in self.children:
+                self._look_after(child)
+            if time.monotonic() >= next_census:
+                self._take_census()
+                next_census = time.monotonic() + CENSUS_SECONDS
+            if not announced and self._registry_healthy():
+                self._announce_ready(registry=True)
+                announced = True
+            elif not announced and time.monotonic() > deadline:
+                log = self.logs_dir / "spec_registry.log"
+                self.console.print(
+                    f"[yellow]the API is not answering after {READY_TIMEOUT_SECONDS:.0f}s; see {escape(str(log))}[/]"
+                )
+                deadline = float("inf")
+
+    def _look_after(self, child: Child) -> None:
+        if self._stopping.is_set() or child.process is None:
+            return
+        now = time.monotonic()
+        if child.restart_at is None:
+            code = child.process.poll()
+            if code is None:
+                return
+            child.failures = 1 if now - child.started_at > STABLE_AFTER_SECONDS else child.failures + 1
+            delay = restart_delay(child.failures)
+            child.restart_at = now + delay
+            self.console.print(
+                f"[red]{child.name} exited unexpectedly (code {code})[/]; restarting in {delay:.0f}s"
+                f" — see {escape(str(child.log_file))}"
+            )
+        elif now >= child.restart_at:
+            try:
+                child.start()
+                self.console.print(f"{child.name} restarted (pid {child.process.pid})")
+            except (OSError, TimeoutError) as exc:
+                child.failures += 1
+                child.restart_at = now + restart_delay(child.failures)
+                self.console.print(f"[red]{child.name} did not start: {escape(str(exc))}[/]")
+
+    def _take_census(self) -> None:
+        """Remember what each child started (replicas), to be sure none outlives `up`."""
+        for child in self.children:
+            if child.alive:
+                seen = {p.pid: p for p in child.descendants if _running(p)}
+                seen.update({p.pid: p for p in _descendants(child.process.pid)})  # type: ignore[union-attr]
+                child.descendants = list(seen.values())
+
+    def _registry_healthy(self) -> bool:
+        url = f"http://{self.settings.api_host}:{self.settings.api_port}/healthz"
+        try:
+            return httpx.get(url, timeout=0.5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    # -- stopping ---------------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        """Services in reverse order, then nats-server; then anything they started that outlived them."""
+        started = [c for c in self.children if c.process is not None]
+        self._take_census()
+        # The scheduler stops its replicas (each with the grace period) before it exits: give it that.
+        grace = self.grace + 5.0
+        for child in reversed(started):
+            self._stop(child, grace)
+        leftovers = [p for c in started for p in c.descendants if _running(p)]
+        for process in leftovers:
+            self.console.print(f"[yellow]killing leftover process {process.pid} ({process.name()})[/]")
+            process.kill()
+        psutil.wait_procs(leftovers, timeout=5)
+        if started:
+            self.console.print("berth stopped.")
+
+    def _stop(self, child: Child, grace: float) -> None:
+        process = child.process
+        assert process is not None
+        if process.poll() is None:
+            process.terminate()
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.console.print(f"[yellow]{child.name} did not stop within {grace:.0f}s: killed[/]")
+            process.kill()
+            process.wait()
+
+    # -- what the user sees -----------------------------------------------------------------------
+
+    def _announce_logs(self) -> None:
+        if self.settings.nats_url is not None:
+            self.console.print(f"using the NATS server at {self.nats_url}")
+        for child in self.children:
+            self.console.print(f"[dim]{child.name:<15} log: {escape(str(child.log_file))}[/]")
+
+    def _announce_ready(self, registry: bool) -> None:
+        s = self.settings
+        api = f"http://{s.api_host}:{s.api_port}"
+        router = f"http://{s.router_host}:{s.router_port}"
+        absent = "" if registry else "  [yellow](services.spec_registry is not present)[/]"
+        lines = [
+            f"[bold]API[/]          {api}{absent}",
+            f"[bold]Router[/]       {router}/<project>/<deployment>/",
+            f"[bold]Admin token[/]  {escape(str(s.token_file))}  (the CLI reads it)",
+            f"[bold]NATS[/]         {escape(self.nats_url)}",
+            f"[bold]Data dir[/]     {escape(str(self.data_dir))}",
+            f"[bold]Logs[/]         {escape(str(self.logs_dir))}/",
+            "",
+            "[bold]Next steps[/]",
+        ]
+        if self.data_dir != Path(".berth").resolve():
+            lines.append(f"  export BERTH_DATA_DIR={escape(str(self.data_dir))}")
+        if s.api_port != 8080 or s.api_host != "127.0.0.1":
+            lines.append(f"  export BERTH_API_URL={api}")
+        lines += [
+            "  berth apply -f examples/iris.yaml",
+            "  berth deployments get iris",
+            f"  curl -X POST {router}/default/iris/predict \\",
+            "       -H 'content-type: application/json' \\",
+            "       -d '{\"instances\": [[5.1, 3.5, 1.4, 0.2]]}'",
+            "",
+            "Ctrl-C stops berth and its replicas.",
+        ]
+        body = Text.from_markup("\n".join(lines), overflow="fold")
+        self.console.print(Panel(body, title="berth is up", expand=False), soft_wrap=False)
+
+
+def _runnable(package: str) -> bool:
+    """Whether `python -m package` can run it (it exists and has a __main__)."""
+    try:
+        return importlib.util.find_spec(f"{package}.__main__") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no owner
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        children: list[psutil.Process] = psutil.Process(pid).children(recursive=True)
+        return children
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
