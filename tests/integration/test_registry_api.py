@@ -1,0 +1,426 @@
+"""The spec-registry's REST API against a real SQLite file (and PostgreSQL when reachable) and a real
+nats-server: what a CLI or an API gateway sees."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from fastapi import FastAPI
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from libs.bus import LOGS_RPC, all_events
+from libs.config import Settings
+from libs.events import (
+    DeploymentDeleted,
+    DeploymentStatusChanged,
+    ReplicaStatus,
+    SpecApplied,
+)
+from services.spec_registry.app import create_app
+from tests.conftest import SQL_BACKENDS
+from tests.helpers import eventually
+
+SPEC: dict[str, Any] = {
+    "name": "my cool deployment",
+    "image": "python:3.11",
+    "environment": "staging",
+    "resources": {"ports": [8000], "replicas": 2},
+}
+BOTH_DATABASES = pytest.mark.parametrize(
+    "database_url", SQL_BACKENDS, indirect=True
+)
+
+
+def spec(**changes: Any) -> dict[str, Any]:
+    return {**SPEC, **changes}
+
+
+@dataclass
+class Registry:
+    app: FastAPI
+    settings: Settings
+    admin: httpx.AsyncClient
+
+    def client(self, token: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(self.app),
+            base_url="http://registry",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+    async def project_client(self, project: str) -> httpx.AsyncClient:
+        response = await self.admin.post("/v1/projects", json={"name": project})
+        assert response.status_code == 201, response.text
+        return self.client(response.json()["token"])
+
+
+@pytest.fixture
+async def registry(settings: Settings, database_url: str, nc: Client) -> AsyncIterator[Registry]:
+    settings = settings.model_copy(update={"database_url": database_url})
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        token = settings.token_file.read_text().strip()
+        registry = Registry(app, settings, httpx.AsyncClient())
+        async with registry.client(token) as admin:
+            registry.admin = admin
+            yield registry
+
+
+@pytest.fixture
+def api(registry: Registry) -> httpx.AsyncClient:
+    return registry.admin
+
+
+async def create(api: httpx.AsyncClient, document: dict[str, Any]) -> dict[str, Any]:
+    response = await api.post("/v1/deployments", json=document)
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def put(api: httpx.AsyncClient, ref: str, document: dict[str, Any], spec_id: str | None) -> httpx.Response:
+    headers = {"If-Match": f'"{spec_id}"'} if spec_id else {}
+    return await api.put(f"/v1/deployments/{ref}", json=document, headers=headers)
+
+
+async def snapshot(api: httpx.AsyncClient, ref: str) -> tuple[Any, Any]:
+    """What a user can see of the project: the list and the deployment's history."""
+    listing = (await api.get("/v1/deployments")).json()
+    history = (await api.get(f"/v1/deployments/{ref}/history")).json()
+    return listing, history
+
+
+# -- the core suite, on SQLite and PostgreSQL ------------------------------------------------------
+
+
+@BOTH_DATABASES
+async def test_create_get_and_list_by_environment(api: httpx.AsyncClient, registry: Registry) -> None:
+    created = await create(api, spec())
+    await create(api, spec(name="bert-api-v1", environment="production"))
+
+    assert created["slug"] == "my-cool-deployment"
+    assert created["project"] == "default" and created["spec_version"] == 1
+    assert created["spec"] == spec()  # as submitted: no defaults filled in
+    port = registry.settings.router_port
+    assert created["endpoint"] == f"http://127.0.0.1:{port}/default/my-cool-deployment/"
+    assert created["status"]["phase"] == "Pending"
+    for ref in (created["deployment_id"], "my-cool-deployment"):
+        got = await api.get(f"/v1/deployments/{ref}")
+        assert got.status_code == 200 and got.json() == created
+        assert got.headers["etag"] == f'"{created["spec_id"]}"'
+
+    everything = (await api.get("/v1/deployments")).json()["items"]
+    staging = (await api.get("/v1/deployments", params={"environment": "staging"})).json()["items"]
+    assert [d["name"] for d in everything] == ["bert-api-v1", "my cool deployment"]
+    assert [d["name"] for d in staging] == ["my cool deployment"]
+
+
+@BOTH_DATABASES
+async def test_update_needs_the_current_spec_id_in_if_match(api: httpx.AsyncClient) -> None:
+    created = await create(api, spec())
+
+    missing = await put(api, "my-cool-deployment", spec(image="python:3.12"), None)
+    assert missing.status_code == 428
+    assert missing.headers["content-type"] == "application/problem+json"
+
+    updated = await put(api, "my-cool-deployment", spec(image="python:3.12"), created["spec_id"])
+    assert updated.status_code == 200, updated.text
+    assert updated.json()["spec_version"] == 2 and updated.json()["spec_id"] != created["spec_id"]
+    assert updated.json()["spec"]["image"] == "python:3.12"
+
+    stale = await put(api, "my-cool-deployment", spec(image="python:3.13"), created["spec_id"])
+    assert stale.status_code == 409
+    assert stale.json()["status"] == 409 and updated.json()["spec_id"] in stale.json()["detail"]
+    assert (await api.get("/v1/deployments/my-cool-deployment")).json()["spec"]["image"] == "python:3.12"
+
+
+@BOTH_DATABASES
+async def test_history_keeps_every_version_newest_first(api: httpx.AsyncClient) -> None:
+    first = await create(api, spec())
+    second = (await put(api, first["deployment_id"], spec(image="python:3.12"), first["spec_id"])).json()
+
+    history = (await api.get("/v1/deployments/my-cool-deployment/history")).json()["items"]
+
+    assert [(v["spec_version"], v["spec_id"]) for v in history] == [(2, second["spec_id"]), (1, first["spec_id"])]
+    assert history[0]["spec"]["image"] == "python:3.12" and history[1]["spec"]["image"] == "python:3.11"
+
+
+@BOTH_DATABASES
+async def test_scale_stop_start_and_rollback_are_new_versions(api: httpx.AsyncClient) -> None:
+    await create(api, spec())
+    scaled = (await api.post("/v1/deployments/my-cool-deployment/scale", json={"replicas": 5})).json()
+    stopped = (await api.post("/v1/deployments/my-cool-deployment/stop")).json()
+    started = (await api.post("/v1/deployments/my-cool-deployment/start")).json()
+    rolled = await api.post("/v1/deployments/my-cool-deployment/rollback", json={"spec_version": 1})
+
+    assert rolled.status_code == 200, rolled.text
+    assert (scaled["spec_version"], scaled["spec"]["resources"]["replicas"]) == (2, 5)
+    assert (stopped["spec_version"], stopped["spec"]["enabled"]) == (3, False)
+    assert (started["spec_version"], started["spec"]["enabled"]) == (4, True)
+    assert rolled.json()["spec_version"] == 5 and rolled.json()["spec"] == spec()
+    history = (await api.get("/v1/deployments/my-cool-deployment/history")).json()["items"]
+    assert len({v["spec_id"] for v in history}) == 5
+
+    unknown = await api.post("/v1/deployments/my-cool-deployment/rollback", json={"spec_version": 9})
+    assert unknown.status_code == 404
+    typo = await api.post("/v1/deployments/my-cool-deployment/scale", json={"replica": 3})
+    assert (
+        typo.status_code == 422
+        and {"field": "replica", "rule": "unknown field (not part of the spec; check its spelling)"}
+        in typo.json()["errors"]
+    )
+
+
+@BOTH_DATABASES
+async def test_invalid_spec_names_every_field_and_changes_nothing(api: httpx.AsyncClient) -> None:
+    created = await create(api, spec())
+    before = await snapshot(api, "my-cool-deployment")
+    broken = spec(replica=3, resources={"ports": [0], "replicas": -1})
+
+    on_create = await api.post("/v1/deployments", json={**broken, "name": "other"})
+    on_update = await put(api, "my-cool-deployment", broken, created["spec_id"])
+
+    for response in (on_create, on_update):
+        assert response.status_code == 422
+        assert response.headers["content-type"] == "application/problem+json"
+        fields = {e["field"] for e in response.json()["errors"]}
+        assert fields == {"replica", "resources.ports[0]", "resources.replicas"}
+    assert await snapshot(api, "my-cool-deployment") == before
+
+
+@BOTH_DATABASES
+async def test_name_is_unique_in_project_and_cannot_be_edited(api: httpx.AsyncClient) -> None:
+    created = await create(api, spec())
+    other = await create(api, spec(name="other"))
+
+    same_slug = await api.post("/v1/deployments", json=spec(name="My Cool Deployment!"))
+    renamed = await put(api, "my-cool-deployment", spec(name="new name"), created["spec_id"])
+    taken = await put(api, "my-cool-deployment", spec(name="other"), created["spec_id"])
+
+    assert same_slug.status_code == 409
+    assert renamed.status_code == 422
+    assert renamed.json()["errors"] == [{"field": "name", "rule": "deployment name cannot be edited"}]
+    assert taken.status_code == 409
+    assert (await api.get(f"/v1/deployments/{other['deployment_id']}")).json()["name"] == "other"
+
+
+@BOTH_DATABASES
+async def test_deleted_deployment_is_gone_and_its_name_reusable(api: httpx.AsyncClient) -> None:
+    created = await create(api, spec())
+
+    assert (await api.delete("/v1/deployments/my-cool-deployment")).status_code == 204
+
+    assert (await api.get(f"/v1/deployments/{created['deployment_id']}")).status_code == 404
+    assert (await api.delete("/v1/deployments/my-cool-deployment")).status_code == 404
+    again = await create(api, spec())
+    assert again["deployment_id"] != created["deployment_id"] and again["spec_version"] == 1
+
+
+@BOTH_DATABASES
+async def test_a_project_cannot_see_or_touch_another_projects_deployments(
+    api: httpx.AsyncClient, registry: Registry
+) -> None:
+    mine = await create(api, spec())
+    async with await registry.project_client("team-b") as other:
+        ref = mine["deployment_id"]
+        assert (await other.get(f"/v1/deployments/{ref}")).status_code == 404
+        assert (await put(other, ref, spec(), mine["spec_id"])).status_code == 404
+        assert (await other.post(f"/v1/deployments/{ref}/scale", json={"replicas": 1})).status_code == 404
+        assert (await other.delete(f"/v1/deployments/{ref}")).status_code == 404
+        assert (await other.get("/v1/deployments")).json() == {"items": []}
+        assert (await other.get("/v1/deployments", params={"project": "default"})).status_code == 403
+        theirs = await create(other, spec())  # the same name is free in another project
+        assert theirs["endpoint"].endswith("/team-b/my-cool-deployment/")
+        assert (await other.post("/v1/projects", json={"name": "team-c"})).status_code == 403
+
+    listed = (await api.get("/v1/deployments", params={"project": "team-b"})).json()["items"]
+    assert [d["deployment_id"] for d in listed] == [theirs["deployment_id"]]
+    assert (await api.get(f"/v1/deployments/{ref}")).json()["spec_version"] == 1
+
+
+@BOTH_DATABASES
+async def test_concurrent_updates_from_one_version_accept_exactly_one(api: httpx.AsyncClient) -> None:
+    created = await create(api, spec())
+    answers = await asyncio.gather(
+        *[put(api, "my-cool-deployment", spec(image=f"python:3.{n}"), created["spec_id"]) for n in range(6)]
+    )
+    assert sorted(a.status_code for a in answers) == [200] + [409] * 5
+    history = (await api.get("/v1/deployments/my-cool-deployment/history")).json()["items"]
+    assert [v["spec_version"] for v in history] == [2, 1]
+
+
+# -- SQLite only ----------------------------------------------------------------------------------
+
+
+async def test_tokens_are_required_and_the_admin_token_is_private(registry: Registry) -> None:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(registry.app), base_url="http://registry") as anon:
+        assert (await anon.get("/v1/deployments")).status_code == 401
+        assert (await anon.get("/healthz")).status_code == 200
+    async with registry.client("not-a-token") as wrong:
+        assert (await wrong.get("/v1/deployments")).status_code == 401
+    assert stat.S_IMODE(registry.settings.token_file.stat().st_mode) == 0o600
+    token = await registry.admin.post("/v1/projects/default/tokens")
+    assert token.status_code == 201
+    async with registry.client(token.json()["token"]) as second:
+        assert (await second.get("/v1/deployments")).status_code == 200
+    assert (await registry.admin.post("/v1/projects/nope/tokens")).status_code == 404
+    assert (await registry.admin.post("/v1/projects", json={"name": "default"})).status_code == 409
+    assert (await registry.admin.post("/v1/projects", json={"name": "Not A Label"})).status_code == 422
+
+
+async def test_yaml_body_and_validate_endpoint(api: httpx.AsyncClient) -> None:
+    as_yaml = {"Content-Type": "application/yaml"}
+    valid = await api.post("/v1/specs/validate", content=yaml.safe_dump(spec()), headers=as_yaml)
+    invalid = await api.post("/v1/specs/validate", content="name: [unclosed", headers=as_yaml)
+    created = await api.post("/v1/deployments", content=yaml.safe_dump(spec()), headers=as_yaml)
+    other_type = await api.post("/v1/deployments", content=b"x", headers={"Content-Type": "image/png"})
+
+    assert valid.json() == {"valid": True}
+    assert invalid.status_code == 422 and invalid.json()["errors"][0]["field"] == "(spec)"
+    assert created.status_code == 201 and created.json()["spec"] == spec()
+    assert created.headers["location"] == f"/v1/deployments/{created.json()['deployment_id']}"
+    assert other_type.status_code == 415
+    assert (await api.get("/v1/deployments")).json()["items"] == [created.json()]
+
+
+async def test_secret_refs_are_checked_and_values_never_shown(
+    api: httpx.AsyncClient, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, js: JetStreamContext
+) -> None:
+    value = "s3cr3t-" + uuid.uuid4().hex
+    document = spec(
+        env=[{"name": "plain", "value": "x"}, {"name": "TOKEN", "value": "secret:hf_token"}],
+        basicAuthKey="secret:gate",
+    )
+
+    missing = await api.post("/v1/deployments", json=document)
+    assert missing.status_code == 422
+    assert missing.json()["errors"] == [
+        {"field": "env[1].value", "rule": "secret 'hf_token' does not exist in project 'default'"},
+        {"field": "basicAuthKey", "rule": "secret 'gate' does not exist in project 'default'"},
+    ]
+    assert (await api.get("/v1/deployments")).json() == {"items": []}
+
+    responses = [await api.put(f"/v1/secrets/{name}", json={"value": value}) for name in ("hf_token", "gate")]
+    responses.append(await api.put("/v1/secrets/bad name", json={"value": value}))
+    responses.append(await api.get("/v1/secrets"))
+    responses.append(created := await api.post("/v1/deployments", json=document))
+    responses.append(await api.get("/v1/deployments/my-cool-deployment"))
+    responses.append(await api.delete("/v1/secrets/gate"))
+    responses.append(await put(api, "my-cool-deployment", document, created.json()["spec_id"]))
+
+    statuses = [r.status_code for r in responses]
+    assert statuses == [204, 204, 422, 200, 201, 200, 204, 422]
+    assert responses[3].json() == {"names": ["gate", "hf_token"]}
+    assert created.json()["spec"]["env"][1]["value"] == "secret:hf_token"
+    events = await all_events(js, "berth.spec.v1.*")
+    output = capfd.readouterr()
+    for text in (
+        [r.text for r in responses] + [e.model_dump_json() for e in events] + [output.out, output.err, caplog.text]
+    ):
+        assert value not in text
+
+
+async def test_every_version_and_deletion_reaches_the_spec_stream_once(
+    api: httpx.AsyncClient, js: JetStreamContext
+) -> None:
+    created = await create(api, spec())
+    updated = (await api.post("/v1/deployments/my-cool-deployment/scale", json={"replicas": 3})).json()
+    await api.delete("/v1/deployments/my-cool-deployment")
+    subject = f"berth.spec.v1.{created['deployment_id']}"
+
+    async def stream_holds_three() -> bool:
+        info = await js.stream_info("BERTH_SPECS", subjects_filter=subject)
+        return info.state.messages == 3
+
+    await eventually(stream_holds_three, what="two versions and a deletion published")
+    events = await all_events(js, subject)
+    assert [type(e) for e in events] == [SpecApplied, SpecApplied, DeploymentDeleted]
+    first, second = events[0], events[1]
+    assert isinstance(first, SpecApplied) and isinstance(second, SpecApplied)
+    assert (first.event_id, first.spec_version) == (created["spec_id"], 1)
+    assert (second.spec_id, second.spec.resources.replicas) == (updated["spec_id"], 3)
+    assert first.slug == "my-cool-deployment" and first.project == "default"
+
+
+async def test_status_serves_the_newest_status_event(api: httpx.AsyncClient, nc: Client) -> None:
+    created = await create(api, spec())
+    pending = (await api.get("/v1/deployments/my-cool-deployment/status")).json()
+    assert pending["phase"] == "Pending" and pending["desired_replicas"] == 2
+
+    now = datetime.now(UTC)
+    replica = ReplicaStatus(replica_id="r1", spec_id=created["spec_id"], state="running", ready=True)
+    for phase, at in (("Ready", now), ("Provisioning", now - timedelta(seconds=5))):  # the older one is ignored
+        event = DeploymentStatusChanged(
+            deployment_id=created["deployment_id"],
+            project="default",
+            slug="my-cool-deployment",
+            spec_id=created["spec_id"],
+            phase=phase,
+            desired_replicas=2,
+            ready_replicas=1,
+            replicas=[replica],
+            occurred_at=at,
+        )
+        await nc.jetstream().publish(event.subject(), event.model_dump_json().encode())
+
+    async def ready() -> dict[str, Any] | None:
+        status = (await api.get("/v1/deployments/my-cool-deployment/status")).json()
+        return status if status["phase"] == "Ready" else None
+
+    status = await eventually(ready, what="status read model updated")
+    assert status["ready_replicas"] == 1 and status["replicas"][0]["replica_id"] == "r1"
+    assert datetime.fromisoformat(status["observed_at"]) == now
+    deployment = (await api.get("/v1/deployments/my-cool-deployment")).json()
+    assert deployment["status"] == status
+
+    async def both_acknowledged() -> bool:
+        info = await nc.jetstream().consumer_info("BERTH_STATUS", "registry-status")
+        return info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq == 2
+
+    await eventually(both_acknowledged, what="both status events handled")
+    assert (await api.get("/v1/deployments/my-cool-deployment/status")).json()["phase"] == "Ready"
+
+
+async def test_logs_come_from_the_scheduler_or_503(api: httpx.AsyncClient, nc: Client) -> None:
+    created = await create(api, spec())
+    absent = await api.get("/v1/deployments/my-cool-deployment/logs")
+    assert absent.status_code == 503 and "scheduler" in absent.json()["detail"]
+
+    asked: list[dict[str, Any]] = []
+
+    async def scheduler(msg: Msg) -> None:
+        asked.append(json.loads(msg.data))
+        await msg.respond(
+            json.dumps({"lines": [{"replica_id": "r1", "offset": 7, "line": "hello"}], "next": "cursor-2"}).encode()
+        )
+
+    sub = await nc.subscribe(LOGS_RPC, cb=scheduler)
+    try:
+        page = await api.get("/v1/deployments/my-cool-deployment/logs", params={"tail": 5, "since": "cursor-1"})
+    finally:
+        await sub.unsubscribe()
+    assert page.status_code == 200, page.text
+    assert page.json() == {"lines": [{"replica_id": "r1", "offset": 7, "line": "hello"}], "next": "cursor-2"}
+    assert asked == [{"deployment_id": created["deployment_id"], "replica_id": None, "tail": 5, "since": "cursor-1"}]
+
+
+async def test_health_and_metrics(api: httpx.AsyncClient) -> None:
+    await create(api, spec())
+    health = await api.get("/healthz")
+    metrics = await api.get("/metrics")
+
+    assert health.json() == {"healthy": True, "database": True, "bus_connected": True}
+    assert "berth_registry_spec_versions_accepted_total" in metrics.text
+    assert 'berth_registry_requests_total{method="POST",route="/v1/deployments",status="201"}' in metrics.text
+    assert "berth_registry_outbox_lag" in metrics.text

@@ -1,0 +1,73 @@
+"""The registry's SQL store: migrations, timestamps, the status read model's ordering rule."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlmodel import SQLModel
+
+from libs.events import DeploymentStatusChanged
+from libs.spec import load_spec
+from libs.store import create_engine, migrate
+from services.spec_registry.repository import Repository
+from tests.conftest import SQL_BACKENDS
+
+
+@pytest.fixture(params=SQL_BACKENDS)
+def url(request: pytest.FixtureRequest, database_url: str) -> str:
+    return database_url
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[Repository]:
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    migrate(url)
+    engine = create_engine(url)
+    repo = Repository(engine)
+    repo.bootstrap("digest")  # project `default`
+    yield repo
+    engine.dispose()
+
+
+def test_migrations_reach_the_models_and_can_run_again(url: str) -> None:
+    migrate(url)
+    migrate(url)  # every start runs it; a second run changes nothing
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, SQLModel.metadata) == []
+            assert context.get_current_revision() is not None
+    finally:
+        engine.dispose()
+
+
+def test_timestamps_come_back_in_utc(repo: Repository) -> None:
+    stored = repo.create_deployment("default", load_spec("name: a\nimage: b\nresources: {ports: [80]}"))
+    again = repo.get_deployment("default", stored.row.id)
+    assert again.row.created_at.tzinfo == UTC and again.row.created_at == stored.row.created_at
+
+
+def status(deployment_id: str, phase: str, at: datetime) -> DeploymentStatusChanged:
+    return DeploymentStatusChanged(
+        deployment_id=deployment_id, project="default", slug="a", spec_id=None, phase=phase,  # type: ignore[arg-type]
+        desired_replicas=1, ready_replicas=0, occurred_at=at,
+    )  # fmt: skip
+
+
+def test_status_keeps_the_newest_event_and_ignores_unknown_deployments(repo: Repository) -> None:
+    stored = repo.create_deployment("default", load_spec("name: a\nimage: b\nresources: {ports: [80]}"))
+    now = datetime.now(UTC)
+
+    assert repo.save_status(status(stored.row.id, "Ready", now))
+    assert not repo.save_status(status(stored.row.id, "Provisioning", now - timedelta(seconds=1)))
+    assert not repo.save_status(status("deleted-meanwhile", "Ready", now))
+
+    saved = repo.get_deployment("default", stored.row.id).status
+    assert saved is not None and saved["phase"] == "Ready"

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from libs.events import LATENCY_BUCKETS_SECONDS
+from services.router.metrics import RouterCollector
+from services.router.table import Route
+
+
+def route() -> Route:
+    return Route("d1", project="p", slug="iris")
+
+
+def test_a_window_counts_requests_errors_and_latency_buckets() -> None:
+    r = route()
+    r.stats.observe(0.003, error=False)
+    r.stats.observe(0.005, error=False)  # on a bound: that bucket (le)
+    r.stats.observe(0.2, error=True)
+    r.stats.observe(30.0, error=True)
+    report = r.stats.close_window(r, 5.0)
+    assert report is not None
+    assert (report.requests, report.errors, report.window_seconds) == (4, 2, 5.0)
+    assert report.latency_buckets[0] == 2 and report.latency_buckets[LATENCY_BUCKETS_SECONDS.index(0.25)] == 1
+    assert report.latency_buckets[-1] == 1 and sum(report.latency_buckets) == 4
+    assert abs(report.latency_sum_seconds - 30.208) < 1e-9
+
+
+def test_a_quiet_deployment_gets_one_zero_report_then_none() -> None:
+    r = route()
+    assert r.stats.close_window(r, 1.0) is None
+    r.stats.observe(0.01, error=False)
+    assert r.stats.close_window(r, 1.0).requests == 1  # type: ignore[union-attr]
+    zero = r.stats.close_window(r, 1.0)
+    assert zero is not None and zero.requests == 0 and sum(zero.latency_buckets) == 0
+    assert r.stats.close_window(r, 1.0) is None
+    r.stats.in_flight = 1  # a long request still running keeps the reports coming
+    assert r.stats.close_window(r, 1.0) is not None
+
+
+def test_prometheus_sees_totals_plus_the_open_window() -> None:
+    r = route()
+    r.stats.observe(0.01, error=False)
+    r.stats.close_window(r, 1.0)
+    r.stats.observe(0.02, error=True)
+    registry = CollectorRegistry()
+    registry.register(RouterCollector(lambda: [r], lambda: 3))
+    text = generate_latest(registry).decode()
+    assert 'berth_router_requests_total{deployment="iris",project="p"} 2.0' in text
+    assert 'berth_router_errors_total{deployment="iris",project="p"} 1.0' in text
+    assert 'berth_router_request_duration_seconds_bucket{deployment="iris",le="0.01",project="p"} 1.0' in text
+    assert 'berth_router_request_duration_seconds_bucket{deployment="iris",le="+Inf",project="p"} 2.0' in text
+    assert "berth_router_unrouted_requests_total 3.0" in text

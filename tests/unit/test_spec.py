@@ -1,0 +1,155 @@
+"""The spec model: every seed example validates as written; invalid specs get every error at once,
+each naming the field path and the rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from libs.spec import DeploymentSpec, SpecInvalid, load_spec, slugify, validate_spec
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+SEEDS = Path(__file__).resolve().parents[3] / "shared" / "seeds"
+
+MINIMAL = {"name": "m", "image": "img", "resources": {"ports": [8000]}}
+
+
+def errors_of(document: object) -> dict[str, str]:
+    with pytest.raises(SpecInvalid) as info:
+        validate_spec(document)
+    return {e.field: e.rule for e in info.value.errors}
+
+
+def with_(**changes: object) -> dict[str, object]:
+    return {**MINIMAL, **changes}
+
+
+def test_seed_000_spec_as_written() -> None:
+    spec = load_spec((EXAMPLES / "seed-000.yaml").read_text())
+    assert spec.name == "my cool deployment"
+    assert spec.slug == "my-cool-deployment"
+    assert spec.resources.replicas == 2 and spec.resources.machineType == "A100-80G"
+    assert spec.resources.autoscaling and [m.metric for m in spec.resources.autoscaling.metrics] == [
+        "cpu", "memory", "requestDuration",
+    ]
+    assert [i.type for i in spec.integrations] == ["git-lfs", "s3"]
+    readiness = spec.healthChecks.readiness
+    assert readiness and readiness.headers[0].name == "Authorization"
+    assert spec.secret_refs() == {"secretAccessKey", "my_paperspace_secret", "mySecretEnv"}
+
+
+@pytest.mark.skipif(not SEEDS.exists(), reason="shared/seeds is not beside the repository")
+def test_seed_000_file_itself_yields_the_example() -> None:
+    """The example file is the seed's YAML, cut from the seed text with only `...` lines left out."""
+    seed = next(SEEDS.glob("000_*.txt")).read_text()
+    example = (EXAMPLES / "seed-000.yaml").read_text()
+    for line in example.splitlines():
+        assert line in seed
+
+
+def test_seed_003_health_check_example_and_defaults() -> None:
+    spec = load_spec((EXAMPLES / "seed-003-healthchecks.yaml").read_text())
+    liveness, startup = spec.healthChecks.liveness, spec.healthChecks.startup
+    assert liveness and (liveness.initialDelaySeconds, liveness.periodSeconds) == (0, 10)
+    assert (liveness.timeoutSeconds, liveness.failureThreshold) == (1, 3)
+    assert startup and startup.periodSeconds * startup.failureThreshold == 60
+
+
+def test_seed_002_console_fields() -> None:
+    spec = load_spec((EXAMPLES / "seed-002-console.yaml").read_text())
+    assert spec.environment == "production" and spec.model and spec.model.version == "v2.1.0"
+    assert spec.loadBalancer.algorithm == "least-connections" and spec.loadBalancer.stickySessions
+    assert spec.updateStrategy.type == "canary"
+    readiness = spec.effective_readiness()
+    assert readiness and (readiness.path, readiness.periodSeconds) == ("/health", 30)
+
+
+def test_defaults() -> None:
+    spec = validate_spec(MINIMAL)
+    assert (spec.apiVersion, spec.enabled, spec.resources.replicas, spec.environment) == ("v1", True, 1, "development")
+    assert spec.loadBalancer.algorithm == "round-robin" and spec.updateStrategy.type == "rolling"
+
+
+def test_json_is_accepted() -> None:
+    assert load_spec('{"name": "j", "image": "i", "resources": {"ports": [1]}}').name == "j"
+
+
+def test_typo_is_rejected_not_ignored() -> None:
+    assert errors_of(with_(resources={"ports": [8000], "replica": 2})) == {
+        "resources.replica": "unknown field (not part of the spec; check its spelling)"
+    }
+
+
+def test_every_error_is_reported_at_once() -> None:
+    errors = errors_of({"name": "", "resources": {"ports": [], "replicas": -1}, "enabld": True})
+    assert set(errors) == {"name", "image", "resources.ports", "resources.replicas", "enabld"}
+
+
+@pytest.mark.parametrize(
+    ("document", "field", "rule_part"),
+    [
+        (with_(apiVersion="v2"), "apiVersion", "'v1'"),
+        (with_(resources={"ports": [70000]}), "resources.ports[0]", "less than or equal to 65535"),
+        (with_(resources={"ports": ["http"]}), "resources.ports[0]", "integer"),
+        (with_(resources={"ports": [1], "replicas": 2.5}), "resources.replicas", "integer"),
+        (with_(enabled="perhaps"), "enabled", "boolean"),
+        (with_(command="python app.py"), "command", "list"),
+        (with_(env=[{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]), "env", "repeated: A"),
+        (with_(env=[{"name": "A=B", "value": "1"}]), "env[0].name", "pattern"),
+        (with_(env=[{"name": "A", "value": "secret:"}]), "env[0].value", "secret reference"),
+        (with_(basicAuthKey="hunter2"), "basicAuthKey", "secret reference"),
+        (with_(healthChecks={"readiness": {"path": "health"}}), "healthChecks.readiness.path", "pattern"),
+        (with_(healthChecks={"readiness": {"path": "/", "timeoutSeconds": 0}}), "healthChecks.readiness.timeoutSeconds", "greater than or equal to 1"),
+        (with_(healthChecks={"liveness": {"path": "/", "failureThreshold": 0}}), "healthChecks.liveness.failureThreshold", "greater than or equal to 1"),
+        (with_(healthChecks={"readiness": {"path": "/", "periodSecond": 3}}), "healthChecks.readiness.periodSecond", "unknown field"),
+        (with_(healthChecks={"warmup": {"path": "/"}}), "healthChecks.warmup", "unknown field"),
+        (with_(resources={"ports": [1], "autoscaling": {"enabled": True, "maxReplicas": 3}}), "resources.autoscaling", "at least one metric"),
+        (with_(resources={"ports": [1], "autoscaling": {"maxReplicas": 0}}), "resources.autoscaling.maxReplicas", "greater than or equal to 1"),
+        (with_(resources={"ports": [1], "autoscaling": {"maxReplicas": 2, "minReplicas": 3}}), "resources.autoscaling", "minReplicas must not exceed maxReplicas"),
+        (with_(resources={"ports": [1], "autoscaling": {"maxReplicas": 2, "metrics": [{"metric": "gpu", "value": 5}]}}), "resources.autoscaling.metrics[0].metric", "'cpu'"),
+        (with_(resources={"ports": [1], "autoscaling": {"maxReplicas": 2, "metrics": [{"metric": "cpu", "value": 150}]}}), "resources.autoscaling.metrics[0]", "at most 100"),
+        (with_(resources={"ports": [1], "autoscaling": {"maxReplicas": 2, "metrics": [{"metric": "cpu", "summary": "p99", "value": 5}]}}), "resources.autoscaling.metrics[0].summary", "'average'"),
+        (with_(resources={"ports": [1], "gpuType": "A100"}), "resources", "gpuType needs gpuCount"),
+        (with_(resources={"ports": [1], "gpuCount": 1, "gpuType": "H200"}), "resources.gpuType", "'T4'"),
+        (with_(integrations=[{"type": "ftp", "name": "a", "path": "/a"}]), "integrations[0]", "tag"),
+        (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "models", "url": "https://h/x"}]), "integrations[0].path", "pattern"),
+        (with_(integrations=[{"type": "s3", "name": "a", "path": "/a", "url": "https://b"}]), "integrations[0].url", "pattern"),
+        (with_(integrations=[{"type": "s3", "name": "a", "path": "/a", "url": "s3://b", "accessKeyId": "AK"}]), "integrations[0]", "together"),
+        (with_(integrations=[{"type": "s3", "name": "a", "path": "/a", "url": "s3://b", "accessKeyId": "AK", "secretAccessKey": "plain"}]), "integrations[0].secretAccessKey", "never the key itself"),
+        (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "https://h/x", "branch": "main"}]), "integrations[0].branch", "unknown field"),
+        (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "https://h/x"}, {"type": "git-lfs", "name": "a", "path": "/b", "url": "https://h/y"}]), "integrations", "names must be unique; repeated: a"),
+        (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/m", "url": "https://h/x"}, {"type": "git-lfs", "name": "b", "path": "/m", "url": "https://h/y"}]), "integrations", "paths must be unique; repeated: /m"),
+        (with_(integrations=[{"type": "git-lfs", "name": f"i{n}", "path": f"/p{n}", "url": "https://h/x"} for n in range(6)]), "integrations", "at most 5"),
+        (with_(environment="prod"), "environment", "'development'"),
+        (with_(loadBalancer={"algorithm": "random"}), "loadBalancer.algorithm", "'round-robin'"),
+        (with_(updateStrategy={"type": "rolling", "canaryPercent": 10}), "updateStrategy", "only to type 'canary'"),
+        (with_(model={"id": "m"}), "model.version", "field required"),
+    ],
+)
+def test_invalid_specs_name_field_and_rule(document: dict[str, object], field: str, rule_part: str) -> None:
+    errors = errors_of(document)
+    assert field in errors, errors
+    assert rule_part in errors[field], errors[field]
+
+
+@pytest.mark.parametrize("text", ["name: [unclosed", "- just\n- a list\n", "42"])
+def test_not_a_spec_document(text: str) -> None:
+    with pytest.raises(SpecInvalid) as info:
+        load_spec(text)
+    assert info.value.errors[0].field == "(spec)"
+
+
+@pytest.mark.parametrize(
+    ("name", "slug"),
+    [("my cool deployment", "my-cool-deployment"), ("BERT Sentiment API", "bert-sentiment-api"),
+     ("  Ünïcode__model!! v2 ", "unicode-model-v2"), ("!!!", "deployment"), ("a" * 80, "a" * 63)],
+)
+def test_slug_is_dns_1123(name: str, slug: str) -> None:
+    assert slugify(name) == slug
+
+
+def test_round_trip_through_json_keeps_the_spec() -> None:
+    spec = load_spec((EXAMPLES / "seed-000.yaml").read_text())
+    again = DeploymentSpec.model_validate_json(spec.model_dump_json())
+    assert again == spec
