@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     router_metrics_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often the router publishes RequestMetricsReported."
     )
+    router_response_timeout_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long the router waits for a replica's response head before answering 504.",
+    )
     # ip-hash keys on the socket peer unless the router sits behind a proxy that sets X-Forwarded-For.
     router_trust_forwarded_for: bool = False
     # `berth up` sets this: stopping berth stops its replicas. A scheduler run on its own leaves them

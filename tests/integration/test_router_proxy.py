@@ -323,6 +323,28 @@ async def test_a_kept_alive_connection_the_replica_drops_is_retried_afresh(
         await replica.stop()
 
 
+async def test_a_replica_that_does_not_answer_in_time_gets_504_and_is_not_sent_the_request_again(
+    router_settings: Settings, js: JetStreamContext, bus: Bus, upstreams: list[Upstream], http: aiohttp.ClientSession
+) -> None:
+    handle = await start_router(router_settings.model_copy(update={"router_response_timeout_seconds": 1}))
+    try:
+        spec = await bus.apply()
+        for upstream in upstreams:
+            await bus.health(spec, upstream)
+        url = f"{handle.url}/default/iris"
+        await eventually(lambda: len(handle.table.by_key["default/iris"].serving) == 2)
+        async with http.get(f"{url}/hold") as response:
+            assert response.status == 504
+            problem = await response.json()
+        busy = next(u for u in upstreams if u.held)
+        assert problem["detail"] == f"replica {busy.name} did not answer within 1s"
+        assert sum(u.held for u in upstreams) == 1, "a request that may be in progress is never resent"
+        busy.release.set()
+        assert {(await get(http, f"{url}/echo"))[:2] for _ in range(4)} == {(200, "a"), (200, "b")}
+    finally:
+        await handle.stop()
+
+
 async def test_round_robin_spreads_over_both_replicas(
     router: RouterHandle, bus: Bus, upstreams: list[Upstream], http: aiohttp.ClientSession
 ) -> None:
