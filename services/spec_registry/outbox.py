@@ -7,24 +7,33 @@ It wakes as soon as a change commits (`notify`) and also every `poll_seconds`, s
 crash are published after the restart. A crash between publishing and marking makes the next run
 publish the event again; JetStream drops the copy because the `Nats-Msg-Id` (the event id) repeats
 within the stream's duplicate window.
+
+Published rows are kept for a day (to see what was sent, and when), then deleted: the specs themselves
+are in the spec versions, and the events in the streams.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from datetime import timedelta
 
 from faststream.nats import NatsBroker
 
 from libs.bus import publish
 from libs.events import decode_event
 from libs.logging import get_logger
+from libs.store import utcnow
 from libs.telemetry import continued_trace
 from services.spec_registry.faults import crash_point
 from services.spec_registry.metrics import EVENTS_PUBLISHED, OUTBOX_LAG
 from services.spec_registry.repository import Repository
 
 log = get_logger("spec_registry")
+
+PUBLISHED_RETENTION = timedelta(days=1)  # far beyond the duplicate window: a pruned event is never resent
+PRUNE_EVERY_SECONDS = 600.0
 
 
 class OutboxRelay:
@@ -36,6 +45,7 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._next_prune = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
@@ -58,6 +68,8 @@ class OutboxRelay:
             try:
                 while await self.relay_batch() == self._batch and not self._stopping:
                     pass
+                if time.monotonic() >= self._next_prune:
+                    await self.prune()
             except Exception:  # the bus or the database is away; the next pass retries
                 log.warning("outbox relay pass failed", exc_info=True)
             with contextlib.suppress(TimeoutError):
@@ -78,3 +90,11 @@ class OutboxRelay:
             EVENTS_PUBLISHED.inc(len(rows))
             OUTBOX_LAG.dec(len(rows))
         return len(rows)
+
+    async def prune(self) -> int:
+        """Delete the events published more than PUBLISHED_RETENTION ago; how many."""
+        self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+        pruned = await asyncio.to_thread(self._repo.prune_published, utcnow() - PUBLISHED_RETENTION)
+        if pruned:
+            log.info("outbox pruned", events=pruned)
+        return pruned

@@ -10,6 +10,7 @@ import hmac
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -265,6 +266,14 @@ class Repository:
     def mark_published(self, ids: list[int]) -> None:
         with self._write() as session:
             session.execute(sa.update(OutboxRow).where(col(OutboxRow.id).in_(ids)).values(published_at=utcnow()))
+
+    def prune_published(self, before: datetime) -> int:
+        """Forget events published before `before`; how many. Pending ones are kept whatever their age."""
+        with self._write() as session:
+            result = session.execute(
+                sa.delete(OutboxRow).where(col(OutboxRow.published_at).is_not(None), col(OutboxRow.published_at) < before)
+            )
+            return int(result.rowcount)
 
     def outbox_lag(self) -> int:
         with self._read() as session:

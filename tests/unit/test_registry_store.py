@@ -1,4 +1,4 @@
-"""The registry's SQL store: migrations, timestamps, the status read model's ordering rule."""
+"""The registry's SQL store: migrations, timestamps, the status read model's ordering rule, outbox pruning."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlmodel import SQLModel
+from faststream.nats import NatsBroker
+from sqlmodel import SQLModel, col, select
 
 from libs.events import DeploymentStatusChanged
 from libs.spec import load_spec
-from libs.store import create_engine, migrate
+from libs.store import OutboxRow, create_engine, migrate, utcnow
+from services.spec_registry.outbox import OutboxRelay
 from services.spec_registry.repository import Repository
 from tests.conftest import SQL_BACKENDS
 
@@ -71,3 +74,21 @@ def test_status_keeps_the_newest_event_and_ignores_unknown_deployments(repo: Rep
 
     saved = repo.get_deployment("default", stored.row.id).status
     assert saved is not None and saved["phase"] == "Ready"
+
+
+async def test_published_events_are_pruned_after_a_day_and_pending_ones_never(repo: Repository) -> None:
+    spec = "name: {}\nimage: b\nresources: {{ports: [80]}}"
+    for name in ("old", "recent", "pending"):
+        repo.create_deployment("default", load_spec(spec.format(name)))
+    old, recent, pending = repo.pending_events(10)
+    repo.mark_published([old.id, recent.id])  # type: ignore[list-item]
+    two_days_ago = utcnow() - timedelta(days=2)
+    with repo._write() as session:
+        session.execute(sa.update(OutboxRow).where(col(OutboxRow.id) == old.id).values(published_at=two_days_ago))
+
+    assert await OutboxRelay(repo, NatsBroker()).prune() == 1
+
+    with repo._read() as session:
+        left = {row.msg_id for row in session.exec(select(OutboxRow)).all()}
+    assert left == {recent.msg_id, pending.msg_id}
+    assert [row.msg_id for row in repo.pending_events(10)] == [pending.msg_id]
