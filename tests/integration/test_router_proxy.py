@@ -221,16 +221,26 @@ async def serving(http: aiohttp.ClientSession, url: str, replicas: set[str], **k
     await eventually(answered, timeout=10, what=f"{url} served by {sorted(replicas)}")
 
 
+async def deployed(
+    bus: Bus, http: aiohttp.ClientSession, router: RouterHandle, ready: list[Upstream], **fields: Any
+) -> tuple[SpecApplied, str]:
+    """Apply the spec, report `ready` ready, and wait until the router serves exactly them: the event
+    and the deployment's base URL."""
+    spec = await bus.apply(**fields)
+    for upstream in ready:
+        await bus.health(spec, upstream)
+    base = f"{router.url}/default/iris"
+    await serving(http, f"{base}/", {upstream.name for upstream in ready})
+    return spec, base
+
+
 # -- proxying -------------------------------------------------------------------------------------------
 
 
 async def test_get_and_streamed_post_are_proxied_with_headers(
     router: RouterHandle, bus: Bus, upstreams: list[Upstream], http: aiohttp.ClientSession
 ) -> None:
-    spec = await bus.apply()
-    await bus.health(spec, upstreams[0])
-    base = f"{router.url}/default/iris"
-    await serving(http, f"{base}/echo", {"a"})
+    _, base = await deployed(bus, http, router, upstreams[:1])
 
     async with http.get(f"{base}/echo/x%2Fy?q=1&r=a%20b", headers={"X-Trace": "t1", "Cookie": "k=v"}) as response:
         seen = await response.json()
@@ -259,10 +269,7 @@ async def test_get_and_streamed_post_are_proxied_with_headers(
 async def test_status_headers_and_streamed_response_are_preserved(
     router: RouterHandle, bus: Bus, upstreams: list[Upstream], http: aiohttp.ClientSession
 ) -> None:
-    spec = await bus.apply()
-    await bus.health(spec, upstreams[0])
-    base = f"{router.url}/default/iris"
-    await serving(http, f"{base}/", {"a"})
+    _, base = await deployed(bus, http, router, upstreams[:1])
     async with http.post(f"{base}/created", json={"x": 1}) as response:
         assert response.status == 201
         assert response.headers["X-Custom"] == "kept" and response.headers["Location"] == "/items/7"
@@ -289,10 +296,7 @@ async def test_status_headers_and_streamed_response_are_preserved(
 async def test_large_bodies_stream_both_ways(
     router: RouterHandle, bus: Bus, upstreams: list[Upstream], http: aiohttp.ClientSession
 ) -> None:
-    spec = await bus.apply()
-    await bus.health(spec, upstreams[0])
-    base = f"{router.url}/default/iris"
-    await serving(http, f"{base}/", {"a"})
+    _, base = await deployed(bus, http, router, upstreams[:1])
     upload = b"u" * (BIG_BODY - 7) + b"the-end"  # of known length, beyond what is sent with the head
     for _ in range(2):  # and again on the kept-alive connections
         async with http.post(f"{base}/echo", data=upload) as response:
@@ -328,11 +332,7 @@ async def test_a_replica_that_does_not_answer_in_time_gets_504_and_is_not_sent_t
 ) -> None:
     handle = await start_router(router_settings.model_copy(update={"router_response_timeout_seconds": 1}))
     try:
-        spec = await bus.apply()
-        for upstream in upstreams:
-            await bus.health(spec, upstream)
-        url = f"{handle.url}/default/iris"
-        await eventually(lambda: len(handle.table.by_key["default/iris"].serving) == 2)
+        _, url = await deployed(bus, http, handle, upstreams)
         async with http.get(f"{url}/hold") as response:
             assert response.status == 504
             problem = await response.json()
@@ -348,22 +348,15 @@ async def test_a_replica_that_does_not_answer_in_time_gets_504_and_is_not_sent_t
 async def test_round_robin_spreads_over_both_replicas(
     router: RouterHandle, bus: Bus, upstreams: list[Upstream], http: aiohttp.ClientSession
 ) -> None:
-    spec = await bus.apply()
-    for upstream in upstreams:
-        await bus.health(spec, upstream)
-    await serving(http, f"{router.url}/default/iris/", {"a", "b"})
-    answers = [(await get(http, f"{router.url}/default/iris/"))[1] for _ in range(10)]
+    _, base = await deployed(bus, http, router, upstreams)
+    answers = [(await get(http, f"{base}/"))[1] for _ in range(10)]
     assert answers.count("a") == answers.count("b") == 5
 
 
 async def test_least_connections_prefers_the_idle_replica(
     router: RouterHandle, bus: Bus, upstreams: list[Upstream], http: aiohttp.ClientSession
 ) -> None:
-    spec = await bus.apply(loadBalancer={"algorithm": "least-connections"})
-    for upstream in upstreams:
-        await bus.health(spec, upstream)
-    base = f"{router.url}/default/iris"
-    await serving(http, f"{base}/", {"a", "b"})
+    _, base = await deployed(bus, http, router, upstreams, loadBalancer={"algorithm": "least-connections"})
     held = asyncio.create_task(get(http, f"{base}/hold"))  # keeps one replica busy
     await eventually(lambda: sum(u.held for u in upstreams) == 1)
     busy = next(u for u in upstreams if u.held)
@@ -397,11 +390,8 @@ async def test_ip_hash_keeps_a_client_on_one_replica(
 async def test_sticky_cookie_is_set_and_honoured(
     router: RouterHandle, bus: Bus, upstreams: list[Upstream], http: aiohttp.ClientSession
 ) -> None:
-    spec = await bus.apply(loadBalancer={"stickySessions": True})
-    for upstream in upstreams:
-        await bus.health(spec, upstream)
-    url = f"{router.url}/default/iris/"
-    await serving(http, url, {"a", "b"})
+    spec, base = await deployed(bus, http, router, upstreams, loadBalancer={"stickySessions": True})
+    url = f"{base}/"
     async with http.get(url) as response:
         first = response.headers["X-Berth-Replica"]
         cookie = response.cookies["berth_affinity"]
@@ -421,12 +411,9 @@ async def test_sticky_cookie_is_set_and_honoured(
 async def test_unready_replica_gets_no_traffic_until_ready_again(
     router: RouterHandle, bus: Bus, upstreams: list[Upstream], http: aiohttp.ClientSession
 ) -> None:
-    spec = await bus.apply()
+    spec, base = await deployed(bus, http, router, upstreams)
     a, b = upstreams
-    await bus.health(spec, a)
-    await bus.health(spec, b)
-    url = f"{router.url}/default/iris/"
-    await serving(http, url, {"a", "b"})
+    url = f"{base}/"
     await bus.health(spec, b, ready=False)
     await serving(http, url, {"a"})
     await bus.health(spec, b)
@@ -446,11 +433,8 @@ async def _status_is(http: aiohttp.ClientSession, url: str, status: int) -> tupl
 async def test_a_replica_that_died_since_its_probe_is_retried_on_another(
     router: RouterHandle, bus: Bus, upstreams: list[Upstream], http: aiohttp.ClientSession
 ) -> None:
-    spec = await bus.apply()
-    for upstream in upstreams:
-        await bus.health(spec, upstream)
-    url = f"{router.url}/default/iris/echo"
-    await serving(http, url, {"a", "b"})
+    _, base = await deployed(bus, http, router, upstreams)
+    url = f"{base}/echo"
     await upstreams[0].stop()  # still "ready" on the bus
     for _ in range(4):
         assert (await get(http, url))[:2] == (200, "b")
@@ -467,10 +451,8 @@ async def test_a_replica_that_died_since_its_probe_is_retried_on_another(
 async def test_stopped_deployment_answers_503_and_deleted_404(
     router: RouterHandle, bus: Bus, upstreams: list[Upstream], http: aiohttp.ClientSession
 ) -> None:
-    spec = await bus.apply()
-    await bus.health(spec, upstreams[0])
-    url = f"{router.url}/default/iris/"
-    await serving(http, url, {"a"})
+    spec, base = await deployed(bus, http, router, upstreams[:1])
+    url = f"{base}/"
     await bus.apply(version=2, enabled=False)
     await eventually(lambda: _status_is(http, url, 503))
     async with http.get(url) as response:
@@ -566,10 +548,7 @@ async def test_request_metrics_are_published_per_window(
 ) -> None:
     reports: list[RequestMetricsReported] = []
     subscription = await nc.subscribe("berth.metrics.v1.requests.d1", cb=_collect(reports))
-    spec = await bus.apply()
-    await bus.health(spec, upstreams[0])
-    url = f"{router.url}/default/iris"
-    await serving(http, f"{url}/", {"a"})
+    _, url = await deployed(bus, http, router, upstreams[:1])
     await eventually(lambda: reports and reports[-1].requests == 0, what="traffic of the wait reported")
     reports.clear()
     for _ in range(5):
