@@ -13,6 +13,8 @@ from typing import Any, NotRequired, TypedDict
 
 import httpx
 
+PAGE_LIMIT = 500  # items per request when the client reads a whole list
+
 
 class ProblemField(TypedDict):
     field: str
@@ -131,7 +133,7 @@ class BerthClient:
 
     def list_deployments(self, environment: str | None = None, project: str | None = None) -> list[Deployment]:
         params = {k: v for k, v in {"environment": environment, "project": project}.items() if v}
-        return self._request("GET", "/v1/deployments", params=params)["items"]  # type: ignore[no-any-return]
+        return self._every_page("/v1/deployments", params)
 
     def get_deployment(self, ref: str) -> Deployment:
         return self._request("GET", f"/v1/deployments/{ref}")  # type: ignore[no-any-return]
@@ -169,7 +171,19 @@ class BerthClient:
         return self._request("POST", f"/v1/deployments/{ref}/rollback", json=body)  # type: ignore[no-any-return]
 
     def history(self, ref: str) -> list[SpecVersion]:
-        return self._request("GET", f"/v1/deployments/{ref}/history")["items"]  # type: ignore[no-any-return]
+        return self._every_page(f"/v1/deployments/{ref}/history", {})
+
+    def _every_page(self, path: str, params: dict[str, Any]) -> list[Any]:
+        """The items of every page of a list, following its `next` cursors."""
+        items: list[Any] = []
+        after = None
+        while True:
+            page = {"limit": PAGE_LIMIT} | ({"after": after} if after else {})
+            body = self._request("GET", path, params=params | page)
+            items += body["items"]
+            after = body.get("next")
+            if not after:
+                return items
 
     def status(self, ref: str) -> Status:
         return self._request("GET", f"/v1/deployments/{ref}/status")  # type: ignore[no-any-return]

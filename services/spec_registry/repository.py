@@ -197,28 +197,38 @@ class Repository:
         assert version is not None, "a deployment always points at one of its versions"
         return StoredDeployment(row, version.spec, status.status if status else None)
 
-    def list_deployments(self, project: str, environment: str | None) -> list[StoredDeployment]:
+    def list_deployments(
+        self, project: str, environment: str | None, limit: int, after_name: str | None = None
+    ) -> list[StoredDeployment]:
+        """Up to `limit` deployments by name, those named after `after_name` when given."""
         query = (
             select(DeploymentRow, SpecVersionRow, DeploymentStatusRow)
             .join(SpecVersionRow, col(SpecVersionRow.spec_id) == DeploymentRow.spec_id)
             .join(DeploymentStatusRow, col(DeploymentStatusRow.deployment_id) == DeploymentRow.id, isouter=True)
             .where(DeploymentRow.project == project)
             .order_by(col(DeploymentRow.name))
+            .limit(limit)
         )
         if environment is not None:
             query = query.where(DeploymentRow.environment == environment)
+        if after_name is not None:
+            query = query.where(col(DeploymentRow.name) > after_name)
         with self._read() as session:
             rows = session.exec(query).all()
         return [StoredDeployment(d, v.spec, s.status if s else None) for d, v, s in rows]
 
-    def history(self, project: str, ref: str) -> list[SpecVersionRow]:
+    def history(self, project: str, ref: str, limit: int, before_version: int | None = None) -> list[SpecVersionRow]:
+        """Up to `limit` versions, newest first; those older than `before_version` when given."""
         with self._read() as session:
             row = self._find(session, project, ref)
             query = (
                 select(SpecVersionRow)
                 .where(SpecVersionRow.deployment_id == row.id)
                 .order_by(col(SpecVersionRow.version).desc())
+                .limit(limit)
             )
+            if before_version is not None:
+                query = query.where(col(SpecVersionRow.version) < before_version)
             return list(session.exec(query).all())
 
     def spec_version(self, project: str, ref: str, version: int) -> SpecVersionRow:

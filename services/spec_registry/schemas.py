@@ -62,8 +62,12 @@ class Deployment(SubmittedSpec):
     status: Status
 
 
+NEXT_PAGE = Field(default=None, description="Pass as `after` for the next page; null on the last page.")
+
+
 class DeploymentList(BaseModel):
-    items: list[Deployment]
+    items: list[Deployment] = Field(description="By name.")
+    next: str | None = NEXT_PAGE
 
 
 class SpecVersion(SubmittedSpec):
@@ -74,6 +78,7 @@ class SpecVersion(SubmittedSpec):
 
 class History(BaseModel):
     items: list[SpecVersion] = Field(description="Newest first.")
+    next: str | None = NEXT_PAGE
 
 
 class Validation(BaseModel):

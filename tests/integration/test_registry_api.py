@@ -156,6 +156,56 @@ async def test_history_keeps_every_version_newest_first(api: httpx.AsyncClient) 
     assert history[0]["spec"]["image"] == "python:3.12" and history[1]["spec"]["image"] == "python:3.11"
 
 
+async def pages(api: httpx.AsyncClient, path: str, **params: Any) -> list[list[dict[str, Any]]]:
+    """Every page of a list, following `next`."""
+    found, after = [], None
+    while True:
+        response = await api.get(path, params=params | ({"after": after} if after else {}))
+        assert response.status_code == 200, response.text
+        found.append(response.json()["items"])
+        if (after := response.json()["next"]) is None:
+            return found
+
+
+@BOTH_DATABASES
+async def test_lists_and_history_come_in_pages_that_survive_changes_between_calls(api: httpx.AsyncClient) -> None:
+    for name in ("e", "b", "d", "a", "c"):
+        await create(api, spec(name=name, environment="production" if name in "bcd" else "staging"))
+
+    assert [[d["name"] for d in page] for page in await pages(api, "/v1/deployments", limit=2)] == [
+        ["a", "b"], ["c", "d"], ["e"],
+    ]
+    production = await pages(api, "/v1/deployments", limit=2, environment="production")
+    assert [[d["name"] for d in page] for page in production] == [["b", "c"], ["d"]]
+
+    # A deployment created, and one deleted, between two calls: the next page neither repeats nor skips.
+    first = (await api.get("/v1/deployments", params={"limit": 2})).json()
+    await create(api, spec(name="aa"))
+    assert (await api.delete("/v1/deployments/c")).status_code == 204
+    rest = (await api.get("/v1/deployments", params={"limit": 10, "after": first["next"]})).json()
+    assert [d["name"] for d in first["items"] + rest["items"]] == ["a", "b", "d", "e"] and rest["next"] is None
+
+    deployment = await create(api, spec())
+    spec_id = deployment["spec_id"]
+    for replicas in (3, 4, 5, 6):
+        spec_id = (await put(api, "my-cool-deployment", spec(resources={"ports": [8000], "replicas": replicas}), spec_id)).json()["spec_id"]
+    history = await pages(api, "/v1/deployments/my-cool-deployment/history", limit=2)
+    assert [[v["spec_version"] for v in page] for page in history] == [[5, 4], [3, 2], [1]]
+
+
+async def test_a_bad_page_request_names_the_parameter(api: httpx.AsyncClient) -> None:
+    await create(api, spec())
+    for path in ("/v1/deployments", "/v1/deployments/my-cool-deployment/history"):
+        for params, field in (({"after": "not-a-cursor"}, "after"), ({"limit": 0}, "limit"), ({"limit": 1001}, "limit")):
+            response = await api.get(path, params=params)
+            assert response.status_code == 422 and response.headers["content-type"] == "application/problem+json"
+            assert [e["field"] for e in response.json()["errors"]] == [field], (path, params)
+    await create(api, spec(name="other"))
+    list_cursor = (await api.get("/v1/deployments", params={"limit": 1})).json()["next"]
+    response = await api.get("/v1/deployments/my-cool-deployment/history", params={"after": list_cursor})
+    assert response.status_code == 422, "a cursor of the list (after a name) is not one of a history (a version)"
+
+
 @BOTH_DATABASES
 async def test_scale_stop_start_and_rollback_are_new_versions(api: httpx.AsyncClient) -> None:
     await create(api, spec())
@@ -238,7 +288,7 @@ async def test_a_project_cannot_see_or_touch_another_projects_deployments(
         assert (await put(other, ref, spec(), mine["spec_id"])).status_code == 404
         assert (await other.post(f"/v1/deployments/{ref}/scale", json={"replicas": 1})).status_code == 404
         assert (await other.delete(f"/v1/deployments/{ref}")).status_code == 404
-        assert (await other.get("/v1/deployments")).json() == {"items": []}
+        assert (await other.get("/v1/deployments")).json()["items"] == []
         assert (await other.get("/v1/deployments", params={"project": "default"})).status_code == 403
         theirs = await create(other, spec())  # the same name is free in another project
         assert theirs["endpoint"].endswith("/team-b/my-cool-deployment/")
@@ -309,7 +359,7 @@ async def test_secret_refs_are_checked_and_values_never_shown(
         {"field": "env[1].value", "rule": "secret 'hf_token' does not exist in project 'default'"},
         {"field": "basicAuthKey", "rule": "secret 'gate' does not exist in project 'default'"},
     ]
-    assert (await api.get("/v1/deployments")).json() == {"items": []}
+    assert (await api.get("/v1/deployments")).json()["items"] == []
 
     responses = [await api.put(f"/v1/secrets/{name}", json={"value": value}) for name in ("hf_token", "gate")]
     responses.append(await api.put("/v1/secrets/bad name", json={"value": value}))

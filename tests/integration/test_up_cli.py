@@ -18,6 +18,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
+from berth import client
 from berth.cli import app
 from libs.natsd import free_port
 from tests.helpers import eventually
@@ -104,7 +105,7 @@ def write_spec(path: Path, **resources: object) -> Path:
 
 
 async def test_up_apply_history_stop_and_up_again(
-    berth: Berth, running: subprocess.Popen[bytes], tmp_path: Path
+    berth: Berth, running: subprocess.Popen[bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await eventually(lambda: "berth is up" in berth.output(), timeout=60, what="the ready panel")
     assert await berth.healthy()
@@ -117,6 +118,7 @@ async def test_up_apply_history_stop_and_up_again(
     assert second.exit_code == 0, second.output
     assert "updated deployment" in second.stdout
 
+    monkeypatch.setattr(client, "PAGE_LIMIT", 1)  # the CLI reads every page
     history = berth.cli_json("deployments", "history", "Echo Server")["items"]
     assert [v["spec_version"] for v in history] == [2, 1]
     assert history[0]["spec_id"] != history[1]["spec_id"]

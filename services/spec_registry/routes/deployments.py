@@ -12,6 +12,7 @@ from fastapi import APIRouter, Header, Query, Response
 from libs.config import Settings
 from libs.spec import DeploymentSpec
 from services.spec_registry.auth import Caller
+from services.spec_registry.pagination import DEFAULT_LIMIT, After, Limit, decode_cursor, paginate
 from services.spec_registry.problems import (
     Conflict,
     Forbidden,
@@ -80,11 +81,18 @@ async def list_deployments(
     settings: SettingsDep,
     environment: Annotated[str | None, Query(description="development, staging or production")] = None,
     project: Annotated[str | None, Query(description="Another project's deployments (admin token only).")] = None,
+    limit: Limit = DEFAULT_LIMIT,
+    after: After = None,
 ) -> DeploymentList:
+    """By name; `next` is the cursor of the following page, null on the last."""
     if project is not None and project != caller.project and not caller.is_admin:
         raise Forbidden("only the admin token may list another project's deployments")
-    stored = await asyncio.to_thread(registry.repo.list_deployments, project or caller.project, environment)
-    return DeploymentList(items=[present(s, settings) for s in stored])
+    after_name = decode_cursor(after, str)
+    rows = await asyncio.to_thread(
+        registry.repo.list_deployments, project or caller.project, environment, limit + 1, after_name
+    )
+    page, next_cursor = paginate(rows, limit, lambda stored: stored.row.name)
+    return DeploymentList(items=[present(s, settings) for s in page], next=next_cursor)
 
 
 @router.get("/deployments/{ref}", tags=["deployments"], responses=READ)
@@ -158,13 +166,19 @@ async def delete_deployment(ref: str, caller: Caller, registry: RegistryDep) -> 
 
 
 @router.get("/deployments/{ref}/history", tags=["deployments"], responses=READ)
-async def deployment_history(ref: str, caller: Caller, registry: RegistryDep) -> History:
-    versions = await asyncio.to_thread(registry.repo.history, caller.project, ref)
+async def deployment_history(
+    ref: str, caller: Caller, registry: RegistryDep, limit: Limit = DEFAULT_LIMIT, after: After = None
+) -> History:
+    """Newest first; `next` is the cursor of the following page, null on the last."""
+    before_version = decode_cursor(after, int)
+    rows = await asyncio.to_thread(registry.repo.history, caller.project, ref, limit + 1, before_version)
+    versions, next_cursor = paginate(rows, limit, lambda version: version.version)
     return History(
         items=[
             SpecVersion(spec_id=v.spec_id, spec_version=v.version, created_at=v.created_at, spec=_spec(v.spec))
             for v in versions
-        ]
+        ],
+        next=next_cursor,
     )
 
 
