@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
+import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -17,6 +21,27 @@ from libs.bus import ensure_streams
 from libs.config import Settings
 from libs.natsd import free_port, start_nats_server
 from tests.servers.switchable import Switch, SwitchableServer
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """Shortly before pytest-timeout ends a stuck test, print where every asyncio task waits: its
+    thread dump shows only the event loop in select(), not the coroutine that does not finish."""
+    timeout = float(item.config.getini("timeout") or 0)
+    watchdog = threading.Timer(max(timeout - 10, 1), _print_asyncio_tasks) if timeout else None
+    if watchdog is not None:
+        watchdog.daemon = True
+        watchdog.start()
+    yield
+    if watchdog is not None:
+        watchdog.cancel()
+
+
+def _print_asyncio_tasks() -> None:
+    tasks = [task for task in gc.get_objects() if isinstance(task, asyncio.Task) and not task.done()]
+    print(f"\n--- {len(tasks)} asyncio tasks still running ---", file=sys.stderr)
+    for task in tasks:
+        task.print_stack(limit=12, file=sys.stderr)
 
 
 def processes_under(directory: Path) -> list[psutil.Process]:

@@ -68,6 +68,7 @@ from libs.runtime.base import (
 )
 from libs.runtime.logfiles import follow, tail_lines
 from libs.runtime.processes import alive, detect_gpus, find_process, send_signal, wait_exited
+from libs.tasks import cancel_and_wait
 
 HOST = "127.0.0.1"
 WORKLOADS_DIR = "_workloads"  # not a DNS-1123 name: no replica directory can be called so
@@ -254,11 +255,8 @@ class LocalRuntime:
             while self._replicas:
                 await asyncio.gather(*(self._stop(s) for s in list(self._replicas.values())))
             return
-        supervised = list(self._replicas.values())
-        for s in supervised:  # let go: the shims run on, for the next runtime to adopt
-            if s.task is not None:
-                s.task.cancel()
-        await asyncio.gather(*(s.task for s in supervised if s.task is not None), return_exceptions=True)
+        # Let go: the shims run on, for the next runtime to adopt.
+        await cancel_and_wait([s.task for s in self._replicas.values() if s.task is not None])
         self._replicas.clear()
 
     # -- desired state --

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -14,6 +13,7 @@ from faststream.nats import NatsBroker
 from libs.bus import ensure_streams, make_broker, publish
 from libs.config import Settings
 from libs.telemetry import serve_ops
+from libs.tasks import cancel_and_wait
 from services.health_monitor.handlers import register_handlers
 from services.health_monitor.monitor import HealthMonitor
 from services.health_monitor.reconcile import rebuild_from_bus, resync_forever
@@ -31,10 +31,7 @@ class HealthMonitorHandle:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         await self.monitor.close()  # first: no probe publishes on a connection that is closing
         await self._broker.stop()
         await self._session.close()

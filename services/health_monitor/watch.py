@@ -20,6 +20,7 @@ import aiohttp
 from libs.events import Event, ReplicaHealthChanged, ReplicaRestartRequested, ReplicaStarted, utcnow
 from libs.logging import bind, get_logger
 from libs.spec import Probe
+from libs.tasks import cancel_and_wait
 from services.health_monitor.metrics import RESTARTS_REQUESTED
 from services.health_monitor.prober import HttpProbeKind, http_probe, tcp_probe
 from services.health_monitor.state import Flags, ReplicaHealth
@@ -81,17 +82,9 @@ class ReplicaWatch:
             self._spawn(self._http_loop("startup", self.replica.health_checks.startup))
 
     async def stop(self) -> None:
-        current = asyncio.current_task()
-        tasks = [task for task in self._tasks if task is not current]
-        for task in tasks:
-            task.cancel()
-        if not tasks:
-            return
-        # Bounded: a probe task that ignored its cancellation must not block the consumer that
-        # handles this replica's events (and with it every replica's) for ever.
-        _, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS)
-        for task in stuck:
-            log.error("probe task did not stop when cancelled", replica_id=self.replica.replica_id, task=task.get_name())
+        # Bounded: a probe task that will not stop must not block the consumer that handles this
+        # replica's events (and with it every replica's) for ever.
+        await cancel_and_wait(list(self._tasks), timeout=STOP_TIMEOUT_SECONDS)
 
     async def publish_gone(self, event_id: str) -> None:
         """The process is gone: tell the bus it is neither started, ready nor live."""

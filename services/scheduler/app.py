@@ -4,7 +4,6 @@ reconcile, ops endpoint; and a clean stop that leaves replicas running (or stops
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 from functools import partial
 
@@ -26,6 +25,7 @@ from libs.logging import get_logger
 from libs.runtime import Runtime, make_runtime
 from libs.secrets import SecretStore
 from libs.telemetry import serve_ops
+from libs.tasks import cancel_and_wait
 from services.scheduler.handlers import register_handlers
 from services.scheduler.reconcile import Reconciler
 
@@ -43,9 +43,7 @@ class SchedulerHandle:
     _periodic: asyncio.Task[None]
 
     async def stop(self, stop_replicas: bool = False) -> None:
-        self._periodic.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._periodic
+        await cancel_and_wait([self._periodic])
         for subscriber in self._broker.subscribers:  # no new work; the bus stays up to publish
             await subscriber.stop()
         await self.reconciler.shutdown(stop_replicas)

@@ -54,6 +54,7 @@ from libs.runtime.base import (
 )
 from libs.secrets import SecretStore
 from libs.spec import DeploymentSpec, HealthChecks
+from libs.tasks import cancel_and_wait
 from services.scheduler.lifecycle import (
     LOG_TAIL_LINES,
     Ledger,
@@ -226,9 +227,7 @@ class Reconciler:
     async def shutdown(self, stop_replicas: bool) -> None:
         """Stop reconciling; with stop_replicas, stop every replica (berth shutting down) and say so."""
         self._closing = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))
         if not stop_replicas:
             await self._runtime.close(stop_replicas=False)
             return
