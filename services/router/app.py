@@ -53,16 +53,9 @@ async def start_router(settings: Settings) -> RouterHandle:
     await broker.start()
     await feed.rebuild(js)
 
-    pools = UpstreamPools(CONNECT_TIMEOUT_SECONDS, KEEPALIVE_SECONDS)
+    pools = UpstreamPools(CONNECT_TIMEOUT_SECONDS, KEEPALIVE_SECONDS, settings.router_response_timeout_seconds)
     registry = CollectorRegistry()
-    proxy = Proxy(
-        table,
-        pools,
-        settings.router_trust_forwarded_for,
-        settings.router_response_timeout_seconds,
-        registry,
-        lambda: broker.connection.is_connected,
-    )
+    proxy = Proxy(table, pools, settings.router_trust_forwarded_for, registry, lambda: broker.connection.is_connected)
     registry.register(RouterCollector(table.routes, lambda: proxy.unrouted))
     ProcessCollector(registry=registry)
     server = Server(proxy.handle, CLIENT_KEEPALIVE_SECONDS)

@@ -8,7 +8,6 @@ travel as the bytes they arrived as: the request's to the replica, the replica's
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +23,7 @@ from services.router.upstream import (
     SMALL_BODY_BYTES,
     ConnectFailed,
     Connection,
+    ResponseTimeout,
     UpstreamError,
     UpstreamPools,
 )
@@ -76,14 +76,12 @@ class Proxy:
         table: RoutingTable,
         pools: UpstreamPools,
         trust_forwarded_for: bool,
-        response_timeout: float,
         registry: CollectorRegistry,
         bus_connected: Callable[[], bool],
     ) -> None:
         self._by_key = table.by_key
         self._pools = pools
         self._trust_forwarded_for = trust_forwarded_for
-        self._response_timeout = response_timeout
         self._registry = registry
         self._bus_connected = bus_connected
         self.unrouted = 0
@@ -179,8 +177,8 @@ class Proxy:
 
         try:
             upstream = await self._send(replica, request, lines, streamed, length is None)
-        except TimeoutError:
-            return self._gateway_timeout(replica).send(request)  # it may be at work on it: not resent
+        except ResponseTimeout as exc:
+            return _gateway_timeout(replica, exc).send(request)  # it may be at work on it: not resent
         except UpstreamError as exc:
             # Retry once when nothing of the request can have been consumed: the connection was never
             # made (the replica died since its last probe: try another), or there is no body (also
@@ -193,8 +191,8 @@ class Proxy:
                 replica = route.balancer.pick(others, request_key)
             try:
                 upstream = await self._send(replica, request, lines, streamed, length is None, fresh=True)
-            except TimeoutError:
-                return self._gateway_timeout(replica).send(request)
+            except ResponseTimeout as timeout:
+                return _gateway_timeout(replica, timeout).send(request)
             except UpstreamError as retry_exc:
                 return _bad_gateway(replica, retry_exc).send(request)
         try:
@@ -226,8 +224,7 @@ class Proxy:
                 if streamed:
                     assert request.body is not None
                     await _send_body(request.body.chunks(), connection, chunked)
-                async with asyncio.timeout(self._response_timeout):
-                    await connection.response()
+                await connection.response()
             except BaseException:
                 connection.close()
                 raise
@@ -259,10 +256,6 @@ class Proxy:
         except ConnectionResetError:
             return  # the client left; the replica's connection, not read to its end, is closed
         request.end()
-
-    def _gateway_timeout(self, replica: Replica) -> Reply:
-        detail = f"replica {replica.replica_id} did not answer within {self._response_timeout:g}s"
-        return problem(504, "Gateway Timeout", detail)
 
     def _unrouted(self, key: str) -> Reply:
         if key.startswith(OPS_PREFIX):
@@ -345,3 +338,8 @@ async def _send_body(chunks: AsyncIterator[bytes], upstream: Connection, chunked
 def _bad_gateway(replica: Replica, exc: Exception) -> Reply:
     reason = type(exc).__name__
     return problem(502, "Bad Gateway", f"replica {replica.replica_id} did not answer ({reason})")
+
+
+def _gateway_timeout(replica: Replica, timeout: ResponseTimeout) -> Reply:
+    detail = f"replica {replica.replica_id} did not answer within {timeout.seconds:g}s"
+    return problem(504, "Gateway Timeout", detail)

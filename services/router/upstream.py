@@ -19,6 +19,7 @@ from services.router.flow import WriteFlowControl
 SMALL_BODY_BYTES = 64 * 1024  # a response this small (and of known length) is read whole
 _PAUSE_READING_BYTES = 256 * 1024  # a streamed body buffered beyond this stops reading the replica
 _RESUME_READING_BYTES = 64 * 1024
+SWEEP_SECONDS = 1.0
 
 
 class UpstreamError(Exception):
@@ -35,6 +36,14 @@ class ClosedBeforeResponse(UpstreamError):
 
 class BrokenResponse(UpstreamError):
     """The response was malformed, or the connection ended in the middle of it."""
+
+
+class ResponseTimeout(UpstreamError):
+    """No response head came within the response timeout; the replica may still be working on it."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"no response within {seconds:g}s")
+        self.seconds = seconds
 
 
 class Connection(WriteFlowControl):
@@ -67,6 +76,7 @@ class Connection(WriteFlowControl):
         self._buffered = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
+        self.deadline = 0.0  # loop time by which the response head must have come
 
     # -- the request ---------------------------------------------------------------------------------
 
@@ -98,13 +108,20 @@ class Connection(WriteFlowControl):
     # -- the response --------------------------------------------------------------------------------
 
     async def response(self) -> None:
-        """Wait for the response head (and a small body); raise UpstreamError if it does not come."""
+        """Wait for the response head (and a small body); raise UpstreamError if it does not come, and
+        ResponseTimeout when the pools' sweeper finds it overdue."""
         if not (self._head_done or self._error):
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            # No timer per request (it cost a fifth of the router's CPU): the sweeper checks deadlines.
+            self.deadline = loop.time() + self.pool.response_timeout
+            awaiting = self.pool.awaiting
+            awaiting.add(self)
+            self._waiter = loop.create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+                awaiting.discard(self)
         if not self._head_done:
             assert self._error is not None
             raise self._error
@@ -223,18 +240,27 @@ class Connection(WriteFlowControl):
             self._waiter.set_result(None)
 
     def _fail(self, error: UpstreamError) -> None:
-        self._error = error
+        if self._error is None:  # the first says why; the connection_lost that closing brings does not
+            self._error = error
         self.close()
         self._wake()
+
+    def time_out(self) -> None:
+        """The response is overdue: give up on it (closing the connection, which tells the replica)."""
+        self._fail(ResponseTimeout(self.pool.response_timeout))
 
 
 class AddressPool:
     """The idle connections to one replica address, most recently used first out."""
 
-    def __init__(self, host: str, port: int, connect_timeout: float) -> None:
+    def __init__(
+        self, host: str, port: int, connect_timeout: float, response_timeout: float, awaiting: set[Connection]
+    ) -> None:
         self.host, self.port = host, port
         self.host_header = f"Host: {host}:{port}\r\n".encode()
         self._connect_timeout = connect_timeout
+        self.response_timeout = response_timeout
+        self.awaiting = awaiting  # every pool's connections waiting for a response head
         self._idle: list[Connection] = []
 
     async def acquire(self, fresh: bool = False) -> Connection:
@@ -274,12 +300,16 @@ class AddressPool:
 
 
 class UpstreamPools:
-    """An AddressPool per replica address; idle connections close after `keepalive_seconds`."""
+    """An AddressPool per replica address; idle connections close after `keepalive_seconds`, and a
+    response head not begun within `response_timeout` fails with ResponseTimeout (checked every
+    SWEEP_SECONDS, so up to that much later)."""
 
-    def __init__(self, connect_timeout: float, keepalive_seconds: float) -> None:
+    def __init__(self, connect_timeout: float, keepalive_seconds: float, response_timeout: float) -> None:
         self._connect_timeout = connect_timeout
         self._keepalive = keepalive_seconds
+        self._response_timeout = response_timeout
         self._pools: dict[str, AddressPool] = {}
+        self._awaiting: set[Connection] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
     def pool(self, base_url: str) -> AddressPool:
@@ -287,7 +317,9 @@ class UpstreamPools:
         pool = self._pools.get(base_url)
         if pool is None:
             host, _, port = base_url.removeprefix("http://").rpartition(":")
-            pool = self._pools[base_url] = AddressPool(host.strip("[]"), int(port), self._connect_timeout)
+            pool = self._pools[base_url] = AddressPool(
+                host.strip("[]"), int(port), self._connect_timeout, self._response_timeout, self._awaiting
+            )
             if self._sweeper is None:
                 self._sweeper = asyncio.create_task(self._sweep())
         return pool
@@ -301,6 +333,9 @@ class UpstreamPools:
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self._keepalive / 2)
+            await asyncio.sleep(min(SWEEP_SECONDS, self._keepalive / 2))
+            now = loop.time()
+            for connection in [c for c in self._awaiting if c.deadline <= now]:
+                connection.time_out()
             for pool in self._pools.values():
-                pool.close_idle(loop.time() - self._keepalive)
+                pool.close_idle(now - self._keepalive)

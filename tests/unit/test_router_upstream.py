@@ -70,7 +70,7 @@ async def replica_with() -> AsyncIterator[Callable[[Script], asyncio.Future[Repl
 
 @pytest.fixture
 async def pools() -> AsyncIterator[UpstreamPools]:
-    pools = UpstreamPools(connect_timeout=2.0, keepalive_seconds=30.0)
+    pools = UpstreamPools(connect_timeout=2.0, keepalive_seconds=30.0, response_timeout=30.0)
     yield pools
     await pools.close()
 
