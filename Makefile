@@ -30,7 +30,7 @@ bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 proto: $(STAMP)
-	$(BIN)/python -m libs.proto write
+	$(BIN)/python -m berth.proto write
 
 clean:
 	rm -rf $(VENV) .berth .pytest_cache
