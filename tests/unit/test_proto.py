@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from berth.proto import PROTO_DIR, asyncapi_document, drifted
 from libs.events import ALL_EVENTS
 
@@ -16,3 +19,14 @@ def test_asyncapi_documents_every_event_with_its_schema() -> None:
     for event in ALL_EVENTS:
         assert event.__name__ in channels
     assert "SpecApplied" in str(document["components"]["schemas"])
+
+
+def test_make_proto_checks_and_writes_them() -> None:
+    """`make proto -n` shows the command the message above sends users to; run it in check mode."""
+    root = PROTO_DIR.parent
+    shown = subprocess.run(["make", "-n", "proto"], cwd=root, capture_output=True, text=True, check=True).stdout
+    command = shown.strip().splitlines()[-1].split()
+    assert command[-1] == "write", shown
+    module = command[command.index("-m") + 1]
+    result = subprocess.run([sys.executable, "-m", module, "check"], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
