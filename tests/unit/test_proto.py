@@ -24,9 +24,9 @@ def test_asyncapi_documents_every_event_with_its_schema() -> None:
 def test_make_proto_checks_and_writes_them() -> None:
     """`make proto -n` shows the command the message above sends users to; run it in check mode."""
     root = PROTO_DIR.parent
-    shown = subprocess.run(["make", "-n", "proto"], cwd=root, capture_output=True, text=True, check=True).stdout
-    command = shown.strip().splitlines()[-1].split()
-    assert command[-1] == "write", shown
+    make = ["make", "--no-print-directory", "-n", "proto"]
+    shown = subprocess.run(make, cwd=root, capture_output=True, text=True, check=True).stdout
+    command = next(line.split() for line in shown.splitlines() if line.endswith(" write"))
     module = command[command.index("-m") + 1]
     result = subprocess.run([sys.executable, "-m", module, "check"], cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
