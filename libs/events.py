@@ -8,6 +8,7 @@ how a service rebuilds its slice on start.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
@@ -65,9 +66,6 @@ class DeploymentDeleted(Event, DeploymentRef):
     type: ClassVar[str] = "deployment.deleted"
     subject_template: ClassVar[str] = "berth.spec.v1.{deployment_id}"
     kind: Literal["deployment.deleted"] = "deployment.deleted"
-
-
-SpecEvent = SpecApplied | DeploymentDeleted
 
 
 # -- scheduler: replica lifecycle ------------------------------------------------------------------
@@ -225,7 +223,5 @@ _BY_KIND: dict[str, type[Event]] = {cls.type: cls for cls in ALL_EVENTS}
 
 def decode_event(payload: bytes | str | dict[str, Any]) -> Event:
     """Decode any event by its `kind` field."""
-    from pydantic import TypeAdapter
-
-    data = TypeAdapter(dict[str, Any]).validate_json(payload) if not isinstance(payload, dict) else payload
+    data = payload if isinstance(payload, dict) else json.loads(payload)
     return _BY_KIND[data["kind"]].model_validate(data)

@@ -245,6 +245,11 @@ class DeploymentSpec(SpecModel):
     def slug(self) -> str:
         return slugify(self.name)
 
+    @property
+    def desired_replicas(self) -> int:
+        """How many replicas should run: none while the deployment is stopped."""
+        return self.resources.replicas if self.enabled else 0
+
     def secret_refs(self) -> set[str]:
         """Names of every `secret:` reference in the spec, checked against the project when applied."""
         return {name for _, name in self.secret_ref_fields()}

@@ -268,8 +268,9 @@ class LocalRuntime:
             )
         if workload.replicas < 0:
             raise InvalidWorkload(f"workload {workload.name} asks for {workload.replicas} replicas")
-        self._workloads[workload.name] = workload
-        self._save_workload(workload)
+        if self._workloads.get(workload.name) != workload:  # every reconcile applies; most change nothing
+            self._workloads[workload.name] = workload
+            self._save_workload(workload)
         await self._scale(workload)
 
     async def delete(self, name: str) -> None:

@@ -71,7 +71,6 @@ from services.scheduler.metrics import (
 from services.scheduler.render import (
     TEMPLATE_LABEL,
     RenderError,
-    desired_replicas,
     render,
     resolve_env,
     template_hash,
@@ -265,7 +264,7 @@ class Reconciler:
         template = template_hash(spec)
         current = next((w for w in workloads if w.labels.get(TEMPLATE_LABEL) == template), None)
         previous = [w for w in workloads if w is not current]
-        desired = desired_replicas(spec)
+        desired = spec.desired_replicas
         scaled_down = f"scaled down to {desired}" if spec.enabled else "stopped (enabled: false)"
         if current is not None and current.replicas > desired:
             self._stop_reason[did] = scaled_down

@@ -44,10 +44,6 @@ def workload_name(project: str, slug: str, spec_id: str) -> str:
     return f"{project}-{slug}"[: MAX_NAME - len(suffix)].rstrip("-") + suffix
 
 
-def desired_replicas(spec: DeploymentSpec) -> int:
-    return spec.resources.replicas if spec.enabled else 0
-
-
 async def resolve_env(spec: DeploymentSpec, project: str, secrets: SecretStore) -> dict[str, str]:
     env: dict[str, str] = {}
     for var in spec.env:
@@ -72,7 +68,7 @@ def render(applied: SpecApplied, env: dict[str, str], name: str) -> Workload:
         project=applied.project,
         slug=applied.slug,
         spec_id=applied.spec_id,
-        replicas=desired_replicas(spec),
+        replicas=spec.desired_replicas,
         command=tuple(spec.command or ()),
         image=spec.image,
         env=env,

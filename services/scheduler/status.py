@@ -21,7 +21,6 @@ from libs.events import (
     SpecApplied,
 )
 from libs.runtime.base import Replica
-from services.scheduler.render import desired_replicas
 
 CRASHED_STATES = ("exited", "backoff")
 
@@ -90,7 +89,7 @@ def compute_status(
     not_provided: list[str] | None = None,
 ) -> DeploymentStatusChanged:
     """The status of a deployment whose desired state is `applied`."""
-    desired = desired_replicas(applied.spec)
+    desired = applied.spec.desired_replicas
     phase, reason = _phase(applied, desired, replicas, error)
     return DeploymentStatusChanged(
         deployment_id=applied.deployment_id,

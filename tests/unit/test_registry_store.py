@@ -21,8 +21,8 @@ from services.spec_registry.repository import Repository
 from tests.conftest import SQL_BACKENDS
 
 
-@pytest.fixture(params=SQL_BACKENDS)
-def url(request: pytest.FixtureRequest, database_url: str) -> str:
+@pytest.fixture
+def url(database_url: str) -> str:
     return database_url
 
 
@@ -37,6 +37,7 @@ def repo(tmp_path: Path) -> Iterator[Repository]:
     engine.dispose()
 
 
+@pytest.mark.parametrize("database_url", SQL_BACKENDS, indirect=True)
 def test_migrations_reach_the_models_and_can_run_again(url: str) -> None:
     migrate(url)
     migrate(url)  # every start runs it; a second run changes nothing

@@ -231,7 +231,7 @@ def _spec(document: dict[str, object]) -> DeploymentSpec:
 def _status(stored: StoredDeployment, spec: DeploymentSpec) -> Status:
     if stored.status is not None:
         return Status.model_validate(stored.status)
-    desired = spec.resources.replicas if spec.enabled else 0
+    desired = spec.desired_replicas
     return Status(desired_replicas=desired, reason="waiting for the scheduler's first report")
 
 
