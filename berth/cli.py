@@ -341,7 +341,8 @@ def secret_set(
     with ctx.obj.client() as client:
         client.set_secret(name, value)
     report = {"name": name, "reference": f"secret:{name}"}
-    render.emit(report, output, lambda: render.out.print(f"[green]✓[/] secret {escape(name)} set; reference it as secret:{escape(name)}"))
+    message = f"[green]✓[/] secret {escape(name)} set; reference it as secret:{escape(name)}"
+    render.emit(report, output, lambda: render.out.print(message))
 
 
 @secrets_app.command("list")
@@ -359,7 +360,8 @@ def secret_delete(ctx: typer.Context, name: str, output: OutputOpt = Output.tabl
     """Delete a secret."""
     with ctx.obj.client() as client:
         client.delete_secret(name)
-    render.emit({"name": name, "deleted": True}, output, lambda: render.out.print(f"[green]✓[/] secret {escape(name)} deleted"))
+    message = f"[green]✓[/] secret {escape(name)} deleted"
+    render.emit({"name": name, "deleted": True}, output, lambda: render.out.print(message))
 
 
 def _read_hidden(prompt: str) -> str:
@@ -399,4 +401,5 @@ def login(
         render.failure(str(exc))
         raise typer.Exit(1) from None
     report = {"api_url": api.rstrip("/"), "config": str(path)}
-    render.emit(report, output, lambda: render.out.print(f"[green]✓[/] logged in to {escape(report['api_url'])}; the token is kept in {escape(str(path))} (mode 0600)"))
+    message = f"[green]✓[/] logged in to {escape(report['api_url'])}; the token is kept in {escape(str(path))} (mode 0600)"
+    render.emit(report, output, lambda: render.out.print(message))
