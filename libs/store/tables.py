@@ -72,6 +72,13 @@ class DeploymentRow(SQLModel, table=True):
     spec_version: int
     created_at: datetime = _created_at()
     updated_at: datetime = _created_at()
+    # The user's last `scale` (not a spec version): how many replicas, and the spec version and its
+    # `resources.replicas` it was made against. It holds while the current spec keeps that count;
+    # NULL when the user never scaled, or a spec with another count superseded the decision.
+    scale_replicas: int | None = None
+    scale_spec_version: int | None = None
+    scale_spec_replicas: int | None = None
+    scaled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class SpecVersionRow(SQLModel, table=True):

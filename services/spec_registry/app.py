@@ -1,5 +1,6 @@
 """Wiring of the spec-registry: the FastAPI app (built without I/O by `create_app`), its lifespan
-(migrations, admin bootstrap, bus, outbox relay, status consumer) and the service's `main`."""
+(migrations, admin bootstrap, the bus through the service kit, outbox relay, status consumer) and the
+service's `main`."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-from libs.bus import ensure_streams, make_broker
+from libs.bus import DURABLE_REGISTRY_STATUS, STATUS, STATUS_EVENTS
 from libs.config import Settings
+from libs.events import DeploymentStatusChanged
+from libs.kit import Service
 from libs.logging import get_logger
 from libs.secrets import SecretStore
 from libs.store import create_engine, migrate
@@ -30,7 +33,6 @@ from services.spec_registry.problems import (
 from services.spec_registry.registry import Registry
 from services.spec_registry.repository import Repository
 from services.spec_registry.routes import admin, deployments, ops
-from services.spec_registry.status import subscribe_status
 
 log = get_logger("spec_registry")
 
@@ -66,25 +68,36 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     await asyncio.to_thread(migrate, settings.sqlalchemy_url)
     engine = create_engine(settings.sqlalchemy_url)
-    broker = make_broker(settings.resolved_nats_url, "spec-registry")
+    service = Service("spec-registry", settings)
     async with contextlib.AsyncExitStack() as cleanup:
         cleanup.callback(engine.dispose)
         repo = Repository(engine)
         await asyncio.to_thread(bootstrap_admin, settings, repo)
 
-        connection = await broker.connect()
-        cleanup.push_async_callback(broker.stop)
-        js = connection.jetstream()
-        await ensure_streams(js)
-        relay = OutboxRelay(repo, broker)
-        subscribe_status(broker, repo)
-        await broker.start()
+        cleanup.push_async_callback(service.stop)
+        js = await service.connect()
+        connection = await service.broker.connect()  # the same connection: for the logs request/reply
+        relay = OutboxRelay(repo, service.broker)
+
+        async def on_status(event: DeploymentStatusChanged) -> None:
+            await asyncio.to_thread(repo.save_status, event)
+
+        # Pull: several registry instances share the read model's writes.
+        service.subscribe(
+            STATUS_EVENTS,
+            stream=STATUS,
+            durable=DURABLE_REGISTRY_STATUS,
+            events=(DeploymentStatusChanged,),
+            handler=on_status,
+            pull=True,
+        )
+        await service.start()
 
         app.state.registry = Registry(repo, await SecretStore.open(js), relay, connection)
         app.state.tokens = TokenCache(repo)
         app.state.bus = connection
         relay.start()
-        cleanup.push_async_callback(relay.stop)
+        service.on_stop(relay.stop)  # runs before the bus closes: the pass under way can finish
         log.info("registry ready", api=settings.resolved_api_url)
         yield
 

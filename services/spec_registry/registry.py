@@ -1,5 +1,7 @@
 """Accepting specs: validation, secret references, and the one write path every new version takes
-(PUT, scale, stop, start and rollback all end in `Registry.update`)."""
+(PUT, stop, start and rollback all end in `Registry.update`). A scale is not a spec version: it is the
+user's scale decision (`Registry.scale`). A write that asks for what is already so is answered
+`unchanged` and stores and publishes nothing."""
 
 from __future__ import annotations
 
@@ -51,18 +53,25 @@ class Registry:
     async def create(self, project: str, document: Any) -> StoredDeployment:
         spec = await self.check(project, document)
         stored = await asyncio.to_thread(self.repo.create_deployment, project, spec)
-        self._accepted()
+        self._accepted(stored)
         return stored
 
     async def update(self, project: str, ref: str, document: Any, if_match: list[str]) -> StoredDeployment:
         """A new spec version, based on the version whose spec_id is in `if_match`."""
         spec = await self.check(project, document)
         stored = await asyncio.to_thread(self.repo.update_deployment, project, ref, spec, if_match)
-        self._accepted()
+        self._accepted(stored)
+        return stored
+
+    async def scale(self, project: str, ref: str, replicas: int) -> StoredDeployment:
+        """The user's scale decision: kept with the deployment and published, no new spec version."""
+        stored = await asyncio.to_thread(self.repo.scale_deployment, project, ref, replicas)
+        if not stored.unchanged:
+            self._relay.notify()
         return stored
 
     async def change(self, project: str, ref: str, edit: SpecEdit) -> StoredDeployment:
-        """A new version made from the current one by `edit` (scale, stop, start, rollback)."""
+        """A new version made from the current one by `edit` (stop, start, rollback)."""
         current = await asyncio.to_thread(self.repo.get_deployment, project, ref)
         document = edit(copy.deepcopy(current.spec))
         return await self.update(project, current.row.id, document, [current.row.spec_id])
@@ -88,17 +97,11 @@ class Registry:
         except (ValueError, AttributeError, ValidationError) as exc:
             raise BadGateway("the scheduler's answer to the logs request was not understood") from exc
 
-    def _accepted(self) -> None:
+    def _accepted(self, stored: StoredDeployment) -> None:
+        if stored.unchanged:
+            return
         SPEC_VERSIONS_ACCEPTED.inc()
         self._relay.notify()
-
-
-def with_replicas(replicas: int) -> SpecEdit:
-    def edit(spec: dict[str, Any]) -> dict[str, Any]:
-        spec["resources"]["replicas"] = replicas
-        return spec
-
-    return edit
 
 
 def with_enabled(enabled: bool) -> SpecEdit:

@@ -19,6 +19,7 @@ from sqlmodel import Session, col, select
 
 from libs.events import (
     DeploymentDeleted,
+    DeploymentScaled,
     DeploymentStatusChanged,
     Event,
     SpecApplied,
@@ -38,6 +39,7 @@ from libs.store import (
 from libs.telemetry import trace_headers
 from services.spec_registry.faults import crash_point
 from services.spec_registry.problems import Conflict, Invalid, NotFound, StaleVersion
+from services.spec_registry.scale import holds, wanted
 
 DEFAULT_PROJECT = "default"
 
@@ -55,11 +57,19 @@ class StoredDeployment:
     row: DeploymentRow
     spec: dict[str, Any]  # as submitted
     status: dict[str, Any] | None  # the newest DeploymentStatusChanged, or None before the first
+    unchanged: bool = False  # the write asked for what was already so: nothing stored, nothing published
 
 
 def submitted(spec: DeploymentSpec) -> dict[str, Any]:
     """The spec as the user wrote it (defaults left out), which is what the API shows and stores."""
     return spec.model_dump(mode="json", exclude_unset=True)
+
+
+def canonical(spec: DeploymentSpec | dict[str, Any]) -> dict[str, Any]:
+    """The spec with every default filled in: two specs that mean the same compare equal, however
+    they were written (key order, a default spelled out or left out, YAML or JSON)."""
+    model = spec if isinstance(spec, DeploymentSpec) else DeploymentSpec.model_validate(spec)
+    return model.model_dump(mode="json")
 
 
 class Repository:
@@ -172,14 +182,35 @@ class Repository:
                     raise Invalid(
                         "a deployment cannot be renamed", [SpecError("name", "deployment name cannot be edited")]
                     )
+                status = session.get(DeploymentStatusRow, row.id)
+                current = self._version(session, row)
+                if canonical(current.spec) == canonical(spec):
+                    return StoredDeployment(row, current.spec, status.status if status else None, unchanged=True)
                 row.spec_id, row.spec_version = new_id(), row.spec_version + 1
                 row.environment, row.updated_at = spec.environment, utcnow()
+                self._supersede_scale(session, row, spec)
                 session.add(row)
                 self._add_version(session, row, spec)
-                status = session.get(DeploymentStatusRow, row.id)
         except IntegrityError as exc:  # another update based on the same version committed first
             raise StaleVersion(f"deployment {ref!r} changed meanwhile; read it again") from exc
         return StoredDeployment(row, submitted(spec), status.status if status else None)
+
+    def scale_deployment(self, project: str, ref: str, replicas: int) -> StoredDeployment:
+        """Record the user's decision to run `replicas` (no new spec version) and publish it as
+        DeploymentScaled; unchanged when that is already the count the user controls."""
+        with self._write_with_event() as session:
+            row = self._find(session, project, ref, for_update=True)
+            version = self._version(session, row)
+            status = session.get(DeploymentStatusRow, row.id)
+            spec = DeploymentSpec.model_validate(version.spec)
+            if replicas == wanted(row, spec):
+                return StoredDeployment(row, version.spec, status.status if status else None, unchanged=True)
+            row.scale_replicas, row.scale_spec_version = replicas, row.spec_version
+            row.scale_spec_replicas, row.scaled_at = spec.resources.replicas, utcnow()
+            row.updated_at = row.scaled_at
+            session.add(row)
+            self._add_scaled(session, row, replicas, spec.resources.replicas, f"scaled by the user to {replicas}")
+        return StoredDeployment(row, version.spec, status.status if status else None)
 
     def delete_deployment(self, project: str, ref: str) -> None:
         with self._write_with_event() as session:
@@ -192,9 +223,8 @@ class Repository:
     def get_deployment(self, project: str, ref: str) -> StoredDeployment:
         with self._read() as session:
             row = self._find(session, project, ref)
-            version = session.get(SpecVersionRow, row.spec_id)
+            version = self._version(session, row)
             status = session.get(DeploymentStatusRow, row.id)
-        assert version is not None, "a deployment always points at one of its versions"
         return StoredDeployment(row, version.spec, status.status if status else None)
 
     def list_deployments(
@@ -303,6 +333,37 @@ class Repository:
         if not found:
             raise NotFound(f"no deployment {ref!r} in project {project!r}")
         return next((row for row in found if row.id == ref), found[0])
+
+    @staticmethod
+    def _version(session: Session, row: DeploymentRow) -> SpecVersionRow:
+        version = session.get(SpecVersionRow, row.spec_id)
+        assert version is not None, "a deployment always points at one of its versions"
+        return version
+
+    def _supersede_scale(self, session: Session, row: DeploymentRow, spec: DeploymentSpec) -> None:
+        """A spec that sets another `resources.replicas` than the user's scale was made against ends
+        that decision. The decision is also replaced on the bus by one that follows the new spec, so
+        a later spec returning to the old count does not bring the old decision back."""
+        if row.scale_replicas is None or holds(row, spec):
+            return
+        row.scale_replicas = row.scale_spec_version = row.scale_spec_replicas = row.scaled_at = None
+        replicas = spec.resources.replicas
+        self._add_scaled(session, row, replicas, replicas, f"superseded by spec version {row.spec_version}")
+
+    def _add_scaled(self, session: Session, row: DeploymentRow, replicas: int, spec_replicas: int, reason: str) -> None:
+        self._add_event(
+            session,
+            DeploymentScaled(
+                deployment_id=row.id,
+                project=row.project,
+                slug=row.slug,
+                source="user",
+                replicas=replicas,
+                spec_version=row.spec_version,
+                spec_replicas=spec_replicas,
+                reason=reason,
+            ),
+        )
 
     @staticmethod
     def _taken(session: Session, project: str, spec: DeploymentSpec, exclude_id: str | None) -> DeploymentRow | None:

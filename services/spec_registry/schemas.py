@@ -35,6 +35,11 @@ class Status(BaseModel):
     replicas: list[ReplicaStatus] = Field(default_factory=list)
     not_provided: list[str] = Field(default_factory=list, description="What this runtime could not give.")
     observed_at: datetime | None = None
+    desired_source: Literal["spec", "user", "autoscaler", "stopped"] = Field(
+        default="spec",
+        description="Where desired_replicas comes from: the spec's resources.replicas, the user's scale, "
+        "the autoscaler (as the scheduler last reported it), or 0 because the deployment is stopped.",
+    )
 
 
 class SubmittedSpec(BaseModel):
@@ -46,6 +51,16 @@ class SubmittedSpec(BaseModel):
     @field_serializer("spec", mode="wrap")
     def _as_submitted(self, spec: DeploymentSpec, _: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
         return spec.model_dump(mode="json", exclude_unset=True)
+
+
+class UserScale(BaseModel):
+    """The user's scale decision, shown while it holds: until a spec version sets another
+    resources.replicas than `spec_replicas`."""
+
+    replicas: int
+    spec_version: int = Field(description="The spec version the decision was made against.")
+    spec_replicas: int = Field(description="That version's resources.replicas.")
+    scaled_at: datetime
 
 
 class Deployment(SubmittedSpec):
@@ -60,6 +75,13 @@ class Deployment(SubmittedSpec):
     created_at: datetime
     updated_at: datetime
     status: Status
+    revision_id: str = Field(description="The revision (template) the current spec version runs.")
+    scale: UserScale | None = Field(description="The user's scale decision while it holds; null otherwise.")
+    unchanged: bool = Field(
+        default=False,
+        description="True when a write asked for what was already so (an identical spec, the current "
+        "replica count, the current version): nothing was stored or published.",
+    )
 
 
 NEXT_PAGE = Field(default=None, description="Pass as `after` for the next page; null on the last page.")
@@ -73,6 +95,7 @@ class DeploymentList(BaseModel):
 class SpecVersion(SubmittedSpec):
     spec_id: str
     spec_version: int
+    revision_id: str = Field(description="Versions with the same revision_id run the same template.")
     created_at: datetime
 
 

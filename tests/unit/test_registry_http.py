@@ -51,7 +51,7 @@ def test_openapi_documents_specs_and_problems() -> None:
     assert deployment["spec"] == spec_ref
     assert set(deployment) == {
         "deployment_id", "project", "name", "slug", "environment", "spec_id", "spec_version", "spec",
-        "endpoint", "created_at", "updated_at", "status",
+        "endpoint", "created_at", "updated_at", "status", "revision_id", "scale", "unchanged",
     }  # fmt: skip
 
 
