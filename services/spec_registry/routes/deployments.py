@@ -10,7 +10,8 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 
 from libs.config import Settings
-from libs.spec import DeploymentSpec
+from libs.logcursor import MAX_CURSOR_CHARS, CursorInvalid, read_cursor
+from libs.spec import DeploymentSpec, SpecError, scale_errors
 from services.spec_registry.auth import Caller
 from services.spec_registry.pagination import DEFAULT_LIMIT, After, Limit, decode_cursor, paginate
 from services.spec_registry.problems import (
@@ -117,10 +118,11 @@ async def update_deployment(
     settings: SettingsDep,
     document: SpecDocument,
     response: Response,
-    if_match: Annotated[str | None, Header(description='"<spec_id>" of the version this update is based on')] = None,
+    # Required (428 without it: problems.py); the OpenAPI document says so too.
+    if_match: Annotated[str, Header(description='"<spec_id>" of the version this update is based on')],
 ) -> Deployment:
-    if not if_match:
-        raise PreconditionRequired('send If-Match: "<spec_id>" of the version your change is based on')
+    if not if_match.strip():
+        raise PreconditionRequired()
     stored = await registry.update(caller.project, ref, document, _etags(if_match))
     return _answer(stored, settings, response)
 
@@ -129,6 +131,9 @@ async def update_deployment(
 async def scale_deployment(
     ref: str, body: ScaleRequest, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
 ) -> Deployment:
+    current = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
+    if errors := scale_errors(_spec(current.spec), body.replicas):
+        raise Invalid("the deployment cannot be scaled to this count", errors)
     stored = await registry.change(caller.project, ref, with_replicas(body.replicas))
     return _answer(stored, settings, response)
 
@@ -195,8 +200,15 @@ async def deployment_logs(
     registry: RegistryDep,
     replica: Annotated[str | None, Query(description="One replica's lines only.")] = None,
     tail: Annotated[int, Query(ge=0, le=10_000, description="Lines from the end to start with.")] = 100,
-    since: Annotated[str | None, Query(description="The `next` cursor of an earlier answer.")] = None,
+    since: Annotated[
+        str | None, Query(max_length=MAX_CURSOR_CHARS, description="The `next` cursor of an earlier answer.")
+    ] = None,
 ) -> LogPage:
+    if since:
+        try:
+            read_cursor(since)
+        except CursorInvalid as exc:
+            raise Invalid("bad cursor", [SpecError("since", "must be the `next` value of an earlier answer")]) from exc
     stored = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
     return await registry.logs(stored.row.id, replica, tail, since)
 
