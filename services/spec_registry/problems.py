@@ -24,6 +24,7 @@ from libs.logging import get_logger
 from libs.spec import SpecError, SpecInvalid, spec_errors
 
 PROBLEM_JSON = "application/problem+json"
+NOT_JSON = "not valid JSON text (UTF-8, integers of at most 4300 digits)"
 log = get_logger("spec_registry")
 
 
@@ -173,6 +174,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         if any(tuple(e["loc"]) == ("header", "if-match") and e["type"] == "missing" for e in exc.errors()):
             return problem_response(PreconditionRequired())
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            return problem_response(BadRequest(NOT_JSON))
         errors = spec_errors([_without_location(e) for e in exc.errors()])
         return problem_response(Invalid("the request is invalid", errors))
 
@@ -196,7 +199,7 @@ def unexpected_error_response(request: Request) -> JSONResponse:
 
 def _http_problem(request: Request, exc: StarletteHTTPException) -> Problem:
     if exc.status_code == 400:  # FastAPI: a JSON body it could not parse (bad UTF-8, 5,000 digits)
-        return BadRequest("not valid JSON text")
+        return BadRequest(NOT_JSON)
     if exc.status_code == 404:
         return NotFound("no such resource; see /docs for the API", field="(path)")
     if exc.status_code == 413:
@@ -209,23 +212,24 @@ def _http_problem(request: Request, exc: StarletteHTTPException) -> Problem:
     return problem
 
 
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method of every route with this path. Starlette's own `Allow` names only those of the
-    first route that matched the path, and each method is a route of its own here."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)  # PARTIAL: the path matches, the method does not
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    """Every method some route serves at this path. Starlette's own `Allow` names only those of the
+    first route whose path matched, and each method is a route of its own here."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)
+    ]
 
 
 def _without_location(error: Mapping[str, Any]) -> dict[str, Any]:
-    # FastAPI prefixes where the value came from: ("body", "replicas") -> ("replicas",). A body that
-    # is not JSON at all is `(body)` (FastAPI adds the character position, which means nothing here).
+    # FastAPI prefixes where the value came from: ("body", "replicas") -> ("replicas",); a missing
+    # body is `(body)`.
     loc = tuple(error["loc"])
-    if error["type"] == "json_invalid":
-        return {**error, "loc": ("(body)",), "msg": "not valid JSON text"}
     if loc == ("body",):
         return {**error, "loc": ("(body)",)}
     return {**error, "loc": loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc}

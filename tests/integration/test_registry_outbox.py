@@ -5,9 +5,6 @@ restart the SpecApplied event is in BERTH_SPECS exactly once and the deployment 
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,47 +14,10 @@ from nats.js import JetStreamContext
 
 from libs.bus import all_events
 from libs.events import SpecApplied
-from libs.natsd import free_port, wait_for_port
 from tests.helpers import eventually
+from tests.servers.registry import RegistryProcess
 
-REPO = Path(__file__).resolve().parents[2]
 SPEC = {"name": "crash test", "image": "python:3.11", "resources": {"ports": [8000]}}
-
-
-class RegistryProcess:
-    def __init__(self, tmp_path: Path, nats_url: str) -> None:
-        self.port = free_port()
-        self.data_dir = tmp_path / "berth"
-        self.log = tmp_path / "registry.log"
-        self.env = {
-            **os.environ,
-            "BERTH_NATS_URL": nats_url,
-            "BERTH_DATA_DIR": str(self.data_dir),
-            "BERTH_API_PORT": str(self.port),
-            "PYTHONPATH": str(REPO),
-        }
-        for name in ("BERTH_TOKEN", "BERTH_DATABASE_URL", "BERTH_FAULT_INJECT"):
-            self.env.pop(name, None)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, fault: str | None = None) -> None:
-        env = {**self.env, **({"BERTH_FAULT_INJECT": fault} if fault else {})}
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.spec_registry"], env=env, cwd=REPO, stdout=log, stderr=log
-            )
-        wait_for_port("127.0.0.1", self.port, timeout=30)
-
-    def client(self) -> httpx.AsyncClient:
-        token = (self.data_dir / "token").read_text().strip()
-        return httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{self.port}", headers={"Authorization": f"Bearer {token}"}, timeout=10
-        )
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(20)
 
 
 @pytest.fixture

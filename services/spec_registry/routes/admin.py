@@ -10,10 +10,12 @@ from fastapi import APIRouter, Path, Response
 from libs.spec import SECRET_NAME, SECRET_NAME_MAX
 from services.spec_registry.auth import Admin, Caller, hash_token, new_token
 from services.spec_registry.problems import (
+    BadRequest,
     Conflict,
     Forbidden,
     Invalid,
     NotFound,
+    PayloadTooLarge,
     Unauthorized,
     responses,
 )
@@ -26,14 +28,14 @@ from services.spec_registry.schemas import (
     TokenCreated,
 )
 
-router = APIRouter(prefix="/v1", responses=responses(Unauthorized, Invalid))
+router = APIRouter(prefix="/v1", responses=responses(Unauthorized, PayloadTooLarge, Invalid))
 SecretName = Annotated[
     str,
     Path(pattern=SECRET_NAME.pattern, max_length=SECRET_NAME_MAX, description="Referred to as secret:<name> in specs."),
 ]
 
 
-@router.post("/projects", status_code=201, tags=["projects"], responses=responses(Forbidden, Conflict, Invalid))
+@router.post("/projects", status_code=201, tags=["projects"], responses=responses(BadRequest, Forbidden, Conflict, Invalid))
 async def create_project(body: ProjectCreate, _: Admin, registry: RegistryDep) -> ProjectCreated:
     """A project and its first token (shown once)."""
     token = new_token()
@@ -49,7 +51,7 @@ async def create_token(project: str, _: Admin, registry: RegistryDep) -> TokenCr
     return TokenCreated(token=token)
 
 
-@router.put("/secrets/{name}", status_code=204, tags=["secrets"], responses=responses(Invalid))
+@router.put("/secrets/{name}", status_code=204, tags=["secrets"], responses=responses(BadRequest, Invalid))
 async def put_secret(name: SecretName, body: SecretPut, caller: Caller, registry: RegistryDep) -> Response:
     # The value first: a name in the index always has a value behind it.
     await registry.secrets.put(caller.project, name, body.value.get_secret_value())

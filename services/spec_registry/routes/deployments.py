@@ -15,10 +15,12 @@ from libs.spec import DeploymentSpec, SpecError, scale_errors
 from services.spec_registry.auth import Caller
 from services.spec_registry.pagination import DEFAULT_LIMIT, After, Limit, decode_cursor, paginate
 from services.spec_registry.problems import (
+    BadRequest,
     Conflict,
     Forbidden,
     Invalid,
     NotFound,
+    PayloadTooLarge,
     PreconditionRequired,
     StaleVersion,
     Unauthorized,
@@ -46,9 +48,10 @@ from services.spec_registry.schemas import (
     Validation,
 )
 
-router = APIRouter(prefix="/v1", responses=responses(Unauthorized, Invalid))
+router = APIRouter(prefix="/v1", responses=responses(Unauthorized, PayloadTooLarge, Invalid))
 READ = responses(NotFound)
 WRITE = responses(NotFound, StaleVersion, Invalid)
+JSON_WRITE = {**WRITE, **responses(BadRequest)}  # routes with a JSON body: 400 when it is not JSON
 
 
 @router.post(
@@ -127,7 +130,7 @@ async def update_deployment(
     return _answer(stored, settings, response)
 
 
-@router.post("/deployments/{ref}/scale", tags=["deployments"], responses=WRITE)
+@router.post("/deployments/{ref}/scale", tags=["deployments"], responses=JSON_WRITE)
 async def scale_deployment(
     ref: str, body: ScaleRequest, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
 ) -> Deployment:
@@ -154,7 +157,7 @@ async def start_deployment(
     return _answer(stored, settings, response)
 
 
-@router.post("/deployments/{ref}/rollback", tags=["deployments"], responses=WRITE)
+@router.post("/deployments/{ref}/rollback", tags=["deployments"], responses=JSON_WRITE)
 async def rollback_deployment(
     ref: str, body: RollbackRequest, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
 ) -> Deployment:
