@@ -26,9 +26,11 @@ from libs.store import create_engine, migrate
 from services.spec_registry.auth import TokenCache, bootstrap_admin
 from services.spec_registry.metrics import REQUESTS
 from services.spec_registry.outbox import OutboxRelay
+from services.spec_registry.limits import EVENT_ENVELOPE_BYTES, MAX_SPEC_BYTES, BodyLimit
 from services.spec_registry.problems import (
     install_problem_handlers,
     problems_in_openapi,
+    unexpected_error_response,
 )
 from services.spec_registry.registry import Registry
 from services.spec_registry.repository import Repository
@@ -47,7 +49,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     install_problem_handlers(app)
-    app.middleware("http")(_observe)
+    app.add_middleware(BodyLimit)
+    app.middleware("http")(_observe)  # added last, so outermost: it also sees what BodyLimit refuses
     for module in (ops, deployments, admin):
         app.include_router(module.router)
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
@@ -77,6 +80,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         cleanup.push_async_callback(service.stop)
         js = await service.connect()
         connection = await service.broker.connect()  # the same connection: for the logs request/reply
+        _check_max_payload(connection.max_payload)
         relay = OutboxRelay(repo, service.broker)
 
         async def on_status(event: DeploymentStatusChanged) -> None:
@@ -93,7 +97,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         await service.start()
 
-        app.state.registry = Registry(repo, await SecretStore.open(js), relay, connection)
+        secrets = await SecretStore.open(js)
+        if indexed := await asyncio.to_thread(repo.backfill_secret_names, await secrets.stored_names()):
+            log.info("secret names indexed", secrets=indexed)
+        app.state.registry = Registry(repo, secrets, relay, connection)
         app.state.tokens = TokenCache(repo)
         app.state.bus = connection
         relay.start()
@@ -105,7 +112,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     """Count and log every request by its route template (headers, bodies and tokens are not logged)."""
     started = time.perf_counter()
-    response = await call_next(request)
+    try:
+        response = await call_next(request)
+    except Exception:
+        response = unexpected_error_response(request)
     route = request.scope.get("route")
     template = getattr(route, "path", "unmatched")
     REQUESTS.labels(request.method, template, str(response.status_code)).inc()
@@ -117,6 +127,17 @@ async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Re
         duration_ms=round((time.perf_counter() - started) * 1000, 1),
     )
     return response
+
+
+def _check_max_payload(max_payload: int) -> None:
+    """Every spec the API accepts must fit in one message of the bus; say so at once if it cannot
+    (a nats-server configured with a max_payload below berth's spec limit)."""
+    if max_payload < MAX_SPEC_BYTES + EVENT_ENVELOPE_BYTES:
+        log.error(
+            "the bus carries smaller messages than berth accepts specs: the relay will set such specs aside",
+            max_payload=max_payload,
+            needed=MAX_SPEC_BYTES + EVENT_ENVELOPE_BYTES,
+        )
 
 
 def _version() -> str:

@@ -36,13 +36,14 @@ class Registry:
         self._nc = nc
 
     async def check(self, project: str, document: Any) -> DeploymentSpec:
-        """The validated spec; SpecInvalid lists every broken rule, then every missing secret."""
-        spec = validate_spec(document)
+        """The validated spec; SpecInvalid lists every broken rule, then every missing secret.
+        Validated in a worker thread, like parsing: the event loop serves others meanwhile."""
+        spec = await asyncio.to_thread(validate_spec, document)
         refs = spec.secret_ref_fields()
         if refs:
-            existing = await self.secrets.names(project)
+            existing = await asyncio.to_thread(self.repo.secret_names, project)
             missing = [
-                SpecError(field, f"secret {name!r} does not exist in project {project!r}")
+                SpecError(field, "names a secret that does not exist in the project")
                 for field, name in refs
                 if name not in existing
             ]

@@ -6,6 +6,7 @@ Every write that changes a deployment commits its outbox event in the same trans
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from libs.store import (
     DeploymentStatusRow,
     OutboxRow,
     ProjectRow,
+    SecretNameRow,
     SpecVersionRow,
     TokenRow,
     reader,
@@ -125,17 +127,17 @@ class Repository:
         try:
             with self._write() as session:
                 if session.get(ProjectRow, name) is not None:
-                    raise Conflict(f"project {name!r} exists")
+                    raise Conflict("a project of this name exists")
                 session.add(ProjectRow(name=name))
                 session.flush()
                 session.add(TokenRow(project=name, token_hash=token_hash))
         except IntegrityError as exc:
-            raise Conflict(f"project {name!r} exists") from exc
+            raise Conflict("a project of this name exists") from exc
 
     def add_token(self, project: str, token_hash: str) -> None:
         with self._write() as session:
             if session.get(ProjectRow, project) is None:
-                raise NotFound(f"no project {project!r}")
+                raise NotFound("no project of this name", field="project")
             session.add(TokenRow(project=project, token_hash=token_hash))
 
     # -- deployments ----------------------------------------------------------------------------------
@@ -145,7 +147,7 @@ class Repository:
             with self._write_with_event() as session:
                 taken = self._taken(session, project, spec, exclude_id=None)
                 if taken is not None:
-                    raise Conflict(f"deployment {taken.name!r} (slug {taken.slug!r}) exists in project {project!r}")
+                    raise _name_taken(taken)
                 now = utcnow()
                 row = DeploymentRow(
                     id=new_id(),
@@ -162,7 +164,7 @@ class Repository:
                 session.flush()
                 self._add_version(session, row, spec)
         except IntegrityError as exc:
-            raise Conflict(f"a deployment named {spec.name!r} exists in project {project!r}") from exc
+            raise Conflict("a deployment with this name, or one with the same slug, exists in the project") from exc
         return StoredDeployment(row, submitted(spec), None)
 
     def update_deployment(self, project: str, ref: str, spec: DeploymentSpec, if_match: list[str]) -> StoredDeployment:
@@ -172,13 +174,13 @@ class Repository:
                 row = self._find(session, project, ref, for_update=True)
                 if row.spec_id not in if_match:
                     raise StaleVersion(
-                        f"deployment {row.slug!r} is at spec version {row.spec_version} (spec_id {row.spec_id}); "
+                        f"the deployment is at spec version {row.spec_version} (spec_id {row.spec_id}); "
                         "read it again and apply your change to that version"
                     )
                 if spec.name != row.name:
                     taken = self._taken(session, project, spec, exclude_id=row.id)
                     if taken is not None:
-                        raise Conflict(f"deployment {taken.name!r} (slug {taken.slug!r}) exists in project {project!r}")
+                        raise _name_taken(taken)
                     raise Invalid(
                         "a deployment cannot be renamed", [SpecError("name", "deployment name cannot be edited")]
                     )
@@ -192,7 +194,7 @@ class Repository:
                 session.add(row)
                 self._add_version(session, row, spec)
         except IntegrityError as exc:  # another update based on the same version committed first
-            raise StaleVersion(f"deployment {ref!r} changed meanwhile; read it again") from exc
+            raise StaleVersion("the deployment changed meanwhile; read it again") from exc
         return StoredDeployment(row, submitted(spec), status.status if status else None)
 
     def scale_deployment(self, project: str, ref: str, replicas: int) -> StoredDeployment:
@@ -269,7 +271,7 @@ class Repository:
             )
             found = session.exec(query).first()
         if found is None:
-            raise NotFound(f"deployment {row.slug!r} has no spec version {version}")
+            raise NotFound("the deployment has no spec version of this number", field="spec_version")
         return found
 
     # -- status read model ------------------------------------------------------------------------------
@@ -294,14 +296,60 @@ class Repository:
             session.add(row)
             return True
 
+    # -- secret names (the values are in JetStream KV) ------------------------------------------------
+
+    def secret_names(self, project: str) -> set[str]:
+        with self._read() as session:
+            query = select(SecretNameRow.name).where(SecretNameRow.project == project)
+            return set(session.exec(query).all())
+
+    def has_secret(self, project: str, name: str) -> bool:
+        with self._read() as session:
+            return session.get(SecretNameRow, (project, name)) is not None
+
+    def add_secret_name(self, project: str, name: str) -> None:
+        with contextlib.suppress(IntegrityError), self._write() as session:  # there already: nothing to do
+            if session.get(SecretNameRow, (project, name)) is None:
+                session.add(SecretNameRow(project=project, name=name))
+
+    def remove_secret_name(self, project: str, name: str) -> None:
+        with self._write() as session:
+            session.execute(
+                sa.delete(SecretNameRow).where(col(SecretNameRow.project) == project, col(SecretNameRow.name) == name)
+            )
+
+    def backfill_secret_names(self, names: set[tuple[str, str]]) -> int:
+        """Index the (project, name)s of secrets stored before the index existed; how many were new.
+        Only adds: the values are written first, so a name in the index and not in the bucket comes
+        only from a delete that failed half-way, which the next delete completes."""
+        with self._write() as session:
+            projects = set(session.exec(select(ProjectRow.name)).all())
+            held = {(row.project, row.name) for row in session.exec(select(SecretNameRow)).all()}
+            new = {(p, n) for p, n in names if p in projects} - held
+            session.add_all(SecretNameRow(project=p, name=n) for p, n in new)
+        return len(new)
+
     # -- outbox -------------------------------------------------------------------------------------------
 
     def pending_events(self, limit: int) -> list[OutboxRow]:
+        """Unpublished events in commit order, less those set aside."""
         with self._read() as session:
-            query = (
-                select(OutboxRow).where(col(OutboxRow.published_at).is_(None)).order_by(col(OutboxRow.id)).limit(limit)
-            )
+            query = select(OutboxRow).where(_pending()).order_by(col(OutboxRow.id)).limit(limit)
             return list(session.exec(query).all())
+
+    def set_aside(self, event_id: int, reason: str) -> None:
+        """The relay cannot publish this event: keep it, with why, and pass over it from now on."""
+        with self._write() as session:
+            session.execute(
+                sa.update(OutboxRow)
+                .where(col(OutboxRow.id) == event_id)
+                .values(set_aside_at=utcnow(), set_aside_reason=reason[:500])
+            )
+
+    def set_aside_count(self) -> int:
+        with self._read() as session:
+            query = select(sa.func.count()).select_from(OutboxRow).where(col(OutboxRow.set_aside_at).is_not(None))
+            return int(session.exec(query).one())
 
     def mark_published(self, ids: list[int]) -> None:
         with self._write() as session:
@@ -317,7 +365,7 @@ class Repository:
 
     def outbox_lag(self) -> int:
         with self._read() as session:
-            query = select(sa.func.count()).select_from(OutboxRow).where(col(OutboxRow.published_at).is_(None))
+            query = select(sa.func.count()).select_from(OutboxRow).where(_pending())
             return int(session.exec(query).one())
 
     # -- helpers --------------------------------------------------------------------------------------------
@@ -331,7 +379,7 @@ class Repository:
             query = query.with_for_update()
         found = session.exec(query).all()
         if not found:
-            raise NotFound(f"no deployment {ref!r} in project {project!r}")
+            raise NotFound("no deployment with this id or slug in the project")
         return next((row for row in found if row.id == ref), found[0])
 
     @staticmethod
@@ -411,3 +459,12 @@ class Repository:
                 headers=trace_headers() or None,
             )
         )
+
+
+def _pending() -> sa.ColumnElement[bool]:
+    return sa.and_(col(OutboxRow.published_at).is_(None), col(OutboxRow.set_aside_at).is_(None))
+
+
+def _name_taken(taken: DeploymentRow) -> Conflict:
+    # The id of the deployment in the way, not its name: the name is what the caller sent.
+    return Conflict(f"deployment {taken.id} has this name, or a name with the same slug, in the project")

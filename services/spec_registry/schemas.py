@@ -17,6 +17,7 @@ from pydantic import (
 
 from libs.events import Phase, ReplicaStatus
 from libs.spec import DeploymentSpec
+from services.spec_registry.limits import MAX_SECRET_CHARS
 
 PROJECT_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
@@ -109,11 +110,14 @@ class Validation(BaseModel):
 
 
 class ScaleRequest(Request):
-    replicas: int = Field(ge=0, le=1000)
+    # Strict: `{"replicas": false}` or `"3"` is an error, not 0 or 3.
+    replicas: int = Field(ge=0, le=1000, strict=True)
 
 
 class RollbackRequest(Request):
-    spec_version: int = Field(ge=1, description="The version whose spec becomes the new version's spec.")
+    spec_version: int = Field(
+        ge=1, strict=True, description="The version whose spec becomes the new version's spec."
+    )
 
 
 class ProjectCreate(Request):
@@ -130,7 +134,7 @@ class TokenCreated(BaseModel):
 
 
 class SecretPut(Request):
-    value: SecretStr
+    value: SecretStr = Field(max_length=MAX_SECRET_CHARS, description=f"At most {MAX_SECRET_CHARS} characters.")
 
 
 class SecretNames(BaseModel):
@@ -152,3 +156,7 @@ class Health(BaseModel):
     healthy: bool
     database: bool
     bus_connected: bool
+    outbox_pending: int = Field(default=0, description="Events committed and not yet published.")
+    outbox_set_aside: int = Field(
+        default=0, description="Events that could not be published at all; see docs/operations.md."
+    )

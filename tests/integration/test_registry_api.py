@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 
 from libs.bus import LOGS_RPC, all_events
 from libs.config import Settings
+from libs.logcursor import encode_cursor
 from libs.events import (
     DeploymentDeleted,
     DeploymentScaled,
@@ -436,8 +437,8 @@ async def test_secret_refs_are_checked_and_values_never_shown(
     missing = await api.post("/v1/deployments", json=document)
     assert missing.status_code == 422
     assert missing.json()["errors"] == [
-        {"field": "env[1].value", "rule": "secret 'hf_token' does not exist in project 'default'"},
-        {"field": "basicAuthKey", "rule": "secret 'gate' does not exist in project 'default'"},
+        {"field": "env[1].value", "rule": "names a secret that does not exist in the project"},
+        {"field": "basicAuthKey", "rule": "names a secret that does not exist in the project"},
     ]
     assert (await api.get("/v1/deployments")).json()["items"] == []
 
@@ -586,14 +587,15 @@ async def test_logs_come_from_the_scheduler_or_503(api: httpx.AsyncClient, nc: C
             json.dumps({"lines": [{"replica_id": "r1", "offset": 7, "line": "hello"}], "next": "cursor-2"}).encode()
         )
 
+    since = encode_cursor({"r1": (7, "0123456789abcdef")})
     sub = await nc.subscribe(LOGS_RPC, cb=scheduler)
     try:
-        page = await api.get("/v1/deployments/my-cool-deployment/logs", params={"tail": 5, "since": "cursor-1"})
+        page = await api.get("/v1/deployments/my-cool-deployment/logs", params={"tail": 5, "since": since})
     finally:
         await sub.unsubscribe()
     assert page.status_code == 200, page.text
     assert page.json() == {"lines": [{"replica_id": "r1", "offset": 7, "line": "hello"}], "next": "cursor-2"}
-    assert asked == [{"deployment_id": created["deployment_id"], "replica_id": None, "tail": 5, "since": "cursor-1"}]
+    assert asked == [{"deployment_id": created["deployment_id"], "replica_id": None, "tail": 5, "since": since}]
 
 
 async def test_health_and_metrics(api: httpx.AsyncClient) -> None:
@@ -601,7 +603,9 @@ async def test_health_and_metrics(api: httpx.AsyncClient) -> None:
     health = await api.get("/healthz")
     metrics = await api.get("/metrics")
 
-    assert health.json() == {"healthy": True, "database": True, "bus_connected": True}
+    assert health.json() | {"outbox_pending": 0} == {
+        "healthy": True, "database": True, "bus_connected": True, "outbox_pending": 0, "outbox_set_aside": 0
+    }
     assert "berth_registry_spec_versions_accepted_total" in metrics.text
     assert 'berth_registry_requests_total{method="POST",route="/v1/deployments",status="201"}' in metrics.text
     assert "berth_registry_outbox_lag" in metrics.text

@@ -11,16 +11,19 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 
 from libs.config import Settings
+from libs.logcursor import MAX_CURSOR_CHARS, CursorInvalid, read_cursor
 from libs.revision import revision_id
-from libs.spec import DeploymentSpec
+from libs.spec import DeploymentSpec, SpecError, scale_errors
 from libs.store import SpecVersionRow
 from services.spec_registry.auth import Caller
 from services.spec_registry.pagination import DEFAULT_LIMIT, After, Limit, decode_cursor, paginate
 from services.spec_registry.problems import (
+    BadRequest,
     Conflict,
     Forbidden,
     Invalid,
     NotFound,
+    PayloadTooLarge,
     PreconditionRequired,
     StaleVersion,
     Unauthorized,
@@ -50,9 +53,10 @@ from services.spec_registry.schemas import (
     Validation,
 )
 
-router = APIRouter(prefix="/v1", responses=responses(Unauthorized, Invalid))
+router = APIRouter(prefix="/v1", responses=responses(Unauthorized, PayloadTooLarge, Invalid))
 READ = responses(NotFound)
 WRITE = responses(NotFound, StaleVersion, Invalid)
+JSON_WRITE = {**WRITE, **responses(BadRequest)}  # routes with a JSON body: 400 when it is not JSON
 
 
 @router.post(
@@ -122,20 +126,24 @@ async def update_deployment(
     settings: SettingsDep,
     document: SpecDocument,
     response: Response,
-    if_match: Annotated[str | None, Header(description='"<spec_id>" of the version this update is based on')] = None,
+    # Required (428 without it: problems.py); the OpenAPI document says so too.
+    if_match: Annotated[str, Header(description='"<spec_id>" of the version this update is based on')],
 ) -> Deployment:
-    if not if_match:
-        raise PreconditionRequired('send If-Match: "<spec_id>" of the version your change is based on')
+    if not if_match.strip():
+        raise PreconditionRequired()
     stored = await registry.update(caller.project, ref, document, _etags(if_match))
     return _answer(stored, settings, response)
 
 
-@router.post("/deployments/{ref}/scale", tags=["deployments"], responses=WRITE)
+@router.post("/deployments/{ref}/scale", tags=["deployments"], responses=JSON_WRITE)
 async def scale_deployment(
     ref: str, body: ScaleRequest, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
 ) -> Deployment:
     """The user's scale decision; not a spec version. It holds until a spec version sets another
     resources.replicas than the current one (see `scale` and `status.desired_source`)."""
+    current = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
+    if errors := scale_errors(_spec(current.spec), body.replicas):
+        raise Invalid("the deployment cannot be scaled to this count", errors)
     stored = await registry.scale(caller.project, ref, body.replicas)
     return _answer(stored, settings, response)
 
@@ -156,7 +164,7 @@ async def start_deployment(
     return _answer(stored, settings, response)
 
 
-@router.post("/deployments/{ref}/rollback", tags=["deployments"], responses=WRITE)
+@router.post("/deployments/{ref}/rollback", tags=["deployments"], responses=JSON_WRITE)
 async def rollback_deployment(
     ref: str, body: RollbackRequest, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
 ) -> Deployment:
@@ -199,8 +207,15 @@ async def deployment_logs(
     registry: RegistryDep,
     replica: Annotated[str | None, Query(description="One replica's lines only.")] = None,
     tail: Annotated[int, Query(ge=0, le=10_000, description="Lines from the end to start with.")] = 100,
-    since: Annotated[str | None, Query(description="The `next` cursor of an earlier answer.")] = None,
+    since: Annotated[
+        str | None, Query(max_length=MAX_CURSOR_CHARS, description="The `next` cursor of an earlier answer.")
+    ] = None,
 ) -> LogPage:
+    if since:
+        try:
+            read_cursor(since)
+        except CursorInvalid as exc:
+            raise Invalid("bad cursor", [SpecError("since", "must be the `next` value of an earlier answer")]) from exc
     stored = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
     return await registry.logs(stored.row.id, replica, tail, since)
 
