@@ -82,12 +82,13 @@ class Up:
         """The running child of `up` for a target (a service or nats-server), if it runs now."""
         for process in psutil.Process(self.process.pid).children():
             try:
-                cmdline = " ".join(process.cmdline())
                 if process.status() == psutil.STATUS_ZOMBIE:
                     continue
+                is_target = (
+                    process.name() == target if target == "nats-server" else f"services.{target}" in process.cmdline()
+                )
             except psutil.Error:
                 continue
-            is_target = process.name() == target if target == "nats-server" else f"services.{target}" in cmdline
             if is_target:
                 return process
         return None
@@ -304,9 +305,11 @@ async def test_no_update_lost_or_duplicated_while_services_are_killed(up: Up, ap
     convergence_seconds = time.monotonic() - chaos_ended
 
     stored: Counter[str] = Counter()
+    stored_spec_ids: set[str] = set()
     gaps = []
     for slug in deployments:
         versions = await history(api, slug)
+        stored_spec_ids |= {v["spec_id"] for v in versions}
         stored.update(marker_of(v["spec"]) for v in versions if marker_of(v["spec"]) != CREATED)
         numbers = sorted(v["spec_version"] for v in versions)
         if numbers != list(range(1, len(numbers) + 1)):
@@ -316,6 +319,7 @@ async def test_no_update_lost_or_duplicated_while_services_are_killed(up: Up, ap
     duplicated = sorted(m for m, count in stored.items() if count > 1)
     stored_though_refused = sorted(ledger.refused & set(stored))
     published_twice = sorted(s for counts in published.values() for s, count in counts.items() if count > 1)
+    published_not_stored = sorted({s for counts in published.values() for s in counts} - stored_spec_ids)
     attempted = DEPLOYMENTS * UPDATES_PER_DEPLOYMENT
 
     print(f"\ncrash consistency (seed {SEED}): {attempted} updates over {DEPLOYMENTS} deployments"
@@ -331,6 +335,7 @@ async def test_no_update_lost_or_duplicated_while_services_are_killed(up: Up, ap
     assert not lost, f"accepted but not in the history: {lost}"
     assert not duplicated, f"stored more than once: {duplicated}"
     assert not published_twice, f"SpecApplied published more than once: {published_twice}"
+    assert not published_not_stored, f"SpecApplied of a version not in any history: {published_not_stored}"
     assert not stored_though_refused, f"refused but stored: {stored_though_refused}"
     assert not gaps, f"spec versions not 1..n: {gaps}"
     assert set(stored) <= ledger.accepted | ledger.unknown, "a version no client sent"
