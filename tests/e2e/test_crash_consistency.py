@@ -119,8 +119,9 @@ def up(tmp_path: Path) -> Iterator[Up]:
 async def connect_bus(up: Up) -> Client:
     """A NATS connection to the server `berth up` runs, to read the spec stream as an operator would.
 
-    The one place that knows how to connect: when `berth up` requires NATS credentials, pass the
-    operator's here (nats.connect's user/password or user_credentials)."""
+    The one place that knows how to connect. Once `berth up` gives each service a NATS user, connect
+    here as one allowed to read BERTH_SPECS (user and password from the data dir's credentials, and
+    that user's inbox prefix)."""
     return await nats.connect(up.nats_url, max_reconnect_attempts=5)
 
 
