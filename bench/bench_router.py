@@ -3,10 +3,13 @@
     .venv/bin/python bench/bench_router.py [--requests 2000] [--concurrency 16] [--seconds 4]
 
 Starts its own nats-server, one fast upstream replica (tests/servers/echo_fast.py) and the router
-(`python -m services.router`), each its own process, registers the replica by publishing the events
-the scheduler and health-monitor would, then drives the load from a separate client process
-(aiohttp; no wrk needed). Loopback only. Prints p50/p99 latency at concurrency 1, requests per second
-at the given concurrency, the latency the router adds and the routed/direct throughput ratio.
+(`python -m services.router`), each its own process, registers the replica by publishing the traffic
+assignment the scheduler would, then drives the load from a separate client process (aiohttp; no wrk
+needed). Loopback only. Prints p50/p99 latency at concurrency 1, requests per second at the given
+concurrency, the latency the router adds and the routed/direct throughput ratio.
+
+`--revisions 2` splits the traffic 50/50 across two revisions (two replica ids at the one upstream
+address): the cost of the weighted choice, against the default single revision.
 """
 
 from __future__ import annotations
@@ -30,9 +33,8 @@ import aiohttp
 import psutil
 
 from libs.bus import ensure_streams, make_broker, publish
-from libs.events import ReplicaHealthChanged, SpecApplied
+from libs.events import RevisionTarget, ServingReplica, TrafficAssigned
 from libs.natsd import free_port, start_nats_server, wait_for_port
-from libs.spec import validate_spec
 
 PYTHON = sys.executable
 
@@ -102,17 +104,22 @@ def cpu_seconds(process: psutil.Process) -> float:
 # -- orchestration ------------------------------------------------------------------------------------
 
 
-async def register_replica(nats_url: str, upstream_port: int) -> None:
-    spec = validate_spec({"name": "bench", "image": "echo-fast", "resources": {"ports": [8000]}})
+async def register_replica(nats_url: str, upstream_port: int, revisions: int) -> None:
     broker = make_broker(nats_url, "bench")
     await broker.start()
     try:
         await ensure_streams(broker.connection.jetstream())
-        ids: dict[str, Any] = {"deployment_id": "bench", "project": "default", "slug": spec.slug}
-        await publish(broker, SpecApplied(**ids, name=spec.name, spec_id="bench-1", spec_version=1, spec=spec))
-        await publish(broker, ReplicaHealthChanged(
-            **ids, spec_id="bench-1", replica_id="r1", address=f"127.0.0.1:{upstream_port}",
-            started=True, ready=True, live=True,
+        address = f"127.0.0.1:{upstream_port}"
+        targets = [
+            RevisionTarget(
+                revision_id=f"rev{i}", percent=100 // revisions + (i < 100 % revisions), spec_versions=[i + 1],
+                replicas=[ServingReplica(replica_id=f"r{i}", address=address)],
+            )
+            for i in range(revisions)
+        ]
+        await publish(broker, TrafficAssigned(
+            deployment_id="bench", project="default", slug="bench", name="bench", generation=1,
+            spec_version=revisions, targets=targets,
         ))
     finally:
         await broker.stop()
@@ -133,7 +140,7 @@ async def wait_until_routed(url: str, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.05)
 
 
-def bench(requests: int, concurrency: int, seconds: float) -> None:
+def bench(requests: int, concurrency: int, seconds: float, revisions: int) -> None:
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         nats_port, upstream_port, router_port = free_port(), free_port(), free_port()
@@ -148,7 +155,7 @@ def bench(requests: int, concurrency: int, seconds: float) -> None:
             processes.append(subprocess.Popen([PYTHON, "-m", "services.router"], cwd=ROOT, env=env))
             wait_for_port("127.0.0.1", upstream_port)
             wait_for_port("127.0.0.1", router_port)
-            asyncio.run(register_replica(nats_url, upstream_port))
+            asyncio.run(register_replica(nats_url, upstream_port, revisions))
             direct = f"http://127.0.0.1:{upstream_port}/predict"
             routed = f"http://127.0.0.1:{router_port}/default/bench/predict"
             asyncio.run(wait_until_routed(routed))
@@ -169,7 +176,8 @@ def bench(requests: int, concurrency: int, seconds: float) -> None:
                 process.wait(10)
 
     ms = 1000.0
-    print(f"router benchmark: {requests} sequential requests, then {concurrency} concurrent for {seconds:g}s each")
+    print(f"router benchmark: {requests} sequential requests, then {concurrency} concurrent for {seconds:g}s each, "
+          f"{revisions} revision(s)")
     print(f"{'':10}{'p50 ms':>10}{'p99 ms':>10}{'rps':>10}")
     print(f"{'direct':10}{lat_direct['p50'] * ms:10.3f}{lat_direct['p99'] * ms:10.3f}{rps_direct:10.0f}")
     print(f"{'routed':10}{lat_routed['p50'] * ms:10.3f}{lat_routed['p99'] * ms:10.3f}{rps_routed:10.0f}")
@@ -188,8 +196,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="sequential requests for latency")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each throughput run")
+    parser.add_argument("--revisions", type=int, default=1, help="revisions the traffic is split across")
     args = parser.parse_args()
-    bench(args.requests, args.concurrency, args.seconds)
+    bench(args.requests, args.concurrency, args.seconds, args.revisions)
 
 
 if __name__ == "__main__":
