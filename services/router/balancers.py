@@ -106,12 +106,16 @@ class Sticky:
         self.inner = inner
 
     def pick(self, replicas: Sequence[Replica], request_key: RequestKey) -> Replica:
-        affinity = request_key.affinity
-        if affinity:
-            for replica in replicas:
-                if replica.replica_id == affinity:
-                    return replica
-        return self.inner.pick(replicas, request_key)
+        return _affine(replicas, request_key.affinity) or self.inner.pick(replicas, request_key)
+
+
+def _affine(replicas: Sequence[Replica], affinity: str | None) -> Replica | None:
+    """The replica the client's affinity cookie names, if it is among `replicas`."""
+    if affinity:
+        for replica in replicas:
+            if replica.replica_id == affinity:
+                return replica
+    return None
 
 
 class Weighted:
@@ -134,11 +138,9 @@ class Weighted:
 
     def pick(self, replicas: Sequence[Replica], request_key: RequestKey) -> Replica:
         """`replicas` are every serving revision's; the affinity cookie is looked for among them."""
-        affinity = request_key.affinity
-        if affinity:
-            for replica in replicas:
-                if replica.replica_id == affinity:
-                    return replica
+        affine = _affine(replicas, request_key.affinity)
+        if affine is not None:
+            return affine
         slots = self._slots
         if self._by_client:
             turn = zlib.crc32(request_key.client_ip.encode())

@@ -524,7 +524,7 @@ async def test_a_rotated_or_deleted_basic_auth_secret_takes_effect_as_the_watch_
         before = router.secrets.revision(PROJECT, "iris_key")
         began = time.monotonic()
         await change
-        await eventually(lambda: router.secrets.revision(PROJECT, "iris_key") > before, timeout=2, interval=0.005)
+        await eventually(lambda: router.secrets.revision(PROJECT, "iris_key") > before, timeout=5, interval=0.005)
         return time.monotonic() - began
 
     delay = await changed(secrets.put(PROJECT, "iris_key", "second-s3cret"))
@@ -532,7 +532,7 @@ async def test_a_rotated_or_deleted_basic_auth_secret_takes_effect_as_the_watch_
     assert (await get(http, url, headers=_basic("u", "second-s3cret")))[0] == 200
     delay = max(delay, await changed(secrets.delete(PROJECT, "iris_key")))
     assert (await get(http, url, headers=_basic("u", "second-s3cret")))[0] == 401, "a deleted key lets no one in"
-    assert delay < 1.0, f"a secret change took {delay:.3f}s to reach the router"
+    assert delay < 2.0, f"a secret change took {delay:.3f}s to reach the router"
     await bus.deleted()
     await eventually(lambda: len(router.secrets) == 0, what="the secret of a deleted deployment is not kept")
 
