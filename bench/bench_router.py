@@ -8,6 +8,10 @@ assignment the scheduler would, then drives the load from a separate client proc
 needed). Loopback only. Prints p50/p99 latency at concurrency 1, requests per second at the given
 concurrency, the latency the router adds and the routed/direct throughput ratio.
 
+Last, it publishes assignments for `--new` deployments one at a time and times each from its publish
+to the first request the router answers 200 for it (p50/p99): the router's share of "apply → first
+request served".
+
 `--revisions 2` splits the traffic 50/50 across two revisions (two replica ids at the one upstream
 address): the cost of the weighted choice, against the default single revision.
 """
@@ -104,25 +108,52 @@ def cpu_seconds(process: psutil.Process) -> float:
 # -- orchestration ------------------------------------------------------------------------------------
 
 
+def assignment(deployment: str, upstream_port: int, revisions: int) -> TrafficAssigned:
+    """`revisions` revisions sharing the traffic evenly, one replica each, all at the one upstream."""
+    address = f"127.0.0.1:{upstream_port}"
+    targets = [
+        RevisionTarget(
+            revision_id=f"rev{i}", percent=100 // revisions + (i < 100 % revisions), spec_versions=[i + 1],
+            replicas=[ServingReplica(replica_id=f"{deployment}-r{i}", address=address)],
+        )
+        for i in range(revisions)
+    ]
+    return TrafficAssigned(
+        deployment_id=deployment, project="default", slug=deployment, name=deployment, generation=1,
+        spec_version=revisions, targets=targets,
+    )
+
+
 async def register_replica(nats_url: str, upstream_port: int, revisions: int) -> None:
     broker = make_broker(nats_url, "bench")
     await broker.start()
     try:
         await ensure_streams(broker.connection.jetstream())
-        address = f"127.0.0.1:{upstream_port}"
-        targets = [
-            RevisionTarget(
-                revision_id=f"rev{i}", percent=100 // revisions + (i < 100 % revisions), spec_versions=[i + 1],
-                replicas=[ServingReplica(replica_id=f"r{i}", address=address)],
-            )
-            for i in range(revisions)
-        ]
-        await publish(broker, TrafficAssigned(
-            deployment_id="bench", project="default", slug="bench", name="bench", generation=1,
-            spec_version=revisions, targets=targets,
-        ))
+        await publish(broker, assignment("bench", upstream_port, revisions))
     finally:
         await broker.stop()
+
+
+async def time_to_routed(nats_url: str, router_port: int, upstream_port: int, count: int) -> list[float]:
+    """Seconds from publishing each new deployment's assignment to its first 200 through the router."""
+    broker = make_broker(nats_url, "bench")
+    await broker.start()
+    samples = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            for i in range(count):
+                deployment = f"new{i}"
+                began = time.perf_counter()
+                await publish(broker, assignment(deployment, upstream_port, 1))
+                while True:
+                    async with session.get(f"http://127.0.0.1:{router_port}/default/{deployment}/") as response:
+                        await response.read()
+                        if response.status == 200:
+                            break
+                samples.append(time.perf_counter() - began)
+    finally:
+        await broker.stop()
+    return samples
 
 
 async def wait_until_routed(url: str, timeout: float = 10.0) -> None:
@@ -140,7 +171,7 @@ async def wait_until_routed(url: str, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.05)
 
 
-def bench(requests: int, concurrency: int, seconds: float, revisions: int) -> None:
+def bench(requests: int, concurrency: int, seconds: float, revisions: int, new: int) -> None:
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         nats_port, upstream_port, router_port = free_port(), free_port(), free_port()
@@ -170,6 +201,7 @@ def bench(requests: int, concurrency: int, seconds: float, revisions: int) -> No
             load_routed = run_client("throughput", routed, seconds, concurrency)
             router_us = (cpu_seconds(router_cpu) - before) / load_routed["requests"] * 1e6
             rps_direct, rps_routed = load_direct["rps"], load_routed["rps"]
+            routable = quantiles(asyncio.run(time_to_routed(nats_url, router_port, upstream_port, new)), n=100)
         finally:
             for process in reversed(processes):
                 process.terminate()
@@ -186,6 +218,8 @@ def bench(requests: int, concurrency: int, seconds: float, revisions: int) -> No
     print(f"throughput routed/direct {rps_routed / rps_direct:.0%}")
     print(f"CPU per request: upstream {upstream_us:.0f} us, router {router_us:.0f} us "
           f"(on {os.cpu_count()} cores shared by client, router and upstream)")
+    print(f"assignment published -> first request served, {new} new deployments: "
+          f"p50 {routable[49] * ms:.2f} ms, p99 {routable[98] * ms:.2f} ms")
 
 
 def main() -> None:
@@ -197,8 +231,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each throughput run")
     parser.add_argument("--revisions", type=int, default=1, help="revisions the traffic is split across")
+    parser.add_argument("--new", type=int, default=100, help="new deployments timed to their first request")
     args = parser.parse_args()
-    bench(args.requests, args.concurrency, args.seconds, args.revisions)
+    bench(args.requests, args.concurrency, args.seconds, args.revisions, args.new)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ class RouterHandle:
     table: RoutingTable
     secrets: AuthSecrets
     pools: UpstreamPools
+    feed: Feed
     _stop: Callable[[], Awaitable[None]]
 
     async def stop(self) -> None:
@@ -68,7 +69,7 @@ async def start_router(settings: Settings) -> RouterHandle:
     service.on_stop(lambda: server.close(settings.stop_grace_seconds))  # first: requests under way finish
     await service.start()  # health and metrics are served on the router's own port, under /_berth/
     log.info("router serving", host=settings.router_host, port=port, deployments=len(table.by_key))
-    return RouterHandle(f"http://{settings.router_host}:{port}", port, table, secrets, pools, service.stop)
+    return RouterHandle(f"http://{settings.router_host}:{port}", port, table, secrets, pools, feed, service.stop)
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:

@@ -19,7 +19,7 @@ from faststream.nats import NatsBroker
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from libs.bus import make_broker, publish
+from libs.bus import TRAFFIC, make_broker, publish
 from libs.config import Settings
 from libs.events import (
     LATENCY_BUCKETS_SECONDS,
@@ -380,7 +380,7 @@ async def test_ip_hash_keeps_a_client_on_one_replica(
     try:
         await bus.assign(serving=upstreams, load_balancer={"algorithm": "ip-hash"})
         url = f"{handle.url}/default/iris/"
-        await eventually(lambda: len(handle.table.by_key["default/iris"].serving) == 2)
+        await eventually(lambda: (route := handle.table.by_key.get("default/iris")) and len(route.serving) == 2)
         chosen = {}
         for client in (f"10.0.0.{i}" for i in range(12)):
             answers = {(await get(http, url, headers={"X-Forwarded-For": f"{client}, 10.9.9.9"}))[1] for _ in range(4)}
@@ -782,6 +782,16 @@ async def test_a_late_older_assignment_does_not_bring_back_a_removed_replica(
     await eventually(lambda: "default/barrier" in router.table.by_key)  # once this is in, so was that
     assert router.table.by_key["default/iris"].generation == 5
     assert {(await get(http, url))[1] for _ in range(4)} == {"b"}
+
+
+async def test_the_periodic_reread_drops_a_deployment_the_stream_no_longer_holds(
+    router: RouterHandle, js: JetStreamContext, bus: Bus, upstreams: list[Upstream], http: aiohttp.ClientSession
+) -> None:
+    _, base = await deployed(bus, http, router, upstreams[:1])
+    await js.purge_stream(TRAFFIC.name, subject="berth.traffic.v1.d1")  # as if its assignment were never published
+    await router.feed.resync()  # what runs every RESYNC_SECONDS
+    assert (await get(http, f"{base}/"))[0] == 404
+    assert router.table.sizes()["routes"] == 0 and len(router.pools) == 0
 
 
 def _basic(user: str, password: str) -> dict[str, str]:
