@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 from statistics import quantiles
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -8,11 +8,12 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from libs.bus import TRAFFIC_EVENTS
 from libs.config import Settings
-from libs.kit import Service
+from libs.kit import STOP_STEP_TIMEOUT_SECONDS, Service
 from libs.logging import get_logger
 from libs.secrets import SecretStore
 from services.router.auth import AuthSecrets
@@ -48,6 +49,16 @@ async def start_router(settings: Settings) -> RouterHandle:
     """Connect to the bus, load the routing table, then serve on router_host:router_port."""
     service = Service("router", settings)
     js = await service.connect()
+    try:
+        handle = await _wire(service, js, settings)
+    except BaseException:
+        await service.stop()  # whatever was started so far
+        raise
+    log.info("router serving", host=settings.router_host, port=handle.port, deployments=len(handle.table.by_key))
+    return handle
+
+
+async def _wire(service: Service, js: JetStreamContext, settings: Settings) -> RouterHandle:
     pools = UpstreamPools(CONNECT_TIMEOUT_SECONDS, KEEPALIVE_SECONDS, settings.router_response_timeout_seconds)
     table = RoutingTable(on_address_gone=pools.retire)
     secrets = await AuthSecrets.open(await SecretStore.open(js))
@@ -66,9 +77,10 @@ async def start_router(settings: Settings) -> RouterHandle:
     ProcessCollector(registry=registry)
     server = Server(proxy.handle, CLIENT_KEEPALIVE_SECONDS)
     port = await server.start(settings.router_host, settings.router_port)
-    service.on_stop(lambda: server.close(settings.stop_grace_seconds))  # first: requests under way finish
+    # Registered last, so run first at stop: requests under way finish (within the kit's bound per step).
+    grace = min(settings.stop_grace_seconds, STOP_STEP_TIMEOUT_SECONDS - 1)
+    service.on_stop(lambda: server.close(grace))
     await service.start()  # health and metrics are served on the router's own port, under /_berth/
-    log.info("router serving", host=settings.router_host, port=port, deployments=len(table.by_key))
     return RouterHandle(f"http://{settings.router_host}:{port}", port, table, secrets, pools, feed, service.stop)
 
 
