@@ -41,7 +41,7 @@ class HealthMonitorHandle:
 async def start_health_monitor(
     settings: Settings, heartbeat_seconds: float = HEARTBEAT_SECONDS
 ) -> HealthMonitorHandle:
-    broker = make_broker(settings.resolved_nats_url, "health-monitor")
+    broker = make_broker(settings.resolved_nats_url, "health-monitor", settings.nats_security())
     connection = await broker.connect()
     js = connection.jetstream()
     await ensure_streams(js)

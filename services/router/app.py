@@ -44,7 +44,7 @@ async def start_router(settings: Settings) -> RouterHandle:
     """Connect to the bus, rebuild the routing table, then serve on router_host:router_port."""
     table = RoutingTable()
     feed = Feed(table)
-    broker = make_broker(settings.resolved_nats_url, "router")
+    broker = make_broker(settings.resolved_nats_url, "router", settings.nats_security())
     subscribe(broker, feed)
     await broker.connect()
     js = broker.connection.jetstream()

@@ -66,7 +66,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     await asyncio.to_thread(migrate, settings.sqlalchemy_url)
     engine = create_engine(settings.sqlalchemy_url)
-    broker = make_broker(settings.resolved_nats_url, "spec-registry")
+    broker = make_broker(settings.resolved_nats_url, "spec-registry", settings.nats_security())
     async with contextlib.AsyncExitStack() as cleanup:
         cleanup.callback(engine.dispose)
         repo = Repository(engine)
