@@ -39,6 +39,7 @@ import psutil
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
+from faststream.nats.security import NatsSecurity
 from pydantic import SecretStr
 from rich.text import Text
 
@@ -154,7 +155,8 @@ class Launcher:
                 try:
                     child.start()
                     if child.name == "nats-server":
-                        asyncio.run(self._set_up_bus())
+                        registry = self._service_settings("spec_registry")
+                        asyncio.run(set_up_bus(self.nats_url, registry.nats_security()))
                 except (OSError, TimeoutError) as exc:
                     raise CannotStart(f"{child.name} did not start: {exc} (see {child.log_file})") from exc
             self._supervise()
@@ -191,17 +193,6 @@ class Launcher:
             own_session=True,
             auth_dir=self.auth_dir,
         )
-
-    async def _set_up_bus(self) -> None:
-        """Streams and the secrets bucket, as the spec-registry: the other services may only read them."""
-        broker = make_broker(self.nats_url, "spec-registry", self._service_settings("spec_registry").nats_security())
-        connection = await broker.connect()
-        try:
-            js = connection.jetstream()
-            await ensure_streams(js)
-            await SecretStore.open(js)
-        finally:
-            await broker.stop()
 
     def _service_settings(self, name: str) -> Settings:
         """The settings a service runs with: its own NATS user when `up` runs nats-server."""
@@ -395,6 +386,18 @@ class Launcher:
         ]
         body = Text.from_markup("\n".join(lines), overflow="fold")
         self.console.print(Panel(body, title="berth is up", expand=False), soft_wrap=False)
+
+
+async def set_up_bus(url: str, registry: NatsSecurity | None) -> None:
+    """Streams and the secrets bucket, as the spec-registry: the other services may only read them."""
+    broker = make_broker(url, "spec-registry", registry)
+    connection = await broker.connect()
+    try:
+        js = connection.jetstream()
+        await ensure_streams(js)
+        await SecretStore.open(js)
+    finally:
+        await broker.stop()
 
 
 def _runnable(package: str) -> bool:

@@ -55,6 +55,7 @@ class Workload:
     gpu_type: str | None = None
     machine_type: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    secret_env: frozenset[str] = frozenset()  # names of env vars whose values come from secrets
 
 
 @dataclass
