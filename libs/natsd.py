@@ -73,7 +73,8 @@ def service_passwords(auth_dir: Path) -> dict[str, str]:
     passwords: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
     missing = [service for service in PERMISSIONS if service not in passwords]
     if missing:
-        passwords |= {service: secrets.token_urlsafe(32) for service in missing}
+        # nats-server parses a variable's value as config: letters first and hex, so it is a plain string.
+        passwords |= {service: "berth" + secrets.token_hex(32) for service in missing}
         write_private(path, json.dumps(passwords, indent=1))
     return passwords
 
