@@ -30,20 +30,18 @@ from typing import Any, Literal
 from libs.bus import (
     ALL_STREAMS,
     CONTROL,
+    DEAD_LETTERS,
     HEALTH,
     LOGS_RPC,
     METRICS,
     REPLICAS,
+    SCALE,
     SECRETS_BUCKET,
     SPECS,
     STATUS,
+    TRAFFIC,
     inbox_prefix,
 )
-
-# Streams and subjects the coordinator adds to libs/bus.py; named here so the grants hold them already.
-TRAFFIC_STREAM, TRAFFIC_SUBJECTS = "BERTH_TRAFFIC", "berth.traffic.v1.>"
-SCALE_STREAM, SCALE_SUBJECTS = "BERTH_SCALE", "berth.scale.v1.>"
-DEAD_STREAM = "BERTH_DEAD"
 
 SECRETS_STREAM = f"KV_{SECRETS_BUCKET}"
 
@@ -64,20 +62,20 @@ def _subjects(stream: Any) -> tuple[str, ...]:
 
 def dead_letters(service: str) -> str:
     """Where a service publishes the messages it gave up on: its own subtree of BERTH_DEAD."""
-    return f"berth.dead.v1.{service}.>"
+    return DEAD_LETTERS.format(service=service, durable=">")
 
 
 PERMISSIONS: dict[str, Grant] = {
     "spec-registry": Grant(
-        publishes=(*_subjects(SPECS), SCALE_SUBJECTS, dead_letters("spec-registry")),
+        publishes=(*_subjects(SPECS), *_subjects(SCALE), dead_letters("spec-registry")),
         consumes=(STATUS.name,),
         secrets="write",
         requests=(LOGS_RPC,),
         manages_streams=True,
     ),
     "scheduler": Grant(
-        publishes=(*_subjects(REPLICAS), *_subjects(STATUS), TRAFFIC_SUBJECTS, dead_letters("scheduler")),
-        consumes=(SPECS.name, REPLICAS.name, HEALTH.name, CONTROL.name, STATUS.name, SCALE_STREAM),
+        publishes=(*_subjects(REPLICAS), *_subjects(STATUS), *_subjects(TRAFFIC), dead_letters("scheduler")),
+        consumes=(SPECS.name, REPLICAS.name, HEALTH.name, CONTROL.name, STATUS.name, SCALE.name),
         secrets="read",
         serves=(LOGS_RPC,),
     ),
@@ -87,11 +85,11 @@ PERMISSIONS: dict[str, Grant] = {
     ),
     "router": Grant(
         publishes=(*_subjects(METRICS), dead_letters("router")),
-        consumes=(SPECS.name, REPLICAS.name, HEALTH.name, TRAFFIC_STREAM),
+        consumes=(SPECS.name, REPLICAS.name, HEALTH.name, TRAFFIC.name),
         secrets="read",  # basic-auth keys
     ),
     "autoscaler": Grant(
-        publishes=(SCALE_SUBJECTS, dead_letters("autoscaler")),
+        publishes=(*_subjects(SCALE), dead_letters("autoscaler")),
         consumes=(SPECS.name, METRICS.name, STATUS.name),
     ),
 }
@@ -116,7 +114,7 @@ def _reader(stream: str) -> list[str]:
 
 
 def _every_stream() -> list[str]:
-    return [stream.name for stream in ALL_STREAMS] + [TRAFFIC_STREAM, SCALE_STREAM, DEAD_STREAM, SECRETS_STREAM]
+    return [stream.name for stream in ALL_STREAMS] + [SECRETS_STREAM]
 
 
 def nats_permissions(service: str) -> dict[str, Any]:

@@ -55,7 +55,9 @@ class Workload:
     gpu_type: str | None = None
     machine_type: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
-    secret_env: frozenset[str] = frozenset()  # names of env vars whose values come from secrets
+    revision_id: str = ""  # the revision whose replica set this is (libs.revision.revision_id)
+    # Names of `env` entries whose values come from secrets: a runtime never writes those to disk.
+    secret_env: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Replica:
     last_exit_code: int | None = None
     started_at: datetime | None = None
     next_restart_at: datetime | None = None
+    revision_id: str = ""
 
 
 ReplicaEventKind = Literal["started", "exited", "stopped"]
