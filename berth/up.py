@@ -4,7 +4,12 @@ It starts nats-server with JetStream (unless BERTH_NATS_URL names one) and then 
 process (`python -m services.<name>`), restarts any that dies, and on Ctrl-C or SIGTERM stops the
 services in reverse order and nats-server last. All state lives in the data directory (SQLite file,
 JetStream store, token, logs), so the next `up` on it finds every deployment again; a lock file keeps
-two `up`s off one data directory.
+two `up`s off one data directory. Everything in it is readable by its owner only (umask 077).
+
+The nats-server it starts admits only berth's services, each as a user of its own with the
+permissions of libs/busauth.py (passwords made on the first start, in `<data dir>/nats/`); before any
+service starts, `up` creates the streams and the secrets bucket as the spec-registry, the one service
+allowed to.
 
 Its children get, besides the BERTH_* settings, this interpreter's bin directory first on PATH and the
 berth checkout on PYTHONPATH: a replica whose command is `python -m examples.iris.server` then runs
@@ -13,6 +18,7 @@ with the same Python and packages as berth, whatever its working directory.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import importlib.util
 import os
@@ -33,10 +39,14 @@ import psutil
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
+from faststream.nats.security import NatsSecurity
+from pydantic import SecretStr
 from rich.text import Text
 
+from libs.bus import ensure_streams, make_broker
 from libs.config import Settings
-from libs.natsd import start_nats_server
+from libs.natsd import service_passwords, start_nats_server
+from libs.secrets import SecretStore
 
 SERVICES = ("spec_registry", "scheduler", "health_monitor", "router")
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -46,6 +56,7 @@ TICK_SECONDS = 0.25
 STABLE_AFTER_SECONDS = 30.0
 BACKOFF_MAX_SECONDS = 30.0
 CENSUS_SECONDS = 2.0
+PRIVATE_UMASK = 0o077  # files and directories berth writes: owner-only
 
 
 class CannotStart(Exception):
@@ -117,6 +128,7 @@ class Launcher:
         self.settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
         self.data_dir = self.settings.data_dir
         self.logs_dir = self.data_dir / "logs"
+        self.auth_dir = self.data_dir / "nats"
         self.console = console or Console(soft_wrap=True)
         self.nats_url = self.settings.resolved_nats_url
         self.grace = self.settings.stop_grace_seconds
@@ -126,6 +138,9 @@ class Launcher:
     # -- the whole run ----------------------------------------------------------------------------
 
     def run(self) -> int:
+        os.umask(PRIVATE_UMASK)  # the children inherit it: database, logs, replicas, JetStream store
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)  # also one made before berth kept its files private
         lock = DataDirLock(self.data_dir)
         lock.acquire()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -139,6 +154,9 @@ class Launcher:
                     break
                 try:
                     child.start()
+                    if child.name == "nats-server":
+                        registry = self._service_settings("spec_registry")
+                        asyncio.run(set_up_bus(self.nats_url, registry.nats_security()))
                 except (OSError, TimeoutError) as exc:
                     raise CannotStart(f"{child.name} did not start: {exc} (see {child.log_file})") from exc
             self._supervise()
@@ -169,15 +187,27 @@ class Launcher:
 
     def _spawn_nats(self) -> subprocess.Popen[bytes]:
         return start_nats_server(
-            self.data_dir / "jetstream", self.settings.nats_port, self.logs_dir / "nats-server.log", own_session=True
+            self.data_dir / "jetstream",
+            self.settings.nats_port,
+            self.logs_dir / "nats-server.log",
+            own_session=True,
+            auth_dir=self.auth_dir,
         )
+
+    def _service_settings(self, name: str) -> Settings:
+        """The settings a service runs with: its own NATS user when `up` runs nats-server."""
+        if self.settings.nats_url is not None:
+            return self.settings
+        user = name.replace("_", "-")
+        password = service_passwords(self.auth_dir)[user]
+        return self.settings.model_copy(update={"nats_user": user, "nats_password": SecretStr(password)})
 
     def _spawner(self, name: str) -> Callable[[], subprocess.Popen[bytes]]:
         def spawn() -> subprocess.Popen[bytes]:
             with open(self.logs_dir / f"{name}.log", "ab") as log:
                 return subprocess.Popen(
                     [sys.executable, "-m", f"services.{name}"],
-                    env=self.child_env(),
+                    env=self.child_env(name),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -185,9 +215,13 @@ class Launcher:
 
         return spawn
 
-    def child_env(self) -> dict[str, str]:
-        s = self.settings
+    def child_env(self, name: str) -> dict[str, str]:
+        s = self._service_settings(name)
         env = dict(os.environ)
+        if s.nats_user is not None:
+            env["BERTH_NATS_USER"] = s.nats_user
+        if s.nats_password is not None:
+            env["BERTH_NATS_PASSWORD"] = s.nats_password.get_secret_value()
         env.update(
             BERTH_DATA_DIR=str(self.data_dir),
             BERTH_NATS_URL=self.nats_url,
@@ -352,6 +386,18 @@ class Launcher:
         ]
         body = Text.from_markup("\n".join(lines), overflow="fold")
         self.console.print(Panel(body, title="berth is up", expand=False), soft_wrap=False)
+
+
+async def set_up_bus(url: str, registry: NatsSecurity | None) -> None:
+    """Streams and the secrets bucket, as the spec-registry: the other services may only read them."""
+    broker = make_broker(url, "spec-registry", registry)
+    connection = await broker.connect()
+    try:
+        js = connection.jetstream()
+        await ensure_streams(js)
+        await SecretStore.open(js)
+    finally:
+        await broker.stop()
 
 
 def _runnable(package: str) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 import nats
 from faststream.nats import JStream, NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from faststream.security import BaseSecurity
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, StreamConfig
 
@@ -83,6 +84,10 @@ DEAD = JStream(
     description="Dead letters: messages a service could not handle after its retries, with the reason.",
 )
 ALL_STREAMS: tuple[JStream, ...] = (SPECS, REPLICAS, HEALTH, CONTROL, STATUS, METRICS, SCALE, TRAFFIC, DEAD)
+# `ensure_streams` sets the streams up; FastStream must not try it again as each subscriber starts:
+# a service other than the spec-registry may not create or update streams (libs/busauth.py).
+for _stream in ALL_STREAMS:
+    _stream.declare = False
 
 # Subject filters.
 SPEC_EVENTS = "berth.spec.v1.*"
@@ -110,14 +115,36 @@ SECRETS_BUCKET = "berth_secrets"
 MSG_ID_HEADER = "Nats-Msg-Id"
 
 
-def make_broker(url: str, service: str, **kwargs: Any) -> NatsBroker:
-    """A NatsBroker for one service, with trace context carried in message headers.
+def inbox_prefix(service: str) -> str:
+    """The reply subjects of one service, `_INBOX_<service>.…`: its NATS user may subscribe to these
+    only, so that no service reads the replies another one gets (libs/busauth.py)."""
+    return f"_INBOX_{service}"
+
+
+class _ServiceBroker(NatsBroker):
+    """A NatsBroker whose pull subscribers, too, take their replies on the service's inbox prefix:
+    FastStream gives them the shared `_INBOX.` unless told otherwise, which the service may not read."""
+
+    def __init__(self, *args: Any, inbox_prefix: str, **kwargs: Any) -> None:
+        super().__init__(*args, inbox_prefix=inbox_prefix, **kwargs)
+        self._pull_inbox_prefix = f"{inbox_prefix}.".encode()
+
+    def subscriber(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        kwargs.setdefault("inbox_prefix", self._pull_inbox_prefix)
+        return super().subscriber(*args, **kwargs)
+
+
+def make_broker(url: str, service: str, security: BaseSecurity | None = None, **kwargs: Any) -> NatsBroker:
+    """A NatsBroker for one service, with trace context carried in message headers; `security` is
+    the service's NATS credentials (`Settings.nats_security()`), None where the server asks none.
 
     FastStream's own lines go through structlog (JSON like every other line), and its line per
     handled message at DEBUG: at INFO it would write two lines for every event."""
-    return NatsBroker(
+    return _ServiceBroker(
         url,
         name=f"berth-{service}",
+        security=security,
+        inbox_prefix=inbox_prefix(service),
         middlewares=[NatsTelemetryMiddleware()],
         max_reconnect_attempts=-1,
         logger=LibraryLogger("faststream"),
@@ -127,7 +154,11 @@ def make_broker(url: str, service: str, **kwargs: Any) -> NatsBroker:
 
 
 async def ensure_streams(js: JetStreamContext) -> None:
-    """Create or update every stream berth uses; idempotent, safe to call from each service."""
+    """Create or update every stream berth uses; idempotent, safe to call from each service.
+
+    A stream that is already as declared is left alone (only looked at): with per-service permissions
+    only the spec-registry may create or update streams, and `berth up` sets them up before it starts
+    any service."""
     for stream in ALL_STREAMS:
         config = StreamConfig(
             name=stream.name,
@@ -138,9 +169,18 @@ async def ensure_streams(js: JetStreamContext) -> None:
             description=stream.config.description,
         )
         try:
+            current = (await js.stream_info(stream.name)).config
+        except nats.js.errors.NotFoundError:
             await js.add_stream(config)
-        except nats.js.errors.BadRequestError:
+            continue
+        if _differs(current, config):
             await js.update_stream(config)
+
+
+def _differs(current: StreamConfig, wanted: StreamConfig) -> bool:
+    """Whether a field berth declares differs; one left unset (None, 0) is the server's default."""
+    fields = ("subjects", "duplicate_window", "max_age", "max_msgs_per_subject", "description")
+    return any(getattr(wanted, f) not in (None, 0) and getattr(current, f) != getattr(wanted, f) for f in fields)
 
 
 def event_headers(event: Event, extra: dict[str, str] | None = None) -> dict[str, str]:

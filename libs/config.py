@@ -6,7 +6,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from faststream.nats import NatsUserPassword
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,6 +19,9 @@ class Settings(BaseSettings):
         default=None, description="Existing NATS server; when unset `berth up` starts its own."
     )
     nats_port: int = Field(default=4333, description="Port of the nats-server that `berth up` starts.")
+    # One NATS user per service (libs/busauth.py): `berth up` sets these for each service it starts.
+    nats_user: str | None = Field(default=None, description="This service's NATS user.")
+    nats_password: SecretStr | None = Field(default=None, description="This service's NATS password.")
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; SQLite in the data directory when unset."
     )
@@ -74,6 +78,13 @@ class Settings(BaseSettings):
     @property
     def resolved_nats_url(self) -> str:
         return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
+
+    def nats_security(self) -> NatsUserPassword | None:
+        """The credentials to connect to NATS with, when a user is set."""
+        if self.nats_user is None:
+            return None
+        password = self.nats_password.get_secret_value() if self.nats_password else ""
+        return NatsUserPassword(self.nats_user, password)
 
 
 @lru_cache

@@ -86,7 +86,9 @@ class Service:
     def __init__(self, name: str, settings: Settings, **broker_options: Any) -> None:
         self.name = name
         self.settings = settings
-        self.broker: NatsBroker = make_broker(settings.resolved_nats_url, name, **broker_options)
+        self.broker: NatsBroker = make_broker(
+            settings.resolved_nats_url, name, settings.nats_security(), **broker_options
+        )
         self.js: JetStreamContext | None = None
         self.ops_port: int | None = None
         self._jobs: list[tuple[float, Job, str, bool]] = []

@@ -35,24 +35,38 @@ def _add_trace_ids(_: Any, __: str, event: EventDict) -> EventDict:
 
 
 def configure_logging(service: str, level: str = "INFO", json: bool = True) -> None:
-    """Configure structlog (and the stdlib root logger) for one service process."""
+    """Configure structlog for one service process, and route the standard library's logging (uvicorn,
+    alembic, nats-py ...) and Python warnings through the same processors: every line is one JSON object."""
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        _add_trace_ids,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _redact,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            _add_trace_ids,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _redact,
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())
+    logging.captureWarnings(True)  # `warnings.warn` lines become log lines of the `py.warnings` logger
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
@@ -73,6 +87,17 @@ class LibraryLogger:
 
     def log(self, level: int, msg: Any, /, *, exc_info: Any = None, extra: Any = None) -> None:
         fields = dict(extra) if extra else {}
+        if _empty_pull(str(msg), exc_info):
+            level, exc_info = logging.DEBUG, None
+            fields["reason"] = "a pull found no message within its wait; the pull starts again"
         if exc_info:
             fields["exc_info"] = exc_info
         self._log.log(level, str(msg), **fields)
+
+
+def _empty_pull(msg: str, exc_info: Any) -> bool:
+    """FastStream restarting a pull subscriber's loop because nats-py's batch fetch raised the plain
+    `TimeoutError`: on an idle stream it does when the server's "request timeout" status arrives just
+    as the fetch's own deadline runs out (its other "no message" paths raise nats.errors.TimeoutError,
+    which FastStream expects). Nothing is lost (the loop pulls again at once), so it is no error."""
+    return "raised an exception, retrying" in msg and type(exc_info) is TimeoutError

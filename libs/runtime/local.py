@@ -10,10 +10,15 @@ A replica is `python -I libs/runtime/shim.py --dir <state_dir>/<replica_id> ... 
 in a session of its own so that it outlives the scheduler (see libs/runtime/shim.py). Its directory is
 the command's working directory and holds `output.log` (rotated), the command's `pid` and `exit_code`
 (written by the shim) and `replica.json` (written here: ports, shim pid and create time, restarts).
-`_workloads/<name>.json` (mode 0600: it holds resolved secrets) keeps each workload, so that a new
-runtime on the same directory knows what should run: `start()` adopts every shim still alive (pid and
-create time match, so a reused pid is never mistaken for it), restarts replicas whose shim died while
-nobody watched, terminates shims of replicas nobody knows, and brings each workload to its count.
+`_workloads/<name>.json` keeps each workload, so that a new runtime on the same directory knows what
+should run: `start()` adopts every shim still alive (pid and create time match, so a reused pid is never
+mistaken for it), restarts replicas whose shim died while nobody watched, terminates shims of replicas
+nobody knows, and brings each workload to its count. Everything here is owner-only (0700 / 0600).
+
+Values of the env vars named in `Workload.secret_env` never reach the disk: the workload file keeps
+their names only. A workload read back after a restart therefore lacks them; until `apply()` brings
+them again (the scheduler applies every workload on its first reconcile) none of its replicas is
+started or restarted (one still running keeps running), and it is not scaled up.
 
 Every spec port gets a free host port, kept across restarts: PORT is the first one's, PORT_<spec port>
 each one's, and `$PORT` / `${PORT}` / `$PORT_<spec port>` in the command's arguments are replaced.
@@ -52,7 +57,7 @@ import psutil
 
 from libs.events import utcnow
 from libs.logging import get_logger
-from libs.natsd import free_port
+from libs.natsd import free_port, write_private
 from libs.runtime import shim
 from libs.runtime.base import (
     RESTART_BACKOFF_INITIAL_SECONDS,
@@ -218,6 +223,7 @@ class LocalRuntime:
         self.log_backups = log_backups
         self.on_replica_event = on_replica_event
         self._workloads: dict[str, Workload] = {}
+        self._secrets_known: dict[str, asyncio.Event] = {}  # set once the workload's env is whole
         self._replicas: dict[str, _Supervised] = {}
         self._gpus: int | None = None
         self._closing = False
@@ -225,7 +231,7 @@ class LocalRuntime:
     # -- lifecycle --
 
     async def start(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (self.state_dir / WORKLOADS_DIR).mkdir(mode=0o700, exist_ok=True)
         self._workloads = {w.name: w for w in self._load_workloads()}
         orphans: list[_Supervised] = []
@@ -245,7 +251,8 @@ class LocalRuntime:
         self._terminate_unknown_shims()
         await asyncio.gather(*(self._stop(s) for s in orphans))
         for workload in self._workloads.values():
-            await self._scale(workload)
+            if self._secrets_gate(workload.name).is_set():
+                await self._scale(workload)
 
     async def close(self, stop_replicas: bool = False) -> None:
         # From now on no replica is created: a reconcile still under way must not start one after
@@ -271,10 +278,12 @@ class LocalRuntime:
         if self._workloads.get(workload.name) != workload:  # every reconcile applies; most change nothing
             self._workloads[workload.name] = workload
             self._save_workload(workload)
+        self._secrets_gate(workload.name).set()
         await self._scale(workload)
 
     async def delete(self, name: str) -> None:
         self._workloads.pop(name, None)
+        self._secrets_known.pop(name, None)
         (self.state_dir / WORKLOADS_DIR / f"{name}.json").unlink(missing_ok=True)
         await asyncio.gather(*(self._stop(s) for s in self._of(name)))
 
@@ -371,7 +380,7 @@ class LocalRuntime:
     async def _supervise(self, s: _Supervised, launch: bool) -> None:
         """One replica's life: start it, wait for its shim to end, restart it after the back-off."""
         try:
-            if launch and not s.stopping:
+            if launch and await self._until_secrets(s):
                 self._launch(s)
                 self._notify_restarted(s)
                 await self._emit("started", s, None)
@@ -389,7 +398,7 @@ class LocalRuntime:
                     log.info("replica exited", exit_code=exit_code, restart_in_seconds=delay, **self._ids(s))
                     await self._emit("exited", s, exit_code)
                 await self._back_off(s)
-                if s.stopping:
+                if not await self._until_secrets(s):
                     return
                 self._launch(s)
                 self._notify_restarted(s)
@@ -409,6 +418,22 @@ class LocalRuntime:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):  # not wait_for: it can swallow a cancel on 3.11
                     await s.wake.wait()
+
+    async def _until_secrets(self, s: _Supervised) -> bool:
+        """Wait until the workload's secret values are known; False when the replica is being stopped."""
+        gate = self._secrets_gate(s.replica.workload)
+        if not gate.is_set() and not s.stopping:
+            log.info("replica waits for its workload's secrets from the scheduler", **self._ids(s))
+        while not gate.is_set() and not s.stopping:
+            self._notify_restarted(s)  # a restart() asked meanwhile returns: it cannot happen yet
+            s.wake.clear()
+            waits = [asyncio.ensure_future(gate.wait()), asyncio.ensure_future(s.wake.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        return not s.stopping
 
     def _record_exit(self, s: _Supervised, exit_code: int | None) -> float:
         """Count the failure and return the back-off before the next start."""
@@ -583,14 +608,23 @@ class LocalRuntime:
             *(current.with_name(f"{shim.OUTPUT_LOG}.{i}") for i in range(1, self.log_backups + 1)),
         ]
 
+    def _secrets_gate(self, name: str) -> asyncio.Event:
+        """Set when the workload's env holds every secret value it names (see the module docstring)."""
+        gate = self._secrets_known.get(name)
+        if gate is None:
+            gate = self._secrets_known[name] = asyncio.Event()
+            workload = self._workloads.get(name)
+            if workload is None or workload.secret_env <= workload.env.keys():
+                gate.set()
+        return gate
+
     def _save_workload(self, workload: Workload) -> None:
         path = self.state_dir / WORKLOADS_DIR / f"{workload.name}.json"
-        tmp = path.with_name(f".{path.name}.tmp")
+        data = asdict(workload)
+        data["env"] = {k: v for k, v in workload.env.items() if k not in workload.secret_env}
+        data["secret_env"] = sorted(workload.secret_env)
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # env holds secrets
-        with os.fdopen(fd, "w") as file:
-            json.dump({**asdict(workload), "secret_env": sorted(workload.secret_env)}, file)
-        os.replace(tmp, path)
+        write_private(path, json.dumps(data))
 
     def _load_workloads(self) -> list[Workload]:
         workloads = []

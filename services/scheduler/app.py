@@ -52,7 +52,7 @@ class SchedulerHandle:
 
 
 async def start_scheduler(settings: Settings, runtime: Runtime | None = None) -> SchedulerHandle:
-    broker = make_broker(settings.resolved_nats_url, "scheduler")
+    broker = make_broker(settings.resolved_nats_url, "scheduler", settings.nats_security())
     connection = await broker.connect()
     js = connection.jetstream()
     await ensure_streams(js)

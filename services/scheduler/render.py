@@ -14,7 +14,7 @@ import json
 from libs.events import SpecApplied
 from libs.runtime.base import Workload
 from libs.secrets import SecretNotFound, SecretStore
-from libs.spec import DeploymentSpec, secret_name
+from libs.spec import DeploymentSpec, is_secret_ref, secret_name
 
 TEMPLATE_LABEL = "berth.dev/template"
 MAX_NAME = 63
@@ -79,4 +79,5 @@ def render(applied: SpecApplied, env: dict[str, str], name: str) -> Workload:
         gpu_type=resources.gpuType,
         machine_type=resources.machineType,
         labels={TEMPLATE_LABEL: template_hash(spec)},
+        secret_env=frozenset(var.name for var in spec.env if is_secret_ref(var.value)),
     )

@@ -58,6 +58,7 @@ def workload(
     replicas: int = 2,
     command: tuple[str, ...] = (sys.executable, ECHO),
     ports: tuple[int, ...] = (8000,),
+    env: dict[str, str] | None = None,
     **fields: Any,
 ) -> Workload:
     return Workload(
@@ -69,7 +70,7 @@ def workload(
         replicas=replicas,
         command=command,
         image="python:3.11",
-        env={"GREETING": "hello"},
+        env={"GREETING": "hello"} if env is None else env,
         ports=ports,
         **fields,
     )
@@ -203,7 +204,7 @@ async def test_replicas_answer_on_their_own_ports_with_their_env(
     assert sorted(e.replica.replica_id for e in recorder.of("started")) == [r.replica_id for r in replicas]
     assert runtime.not_provided(gpu_workload)[0].startswith("machineType A100-80G")
     workload_file = runtime.state_dir / "_workloads" / f"{gpu_workload.name}.json"
-    assert workload_file.stat().st_mode & 0o777 == 0o600  # it holds resolved secrets
+    assert workload_file.stat().st_mode & 0o777 == 0o600
 
 
 async def test_scale_up_then_down_removes_the_newest(runtime: LocalRuntime, recorder: Recorder) -> None:
@@ -384,6 +385,47 @@ async def test_a_replica_that_died_while_nobody_watched_is_restarted(
     [again] = await running(second, 1)
     assert (again.replica_id, again.restart_count) == (replica.replica_id, 1)
     assert recorder.of("exited")[-1].exit_code == 137
+
+
+def files_holding(directory: Path, value: str) -> list[Path]:
+    """Every file under `directory` whose bytes contain `value` (as `grep -r` would find it)."""
+    return [p for p in directory.rglob("*") if p.is_file() and value.encode() in p.read_bytes()]
+
+
+async def test_secret_env_values_never_reach_the_disk(
+    make_runtime: RuntimeFactory, state_dir: Path, recorder: Recorder
+) -> None:
+    secret = "hf_s3cr3t-value-never-on-disk"
+    with_secret = workload(replicas=1, env={"GREETING": "hello", "HF_TOKEN": secret}, secret_env=frozenset({"HF_TOKEN"}))
+    first = make_runtime()
+    await first.start()
+    await first.apply(with_secret)
+    [replica] = await running(first, 1)
+    reply = await answer(replica.ports[8000], "/?env=HF_TOKEN,GREETING")
+    assert reply is not None and reply["env"] == {"HF_TOKEN": secret, "GREETING": "hello"}
+    assert files_holding(state_dir, secret) == []
+    assert files_holding(state_dir, "hello"), "the workload file keeps the env that is not secret"
+    for path in [state_dir, *(p for p in state_dir.rglob("*") if p.is_dir())]:
+        assert path.stat().st_mode & 0o777 == 0o700, f"{path} is open to others"
+
+    # The replica dies while no scheduler runs; the next runtime knows the workload without its secret
+    # value: it does not start the replica again until the scheduler applies the workload.
+    await first.close(stop_replicas=False)
+    os.kill(await child_pid(state_dir, replica), signal.SIGKILL)
+    await eventually(lambda: shims(state_dir) == [], what="the shim ends with its command")
+    second = make_runtime(backoff_initial_seconds=0.01)
+    await second.start()
+    await eventually(lambda: recorder.of("exited", replica.replica_id), what="the exit is recorded")
+    with pytest.raises(AssertionError):  # nothing to await: it must not happen within a second
+        await eventually(lambda: shims(state_dir), timeout=1.0, what="a replica started without its secret")
+    assert [w.env for w in await second.workloads()] == [{"GREETING": "hello"}]
+
+    await second.apply(with_secret)
+    [again] = await running(second, 1)
+    assert again.replica_id == replica.replica_id
+    reply = await answer(again.ports[8000], "/?env=HF_TOKEN")
+    assert reply is not None and reply["env"] == {"HF_TOKEN": secret}
+    assert files_holding(state_dir, secret) == []
 
 
 async def test_a_back_off_is_resumed_not_recounted_by_a_new_runtime(

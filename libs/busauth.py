@@ -1,0 +1,178 @@
+"""Who may do what on the bus: one grant per service (`PERMISSIONS`), in terms of berth's subjects and
+streams, and the nats-server `authorization` block built from it.
+
+`berth up` gives every service a NATS user of its own with these permissions (see berth/up.py); a
+production NATS gets the same block from `python -m libs.busauth` (docs/operations.md). A new subject
+or stream is added here, in the grants of the services that publish or read it, and nowhere else.
+
+What a grant becomes, in NATS subjects (JetStream is driven by requests to `$JS.API.…`):
+- `publishes`: JetStream publishes to those subjects.
+- `consumes`: for each stream, what a reader needs: stream info, create/look up/delete a consumer,
+  pull the next messages, ack them, answer flow control, and direct gets (how a KV read is done).
+  Reading a stream is all it allows: no consumer of it can write to it.
+- `secrets`: "read" consumes the secrets bucket's stream; "write" also publishes its keys.
+- `serves` / `requests`: core NATS request/reply subjects it answers / asks (replies are allowed
+  only to the requests it received: `allow_responses`).
+- `manages_streams`: creates and updates the streams and the bucket (`ensure_streams`). Only the
+  spec-registry: whoever may update a stream could, for one, make it source another stream's messages
+  under its subjects, i.e. forge its events.
+Every service subscribes only to its own inbox prefix (`inbox_prefix`), so no service reads the replies
+another one gets (a secret read by the router is a reply on the router's inbox).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from libs.bus import (
+    ALL_STREAMS,
+    CONTROL,
+    DEAD_LETTERS,
+    HEALTH,
+    LOGS_RPC,
+    METRICS,
+    REPLICAS,
+    SCALE,
+    SECRETS_BUCKET,
+    SPECS,
+    STATUS,
+    TRAFFIC,
+    inbox_prefix,
+)
+
+SECRETS_STREAM = f"KV_{SECRETS_BUCKET}"
+
+
+@dataclass(frozen=True)
+class Grant:
+    publishes: tuple[str, ...] = ()
+    consumes: tuple[str, ...] = ()
+    secrets: Literal["none", "read", "write"] = "none"
+    serves: tuple[str, ...] = ()
+    requests: tuple[str, ...] = ()
+    manages_streams: bool = False
+
+
+def _subjects(stream: Any) -> tuple[str, ...]:
+    return tuple(stream.subjects)
+
+
+def dead_letters(service: str) -> str:
+    """Where a service publishes the messages it gave up on: its own subtree of BERTH_DEAD."""
+    return DEAD_LETTERS.format(service=service, durable=">")
+
+
+PERMISSIONS: dict[str, Grant] = {
+    "spec-registry": Grant(
+        publishes=(*_subjects(SPECS), *_subjects(SCALE), dead_letters("spec-registry")),
+        consumes=(STATUS.name,),
+        secrets="write",
+        requests=(LOGS_RPC,),
+        manages_streams=True,
+    ),
+    "scheduler": Grant(
+        publishes=(*_subjects(REPLICAS), *_subjects(STATUS), *_subjects(TRAFFIC), dead_letters("scheduler")),
+        consumes=(SPECS.name, REPLICAS.name, HEALTH.name, CONTROL.name, STATUS.name, SCALE.name),
+        secrets="read",
+        serves=(LOGS_RPC,),
+    ),
+    "health-monitor": Grant(
+        publishes=(*_subjects(HEALTH), "berth.control.v1.restart.>", dead_letters("health-monitor")),
+        consumes=(REPLICAS.name, HEALTH.name, CONTROL.name),
+    ),
+    "router": Grant(
+        publishes=(*_subjects(METRICS), dead_letters("router")),
+        consumes=(SPECS.name, REPLICAS.name, HEALTH.name, TRAFFIC.name),
+        secrets="read",  # basic-auth keys
+    ),
+    "autoscaler": Grant(
+        publishes=(*_subjects(SCALE), dead_letters("autoscaler")),
+        consumes=(SPECS.name, METRICS.name, STATUS.name),
+    ),
+}
+
+
+def _reader(stream: str) -> list[str]:
+    api = "$JS.API"
+    return [
+        f"{api}.STREAM.INFO.{stream}",
+        f"{api}.CONSUMER.CREATE.{stream}",
+        f"{api}.CONSUMER.CREATE.{stream}.>",
+        f"{api}.CONSUMER.DURABLE.CREATE.{stream}.>",
+        f"{api}.CONSUMER.INFO.{stream}.>",
+        f"{api}.CONSUMER.MSG.NEXT.{stream}.>",
+        f"{api}.CONSUMER.DELETE.{stream}.>",
+        f"{api}.DIRECT.GET.{stream}",
+        f"{api}.DIRECT.GET.{stream}.>",
+        f"{api}.STREAM.MSG.GET.{stream}",
+        f"$JS.ACK.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
+def _every_stream() -> list[str]:
+    return [stream.name for stream in ALL_STREAMS] + [SECRETS_STREAM]
+
+
+def nats_permissions(service: str) -> dict[str, Any]:
+    """The nats-server `permissions` of one service's user."""
+    grant = PERMISSIONS[service]
+    streams = list(grant.consumes)
+    publish = list(grant.publishes) + list(grant.requests)
+    if grant.secrets in ("read", "write"):
+        streams.append(SECRETS_STREAM)
+    if grant.secrets == "write":
+        publish.append(f"$KV.{SECRETS_BUCKET}.>")
+    # Every service checks that the streams exist on start (ensure_streams), and may list them.
+    publish += ["$JS.API.INFO", "$JS.API.STREAM.NAMES"]
+    publish += [f"$JS.API.STREAM.INFO.{name}" for name in _every_stream()]
+    for stream in dict.fromkeys(streams):
+        publish += _reader(stream)
+    if grant.manages_streams:
+        for name in _every_stream():
+            publish += [f"$JS.API.STREAM.CREATE.{name}", f"$JS.API.STREAM.UPDATE.{name}"]
+    subscribe = [f"{inbox_prefix(service)}.>"]
+    subscribe += list(grant.serves)
+    permissions: dict[str, Any] = {
+        "publish": {"allow": list(dict.fromkeys(publish))},
+        "subscribe": {"allow": subscribe},
+    }
+    if grant.serves:
+        permissions["allow_responses"] = True
+    return permissions
+
+
+def authorization_block(passwords: dict[str, str]) -> dict[str, Any]:
+    """The nats-server `authorization` block: one user per service (named after it), nobody else.
+
+    `passwords` maps each user to its password as written in the config: the value itself, or a
+    `$VARIABLE` that nats-server takes from its environment (see `render_config`)."""
+    return {
+        "users": [
+            {"user": service, "password": passwords[service], "permissions": nats_permissions(service)}
+            for service in PERMISSIONS
+        ]
+    }
+
+
+def password_variable(service: str) -> str:
+    """The environment variable of nats-server that holds one service's password."""
+    return "BERTH_NATS_PASSWORD_" + service.upper().replace("-", "_")
+
+
+def render_config() -> str:
+    """A nats-server config holding only the authorization: passwords are `$BERTH_NATS_PASSWORD_<SERVICE>`
+    variables, resolved from nats-server's environment, so that the file holds no secret."""
+    block = authorization_block({service: f"@{password_variable(service)}@" for service in PERMISSIONS})
+    text = json.dumps({"authorization": block}, indent=2)
+    # nats-server reads `$NAME` (unquoted) as a variable, from the config or else the environment.
+    for service in PERMISSIONS:
+        text = text.replace(f'"@{password_variable(service)}@"', f"${password_variable(service)}")
+    return text + "\n"
+
+
+if __name__ == "__main__":  # `python -m libs.busauth`: the block for a production nats-server config
+    sys.stdout.write(render_config())
