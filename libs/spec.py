@@ -147,7 +147,9 @@ class HealthChecks(SpecModel):
         # Kubernetes: "Must be 1 for liveness and startup" - one success ends a startup, and a liveness
         # probe has nothing to come back to: its failure restarts the process.
         errors = [
-            spec_error_detail((kind, "successThreshold"), "must be 1 for liveness and startup probes", probe.successThreshold)
+            spec_error_detail(
+                (kind, "successThreshold"), "must be 1 for liveness and startup probes", probe.successThreshold
+            )
             for kind, probe in (("liveness", self.liveness), ("startup", self.startup))
             if probe is not None and probe.successThreshold != 1
         ]
@@ -328,7 +330,9 @@ class DeploymentSpec(SpecModel):
         allowed = ", ".join(str(port) for port in ports)
         raise_if(
             [
-                spec_error_detail(("healthChecks", kind, "port"), f"must be one of resources.ports ({allowed})", probe.port)
+                spec_error_detail(
+                    ("healthChecks", kind, "port"), f"must be one of resources.ports ({allowed})", probe.port
+                )
                 for kind, probe in self.healthChecks.probes()
                 if probe.port is not None and probe.port not in ports
             ],

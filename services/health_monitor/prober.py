@@ -106,7 +106,8 @@ async def _get(session: aiohttp.ClientSession, url: URL, headers: CIMultiDict[st
                 return response.status
         target = url.join(URL(location))
         if target.host != probed_host:
-            log.warning("probe redirected to another host: not followed, counted as success", status=response.status)
+            # The kubelet's "probe warning": the 3xx itself is the answer (prober.go counts it a success).
+            log.warning("probe redirected to another host: not followed", status=response.status)
             return response.status
         redirects += 1
         if redirects >= MAX_REDIRECTS:

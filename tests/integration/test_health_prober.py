@@ -19,6 +19,7 @@ import uvicorn
 from aiohttp import web
 from fastapi import FastAPI, Response, status
 
+from libs.events import ProbeResult
 from libs.natsd import free_port
 from services.health_monitor.prober import http_probe, tcp_probe
 from tests.helpers import eventually
@@ -120,7 +121,9 @@ def chain(site: Site, hops: int, final: int = 200) -> dict[str, Handler]:
     return routes | {f"/hop/{hops}": answer(final)}
 
 
-async def probe(session: aiohttp.ClientSession, url: str, headers: list[tuple[str, str]] | None = None):  # type: ignore[no-untyped-def]
+async def probe(
+    session: aiohttp.ClientSession, url: str, headers: list[tuple[str, str]] | None = None
+) -> ProbeResult:
     return await http_probe(session, "readiness", url, headers or [], timeout_seconds=2)
 
 
