@@ -64,7 +64,27 @@ METRICS = JStream(
     max_age=3600,
     description="Request metrics from the router, for the autoscaler and monitoring.",
 )
-ALL_STREAMS: tuple[JStream, ...] = (SPECS, REPLICAS, HEALTH, CONTROL, STATUS, METRICS)
+SCALE = JStream(
+    "BERTH_SCALE",
+    subjects=["berth.scale.v1.>"],
+    duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    max_msgs_per_subject=1,
+    description="Scale decisions that are not spec versions (user, autoscaler), newest per deployment and source.",
+)
+TRAFFIC = JStream(
+    "BERTH_TRAFFIC",
+    subjects=["berth.traffic.v1.>"],
+    duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    max_msgs_per_subject=1,
+    description="The scheduler's traffic assignment, newest per deployment: what the router applies.",
+)
+DEAD = JStream(
+    "BERTH_DEAD",
+    subjects=["berth.dead.v1.>"],
+    max_age=7 * 24 * 3600,
+    description="Dead letters: messages a service could not handle after its retries, with the reason.",
+)
+ALL_STREAMS: tuple[JStream, ...] = (SPECS, REPLICAS, HEALTH, CONTROL, STATUS, METRICS, SCALE, TRAFFIC, DEAD)
 
 # Subject filters.
 SPEC_EVENTS = "berth.spec.v1.*"
@@ -73,6 +93,9 @@ HEALTH_EVENTS = "berth.health.v1.*.*"
 RESTART_REQUESTS = "berth.control.v1.restart.*.*"
 STATUS_EVENTS = "berth.status.v1.*"
 REQUEST_METRICS = "berth.metrics.v1.requests.*"
+SCALE_EVENTS = "berth.scale.v1.*.*"
+TRAFFIC_EVENTS = "berth.traffic.v1.*"
+DEAD_LETTERS = "berth.dead.v1.{service}.{durable}"  # where a service's consumer sets aside poison messages
 # Request/reply (core NATS, no stream): the registry asks the scheduler for replica logs.
 # Payload {"deployment_id", "replica_id", "tail", "since"}; reply {"lines": [{"replica_id", "offset", "line"}], "next"}.
 LOGS_RPC = "berth.rpc.v1.logs"

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from libs.spec import DeploymentSpec, HealthChecks
+from libs.spec import DeploymentSpec, HealthChecks, LoadBalancer
 
 
 def utcnow() -> datetime:
@@ -73,7 +73,10 @@ class DeploymentDeleted(Event, DeploymentRef):
 
 class ReplicaRef(DeploymentRef):
     replica_id: str
-    spec_id: str
+    spec_id: str = Field(description="The spec version this replica was last announced with (display only).")
+    revision_id: str = Field(
+        default="", description="The revision (immutable template) the replica runs: what it serves."
+    )
 
 
 class ReplicaStarted(Event, ReplicaRef):
@@ -152,6 +155,70 @@ class ReplicaRestartRequested(Event, ReplicaRef):
     reason: str
 
 
+# -- scale decisions (not spec versions) --------------------------------------------------------------
+
+ScaleSource = Literal["user", "autoscaler"]
+
+
+class DeploymentScaled(Event, DeploymentRef):
+    """A decision on how many replicas a deployment runs that is not a spec change: a user's
+    `berth deployments scale`, or the autoscaler's. The scheduler composes desired replicas from the
+    latest spec and these; the newest decision of each source is kept (one subject per source).
+
+    A decision holds while the spec keeps the `resources.replicas` it was made against
+    (`spec_replicas`): applying a spec that sets another count supersedes it, as `kubectl apply` of a
+    changed `replicas` supersedes `kubectl scale`."""
+
+    type: ClassVar[str] = "deployment.scaled"
+    subject_template: ClassVar[str] = "berth.scale.v1.{deployment_id}.{source}"
+    kind: Literal["deployment.scaled"] = "deployment.scaled"
+    source: ScaleSource
+    replicas: int = Field(ge=0)
+    spec_version: int = Field(description="The spec version the decision was made against.")
+    spec_replicas: int = Field(description="That version's resources.replicas.")
+    reason: str = ""
+
+
+# -- scheduler: traffic assignment (the one owner of "who serves, at what weight") -----------------
+
+
+class ServingReplica(BaseModel):
+    replica_id: str
+    address: str = Field(description="host:port the router sends requests to.")
+
+
+class RevisionTarget(BaseModel):
+    """One revision in a deployment's traffic: its share of requests and its ready replicas."""
+
+    revision_id: str
+    percent: int = Field(ge=0, le=100, description="Share of the endpoint's requests (all targets sum to 100).")
+    spec_versions: list[int] = Field(
+        default_factory=list, description="Spec versions that run this revision: reachable at @<version>."
+    )
+    replicas: list[ServingReplica] = Field(default_factory=list, description="Ready replicas only.")
+
+
+class TrafficAssigned(Event, DeploymentRef):
+    """Which revisions of a deployment serve, at which weights, with their ready replicas' addresses.
+
+    Published only by the scheduler, one subject per deployment (the stream keeps the newest). The
+    router replaces what it holds for the deployment with the assignment of the highest
+    `generation` it has seen, and keeps no cut-over policy of its own."""
+
+    type: ClassVar[str] = "traffic.assigned"
+    subject_template: ClassVar[str] = "berth.traffic.v1.{deployment_id}"
+    kind: Literal["traffic.assigned"] = "traffic.assigned"
+    name: str = ""
+    generation: int = Field(ge=1, description="Increases by one with each assignment of the deployment.")
+    spec_version: int = Field(description="The newest spec version; versions above it do not exist.")
+    enabled: bool = True
+    deleted: bool = Field(default=False, description="The deployment is gone: its endpoint answers 404.")
+    load_balancer: LoadBalancer = Field(default_factory=LoadBalancer)
+    basic_auth_key: str | None = Field(default=None, description="A `secret:<name>` reference, never a value.")
+    targets: list[RevisionTarget] = Field(default_factory=list)
+    aliases: dict[str, int] = Field(default_factory=dict, description="Alias -> spec version.")
+
+
 # -- scheduler: status read model ------------------------------------------------------------------
 
 Phase = Literal["Provisioning", "Ready", "Degraded", "Stopped", "Failed", "CrashLoopBackOff", "Deleted"]
@@ -160,6 +227,7 @@ Phase = Literal["Provisioning", "Ready", "Degraded", "Stopped", "Failed", "Crash
 class ReplicaStatus(BaseModel):
     replica_id: str
     spec_id: str
+    revision_id: str = ""
     address: str | None = None
     state: Literal["starting", "running", "exited", "backoff", "stopping"] = "starting"
     started: bool = False
@@ -178,6 +246,7 @@ class DeploymentStatusChanged(Event, DeploymentRef):
     subject_template: ClassVar[str] = "berth.status.v1.{deployment_id}"
     kind: Literal["deployment.status_changed"] = "deployment.status_changed"
     spec_id: str | None
+    revision_id: str | None = None
     phase: Phase
     reason: str = ""
     desired_replicas: int
@@ -215,6 +284,8 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ReplicaStopped,
     ReplicaHealthChanged,
     ReplicaRestartRequested,
+    DeploymentScaled,
+    TrafficAssigned,
     DeploymentStatusChanged,
     RequestMetricsReported,
 )

@@ -61,6 +61,9 @@ class Workload:
     gpu_type: str | None = None
     machine_type: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    revision_id: str = ""  # the revision whose replica set this is (libs.revision.revision_id)
+    # Names of `env` entries whose values come from secrets: a runtime never writes those to disk.
+    secret_env: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -79,6 +82,7 @@ class Replica:
     last_exit_code: int | None = None
     started_at: datetime | None = None
     next_restart_at: datetime | None = None
+    revision_id: str = ""
 
 
 ReplicaEventKind = Literal["started", "exited", "stopped"]

@@ -591,7 +591,7 @@ class LocalRuntime:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # env holds secrets
         with os.fdopen(fd, "w") as file:
-            json.dump(asdict(workload), file)
+            json.dump({**asdict(workload), "secret_env": sorted(workload.secret_env)}, file)
         os.replace(tmp, path)
 
     def _load_workloads(self) -> list[Workload]:
@@ -599,6 +599,7 @@ class LocalRuntime:
         for path in (self.state_dir / WORKLOADS_DIR).glob("*.json"):
             data = json.loads(path.read_text())
             data["command"], data["ports"] = tuple(data["command"]), tuple(data["ports"])
+            data["secret_env"] = frozenset(data.get("secret_env", ()))
             workloads.append(Workload(**data))
         return workloads
 

@@ -17,7 +17,14 @@ from typing import Any
 
 import aiohttp
 
-from libs.events import Event, ReplicaHealthChanged, ReplicaRestartRequested, ReplicaStarted, utcnow
+from libs.events import (
+    Event,
+    ReplicaHealthChanged,
+    ReplicaRef,
+    ReplicaRestartRequested,
+    ReplicaStarted,
+    utcnow,
+)
 from libs.logging import bind, get_logger
 from libs.spec import Probe
 from libs.tasks import cancel_and_wait
@@ -38,6 +45,11 @@ TCP_TIMEOUT_SECONDS = 1.0
 TCP_FAILURE_THRESHOLD = 3
 
 log = get_logger(__name__)
+
+
+def _ref(replica: ReplicaStarted) -> dict[str, str]:
+    """The replica's identity (deployment, replica, spec and revision ids) for the events about it."""
+    return replica.model_dump(include=set(ReplicaRef.model_fields))
 
 
 def first_probe_delay(started_at: datetime, initial_delay_seconds: float, now: datetime) -> float:
@@ -150,11 +162,7 @@ class ReplicaWatch:
         request = ReplicaRestartRequested(
             # Deterministic: a redelivered or repeated request for this process is de-duplicated.
             event_id=f"restart-{replica.replica_id}-{replica.restart_count}-{kind}",
-            deployment_id=replica.deployment_id,
-            project=replica.project,
-            slug=replica.slug,
-            replica_id=replica.replica_id,
-            spec_id=replica.spec_id,
+            **_ref(replica),
             reason=reason,
         )
         await self._report()
@@ -186,11 +194,7 @@ class ReplicaWatch:
     def _health_event(self) -> ReplicaHealthChanged:
         replica = self.replica
         return ReplicaHealthChanged(
-            deployment_id=replica.deployment_id,
-            project=replica.project,
-            slug=replica.slug,
-            replica_id=replica.replica_id,
-            spec_id=replica.spec_id,
+            **_ref(replica),
             address=replica.address,
             started=self.health.started,
             ready=self.health.ready,

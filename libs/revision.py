@@ -1,0 +1,31 @@
+"""Revisions: the immutable unit of what runs, as a Knative Revision is.
+
+A revision is the part of a spec that changes the processes (image, registry, command, env, model,
+integrations, resources other than the replica count and autoscaling). Its id is a hash of exactly
+that, so it is a pure function of the spec: every service computes the same id, spec versions that
+change only replicas, `enabled`, the load balancer, health checks or the description share their
+revision, and rolling back to an earlier template finds the earlier revision again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from libs.spec import DeploymentSpec
+
+REVISION_ID_LENGTH = 16
+
+
+def revision_id(spec: DeploymentSpec) -> str:
+    """The id of the revision `spec` runs. Secret references count, never their values."""
+    template = {
+        "image": spec.image,
+        "containerRegistry": spec.containerRegistry,
+        "command": spec.command,
+        "env": [(e.name, e.value) for e in spec.env],
+        "model": spec.model.model_dump() if spec.model else None,
+        "integrations": [i.model_dump() for i in spec.integrations],
+        "resources": spec.resources.model_dump(exclude={"replicas", "autoscaling"}),
+    }
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:REVISION_ID_LENGTH]
