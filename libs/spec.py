@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import slugify as python_slugify
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -47,6 +48,17 @@ class SpecModel(BaseModel):
     """Base of every spec object: camelCase as written, unknown fields forbidden."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, str_strip_whitespace=True)
+
+
+def spec_error_detail(loc: tuple[str | int, ...], rule: str, value: Any) -> InitErrorDetails:
+    """One broken rule of a model validator, placed on the field it is about (`loc`, relative to it)."""
+    return InitErrorDetails(type=PydanticCustomError("spec_rule", rule), loc=loc, input=value)
+
+
+def raise_if(errors: list[InitErrorDetails], title: str) -> None:
+    """Raise a model validator's errors on their own fields, so each names the field and not the model."""
+    if errors:
+        raise ValidationError.from_exception_data(title, errors)
 
 
 def is_secret_ref(value: str) -> bool:
@@ -81,9 +93,52 @@ Text = Annotated[str, BeforeValidator(_number_as_text)]
 Quantity = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
 
 
+# Probe fields are int32 in Kubernetes (k8s.io/api/core/v1 Probe): its bound is theirs too, so a
+# periodSeconds of 1e20 is refused rather than read as a probe that never comes. Strict: `true` or 5.5
+# is not a number of seconds (Kubernetes' JSON decoding refuses both as well).
+INT32_MAX = 2**31 - 1
+
+
+def _matching(pattern: str, rule: str) -> Any:
+    """A string rule with a message a user can read (pydantic's quotes the regex); the schema keeps it."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.fullmatch(value):
+            raise ValueError(rule)
+        return value
+
+    return AfterValidator(check)
+
+
+def _pattern(pattern: str, rule: str, **field: Any) -> tuple[Any, Any]:
+    return Field(json_schema_extra={"pattern": pattern}, **field), _matching(pattern, rule)
+
+
+# CR, LF and the other control characters would end or split the request line or a header; HTAB is the
+# one allowed inside a field value (RFC 9110 section 5.5).
+PROBE_PATH = r"^/[^\x00-\x20\x7f]*$"
+HEADER_NAME = r"^[-A-Za-z0-9]+$"  # Kubernetes' IsHTTPHeaderName (apimachinery/pkg/util/validation)
+HEADER_VALUE = r"^[^\x00-\x08\x0a-\x1f\x7f]*$"
+ProbePath = Annotated[
+    str,
+    *_pattern(PROBE_PATH, "must start with '/' and contain no spaces or control characters", max_length=2048),
+]
+
+
+def _probe_int(default: int, minimum: int, description: str) -> Any:
+    return Field(default=default, ge=minimum, le=INT32_MAX, strict=True, description=description)
+
+
 class Header(SpecModel):
-    name: str = Field(min_length=1)
-    value: Text
+    """An HTTP header sent with a probe (Kubernetes HTTPHeader)."""
+
+    name: Annotated[
+        str, *_pattern(HEADER_NAME, "must be letters, digits and '-' only (an HTTP header name)", max_length=256)
+    ]
+    value: Annotated[
+        Text, *_pattern(HEADER_VALUE, "must not contain control characters such as CR or LF", max_length=8192)
+    ]
 
 
 class EnvVar(SpecModel):
@@ -98,21 +153,47 @@ class EnvVar(SpecModel):
 
 
 class Probe(SpecModel):
-    """One health check; semantics of a Kubernetes HTTP probe, defaults of seeds/003."""
+    """One health check: a Kubernetes httpGet probe, with the defaults and bounds of core/v1 Probe.
 
-    path: str = Field(pattern=r"^/", description="HTTP path probed; must start with '/'.")
-    port: Port | None = Field(default=None, description="Defaults to the spec's first port.")
-    initialDelaySeconds: Int = Field(default=0, ge=0)
-    periodSeconds: Int = Field(default=10, ge=1)
-    timeoutSeconds: Int = Field(default=1, ge=1)
-    failureThreshold: Int = Field(default=3, ge=1)
-    headers: list[Header] = Field(default_factory=list)
+    Rules per kind (pkg/apis/core/validation/validation.go): successThreshold must be 1 for liveness
+    and startup. See docs/spec.md for how the health-monitor acts on each field.
+    """
+
+    path: ProbePath
+    port: Port | None = Field(default=None, description="One of resources.ports; defaults to the first.")
+    initialDelaySeconds: int = _probe_int(0, 0, "Seconds after the process started before the first probe.")
+    periodSeconds: int = _probe_int(10, 1, "Seconds from the start of one probe to the start of the next.")
+    timeoutSeconds: int = _probe_int(1, 1, "Seconds one probe may take, redirects and body included.")
+    successThreshold: int = _probe_int(
+        1, 1, "Consecutive successes that count as success after a failure; must be 1 for liveness and startup."
+    )
+    failureThreshold: int = _probe_int(3, 1, "Consecutive failures that count as failure.")
+    headers: list[Header] = Field(default_factory=list, max_length=64)
 
 
 class HealthChecks(SpecModel):
     readiness: Probe | None = None
     liveness: Probe | None = None
     startup: Probe | None = None
+
+    @model_validator(mode="after")
+    def _success_threshold(self) -> HealthChecks:
+        # Kubernetes: "Must be 1 for liveness and startup" - one success ends a startup, and a liveness
+        # probe has nothing to come back to: its failure restarts the process.
+        errors = [
+            spec_error_detail(
+                (kind, "successThreshold"), "must be 1 for liveness and startup probes", probe.successThreshold
+            )
+            for kind, probe in (("liveness", self.liveness), ("startup", self.startup))
+            if probe is not None and probe.successThreshold != 1
+        ]
+        raise_if(errors, type(self).__name__)
+        return self
+
+    def probes(self) -> list[tuple[str, Probe]]:
+        """(kind, probe) of every probe that is set."""
+        kinds = (("startup", self.startup), ("readiness", self.readiness), ("liveness", self.liveness))
+        return [(kind, probe) for kind, probe in kinds if probe is not None]
 
 
 class AutoscalingMetric(SpecModel):
@@ -220,8 +301,8 @@ class LoadBalancer(SpecModel):
     enabled: bool = True
     algorithm: Literal["round-robin", "least-connections", "ip-hash"] = "round-robin"
     stickySessions: bool = False
-    healthCheckPath: str | None = Field(default=None, pattern=r"^/")
-    healthCheckIntervalSeconds: Int | None = Field(default=None, ge=1)
+    healthCheckPath: ProbePath | None = None
+    healthCheckIntervalSeconds: int | None = Field(default=None, ge=1, le=INT32_MAX, strict=True)
 
 
 class UpdateStrategy(SpecModel):
@@ -278,18 +359,32 @@ class DeploymentSpec(SpecModel):
     @field_validator("integrations")
     @classmethod
     def _unique_integrations(cls, items: list[Integration]) -> list[Integration]:
-        repeats = [*_repeats("integrations", items, "name"), *_repeats("integrations", items, "path")]
-        if repeats:
-            raise ValidationError.from_exception_data("integrations", repeats)
+        raise_if([*_repeats("integrations", items, "name"), *_repeats("integrations", items, "path")], "integrations")
         return items
 
     @field_validator("env")
     @classmethod
     def _unique_env(cls, items: list[EnvVar]) -> list[EnvVar]:
-        repeats = _repeats("env", items, "name")
-        if repeats:
-            raise ValidationError.from_exception_data("env", repeats)
+        raise_if(_repeats("env", items, "name"), "env")
         return items
+
+    @model_validator(mode="after")
+    def _probe_ports(self) -> DeploymentSpec:
+        # Only the spec's ports are a replica's (the local runtime maps each to a host port of its own):
+        # a probe of any other port would probe something else than the replica.
+        ports = self.resources.ports
+        allowed = ", ".join(str(port) for port in ports)
+        raise_if(
+            [
+                spec_error_detail(
+                    ("healthChecks", kind, "port"), f"must be one of resources.ports ({allowed})", probe.port
+                )
+                for kind, probe in self.healthChecks.probes()
+                if probe.port is not None and probe.port not in ports
+            ],
+            type(self).__name__,
+        )
+        return self
 
     @property
     def slug(self) -> str:

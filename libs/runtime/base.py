@@ -23,16 +23,22 @@ from typing import Literal, Protocol
 
 ReplicaState = Literal["starting", "running", "exited", "backoff", "stopping"]
 
+# The kubelet's crash-loop back-off (pkg/kubelet/kubelet.go, pkg/kubelet/kuberuntime/
+# kuberuntime_manager.go doBackOff, client-go util/flowcontrol/backoff.go): no back-off entry yet, so
+# the first exit restarts at once and creates a 10 s entry; each later exit waits the entry's delay
+# counted from the exit (FinishedAt), then doubles it, capped at 300 s (MaxContainerBackOff); the entry
+# is reset when the container ran more than 600 s (HasExpiredFunc: FinishedAt - lastUpdate > 600 s).
 RESTART_BACKOFF_INITIAL_SECONDS = 10.0
 RESTART_BACKOFF_MAX_SECONDS = 300.0
 RESTART_BACKOFF_RESET_SECONDS = 600.0
 
 
-def restart_backoff(consecutive_failures: int, initial: float = RESTART_BACKOFF_INITIAL_SECONDS) -> float:
-    """Delay before restart number `consecutive_failures` (1-based): 10 s, 20 s, 40 s ... 5 min."""
-    if consecutive_failures <= 0:
+def restart_backoff(consecutive_exits: int, initial: float = RESTART_BACKOFF_INITIAL_SECONDS) -> float:
+    """Delay before the restart that follows exit number `consecutive_exits` (1-based, counted since
+    the replica last ran more than RESTART_BACKOFF_RESET_SECONDS): 0, 10 s, 20 s, 40 s ... 300 s."""
+    if consecutive_exits <= 1:
         return 0.0
-    return min(initial * 2 ** (consecutive_failures - 1), RESTART_BACKOFF_MAX_SECONDS)
+    return min(initial * 2 ** (consecutive_exits - 2), RESTART_BACKOFF_MAX_SECONDS)
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,9 @@ each one's, and `$PORT` / `${PORT}` / `$PORT_<spec port>` in the command's argum
 The command also gets BERTH_REPLICA_ID, BERTH_DEPLOYMENT_ID and BERTH_SPEC_ID, and the workload's env
 over this process's environment minus BERTH_* (the scheduler's own settings may hold tokens).
 
-A replica whose command exits is restarted with the same id and ports after restart_backoff (10 s,
-20 s ... 5 min; back to the start once it ran 10 min). `on_replica_event(kind, replica, exit_code)` is
+A replica whose command exits is restarted with the same id and ports after restart_backoff, as the
+kubelet does: at once after its first exit, then 10 s, 20 s ... 5 min; back to the start once it ran
+more than 10 min. `on_replica_event(kind, replica, exit_code)` is
 awaited on each change: "started" (first start and each restart), "exited" (on its own; the replica is
 then in state "backoff" with next_restart_at), "stopped" (on purpose: scale down, delete,
 close(stop_replicas=True); restart() is an "exited" then a "started"), after which the replica's
@@ -436,15 +437,16 @@ class LocalRuntime:
         return not s.stopping
 
     def _record_exit(self, s: _Supervised, exit_code: int | None) -> float:
-        """Count the failure and return the back-off before the next start."""
+        """Count the exit and return the back-off before the next start (see base.restart_backoff).
+
+        Every exit counts alike, a crash or a restart the health-monitor asked for: the kubelet backs
+        off a container its liveness probe killed just as one that crashed."""
         now = utcnow()
         started = s.replica.started_at
-        if started is not None and (now - started).total_seconds() >= self.backoff_reset_seconds:
+        if started is not None and (now - started).total_seconds() > self.backoff_reset_seconds:
             s.consecutive_failures = 0  # it ran long enough to count as healthy
         s.consecutive_failures += 1
-        # A requested restart (liveness) starts again at once; only repeated ones wait.
-        failures = s.consecutive_failures - (1 if s.restart_requested else 0)
-        delay = restart_backoff(failures, self.backoff_initial_seconds)
+        delay = restart_backoff(s.consecutive_failures, self.backoff_initial_seconds)
         s.replica.state = "backoff"
         s.replica.pid = None
         s.replica.last_exit_code = exit_code

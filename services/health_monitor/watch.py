@@ -126,12 +126,12 @@ class ReplicaWatch:
         spec_port = probe.port or self.replica.primary_port
         host_port = self.replica.ports.get(spec_port, spec_port)  # a port the spec does not map is used as is
         url = f"http://{self.replica.host}:{host_port}{probe.path}"
-        headers = {header.name: header.value for header in probe.headers}
+        headers = [(header.name, header.value) for header in probe.headers]
         await asyncio.sleep(first_probe_delay(self.replica.occurred_at, probe.initialDelaySeconds, utcnow()))
         while True:
             began = time.monotonic()
             result = await http_probe(self._session, kind, url, headers, probe.timeoutSeconds)
-            restart_reason = self.health.record(result, probe.failureThreshold)
+            restart_reason = self.health.record(result, probe.failureThreshold, probe.successThreshold)
             if restart_reason:
                 await self._request_restart(kind, restart_reason)
                 if self.health.restart_requested:

@@ -264,6 +264,18 @@ async def test_readiness_failing_its_threshold_leaves_the_pool_and_success_bring
 
 
 @pytest.mark.slow
+async def test_readiness_needs_its_success_threshold_in_a_row_before_traffic(
+    monitor: HealthMonitorHandle, broker: NatsBroker, recorder: Recorder, server: SwitchableServer
+) -> None:
+    # worker.go: readiness starts as Failure and a success changes it only once successThreshold
+    # successes came in a row.
+    await publish(broker, started("r1", server.port, readiness=fast("/readiness", successThreshold=3)))
+    await ready_is(recorder, "r1", True)
+    assert await server.count("/readiness") in (3, 4)  # the 4th only if it raced the event
+    assert not any(h.ready for h in recorder.health("r1")[:-1])
+
+
+@pytest.mark.slow
 async def test_failures_must_be_consecutive(
     monitor: HealthMonitorHandle, broker: NatsBroker, recorder: Recorder, server: SwitchableServer
 ) -> None:

@@ -247,7 +247,7 @@ async def test_crashed_replica_restarts_with_same_id_and_backs_off(
     second_exit = (await eventually(lambda: recorder.of("exited")[1:], what="second exit"))[0]
     first_delay = (first_exit.replica.next_restart_at - first_exit.at).total_seconds()  # type: ignore[operator]
     second_delay = (second_exit.replica.next_restart_at - second_exit.at).total_seconds()  # type: ignore[operator]
-    assert 0.1 < first_delay <= 0.25 and 0.3 < second_delay <= 0.45  # 0.2 s, then 0.4 s
+    assert first_delay <= 0.05 and 0.1 < second_delay <= 0.25  # at once (the kubelet's), then 0.2 s
     [third] = await running(runtime, 1)
     assert third.restart_count == 2
 
@@ -435,8 +435,10 @@ async def test_a_back_off_is_resumed_not_recounted_by_a_new_runtime(
     await first.start()
     await first.apply(workload(replicas=1))
     [replica] = await running(first, 1)
-    os.kill(await child_pid(state_dir, replica), signal.SIGKILL)
-    [crashed] = await eventually(lambda: recorder.of("exited"), what="the crash")
+    os.kill(await child_pid(state_dir, replica), signal.SIGKILL)  # the first exit restarts at once
+    [again] = await running(first, 1)
+    os.kill(await child_pid(state_dir, again), signal.SIGKILL)  # the second waits the back-off
+    crashed = (await eventually(lambda: recorder.of("exited")[1:], what="the second crash"))[0]
     await first.close(stop_replicas=False)
 
     second = make_runtime(backoff_initial_seconds=60)
@@ -444,10 +446,10 @@ async def test_a_back_off_is_resumed_not_recounted_by_a_new_runtime(
 
     [waiting] = await second.replicas()
     assert waiting.state == "backoff" and waiting.next_restart_at == crashed.replica.next_restart_at
-    assert len(recorder.of("exited")) == 1
+    assert len(recorder.of("exited")) == 2
     await second.restart(replica.replica_id)  # no need to wait the minute out
-    [again] = await running(second, 1)
-    assert again.restart_count == 1
+    [third] = await running(second, 1)
+    assert third.restart_count == 2
 
 
 async def test_close_with_stop_replicas_leaves_no_process(runtime: LocalRuntime, state_dir: Path) -> None:
@@ -543,3 +545,27 @@ async def test_a_command_that_cannot_run_crash_loops_with_the_reason_in_its_logs
     assert exited[0].exit_code == 127
     [line, *_] = await runtime.logs(exited[0].replica.replica_id)
     assert line.startswith("berth: cannot run '/nonexistent/model-server'")
+
+
+async def test_a_crash_looping_replica_backs_off_as_the_kubelet_does_from_its_first_exit(
+    make_runtime: RuntimeFactory, recorder: Recorder
+) -> None:
+    """A command that exits at once, timed from the runtime's own events: the kubelet restarts a
+    container at once after its first exit, then waits 1, 2, 4 ... times containerBackOffPeriod from
+    each exit (kuberuntime_manager.go doBackOff; flowcontrol Backoff.Next doubles). Scaled to 0.5 s."""
+    runtime = make_runtime(backoff_initial_seconds=0.5)
+    await runtime.start()
+    await runtime.apply(workload(replicas=1, command=(sys.executable, "-c", "raise SystemExit(3)")))
+
+    events = await eventually(lambda: len(recorder.of("started")) >= 5 and recorder.events, what="4 restarts")
+    await runtime.delete(workload().name)
+    exits = [e for e in events if e.kind == "exited"][:4]
+    starts = [e for e in events if e.kind == "started"][1:5]  # the restart after each exit
+    expected = [0.0, 0.5, 1.0, 2.0]
+    announced = [(e.replica.next_restart_at - e.at).total_seconds() for e in exits]  # type: ignore[operator]
+    waited = [(start.at - exit.at).total_seconds() for exit, start in zip(exits, starts, strict=True)]
+    assert all(e.exit_code == 3 and e.replica.state == "backoff" for e in exits)
+    assert announced == pytest.approx(expected, abs=0.05), announced
+    # Tolerance for a loaded machine: the restart itself (a fork and exec) comes on top of the wait.
+    assert all(wanted - 0.05 <= took <= wanted + 0.4 for took, wanted in zip(waited, expected)), waited
+    assert [s.replica.restart_count for s in starts] == [1, 2, 3, 4]

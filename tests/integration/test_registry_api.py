@@ -330,6 +330,30 @@ async def test_invalid_spec_names_every_field_and_changes_nothing(api: httpx.Asy
     assert await snapshot(api, "my-cool-deployment") == before
 
 
+async def test_probes_that_could_never_run_are_refused_naming_field_and_rule(api: httpx.AsyncClient) -> None:
+    """Accepted before, these left a deployment Provisioning for ever: its probes could not be sent."""
+    probes = {
+        "readiness": {"path": "/", "headers": [{"name": "Authorization", "value": "tok3n\r\nX-Evil: 1"}]},
+        "liveness": {"path": "/live", "port": 9999, "successThreshold": 2},
+        "startup": {"path": "/start", "periodSeconds": 1e20},
+    }
+    response = await api.post("/v1/deployments", json=spec(healthChecks=probes))
+    assert response.status_code == 422 and response.headers["content-type"] == "application/problem+json"
+    rules = {e["field"]: e["rule"] for e in response.json()["errors"]}
+    assert rules == {
+        "healthChecks.readiness.headers[0].value": "must not contain control characters such as CR or LF",
+        "healthChecks.startup.periodSeconds": "Input should be a valid integer",
+    }
+    assert "tok3n" not in response.text
+    # The rules between fields are checked once every field is valid on its own.
+    del probes["readiness"], probes["startup"]
+    rules = {e["field"]: e["rule"] for e in (await api.post("/v1/deployments", json=spec(healthChecks=probes))).json()["errors"]}
+    assert rules == {"healthChecks.liveness.successThreshold": "must be 1 for liveness and startup probes"}
+    probes["liveness"]["successThreshold"] = 1  # type: ignore[index]
+    rules = {e["field"]: e["rule"] for e in (await api.post("/v1/deployments", json=spec(healthChecks=probes))).json()["errors"]}
+    assert rules == {"healthChecks.liveness.port": "must be one of resources.ports (8000)"}
+
+
 @BOTH_DATABASES
 async def test_name_is_unique_in_project_and_cannot_be_edited(api: httpx.AsyncClient) -> None:
     created = await create(api, spec())

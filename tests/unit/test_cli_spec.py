@@ -50,7 +50,7 @@ def test_invalid_spec_lists_every_error_and_exits_1(tmp_path: Path) -> None:
         "replica: unknown field",
         "resources.ports[0]: Input should be less than or equal to 65535",
         "resources.replicas: Input should be greater than or equal to 0",
-        "healthChecks.readiness.path: String should match pattern",
+        "healthChecks.readiness.path: must start with '/'",
         "basicAuthKey: must be a secret reference",
     ]:
         assert line in result.stderr

@@ -26,14 +26,74 @@ def fail(kind: str, status: int = 503) -> ProbeResult:
 
 
 def test_probe_defaults_are_those_of_the_docs() -> None:
+    # seeds/003 and the Kubernetes API reference (core/v1 Probe): 0, 10, 1, 1, 3.
     probe = Probe(path="/health")
-    assert (probe.initialDelaySeconds, probe.periodSeconds, probe.timeoutSeconds, probe.failureThreshold) == (
-        0,
-        10,
-        1,
-        3,
-    )
+    assert (
+        probe.initialDelaySeconds,
+        probe.periodSeconds,
+        probe.timeoutSeconds,
+        probe.successThreshold,
+        probe.failureThreshold,
+    ) == (0, 10, 1, 1, 3)
     assert probe.port is None and probe.headers == []
+
+
+def run(kind: str, results: str, success_threshold: int = 1, failure_threshold: int = 3) -> str:
+    """Feed results ('+' success, '-' failure) to a fresh replica; after each: R ready, . not, ! restart."""
+    health = ReplicaHealth.fresh(HealthChecks(readiness=Probe(path="/r"), liveness=Probe(path="/l")))
+    seen = ""
+    for mark in results:
+        result = ok(kind) if mark == "+" else fail(kind)
+        restart = health.record(result, failure_threshold, success_threshold)
+        seen += "!" if restart else "R" if health.ready else "."
+    return seen
+
+
+# Each row is derived from pkg/kubelet/prober/worker.go (doProbe): resultRun counts equal results in a
+# row; "Success or failure is below threshold - leave the probe state unchanged"; readiness starts at
+# its initialValue results.Failure; liveness at Success. And from the API reference: successThreshold is
+# "Minimum consecutive successes for the probe to be considered successful after having failed",
+# failureThreshold "After a probe fails failureThreshold times in a row, Kubernetes considers that the
+# overall check has failed".
+@pytest.mark.parametrize(
+    ("kind", "success_threshold", "failure_threshold", "results", "expected"),
+    [
+        # readiness starts failed: one success makes it ready with the default successThreshold 1
+        ("readiness", 1, 3, "+", "R"),
+        # ... and successThreshold successes in a row with a higher one, from the very start
+        ("readiness", 3, 3, "+++", "..R"),
+        # a failure in between starts the success run again
+        ("readiness", 2, 3, "+-++", "...R"),
+        # failures below failureThreshold leave a ready replica ready; a success breaks the run
+        ("readiness", 1, 3, "+--+--", "RRRRRR"),
+        ("readiness", 1, 3, "+---", "RRR."),
+        # after having failed, successThreshold successes in a row are needed to be ready again
+        ("readiness", 2, 3, "++---+-++", ".RRR....R"),
+        # failureThreshold 1: the first failure counts
+        ("readiness", 1, 1, "+-+", "R.R"),
+        # berth's TCP readiness (no readiness probe) follows the same rules
+        ("tcp", 1, 3, "---+", "...R"),
+        # liveness: failureThreshold failures in a row restart, fewer do not
+        ("liveness", 1, 3, "--+--", "....."),
+        ("liveness", 1, 3, "--+---", ".....!"),
+        ("liveness", 1, 1, "-", "!"),
+    ],
+)
+def test_thresholds_follow_the_kubelet(
+    kind: str, success_threshold: int, failure_threshold: int, results: str, expected: str
+) -> None:
+    assert run(kind, results, success_threshold, failure_threshold) == expected
+
+
+def test_startup_succeeds_on_its_first_success_and_fails_after_its_threshold() -> None:
+    # worker.go: startup's result is Set once its run reaches the threshold (successThreshold is 1 for
+    # startup, validation.go); a failed startup restarts the container like a failed liveness probe.
+    health = ReplicaHealth.fresh(ALL_PROBES)
+    assert [health.record(fail("startup"), 3) for _ in range(2)] == [None, None]
+    assert health.record(ok("startup"), 3) is None and health.started
+    again = ReplicaHealth.fresh(ALL_PROBES)
+    assert again.record(fail("startup"), 2) is None
+    assert again.record(fail("startup"), 2) is not None and not again.started
 
 
 def test_without_startup_probe_a_replica_is_started_and_live_at_once_but_not_ready() -> None:

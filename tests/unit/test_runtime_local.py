@@ -1,14 +1,17 @@
-"""The local runtime's pieces that need no replica process: ports, logs tail, what it cannot provide."""
+"""The local runtime's pieces that need no replica process: ports, logs tail, what it cannot provide,
+the restart back-off schedule."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import psutil
 import pytest
 
-from libs.runtime.base import InvalidWorkload, ReplicaNotFound, Workload, restart_backoff
-from libs.runtime.local import LocalRuntime, port_env, substitute_ports
+from libs.events import utcnow
+from libs.runtime.base import InvalidWorkload, Replica, ReplicaNotFound, Workload, restart_backoff
+from libs.runtime.local import LocalRuntime, _Supervised, port_env, substitute_ports
 from libs.runtime.logfiles import tail_lines
 from libs.runtime.processes import detect_gpus
 from libs.runtime.shim import exit_code_of
@@ -147,9 +150,47 @@ async def test_an_unknown_replica_is_reported(tmp_path: Path) -> None:
         await runtime.restart("nope-abcde")
 
 
-def test_restart_backoff_doubles_up_to_five_minutes() -> None:
-    assert [restart_backoff(n) for n in range(7)] == [0, 10, 20, 40, 80, 160, 300]
-    assert restart_backoff(2, initial=0.2) == 0.4
+# The kubelet's schedule, read from its source rather than from berth: kuberuntime_manager.go doBackOff
+# restarts at once while the container has no back-off entry (its first exit) and then calls
+# Backoff.Next, which creates the entry at containerBackOffPeriod (10 s, kubelet.go); every later exit
+# waits the entry's delay from FinishedAt and Next doubles it (backoff.go: `delay := entry.backoff * 2`),
+# capped at MaxContainerBackOff (300 s). The Pod lifecycle page says the same: "Initial crash: Kubernetes
+# attempts an immediate restart", then "exponential backoff delay (10s, 20s, 40s, ...) capped at 300s".
+@pytest.mark.parametrize(
+    ("exits", "delay"),
+    [(1, 0), (2, 10), (3, 20), (4, 40), (5, 80), (6, 160), (7, 300), (8, 300), (100, 300)],
+)
+def test_restart_backoff_is_the_kubelets_from_the_first_exit(exits: int, delay: float) -> None:
+    assert restart_backoff(exits) == delay
+
+
+def test_restart_backoff_scales_with_its_initial_delay_for_tests() -> None:
+    assert [restart_backoff(n, initial=0.2) for n in (1, 2, 3, 4)] == [0, 0.2, 0.4, 0.8]
+
+
+@pytest.mark.parametrize(
+    ("ran_seconds", "exits_before", "delay"),
+    [
+        # kubelet.go HasExpiredFunc: `eventTime.Sub(lastUpdate) > 600*time.Second` resets the entry,
+        # where eventTime is the exit and lastUpdate the (re)start: ran > 600 s is a first exit again
+        (601, 5, 0),
+        (599.5, 1, 10),  # not more than 600 s: the back-off goes on
+        (599, 5, 160),
+        (0, 0, 0),
+    ],
+)
+def test_the_back_off_starts_over_once_the_replica_ran_more_than_ten_minutes(
+    tmp_path: Path, ran_seconds: float, exits_before: int, delay: float
+) -> None:
+    runtime = LocalRuntime(tmp_path)
+    now = utcnow()
+    replica = Replica(
+        replica_id="m-abcde", workload="w", deployment_id="d", spec_id="s", host="127.0.0.1", ports={},
+        state="running", started_at=now - timedelta(seconds=ran_seconds),
+    )  # fmt: skip
+    supervised = _Supervised(replica, tmp_path, now, consecutive_failures=exits_before)
+    assert runtime._record_exit(supervised, exit_code=1) == pytest.approx(delay, abs=0.01)
+    assert replica.state == "backoff" and replica.next_restart_at is not None
 
 
 def test_a_process_killed_by_a_signal_exits_with_128_plus_the_signal() -> None:

@@ -113,7 +113,7 @@ def test_every_error_is_reported_at_once() -> None:
         (with_(env=[{"name": "A=B", "value": "1"}]), "env[0].name", "pattern"),
         (with_(env=[{"name": "A", "value": "secret:"}]), "env[0].value", "secret reference"),
         (with_(basicAuthKey="hunter2"), "basicAuthKey", "secret reference"),
-        (with_(healthChecks={"readiness": {"path": "health"}}), "healthChecks.readiness.path", "pattern"),
+        (with_(healthChecks={"readiness": {"path": "health"}}), "healthChecks.readiness.path", "must start with '/'"),
         (with_(healthChecks={"readiness": {"path": "/", "timeoutSeconds": 0}}), "healthChecks.readiness.timeoutSeconds", "greater than or equal to 1"),
         (with_(healthChecks={"liveness": {"path": "/", "failureThreshold": 0}}), "healthChecks.liveness.failureThreshold", "greater than or equal to 1"),
         (with_(healthChecks={"readiness": {"path": "/", "periodSecond": 3}}), "healthChecks.readiness.periodSecond", "unknown field"),
@@ -270,3 +270,69 @@ def test_round_trip_through_json_keeps_the_spec() -> None:
     spec = load_spec((EXAMPLES / "seed-000.yaml").read_text())
     again = DeploymentSpec.model_validate_json(spec.model_dump_json())
     assert again == spec
+
+
+def probe_errors(kind: str, **probe: object) -> dict[str, str]:
+    return errors_of(with_(healthChecks={kind: {"path": "/health", **probe}}))
+
+
+# Bounds and per-kind rules of Kubernetes' core/v1 Probe (pkg/apis/core/validation/validation.go:
+# validateProbe, validateLivenessProbe, validateStartupProbe; the fields are int32; minimums as the
+# API reference documents them: "Minimum value is 1", initialDelaySeconds "Minimum value is 0").
+@pytest.mark.parametrize(
+    ("kind", "probe", "field", "rule_part"),
+    [
+        ("liveness", {"successThreshold": 2}, "successThreshold", "must be 1 for liveness and startup"),
+        ("startup", {"successThreshold": 3}, "successThreshold", "must be 1 for liveness and startup"),
+        ("readiness", {"successThreshold": 0}, "successThreshold", "greater than or equal to 1"),
+        ("readiness", {"initialDelaySeconds": -1}, "initialDelaySeconds", "greater than or equal to 0"),
+        ("readiness", {"periodSeconds": 0}, "periodSeconds", "greater than or equal to 1"),
+        ("readiness", {"periodSeconds": 10**20}, "periodSeconds", "less than or equal to 2147483647"),
+        ("liveness", {"timeoutSeconds": 2**31}, "timeoutSeconds", "less than or equal to 2147483647"),
+        ("startup", {"failureThreshold": 2**31}, "failureThreshold", "less than or equal to 2147483647"),
+        ("readiness", {"periodSeconds": 1e20}, "periodSeconds", "valid integer"),
+        ("readiness", {"periodSeconds": float("inf")}, "periodSeconds", "valid integer"),
+        ("readiness", {"periodSeconds": float("nan")}, "periodSeconds", "valid integer"),
+        ("readiness", {"periodSeconds": 2.5}, "periodSeconds", "valid integer"),
+        ("readiness", {"periodSeconds": True}, "periodSeconds", "valid integer"),
+        ("readiness", {"periodSeconds": "10"}, "periodSeconds", "valid integer"),
+        ("readiness", {"port": 9000}, "port", "must be one of resources.ports (8000)"),
+        ("liveness", {"headers": [{"name": "X-Token", "value": "a\r\nX-Injected: 1"}]}, "headers[0].value", "control characters"),
+        ("readiness", {"headers": [{"name": "X-Token", "value": "a\nb"}]}, "headers[0].value", "control characters"),
+        ("readiness", {"headers": [{"name": "X-Token", "value": "a\x00b"}]}, "headers[0].value", "control characters"),
+        ("readiness", {"headers": [{"name": "X Token", "value": "a"}]}, "headers[0].name", "letters, digits and '-'"),
+        ("readiness", {"headers": [{"name": "X-Token:", "value": "a"}]}, "headers[0].name", "letters, digits and '-'"),
+        ("readiness", {"path": "/health\r\nHost: evil"}, "path", "no spaces or control characters"),
+        ("readiness", {"path": "/health check"}, "path", "no spaces or control characters"),
+        ("readiness", {"scheme": "HTTPS"}, "scheme", "unknown field"),
+        ("readiness", {"host": "example.com"}, "host", "unknown field"),
+    ],
+)
+def test_probe_rules_name_the_field_and_the_rule(kind: str, probe: dict[str, object], field: str, rule_part: str) -> None:
+    errors = probe_errors(kind, **probe)
+    assert f"healthChecks.{kind}.{field}" in errors, errors
+    assert rule_part in errors[f"healthChecks.{kind}.{field}"]
+    for value in probe.values():  # the rule never repeats what was sent (a header may hold a token)
+        assert not isinstance(value, str) or value not in str(errors)
+
+
+def test_probe_rules_that_hold_are_accepted() -> None:
+    spec = validate_spec(
+        with_(
+            resources={"ports": [8000, 9090]},
+            healthChecks={
+                "readiness": {"path": "/ready?full=1", "port": 9090, "successThreshold": 3, "periodSeconds": 2**31 - 1},
+                "liveness": {"path": "/live", "successThreshold": 1, "headers": [{"name": "X-Tab", "value": "a\tb"}]},
+            },
+        )
+    )
+    readiness, liveness = spec.healthChecks.readiness, spec.healthChecks.liveness
+    assert readiness and (readiness.successThreshold, readiness.port) == (3, 9090)
+    assert liveness and liveness.successThreshold == 1 and liveness.headers[0].value == "a\tb"
+
+
+def test_the_console_health_check_path_follows_the_probe_path_rule() -> None:
+    errors = errors_of(with_(loadBalancer={"healthCheckPath": "/h\r\nX: 1"}))
+    assert "no spaces or control characters" in errors["loadBalancer.healthCheckPath"]
+    errors = errors_of(with_(loadBalancer={"healthCheckPath": "/h", "healthCheckIntervalSeconds": 10**20}))
+    assert "less than or equal to 2147483647" in errors["loadBalancer.healthCheckIntervalSeconds"]
