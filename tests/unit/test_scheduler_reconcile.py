@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+import structlog
 
 from libs.events import (
     DeploymentDeleted,
@@ -444,8 +445,10 @@ async def test_a_failed_reconcile_is_requeued_with_back_off(world: World) -> Non
         raise ConnectionError("bus away")
 
     world.reconciler._publish = broken
-    await world.reconciler.reconcile_logged(DID)
-    await world.reconciler.reconcile_logged(DID)
+    with structlog.testing.capture_logs() as logs:
+        await world.reconciler.reconcile_logged(DID)
+        await world.reconciler.reconcile_logged(DID)
+    assert [line["event"] for line in logs] == ["reconcile failed; requeued"] * 2
     state = world.reconciler._states[DID]
     assert state.failures == 2 and state.requeue is not None
     world.reconciler._publish = world.publish
