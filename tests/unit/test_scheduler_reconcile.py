@@ -109,6 +109,14 @@ class World:
     async def reconcile(self, deployment_id: str = DID) -> None:
         await self.reconciler.reconcile(deployment_id)
 
+    async def running(self, s: DeploymentSpec) -> list[str]:
+        """Apply `s` and reconcile until its replicas are ready and served; their ids."""
+        self.apply(s)
+        await self.reconcile()
+        await self.ready()
+        await self.reconcile()
+        return await self.replica_ids()
+
     # -- what happened --
 
     def of(self, kind: type[Any]) -> list[Any]:
@@ -232,10 +240,7 @@ async def test_scale_composes_spec_and_decisions(world: World, case: ScaleCase) 
 
 
 async def test_stop_then_start(world: World) -> None:
-    world.apply(spec(replicas=2))
-    await world.reconcile()
-    await world.ready()
-    await world.reconcile()
+    await world.running(spec(replicas=2))
     rev = revision_id(spec(replicas=2))
     world.clear()
 
@@ -259,12 +264,8 @@ async def test_stop_then_start(world: World) -> None:
 
 
 async def test_template_change_old_serves_until_new_is_ready_and_leaves_traffic_before_it_stops(world: World) -> None:
-    world.apply(spec(replicas=2))
-    await world.reconcile()
-    await world.ready()
-    await world.reconcile()
+    old = await world.running(spec(replicas=2))
     old_rev = revision_id(spec(replicas=2))
-    old = await world.replica_ids()
     world.clear()
 
     second = world.apply(spec(replicas=2, command=["python", "serve.py", "--v2"]))
@@ -295,11 +296,7 @@ async def test_template_change_old_serves_until_new_is_ready_and_leaves_traffic_
 
 
 async def test_template_change_whose_replicas_never_get_ready_keeps_the_old_serving(world: World) -> None:
-    world.apply(spec(replicas=1))
-    await world.reconcile()
-    await world.ready()
-    await world.reconcile()
-    old = await world.replica_ids()
+    old = await world.running(spec(replicas=1))
     second = world.apply(spec(replicas=1, command=["python", "broken.py"]))
     await world.reconcile()
     new = await world.replica_ids(revision_id(second.spec))
@@ -310,10 +307,7 @@ async def test_template_change_whose_replicas_never_get_ready_keeps_the_old_serv
 
 
 async def test_delete_publishes_the_tombstone_then_stops_everything_then_forgets(world: World) -> None:
-    world.apply(spec(replicas=2))
-    await world.reconcile()
-    await world.ready()
-    await world.reconcile()
+    await world.running(spec(replicas=2))
     world.clear()
 
     world.delete()
@@ -357,12 +351,8 @@ async def test_adoption_serves_what_runs_without_starting_or_announcing_again(wo
 
 
 async def test_a_crashed_replica_leaves_the_assignment_and_comes_back_once_ready(world: World) -> None:
-    world.apply(spec(replicas=2))
-    await world.reconcile()
-    await world.ready()
-    await world.reconcile()
+    a, b = await world.running(spec(replicas=2))
     rev = revision_id(spec(replicas=2))
-    a, b = await world.replica_ids()
 
     world.runtime.crash(b, exit_code=3)
     await world.reconcile()
@@ -381,11 +371,7 @@ async def test_a_crashed_replica_leaves_the_assignment_and_comes_back_once_ready
 
 
 async def test_restart_request_reason_shows_in_status(world: World) -> None:
-    world.apply(spec(replicas=1))
-    await world.reconcile()
-    await world.ready()
-    await world.reconcile()
-    (a,) = await world.replica_ids()
+    (a,) = await world.running(spec(replicas=1))
     reason = "liveness probe failed 3 consecutive times"
     request = ReplicaRestartRequested(deployment_id=DID, project="default", slug="iris", replica_id=a, spec_id="x", reason=reason)
     assert await world.reconciler.restart(request)
