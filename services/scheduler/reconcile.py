@@ -310,9 +310,7 @@ class Reconciler:
     # -- one reconcile, in phases -----------------------------------------------------------------
 
     async def _reconcile(self, deployment_id: str) -> None:
-        state = self._states.get(deployment_id)
-        if state is None:
-            state = self._state(deployment_id)  # running, but unknown to the bus: announce, leave alone
+        state = self._state(deployment_id)  # unknown to the bus but running: announced, left alone
         state.cancel_requeue()
         observed = await self._observe(deployment_id)
         error = None
