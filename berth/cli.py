@@ -1,5 +1,6 @@
 """`berth`: the command line of berth. `berth up` runs the platform; every other command talks to the
-REST API of the spec-registry (berth.client) except `berth spec ...`, which works offline."""
+REST API of the spec-registry (berth.client) except `berth spec ...`, which works offline. Where the
+API address and token come from: berth.credentials."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.markup import escape
 
-from berth import render
+from berth import credentials, render
 from berth.client import ApiError, BerthClient, NotRunning
+from berth.credentials import ConfigError, Credentials
 from berth.render import Output
 from libs.config import Settings
 from libs.spec import DeploymentSpec, SpecInvalid, parse_document, slugify, spec_json_schema, validate_spec
@@ -42,33 +44,43 @@ SpecFile = Annotated[
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass(frozen=True)
+@dataclass
 class Target:
-    api_url: str
+    """What the command line said about the API; resolved into credentials only by commands that
+    call it (so that `berth spec ...` works whatever the config file holds)."""
+
+    api_url: str | None
     token: str | None
+    _found: Credentials | None = None
+
+    @property
+    def credentials(self) -> Credentials:
+        if self._found is None:
+            self._found = credentials.find(self.api_url, self.token, Settings())
+        return self._found
 
     def client(self) -> BerthClient:
-        return BerthClient(self.api_url, self.token)
+        found = self.credentials
+        return BerthClient(found.api_url, found.token)
 
 
 @app.callback()
 def main(
     ctx: typer.Context,
-    api_url: Annotated[str | None, typer.Option("--api-url", envvar="BERTH_API_URL", help="REST API of berth.")] = None,
+    api_url: Annotated[
+        str | None,
+        typer.Option("--api-url", envvar="BERTH_API_URL", help="REST API of berth; default: see `berth login`."),
+    ] = None,
     token: Annotated[
         str | None,
-        typer.Option("--token", envvar="BERTH_TOKEN", help="API token; default: the token file of the data dir."),
+        typer.Option(
+            "--token",
+            envvar="BERTH_TOKEN",
+            help="API token; default: the config file `berth login` writes, then the token file of the data dir.",
+        ),
     ] = None,
 ) -> None:
-    settings = Settings()
-    ctx.obj = Target(api_url or settings.resolved_api_url, token or _token_from(settings))
-
-
-def _token_from(settings: Settings) -> str | None:
-    try:
-        return settings.resolved_token()
-    except OSError:
-        return None
+    ctx.obj = Target(api_url, token)
 
 
 def calls_api(command: F) -> F:
@@ -78,10 +90,14 @@ def calls_api(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except NotRunning as exc:
+        except (NotRunning, ConfigError) as exc:
             render.failure(str(exc))
         except ApiError as exc:
-            render.api_error(exc)
+            if exc.status == 401:  # every command that calls the API takes the context first
+                found = kwargs["ctx"].obj.credentials
+                render.failure(found.refused() if found.token else found.missing())
+            else:
+                render.api_error(exc)
         raise typer.Exit(1)
 
     return wrapper  # type: ignore[return-value]
@@ -136,8 +152,7 @@ def apply(ctx: typer.Context, file: SpecFile, output: OutputOpt = Output.table) 
         if current is None:
             deployment, verb = client.create_deployment(document), "created"
         else:
-            deployment = client.update_deployment(current["slug"], document, current["spec_id"])
-            verb = "unchanged" if deployment["spec_id"] == current["spec_id"] else "updated"
+            deployment, verb = client.update_deployment(current["slug"], document, current["spec_id"]), "updated"
     render.emit(deployment, output, lambda: render.changed(verb, deployment))
 
 
@@ -161,7 +176,7 @@ def list_deployments(
 @deployments_app.command("get")
 @calls_api
 def get_deployment(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -> None:
-    """The spec summary and status of a deployment, with a row per replica."""
+    """The details of a deployment (spec, resources, scaling, load balancer, status), a row per replica."""
     with ctx.obj.client() as client:
         deployment = client.get_deployment(ref_of(ref))
         status = deployment.get("status") or client.status(deployment["deployment_id"])
@@ -183,14 +198,26 @@ def history(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -
 def delete(
     ctx: typer.Context,
     ref: RefArg,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (needed without a terminal).")
+    ] = False,
+    output: OutputOpt = Output.table,
 ) -> None:
-    """Delete a deployment: its replicas stop and its endpoint answers 404."""
-    if not yes:
-        typer.confirm(f"Delete deployment {ref}? Its replicas stop and its endpoint goes away.", abort=True)
+    """Delete a deployment: its replicas stop, its endpoint answers 404, its history is gone."""
     with ctx.obj.client() as client:
-        client.delete_deployment(ref_of(ref))
-    render.out.print(f"[green]✓[/] deleted deployment {escape(ref)}")
+        deployment = client.get_deployment(ref_of(ref))
+        if not yes:
+            question = f"Delete deployment {deployment['name']}? Its replicas stop and its endpoint goes away."
+            typer.confirm(question, abort=True, err=True)
+        client.delete_deployment(deployment["deployment_id"])
+    gone = {
+        "deleted": True,
+        "deployment_id": deployment["deployment_id"],
+        "project": deployment["project"],
+        "name": deployment["name"],
+        "slug": deployment["slug"],
+    }
+    render.emit(gone, output, lambda: render.out.print(f"[green]✓[/] deleted deployment {escape(deployment['name'])}"))
 
 
 @deployments_app.command("scale")
@@ -201,10 +228,11 @@ def scale(
     replicas: Annotated[int, typer.Argument(min=0, help="Number of replicas.")],
     output: OutputOpt = Output.table,
 ) -> None:
-    """Set the number of replicas (a new spec version)."""
+    """Set the number of replicas. Not a new spec version: it holds until a spec version sets another
+    resources.replicas, and shows in `get` (desired replicas, from your scale)."""
     with ctx.obj.client() as client:
         deployment = client.scale(ref_of(ref), replicas)
-    render.emit(deployment, output, lambda: render.changed(f"scaled to {replicas} replicas:", deployment))
+    render.emit(deployment, output, lambda: render.scaled(deployment))
 
 
 @deployments_app.command("start")
@@ -233,7 +261,7 @@ def rollback(
     spec_version: Annotated[int, typer.Argument(min=1, help="The version to return to (see `history`).")],
     output: OutputOpt = Output.table,
 ) -> None:
-    """Apply the spec of an earlier version again (as a new version)."""
+    """Apply the spec of an earlier version again (as a new version; unchanged when it is the current spec)."""
     with ctx.obj.client() as client:
         deployment = client.rollback(ref_of(ref), spec_version)
     render.emit(deployment, output, lambda: render.changed(f"rolled back to version {spec_version}:", deployment))
@@ -250,25 +278,28 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl-C.")] = False,
     replica: Annotated[str | None, typer.Option(help="Only this replica.")] = None,
     tail: Annotated[int, typer.Option(min=0, help="Lines to show from the end.")] = 100,
+    output: Annotated[
+        Output,
+        typer.Option(
+            "--output", "-o", help="table: the lines as written; json or yaml: the answer, or with -f one line each."
+        ),
+    ] = Output.table,
 ) -> None:
     """Output of a deployment's replicas."""
+    prefix = replica is None
     with ctx.obj.client() as client:
         page = client.logs(ref_of(ref), replica=replica, tail=tail)
-        _print_lines(page["lines"], prefix=replica is None)
+        if not follow:
+            render.emit(page, output, lambda: render.log_lines(page["lines"], output, prefix))
+            return
+        render.log_lines(page["lines"], output, prefix)
         try:
-            while follow:
+            while True:
                 time.sleep(0.5)
                 page = client.logs(ref_of(ref), replica=replica, tail=tail, since=page["next"])
-                _print_lines(page["lines"], prefix=replica is None)
+                render.log_lines(page["lines"], output, prefix)
         except KeyboardInterrupt:
             pass
-
-
-def _print_lines(lines: list[Any], prefix: bool) -> None:
-    for line in lines:
-        text = line["line"].rstrip("\n")
-        typer.echo(f"[{line['replica_id']}] {text}" if prefix else text)
-    sys.stdout.flush()
 
 
 # -- spec -----------------------------------------------------------------------------------------
@@ -303,14 +334,15 @@ def secret_set(
     ctx: typer.Context,
     name: str,
     value: Annotated[str | None, typer.Option(help="The value; read from stdin when omitted.")] = None,
+    output: OutputOpt = Output.table,
 ) -> None:
     """Store a secret (the value is never printed)."""
-    if value is None:
-        value = typer.prompt(f"Value of {name}", hide_input=True) if sys.stdin.isatty() else sys.stdin.read()
-        value = value.rstrip("\n")
+    value = value if value is not None else _read_hidden(f"Value of {name}")
     with ctx.obj.client() as client:
         client.set_secret(name, value)
-    render.out.print(f"[green]✓[/] secret {escape(name)} set; reference it as secret:{escape(name)}")
+    report = {"name": name, "reference": f"secret:{name}"}
+    message = f"[green]✓[/] secret {escape(name)} set; reference it as secret:{escape(name)}"
+    render.emit(report, output, lambda: render.out.print(message))
 
 
 @secrets_app.command("list")
@@ -324,8 +356,50 @@ def secret_list(ctx: typer.Context, output: OutputOpt = Output.table) -> None:
 
 @secrets_app.command("delete")
 @calls_api
-def secret_delete(ctx: typer.Context, name: str) -> None:
+def secret_delete(ctx: typer.Context, name: str, output: OutputOpt = Output.table) -> None:
     """Delete a secret."""
     with ctx.obj.client() as client:
         client.delete_secret(name)
-    render.out.print(f"[green]✓[/] secret {escape(name)} deleted")
+    message = f"[green]✓[/] secret {escape(name)} deleted"
+    render.emit({"name": name, "deleted": True}, output, lambda: render.out.print(message))
+
+
+def _read_hidden(prompt: str) -> str:
+    """A value typed without echo at a terminal, else read from stdin (so it stays out of shell history)."""
+    value = typer.prompt(prompt, hide_input=True, err=True) if sys.stdin.isatty() else sys.stdin.read()
+    return value.rstrip("\n")
+
+
+# -- login ----------------------------------------------------------------------------------------
+
+
+@app.command()
+def login(
+    api: Annotated[str, typer.Option("--api", "--api-url", help="REST API of berth, e.g. https://berth.example.com.")],
+    token: Annotated[
+        str | None, typer.Option(help="The API token; read from stdin (or asked for) when omitted.")
+    ] = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Check a token against the API, then keep both for later commands in the config file (mode 0600)."""
+    token = token if token is not None else _read_hidden("API token")
+    try:
+        with BerthClient(api, token) as client:
+            client.check_token()
+    except NotRunning as exc:
+        render.failure(f"{exc}; nothing was saved")
+        raise typer.Exit(1) from None
+    except ApiError as exc:
+        if exc.status != 401:
+            render.api_error(exc)
+        else:
+            render.failure(f"the API at {api} refused this token; nothing was saved")
+        raise typer.Exit(1) from None
+    try:
+        path = credentials.save(api, token)
+    except ConfigError as exc:
+        render.failure(str(exc))
+        raise typer.Exit(1) from None
+    report = {"api_url": api.rstrip("/"), "config": str(path)}
+    message = f"[green]✓[/] logged in to {escape(report['api_url'])}; the token is kept in {escape(str(path))} (mode 0600)"
+    render.emit(report, output, lambda: render.out.print(message))

@@ -24,6 +24,7 @@ class ProblemField(TypedDict):
 class ReplicaStatus(TypedDict, total=False):
     replica_id: str
     spec_id: str
+    revision_id: str
     address: str | None
     state: str
     started: bool
@@ -41,6 +42,14 @@ class Status(TypedDict, total=False):
     replicas: list[ReplicaStatus]
     not_provided: list[str]
     observed_at: str | None
+    desired_source: str  # spec, user, autoscaler or stopped
+
+
+class UserScale(TypedDict):
+    replicas: int
+    spec_version: int
+    spec_replicas: int
+    scaled_at: str
 
 
 class Deployment(TypedDict):
@@ -56,11 +65,15 @@ class Deployment(TypedDict):
     created_at: str
     updated_at: str
     status: NotRequired[Status]
+    revision_id: NotRequired[str]
+    scale: NotRequired[UserScale | None]
+    unchanged: NotRequired[bool]  # a write that changed nothing
 
 
 class SpecVersion(TypedDict):
     spec_id: str
     spec_version: int
+    revision_id: NotRequired[str]
     created_at: str
     spec: dict[str, Any]
 
@@ -128,6 +141,10 @@ class BerthClient:
 
     def validate(self, spec: dict[str, Any]) -> None:
         self._request("POST", "/v1/specs/validate", json=spec)
+
+    def check_token(self) -> None:
+        """Raise ApiError (401) unless the API accepts the token; the cheapest call that needs one."""
+        self._request("GET", "/v1/deployments", params={"limit": 1})
 
     # -- deployments ------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from enum import StrEnum
@@ -16,7 +17,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from berth.client import ApiError, Deployment, ReplicaStatus, SpecVersion, Status
+from berth.client import ApiError, Deployment, LogLine, ReplicaStatus, SpecVersion, Status
 from libs.spec import SpecError
 
 SHORT_ID = 12
@@ -106,11 +107,12 @@ def deployments_table(items: list[Deployment]) -> None:
         return
     many_projects = len({d["project"] for d in items}) > 1
     listing = table(
-        "NAME", *(["PROJECT"] if many_projects else []), "ENVIRONMENT", "VERSION", "PHASE", "READY", "ENDPOINT"
+        "NAME", "SLUG", *(["PROJECT"] if many_projects else []), "ENVIRONMENT", "VERSION", "PHASE", "READY", "ENDPOINT"
     )
     for d in items:
         status = d.get("status")
         listing.add_row(
+            escape(d["name"]),
             escape(d["slug"]),
             *([escape(d["project"])] if many_projects else []),
             escape(d["environment"]),
@@ -122,38 +124,123 @@ def deployments_table(items: list[Deployment]) -> None:
     show(listing)
 
 
+Section = tuple[str, list[tuple[str, str]]]  # a title and its (label, rich markup) rows
+
+
 def deployment_detail(d: Deployment, status: Status) -> None:
-    spec = d["spec"]
-    resources = spec.get("resources") or {}
-    model = spec.get("model") or {}
-    summary = Table.grid(padding=(0, 2))
-    summary.add_column(style="bold")
-    summary.add_column()
-    rows = [
-        ("Name", f"{d['name']} ({d['project']}/{d['slug']})"),
-        ("Deployment ID", d["deployment_id"]),
-        ("Spec", f"version {d['spec_version']}, spec_id {d['spec_id']}"),
-        ("Environment", d["environment"]),
-        ("Image", str(spec.get("image", ""))),
-        ("Command", " ".join(spec.get("command") or []) or "(image default)"),
-        ("Model", f"{model.get('id')} {model.get('version')}" if model else "-"),
-        ("Enabled", str(spec.get("enabled", True)).lower()),
-        ("Ports", ", ".join(str(p) for p in resources.get("ports", []))),
-        ("Endpoint", d["endpoint"]),
-        ("Updated", when(d.get("updated_at"))),
-    ]
-    for key, value in rows:
-        summary.add_row(key, escape(value))
-    phase = _phase(status)
-    reason = status.get("reason")
-    summary.add_row("Phase", phase + (f" — {escape(reason)}" if reason else ""))
-    summary.add_row("Replicas", f"{_ready(status)} ready")
-    if status.get("not_provided"):
-        summary.add_row("Not provided", escape(", ".join(status.get("not_provided", []))))
-    out.print(summary)
+    """The details panel of the console (seeds/002): basic information, resources, scaling, load
+    balancer, status; then a row per replica."""
+    panel = Table.grid(padding=(0, 2))
+    panel.add_column(style="bold")
+    panel.add_column()
+    for title, rows in _sections(d, status):
+        panel.add_row(f"[underline]{title}[/]", "")
+        for label, value in rows:
+            panel.add_row(f"  {label}", value)
+    out.print(panel)
     replicas = status.get("replicas") or []
     if replicas:
         show(replicas_table(replicas))
+
+
+def _sections(d: Deployment, status: Status) -> list[Section]:
+    spec = d["spec"]
+    resources = spec.get("resources") or {}
+    model = spec.get("model") or {}
+    strategy = spec.get("updateStrategy") or {}
+    canary = f" ({strategy['canaryPercent']}%)" if strategy.get("canaryPercent") else ""
+    version = f"{d['spec_version']} (spec_id {d['spec_id']}, revision {d.get('revision_id') or '?'})"
+    basic = [
+        ("Name", d["name"]),
+        ("Description", spec.get("description") or "-"),
+        ("Deployment ID", d["deployment_id"]),
+        ("Project / slug", f"{d['project']}/{d['slug']}"),
+        ("Endpoint", d["endpoint"]),
+        ("Environment", d["environment"]),
+        ("Model", f"{model.get('id')} {model.get('version')}" if model else "-"),
+        ("Image", str(spec.get("image", ""))),
+        ("Command", " ".join(spec.get("command") or []) or "(image default)"),
+        ("Update strategy", str(strategy.get("type", "rolling")) + canary),
+        ("Enabled", _yes(spec.get("enabled", True))),
+        ("Spec version", version),
+        ("Created", when(d.get("created_at"))),
+        ("Updated", when(d.get("updated_at"))),
+    ]
+    gpus = resources.get("gpuCount", 0)
+    machine = [
+        ("Ports", ", ".join(str(p) for p in resources.get("ports", []))),
+        ("Machine type", resources.get("machineType") or "-"),
+        ("CPU cores", _or_dash(resources.get("cpu"))),
+        ("Memory (GB)", _or_dash(resources.get("memory"))),
+        ("GPUs", f"{gpus} × {resources['gpuType']}" if gpus and resources.get("gpuType") else str(gpus)),
+    ]
+    reason = status.get("reason")
+    state = [("Phase", _phase(status) + (f" — {escape(reason)}" if reason else ""))]
+    if status.get("not_provided"):
+        state.append(("Not provided", escape(", ".join(status.get("not_provided", [])))))
+    return [
+        ("Basic information", _escaped(basic)),
+        ("Resources (per replica)", _escaped(machine)),
+        ("Scaling", _escaped(_scaling(d, status))),
+        ("Load balancer", _escaped(_load_balancer(spec))),
+        ("Status", state),
+    ]
+
+
+def _scaling(d: Deployment, status: Status) -> list[tuple[str, str]]:
+    resources = d["spec"].get("resources") or {}
+    scale = d.get("scale")
+    source = status.get("desired_source", "spec")
+    origin = {
+        "spec": f"the spec (resources.replicas: {resources.get('replicas', 1)})",
+        "stopped": "none: the deployment is stopped (enabled: false)",
+        "autoscaler": "the autoscaler",
+        "user": (
+            f"your scale of {when(scale['scaled_at'])} (the spec says {scale['spec_replicas']}; "
+            "a spec with another resources.replicas replaces it)"
+            if scale
+            else "your scale"
+        ),
+    }.get(source, source)
+    autoscaling = resources.get("autoscaling") or {}
+    rows = [("Replicas", f"{_ready(status)} ready"), ("Desired from", origin)]
+    if autoscaling.get("enabled"):
+        low = autoscaling.get("minReplicas", resources.get("replicas", 1))
+        rows.append(("Auto-scaling", f"on, {low} to {autoscaling.get('maxReplicas')} replicas"))
+        targets = ", ".join(f"{m['metric']} {m['value']:g}{_unit(m['metric'])}" for m in autoscaling.get("metrics", []))
+        rows.append(("Targets", targets or "-"))
+    else:
+        rows.append(("Auto-scaling", "off"))
+    return rows
+
+
+def _load_balancer(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    balancer = spec.get("loadBalancer") or {}
+    readiness = (spec.get("healthChecks") or {}).get("readiness") or {}
+    path = balancer.get("healthCheckPath") or readiness.get("path")
+    every = balancer.get("healthCheckIntervalSeconds") or readiness.get("periodSeconds") or 10
+    return [
+        ("Enabled", _yes(balancer.get("enabled", True))),
+        ("Algorithm", balancer.get("algorithm", "round-robin")),
+        ("Health check", f"{path} every {every} s" if path else "none (a replica is ready once started)"),
+        ("Sticky sessions", _yes(balancer.get("stickySessions", False))),
+    ]
+
+
+def _escaped(rows: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(label, escape(value)) for label, value in rows]
+
+
+def _yes(flag: object) -> str:
+    return "yes" if flag else "no"
+
+
+def _or_dash(value: object) -> str:
+    return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _unit(metric: str) -> str:
+    return " s" if metric == "requestDuration" else "%"
 
 
 def replicas_table(replicas: list[ReplicaStatus]) -> Table:
@@ -183,12 +270,15 @@ def _health(replica: ReplicaStatus) -> str:
 
 
 def history_table(items: list[SpecVersion]) -> None:
-    listing = table("VERSION", "SPEC ID", "CREATED", "IMAGE", "REPLICAS", "ENABLED")
+    """Spec versions; versions with the same REVISION run the same template (only replicas, enabled,
+    the load balancer or health checks differ)."""
+    listing = table("VERSION", "SPEC ID", "REVISION", "CREATED", "IMAGE", "REPLICAS", "ENABLED")
     for v in items:
         spec = v["spec"]
         listing.add_row(
             str(v["spec_version"]),
             escape(short_id(v["spec_id"])),
+            escape(v.get("revision_id", "")),
             when(v["created_at"]),
             escape(str(spec.get("image", ""))),
             str((spec.get("resources") or {}).get("replicas", "")),
@@ -208,6 +298,8 @@ def names_table(title: str, names: list[str]) -> None:
 
 
 def changed(verb: str, d: Deployment) -> None:
+    """What a write did; `unchanged` when the API stored nothing (it was already so)."""
+    verb = "unchanged:" if d.get("unchanged") else verb
     out.print(
         f"[green]✓[/] {verb} deployment [bold]{escape(d['name'])}[/] ({escape(d['project'])}/{escape(d['slug'])})\n"
         f"  deployment id  {escape(d['deployment_id'])}\n"
@@ -215,3 +307,33 @@ def changed(verb: str, d: Deployment) -> None:
         f"  version        {d['spec_version']}\n"
         f"  endpoint       {escape(d['endpoint'])}"
     )
+
+
+def scaled(d: Deployment) -> None:
+    status = d.get("status") or {}
+    scale = d.get("scale")
+    wanted = scale["replicas"] if scale else (d["spec"].get("resources") or {}).get("replicas", 1)
+    later = {"stopped": "; it applies once the deployment is started", "autoscaler": "; autoscaling decides while on"}
+    note = later.get(status.get("desired_source", ""), "")
+    name = escape(d["name"])
+    if d.get("unchanged"):
+        out.print(f"[green]✓[/] unchanged: deployment [bold]{name}[/] is already set to {wanted} replicas{note}")
+        return
+    out.print(
+        f"[green]✓[/] scaled deployment [bold]{name}[/] to {wanted} replicas{note}\n"
+        f"  spec version {d['spec_version']} stays; a spec that sets another resources.replicas replaces this scale"
+    )
+
+
+def log_lines(lines: list[LogLine], output: Output, prefix: bool) -> None:
+    """Log lines as written (`[replica] line`), or, for scripts that follow, one JSON object per line
+    (JSON Lines) or one YAML document per line."""
+    for line in lines:
+        if output is Output.json:
+            typer.echo(json.dumps(line))
+        elif output is Output.yaml:
+            typer.echo("---\n" + yaml.safe_dump(dict(line), sort_keys=False, allow_unicode=True).rstrip())
+        else:
+            text = line["line"].rstrip("\n")
+            typer.echo(f"[{line['replica_id']}] {text}" if prefix else text)
+    sys.stdout.flush()

@@ -2,7 +2,8 @@
 
 A spec refers to a secret as `secret:<name>`; services that need the value (the scheduler for env,
 the router for basic auth) resolve it here at the last moment. Values never go into events, logs or
-API answers.
+API answers. Which names a project has is the registry's SQL index (services/spec_registry), kept as
+it writes here.
 """
 
 from __future__ import annotations
@@ -41,13 +42,15 @@ class SecretStore:
     async def delete(self, project: str, name: str) -> None:
         await self._kv.delete(self._key(project, name))
 
-    async def names(self, project: str) -> set[str]:
+    async def stored_names(self) -> set[tuple[str, str]]:
+        """(project, name) of every secret in the bucket. Lists the bucket's keys, which costs a
+        JetStream consumer (gone only minutes later): for the registry's start, never per request;
+        the registry answers lookups from its own index of names."""
         try:
             keys = await self._kv.keys()
         except nats.js.errors.NoKeysError:
             return set()
-        prefix = f"{project}."
-        return {k.removeprefix(prefix) for k in keys if k.startswith(prefix)}
+        return {(project, name) for project, _, name in (key.partition(".") for key in keys)}
 
     async def get(self, project: str, name: str) -> str:
         try:

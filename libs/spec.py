@@ -7,18 +7,40 @@ into `SpecError`s that name the field path and the rule, all errors of one spec 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import slugify as python_slugify
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 SECRET_PREFIX = "secret:"
-SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+# Dot-separated words: a secret is the JetStream KV key `<project>.<name>`, whose tokens may not be
+# empty (`a.`, `a..b` and `.a` are not keys).
+SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$")
+SECRET_NAME_MAX = 128
 MAX_INTEGRATIONS = 5
+
+# Limits on one spec, far below what the bus carries (nats-server's max_payload, 1 MiB by default):
+# the spec travels whole in its SpecApplied event. Sizes are of the spec as JSON with every non-ASCII
+# character escaped (the longest form an event can take).
+MAX_SPEC_BYTES = 256 * 1024
+MAX_DEPTH = 32  # of nested mappings and lists; a real spec is about 6 deep
+MAX_INTEGER_DIGITS = 18  # every integer of the spec fits in 64 bits
 
 
 class SpecModel(BaseModel):
@@ -44,18 +66,30 @@ def _check_secret_ref(value: str) -> str:
     return value
 
 
-Port = Annotated[int, Field(ge=1, le=65535)]
+def _number_as_text(value: Any) -> Any:
+    """YAML reads `machineType: 12` as a number; the user meant the text `12`. Integers only: a float
+    as YAML read it may differ from what was written (`1.10` is 1.1)."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+# Integers are integers: `replicas: true` or `replicas: "2"` is an error, not 1 or 2.
+Int = Annotated[int, Field(strict=True)]
+Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
+# A number read as text where the field is free text (machine types, versions, env values).
+Text = Annotated[str, BeforeValidator(_number_as_text)]
+# Finite: `.inf` and `.nan` are YAML floats, and no quantity or target of the spec can be one.
+Quantity = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
 
 
 class Header(SpecModel):
     name: str = Field(min_length=1)
-    value: str
+    value: Text
 
 
 class EnvVar(SpecModel):
     # seeds/000 itself uses `some-env`, so names are not restricted to POSIX shell identifiers.
     name: str = Field(min_length=1, max_length=256, pattern=r"^[^=\x00]+$")
-    value: str = ""
+    value: Text = ""
 
     @field_validator("value")
     @classmethod
@@ -68,10 +102,10 @@ class Probe(SpecModel):
 
     path: str = Field(pattern=r"^/", description="HTTP path probed; must start with '/'.")
     port: Port | None = Field(default=None, description="Defaults to the spec's first port.")
-    initialDelaySeconds: int = Field(default=0, ge=0)
-    periodSeconds: int = Field(default=10, ge=1)
-    timeoutSeconds: int = Field(default=1, ge=1)
-    failureThreshold: int = Field(default=3, ge=1)
+    initialDelaySeconds: Int = Field(default=0, ge=0)
+    periodSeconds: Int = Field(default=10, ge=1)
+    timeoutSeconds: Int = Field(default=1, ge=1)
+    failureThreshold: Int = Field(default=3, ge=1)
     headers: list[Header] = Field(default_factory=list)
 
 
@@ -84,7 +118,7 @@ class HealthChecks(SpecModel):
 class AutoscalingMetric(SpecModel):
     metric: Literal["cpu", "memory", "requestDuration"]
     summary: Literal["average"] = "average"
-    value: float = Field(gt=0)
+    value: Quantity
 
     @model_validator(mode="after")
     def _percent_bounds(self) -> AutoscalingMetric:
@@ -95,8 +129,8 @@ class AutoscalingMetric(SpecModel):
 
 class Autoscaling(SpecModel):
     enabled: bool = False
-    minReplicas: int | None = Field(default=None, ge=0, description="Defaults to resources.replicas.")
-    maxReplicas: int = Field(ge=1)
+    minReplicas: Int | None = Field(default=None, ge=0, description="Defaults to resources.replicas.")
+    maxReplicas: Int = Field(ge=1)
     metrics: list[AutoscalingMetric] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -113,13 +147,13 @@ class Autoscaling(SpecModel):
 
 class Resources(SpecModel):
     ports: list[Port] = Field(min_length=1, description="The first port receives traffic.")
-    replicas: int = Field(default=1, ge=0, le=1000)
-    machineType: str | None = None
+    replicas: Int = Field(default=1, ge=0, le=1000)
+    machineType: Text | None = None
     autoscaling: Autoscaling | None = None
     # Console fields (seeds/002), per replica.
-    cpu: float | None = Field(default=None, gt=0, description="CPU cores per replica.")
-    memory: float | None = Field(default=None, gt=0, description="Memory per replica, GB.")
-    gpuCount: int = Field(default=0, ge=0)
+    cpu: Quantity | None = Field(default=None, description="CPU cores per replica.")
+    memory: Quantity | None = Field(default=None, description="Memory per replica, GB.")
+    gpuCount: Int = Field(default=0, ge=0)
     gpuType: Literal["T4", "V100", "A100"] | None = None
 
     @model_validator(mode="after")
@@ -128,7 +162,17 @@ class Resources(SpecModel):
             raise ValueError("gpuType needs gpuCount greater than 0")
         if self.autoscaling and self.autoscaling.enabled and self.replicas > self.autoscaling.maxReplicas:
             raise ValueError("replicas must not exceed autoscaling.maxReplicas")
+        minimum = self.autoscaling.minReplicas if self.autoscaling and self.autoscaling.enabled else None
+        if minimum is not None and self.replicas < minimum:
+            raise ValueError("replicas must not be below autoscaling.minReplicas")
         return self
+
+    def replica_bounds(self) -> tuple[int, int] | None:
+        """(minimum, maximum) replicas while autoscaling is enabled; the minimum defaults to `replicas`."""
+        scaling = self.autoscaling
+        if scaling is None or not scaling.enabled:
+            return None
+        return (self.replicas if scaling.minReplicas is None else scaling.minReplicas), scaling.maxReplicas
 
     @property
     def port(self) -> int:
@@ -140,7 +184,7 @@ class GitLfsIntegration(SpecModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
     path: str = Field(pattern=r"^/")
     url: str = Field(pattern=r"^(https?|ssh|git|file)://")
-    ref: str | None = Field(default=None, description="Branch, tag or commit; the default branch when unset.")
+    ref: Text | None = Field(default=None, description="Branch, tag or commit; the default branch when unset.")
 
 
 class S3Integration(SpecModel):
@@ -177,12 +221,12 @@ class LoadBalancer(SpecModel):
     algorithm: Literal["round-robin", "least-connections", "ip-hash"] = "round-robin"
     stickySessions: bool = False
     healthCheckPath: str | None = Field(default=None, pattern=r"^/")
-    healthCheckIntervalSeconds: int | None = Field(default=None, ge=1)
+    healthCheckIntervalSeconds: Int | None = Field(default=None, ge=1)
 
 
 class UpdateStrategy(SpecModel):
     type: Literal["rolling", "blue-green", "canary"] = "rolling"
-    canaryPercent: int | None = Field(default=None, ge=1, le=99)
+    canaryPercent: Int | None = Field(default=None, ge=1, le=99)
 
     @model_validator(mode="after")
     def _canary(self) -> UpdateStrategy:
@@ -192,8 +236,8 @@ class UpdateStrategy(SpecModel):
 
 
 class Model(SpecModel):
-    id: str = Field(min_length=1)
-    version: str = Field(min_length=1)
+    id: Text = Field(min_length=1)
+    version: Text = Field(min_length=1)
 
 
 class DeploymentSpec(SpecModel):
@@ -222,23 +266,29 @@ class DeploymentSpec(SpecModel):
             raise ValueError("must be a secret reference 'secret:<name>', never the key itself")
         return None if value is None else _check_secret_ref(value)
 
+    @field_validator("name")
+    @classmethod
+    def _visible_name(cls, name: str) -> str:
+        # A name that looks like another one (bidi overrides reorder it, zero-width characters hide)
+        # would pass for it in every listing.
+        if any(unicodedata.category(char) in ("Cc", "Cf") for char in name):
+            raise ValueError("must not contain control, bidi-override or zero-width characters")
+        return name
+
     @field_validator("integrations")
     @classmethod
     def _unique_integrations(cls, items: list[Integration]) -> list[Integration]:
-        for attr in ("name", "path"):
-            seen = [getattr(i, attr) for i in items]
-            dupes = sorted({v for v in seen if seen.count(v) > 1})
-            if dupes:
-                raise ValueError(f"integration {attr}s must be unique; repeated: {', '.join(dupes)}")
+        repeats = [*_repeats("integrations", items, "name"), *_repeats("integrations", items, "path")]
+        if repeats:
+            raise ValidationError.from_exception_data("integrations", repeats)
         return items
 
     @field_validator("env")
     @classmethod
     def _unique_env(cls, items: list[EnvVar]) -> list[EnvVar]:
-        names = [e.name for e in items]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"env names must be unique; repeated: {', '.join(dupes)}")
+        repeats = _repeats("env", items, "name")
+        if repeats:
+            raise ValidationError.from_exception_data("env", repeats)
         return items
 
     @property
@@ -277,11 +327,28 @@ class DeploymentSpec(SpecModel):
         return None
 
 
+def _repeats(field: str, items: Sequence[BaseModel], attr: str) -> list[InitErrorDetails]:
+    """An error at every item whose `attr` an earlier item has already, naming that item (one pass)."""
+    first: dict[Any, int] = {}
+    found: list[InitErrorDetails] = []
+    for index, item in enumerate(items):
+        value = getattr(item, attr)
+        if value in first:
+            rule = PydanticCustomError("unique", f"must be unique: {field}[{first[value]}].{attr} is the same")
+            found.append(InitErrorDetails(type=rule, loc=(index, attr), input=value))
+        else:
+            first[value] = index
+    return found
+
+
 def slugify(name: str) -> str:
-    """A DNS-1123 label derived from a free-text name: `my cool deployment` -> `my-cool-deployment`."""
-    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
-    return slug[:63].rstrip("-") or "deployment"
+    """A DNS-1123 label derived from a free-text name: `my cool deployment` -> `my-cool-deployment`.
+
+    Names in any script are transliterated (`Модель` -> `model`, `模型` -> `mo-xing`); a name with
+    nothing to transliterate (emoji only) gets a label made from its hash, so distinct names still
+    get distinct slugs."""
+    slug = python_slugify.slugify(name, max_length=63)
+    return slug or "d-" + hashlib.blake2b(name.encode(), digest_size=6).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -318,6 +385,8 @@ def _rule(error: Mapping[str, Any]) -> str:
         return "unknown field (not part of the spec; check its spelling)"
     if error["type"] == "missing":
         return "field required"
+    if error["type"] == "union_tag_invalid":  # pydantic's message repeats the value given
+        return f"must be one of {error.get('ctx', {}).get('expected_tags', '')}"
     message = str(error["msg"])
     return message.removeprefix("Value error, ")
 
@@ -326,19 +395,129 @@ def errors_from(exc: ValidationError) -> list[SpecError]:
     return spec_errors(exc.errors())
 
 
+MAX_ERRORS = 100  # reported of one spec; 30,000 repeated env names need not make a 2 MB answer
+
+
 def spec_errors(errors: Sequence[Mapping[str, Any]]) -> list[SpecError]:
     """SpecErrors from pydantic error dicts (also FastAPI's request validation errors)."""
-    return [SpecError(_field_path(tuple(e["loc"])), _rule(e)) for e in errors]
+    found = [SpecError(_field_path(tuple(e["loc"])), _rule(e)) for e in errors[:MAX_ERRORS]]
+    if len(errors) > MAX_ERRORS:
+        found.append(SpecError("(spec)", f"{len(errors) - MAX_ERRORS} more errors not shown"))
+    return found
 
 
-def parse_document(text: str) -> Any:
-    """Parse YAML (JSON is YAML too); a syntax error becomes a SpecInvalid naming the line."""
+def _document_error(rule: str) -> SpecInvalid:
+    return SpecInvalid([SpecError("(spec)", rule)])
+
+
+TOO_LARGE = f"larger than the limit of a spec, {MAX_SPEC_BYTES} bytes as JSON"
+TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels of mappings and lists"
+TOO_MANY_DIGITS = f"an integer has more than {MAX_INTEGER_DIGITS} digits"
+
+
+class _Loader(yaml.CSafeLoader):
+    """The safe loader (libyaml), with integers bounded before Python converts them: a 5,000-digit
+    integer would otherwise fail in int() with an error that is not a YAML error."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        if sum(char.isalnum() for char in str(node.value)) > MAX_INTEGER_DIGITS + 2:  # + a 0x/0o prefix
+            raise yaml.constructor.ConstructorError(None, None, TOO_MANY_DIGITS, node.start_mark)
+        return int(yaml.constructor.SafeConstructor.construct_yaml_int(self, node))
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML (JSON is YAML too); a syntax error becomes a SpecInvalid naming the line.
+
+    Nesting is measured on the parser's events first (libyaml, no recursion), so a deeply nested
+    document is refused before the composer, which recurses, ever sees it."""
     try:
-        return yaml.safe_load(text)
+        depth = 0
+        for event in yaml.parse(text, Loader=_Loader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise _document_error(f"{TOO_DEEP} at line {event.start_mark.line + 1}")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+        document = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is the safe loader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "document"
-        raise SpecInvalid([SpecError("(spec)", f"not valid YAML or JSON at {where}")]) from exc
+        problem = getattr(exc, "problem", None)
+        why = problem if problem == TOO_MANY_DIGITS else "not valid YAML or JSON"
+        raise _document_error(f"{why} at {where}") from exc
+    check_shape(document)
+    return document
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise ValueError(TOO_MANY_DIGITS)
+    return int(text)
+
+
+def parse_json(text: str) -> Any:
+    """Parse JSON; errors name the line and column (never the text found there)."""
+    try:
+        document = json.loads(text, parse_int=_json_int)
+    except json.JSONDecodeError as exc:
+        raise _document_error(f"not valid JSON at line {exc.lineno}, column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise _document_error(TOO_DEEP) from exc
+    except ValueError as exc:
+        raise _document_error(TOO_MANY_DIGITS) from exc
+    check_shape(document)
+    return document
+
+
+parse_document = parse_yaml
+
+
+def _scalar_size(value: Any) -> int:
+    return len(json.dumps(value)) if isinstance(value, str) else len(str(value))
+
+
+def check_shape(document: Any) -> None:
+    """Refuse a document too deep or too large before it is validated.
+
+    YAML aliases let a small text stand for a huge document (each `*alias` repeats a whole subtree),
+    so sizes are those of the document expanded, computed once per distinct node: linear in the text.
+    """
+    measured: dict[int, tuple[int, int]] = {}  # id(container) -> (JSON bytes, depth)
+    open_nodes: set[int] = set()
+    stack: list[Any] = [document]
+    while stack:
+        node = stack[-1]
+        if not isinstance(node, dict | list) or id(node) in measured:
+            stack.pop()
+            continue
+        children: Iterable[Any] = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        unmeasured = [c for c in children if isinstance(c, dict | list) and id(c) not in measured]
+        if id(node) not in open_nodes:
+            open_nodes.add(id(node))
+            if any(id(c) in open_nodes for c in unmeasured):
+                raise _document_error("a YAML alias refers to a node that contains it")
+            stack.extend(unmeasured)
+            continue
+        stack.pop()
+        open_nodes.discard(id(node))
+        size, depth = 2, 1
+        for child in children:
+            if isinstance(child, dict | list):
+                child_size, child_depth = measured[id(child)]
+                size, depth = size + child_size + 2, max(depth, child_depth + 1)
+            else:
+                size += _scalar_size(child) + 2
+        if size > MAX_SPEC_BYTES:
+            raise _document_error(TOO_LARGE)
+        if depth > MAX_DEPTH:
+            raise _document_error(TOO_DEEP)
+        measured[id(node)] = (size, depth)
+    if not isinstance(document, dict | list) and _scalar_size(document) > MAX_SPEC_BYTES:
+        raise _document_error(TOO_LARGE)
 
 
 def validate_spec(document: Any) -> DeploymentSpec:
@@ -346,9 +525,29 @@ def validate_spec(document: Any) -> DeploymentSpec:
     if not isinstance(document, dict):
         raise SpecInvalid([SpecError("(spec)", "a spec is a mapping of fields (YAML or JSON object)")])
     try:
-        return DeploymentSpec.model_validate(document)
+        spec = DeploymentSpec.model_validate(document)
     except ValidationError as exc:
         raise SpecInvalid(errors_from(exc)) from exc
+    # Validation may have turned numbers into text, hence a second look at the spec as it is kept.
+    if len(json.dumps(spec.model_dump(mode="json", exclude_unset=True))) > MAX_SPEC_BYTES:
+        raise SpecInvalid([SpecError("(spec)", TOO_LARGE)])
+    return spec
+
+
+def scale_errors(spec: DeploymentSpec, replicas: int) -> list[SpecError]:
+    """Why `replicas` cannot be set by a manual scale: outside the autoscaling bounds while
+    autoscaling is enabled (the autoscaler would undo it at once)."""
+    bounds = spec.resources.replica_bounds()
+    if bounds is None or bounds[0] <= replicas <= bounds[1]:
+        return []
+    low, high = bounds
+    return [
+        SpecError(
+            "replicas",
+            f"autoscaling is enabled: between {low} (minReplicas) and {high} (maxReplicas); "
+            "to run none, stop the deployment",
+        )
+    ]
 
 
 def load_spec(text: str) -> DeploymentSpec:

@@ -72,6 +72,13 @@ class DeploymentRow(SQLModel, table=True):
     spec_version: int
     created_at: datetime = _created_at()
     updated_at: datetime = _created_at()
+    # The user's last `scale` (not a spec version): how many replicas, and the spec version and its
+    # `resources.replicas` it was made against. It holds while the current spec keeps that count;
+    # NULL when the user never scaled, or a spec with another count superseded the decision.
+    scale_replicas: int | None = None
+    scale_spec_version: int | None = None
+    scale_spec_replicas: int | None = None
+    scaled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class SpecVersionRow(SQLModel, table=True):
@@ -112,3 +119,19 @@ class OutboxRow(SQLModel, table=True):
     headers: dict[str, str] | None = Field(default=None, sa_type=sa.JSON, nullable=True)
     created_at: datetime = _created_at()
     published_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    # Set when the event cannot be published at all (too large for the bus, not an event any more):
+    # the relay passes over it so the events after it flow, and health reports it (0003).
+    set_aside_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    set_aside_reason: str | None = Field(default=None, max_length=500)
+
+
+class SecretNameRow(SQLModel, table=True):
+    """The name of a project secret; its value is in the JetStream KV bucket, never here. The
+    registry looks names up here (an indexed read) instead of listing the bucket's keys, which costs
+    a JetStream consumer per lookup (0004)."""
+
+    __tablename__ = "secret_names"
+
+    project: str = Field(primary_key=True, foreign_key="projects.name", max_length=63)
+    name: str = Field(primary_key=True, max_length=128)
+    created_at: datetime = _created_at()

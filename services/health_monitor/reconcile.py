@@ -1,12 +1,11 @@
 """Rebuild the monitor's slice from the bus on start, and re-compare it periodically.
 
-The durable subscriber delivers every lifecycle event; the periodic resync is the level-triggered
-safety net that catches anything it could not (e.g. a stream purged while the monitor was down).
+The durable subscriber delivers every lifecycle event; the periodic resync (run by the service kit)
+is the level-triggered safety net that catches anything it could not (e.g. a stream purged while the
+monitor was down).
 """
 
 from __future__ import annotations
-
-import asyncio
 
 from nats.js import JetStreamContext
 
@@ -28,11 +27,7 @@ async def rebuild_from_bus(js: JetStreamContext, monitor: HealthMonitor) -> None
     log.info("rebuilt from the bus", replicas=len(lifecycle))
 
 
-async def resync_forever(js: JetStreamContext, monitor: HealthMonitor, interval_seconds: float) -> None:
-    while True:
-        await asyncio.sleep(interval_seconds)
-        try:
-            for event in await latest_per_subject(js, REPLICA_EVENTS):
-                await monitor.apply(event)
-        except Exception:
-            log.exception("resync failed; retried at the next interval")
+async def resync(js: JetStreamContext, monitor: HealthMonitor) -> None:
+    """Apply the newest lifecycle event of every replica again (idempotent)."""
+    for event in await latest_per_subject(js, REPLICA_EVENTS):
+        await monitor.apply(event)

@@ -92,8 +92,4 @@ def register_handlers(service: Service, reconciler: Reconciler, runtime: Runtime
 
     @service.broker.subscriber(LOGS_RPC, queue=LOGS_QUEUE_GROUP)
     async def on_logs_requested(body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            request = logs.LogsRequest.model_validate(body)
-        except ValidationError as exc:
-            return logs.error_reply(f"bad logs request: {exc.errors()[0]['msg']}")
-        return (await logs.answer(runtime, request)).model_dump()
+        return await logs.reply(runtime, body)

@@ -12,14 +12,17 @@ looked for in the window (a log repeating that very line may then show fewer new
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from libs.logcursor import Cursor, decode_cursor, encode_cursor
+from libs.logging import get_logger
 from libs.runtime.base import ReplicaNotFound, Runtime
+
+__all__ = ["Cursor", "decode_cursor", "encode_cursor"]
+log = get_logger("scheduler")
 
 LOOKBACK = 2000
 MAX_TAIL = 10_000
@@ -42,23 +45,6 @@ class LogsReply(BaseModel):
     lines: list[LogLine] = Field(default_factory=list)
     next: str
     error: str | None = None
-
-
-Cursor = dict[str, tuple[int, str]]  # replica id -> (lines seen, hash of the last one)
-
-
-def encode_cursor(cursor: Cursor) -> str:
-    return base64.urlsafe_b64encode(json.dumps(cursor, separators=(",", ":")).encode()).decode()
-
-
-def decode_cursor(text: Any) -> Cursor:
-    if not text or not isinstance(text, str):
-        return {}
-    try:
-        data = json.loads(base64.urlsafe_b64decode(text.encode()))
-        return {str(k): (int(v[0]), str(v[1])) for k, v in data.items()}
-    except (ValueError, TypeError, IndexError, AttributeError):
-        return {}  # a cursor we cannot read: start again from the tail
 
 
 def line_hash(line: str) -> str:
@@ -106,3 +92,17 @@ async def answer(runtime: Runtime, request: LogsRequest) -> LogsReply:
 
 def error_reply(message: str) -> dict[str, Any]:
     return LogsReply(next="", error=message).model_dump()
+
+
+async def reply(runtime: Runtime, body: Any) -> dict[str, Any]:
+    """The reply to one request: lines, or an error saying why not. Never raises: a request the
+    handler threw on would get no reply, and the registry would wait out its timeout."""
+    try:
+        request = LogsRequest.model_validate(body)
+    except ValidationError as exc:
+        return error_reply(f"bad logs request: {exc.errors()[0]['msg']}")
+    try:
+        return (await answer(runtime, request)).model_dump()
+    except Exception:
+        log.exception("logs request failed", deployment_id=request.deployment_id)
+        return error_reply("the scheduler failed to read the logs; see its log")

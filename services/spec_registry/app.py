@@ -1,5 +1,6 @@
 """Wiring of the spec-registry: the FastAPI app (built without I/O by `create_app`), its lifespan
-(migrations, admin bootstrap, bus, outbox relay, status consumer) and the service's `main`."""
+(migrations, admin bootstrap, the bus through the service kit, outbox relay, status consumer) and the
+service's `main`."""
 
 from __future__ import annotations
 
@@ -15,22 +16,25 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-from libs.bus import ensure_streams, make_broker
+from libs.bus import DURABLE_REGISTRY_STATUS, STATUS, STATUS_EVENTS
 from libs.config import Settings
+from libs.events import DeploymentStatusChanged
+from libs.kit import Service
 from libs.logging import get_logger
 from libs.secrets import SecretStore
 from libs.store import create_engine, migrate
 from services.spec_registry.auth import TokenCache, bootstrap_admin
 from services.spec_registry.metrics import REQUESTS
 from services.spec_registry.outbox import OutboxRelay
+from services.spec_registry.limits import EVENT_ENVELOPE_BYTES, MAX_SPEC_BYTES, BodyLimit
 from services.spec_registry.problems import (
     install_problem_handlers,
     problems_in_openapi,
+    unexpected_error_response,
 )
 from services.spec_registry.registry import Registry
 from services.spec_registry.repository import Repository
 from services.spec_registry.routes import admin, deployments, ops
-from services.spec_registry.status import subscribe_status
 
 log = get_logger("spec_registry")
 
@@ -45,7 +49,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     install_problem_handlers(app)
-    app.middleware("http")(_observe)
+    app.add_middleware(BodyLimit)
+    app.middleware("http")(_observe)  # added last, so outermost: it also sees what BodyLimit refuses
     for module in (ops, deployments, admin):
         app.include_router(module.router)
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
@@ -66,25 +71,40 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     await asyncio.to_thread(migrate, settings.sqlalchemy_url)
     engine = create_engine(settings.sqlalchemy_url)
-    broker = make_broker(settings.resolved_nats_url, "spec-registry")
+    service = Service("spec-registry", settings)
     async with contextlib.AsyncExitStack() as cleanup:
         cleanup.callback(engine.dispose)
         repo = Repository(engine)
         await asyncio.to_thread(bootstrap_admin, settings, repo)
 
-        connection = await broker.connect()
-        cleanup.push_async_callback(broker.stop)
-        js = connection.jetstream()
-        await ensure_streams(js)
-        relay = OutboxRelay(repo, broker)
-        subscribe_status(broker, repo)
-        await broker.start()
+        cleanup.push_async_callback(service.stop)
+        js = await service.connect()
+        connection = await service.broker.connect()  # the same connection: for the logs request/reply
+        _check_max_payload(connection.max_payload)
+        relay = OutboxRelay(repo, service.broker)
 
-        app.state.registry = Registry(repo, await SecretStore.open(js), relay, connection)
+        async def on_status(event: DeploymentStatusChanged) -> None:
+            await asyncio.to_thread(repo.save_status, event)
+
+        # Pull: several registry instances share the read model's writes.
+        service.subscribe(
+            STATUS_EVENTS,
+            stream=STATUS,
+            durable=DURABLE_REGISTRY_STATUS,
+            events=(DeploymentStatusChanged,),
+            handler=on_status,
+            pull=True,
+        )
+        await service.start()
+
+        secrets = await SecretStore.open(js)
+        if indexed := await asyncio.to_thread(repo.backfill_secret_names, await secrets.stored_names()):
+            log.info("secret names indexed", secrets=indexed)
+        app.state.registry = Registry(repo, secrets, relay, connection)
         app.state.tokens = TokenCache(repo)
         app.state.bus = connection
         relay.start()
-        cleanup.push_async_callback(relay.stop)
+        service.on_stop(relay.stop)  # runs before the bus closes: the pass under way can finish
         log.info("registry ready", api=settings.resolved_api_url)
         yield
 
@@ -92,7 +112,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     """Count and log every request by its route template (headers, bodies and tokens are not logged)."""
     started = time.perf_counter()
-    response = await call_next(request)
+    try:
+        response = await call_next(request)
+    except Exception:
+        response = unexpected_error_response(request)
     route = request.scope.get("route")
     template = getattr(route, "path", "unmatched")
     REQUESTS.labels(request.method, template, str(response.status_code)).inc()
@@ -104,6 +127,17 @@ async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Re
         duration_ms=round((time.perf_counter() - started) * 1000, 1),
     )
     return response
+
+
+def _check_max_payload(max_payload: int) -> None:
+    """Every spec the API accepts must fit in one message of the bus; say so at once if it cannot
+    (a nats-server configured with a max_payload below berth's spec limit)."""
+    if max_payload < MAX_SPEC_BYTES + EVENT_ENVELOPE_BYTES:
+        log.error(
+            "the bus carries smaller messages than berth accepts specs: the relay will set such specs aside",
+            max_payload=max_payload,
+            needed=MAX_SPEC_BYTES + EVENT_ENVELOPE_BYTES,
+        )
 
 
 def _version() -> str:

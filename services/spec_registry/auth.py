@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import secrets
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from libs.config import Settings
+from libs.files import write_private
 from libs.logging import get_logger
 from services.spec_registry.problems import Forbidden, Unauthorized
 from services.spec_registry.repository import Principal, Repository
@@ -46,14 +45,6 @@ def bootstrap_admin(settings: Settings, repo: Repository) -> None:
         write_private(settings.token_file, token)
         log.info("admin token created", path=str(settings.token_file))
     repo.bootstrap(hash_token(token))
-
-
-def write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # also when the file existed with a wider mode
-    with os.fdopen(fd, "w") as file:
-        file.write(text + "\n")
 
 
 class TokenCache:

@@ -10,3 +10,9 @@ REQUESTS = Counter(
 SPEC_VERSIONS_ACCEPTED = Counter("berth_registry_spec_versions_accepted", "Spec versions committed.")
 OUTBOX_LAG = Gauge("berth_registry_outbox_lag", "Outbox events committed but not yet published.")
 EVENTS_PUBLISHED = Counter("berth_registry_events_published", "Outbox events published to JetStream.")
+OUTBOX_SET_ASIDE = Gauge(
+    "berth_registry_outbox_set_aside", "Outbox events set aside: they cannot be published (see docs/operations.md)."
+)
+EVENTS_SET_ASIDE = Counter(
+    "berth_registry_events_set_aside", "Outbox events set aside since the start, by kind of reason.", ["kind"]
+)

@@ -10,6 +10,12 @@ within the stream's duplicate window.
 
 Published rows are kept for a day (to see what was sent, and when), then deleted: the specs themselves
 are in the spec versions, and the events in the streams.
+
+One row must not stop the others: a row that cannot be published at all (larger than the bus carries,
+refused by JetStream, no longer decodable), or that fails again and again while the bus is fine, is
+*set aside*, with its reason, and the rows after it flow. Set-aside rows are counted in the metrics and
+in /healthz, and kept until an operator deals with them (docs/operations.md). Failures that come from
+the bus being away are never held against a row: every row would fail alike, and retrying is right.
 """
 
 from __future__ import annotations
@@ -19,21 +25,45 @@ import contextlib
 import time
 from datetime import timedelta
 
+import nats.errors
+import nats.js.errors
 from faststream.nats import NatsBroker
 
 from libs.bus import publish
-from libs.events import decode_event
+from libs.events import Event, decode_event
 from libs.logging import get_logger
-from libs.store import utcnow
+from libs.store import OutboxRow, utcnow
 from libs.telemetry import continued_trace
 from services.spec_registry.faults import crash_point
-from services.spec_registry.metrics import EVENTS_PUBLISHED, OUTBOX_LAG
+from services.spec_registry.metrics import EVENTS_PUBLISHED, EVENTS_SET_ASIDE, OUTBOX_LAG, OUTBOX_SET_ASIDE
 from services.spec_registry.repository import Repository
 
 log = get_logger("spec_registry")
 
 PUBLISHED_RETENTION = timedelta(days=1)  # far beyond the duplicate window: a pruned event is never resent
 PRUNE_EVERY_SECONDS = 600.0
+# Failures of one row in a row, with the bus up, before it is set aside: about a minute of polls.
+MAX_ATTEMPTS = 60
+# The bus is away or busy: every row would fail alike, so these never count against a row.
+BUS_TROUBLE = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    TimeoutError,
+)
+
+
+class Unpublishable(Exception):
+    """This row can never be published; the message is the reason kept with it."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 class OutboxRelay:
@@ -46,6 +76,7 @@ class OutboxRelay:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._next_prune = 0.0
+        self._failing: tuple[int | None, int] = (None, 0)  # (row id, failures in a row)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
@@ -63,6 +94,8 @@ class OutboxRelay:
         self._wake.set()
 
     async def _run(self) -> None:
+        with contextlib.suppress(Exception):  # the database may be away; the gauge waits for the next one
+            OUTBOX_SET_ASIDE.set(await asyncio.to_thread(self._repo.set_aside_count))
         while not self._stopping:
             self._wake.clear()  # before reading, so a commit during the pass triggers another one
             try:
@@ -77,19 +110,65 @@ class OutboxRelay:
                     await self._wake.wait()
 
     async def relay_batch(self) -> int:
-        """Publish up to `batch` pending events in order, each acknowledged by the stream; then mark them."""
+        """Publish up to `batch` pending events in order, each acknowledged by the stream; mark those
+        published (also when a later one fails), set aside those that cannot be. How many were read."""
         rows = await asyncio.to_thread(self._repo.pending_events, self._batch)
         full = len(rows) == self._batch
         OUTBOX_LAG.set(await asyncio.to_thread(self._repo.outbox_lag) if full else len(rows))
-        for row in rows:
-            with continued_trace(row.headers):
-                await publish(self._broker, decode_event(row.payload))
-            crash_point("crash_after_publish")
-        if rows:
-            await asyncio.to_thread(self._repo.mark_published, [row.id for row in rows if row.id is not None])
-            EVENTS_PUBLISHED.inc(len(rows))
-            OUTBOX_LAG.dec(len(rows))
+        published: list[int] = []
+        try:
+            for row in rows:
+                assert row.id is not None, "a stored row has its id"
+                try:
+                    await self._publish(row)
+                except Unpublishable as exc:
+                    await self._set_aside(row, exc)
+                    continue
+                crash_point("crash_after_publish")
+                published.append(row.id)
+        finally:
+            if published:
+                await asyncio.to_thread(self._repo.mark_published, published)
+                EVENTS_PUBLISHED.inc(len(published))
+                OUTBOX_LAG.dec(len(published))
         return len(rows)
+
+    async def _publish(self, row: OutboxRow) -> None:
+        """Publish one row; Unpublishable when it never can be, the error itself when it may pass."""
+        try:
+            event: Event = decode_event(row.payload)
+        except Exception as exc:  # a row written by another version of berth, or edited by hand
+            raise Unpublishable("undecodable", "not an event this version of berth can read") from exc
+        try:
+            with continued_trace(row.headers):
+                await publish(self._broker, event)
+        except nats.errors.MaxPayloadError as exc:
+            raise Unpublishable("too-large", "larger than the bus carries (nats-server max_payload)") from exc
+        except nats.js.errors.BadRequestError as exc:
+            raise Unpublishable("refused", f"refused by JetStream: {exc.description or 'bad request'}") from exc
+        except BUS_TROUBLE:
+            raise
+        except Exception as exc:
+            failing_id, count = self._failing
+            count = count + 1 if failing_id == row.id else 1
+            self._failing = (row.id, count)
+            if count >= MAX_ATTEMPTS:
+                raise Unpublishable("failing", f"failed {count} times in a row ({type(exc).__name__})") from exc
+            raise
+        self._failing = (None, 0)
+
+    async def _set_aside(self, row: OutboxRow, problem: Unpublishable) -> None:
+        assert row.id is not None
+        await asyncio.to_thread(self._repo.set_aside, row.id, str(problem))
+        EVENTS_SET_ASIDE.labels(problem.kind).inc()
+        OUTBOX_SET_ASIDE.inc()
+        OUTBOX_LAG.dec()
+        log.error(
+            "outbox event set aside: the events after it go on",
+            event_id=row.msg_id,
+            subject=row.subject,
+            reason=str(problem),
+        )
 
     async def prune(self) -> int:
         """Delete the events published more than PUBLISHED_RETENTION ago; how many."""

@@ -1,5 +1,7 @@
 """Accepting specs: validation, secret references, and the one write path every new version takes
-(PUT, scale, stop, start and rollback all end in `Registry.update`)."""
+(PUT, stop, start and rollback all end in `Registry.update`). A scale is not a spec version: it is the
+user's scale decision (`Registry.scale`). A write that asks for what is already so is answered
+`unchanged` and stores and publishes nothing."""
 
 from __future__ import annotations
 
@@ -34,13 +36,14 @@ class Registry:
         self._nc = nc
 
     async def check(self, project: str, document: Any) -> DeploymentSpec:
-        """The validated spec; SpecInvalid lists every broken rule, then every missing secret."""
-        spec = validate_spec(document)
+        """The validated spec; SpecInvalid lists every broken rule, then every missing secret.
+        Validated in a worker thread, like parsing: the event loop serves others meanwhile."""
+        spec = await asyncio.to_thread(validate_spec, document)
         refs = spec.secret_ref_fields()
         if refs:
-            existing = await self.secrets.names(project)
+            existing = await asyncio.to_thread(self.repo.secret_names, project)
             missing = [
-                SpecError(field, f"secret {name!r} does not exist in project {project!r}")
+                SpecError(field, "names a secret that does not exist in the project")
                 for field, name in refs
                 if name not in existing
             ]
@@ -51,18 +54,25 @@ class Registry:
     async def create(self, project: str, document: Any) -> StoredDeployment:
         spec = await self.check(project, document)
         stored = await asyncio.to_thread(self.repo.create_deployment, project, spec)
-        self._accepted()
+        self._accepted(stored)
         return stored
 
     async def update(self, project: str, ref: str, document: Any, if_match: list[str]) -> StoredDeployment:
         """A new spec version, based on the version whose spec_id is in `if_match`."""
         spec = await self.check(project, document)
         stored = await asyncio.to_thread(self.repo.update_deployment, project, ref, spec, if_match)
-        self._accepted()
+        self._accepted(stored)
+        return stored
+
+    async def scale(self, project: str, ref: str, replicas: int) -> StoredDeployment:
+        """The user's scale decision: kept with the deployment and published, no new spec version."""
+        stored = await asyncio.to_thread(self.repo.scale_deployment, project, ref, replicas)
+        if not stored.unchanged:
+            self._relay.notify()
         return stored
 
     async def change(self, project: str, ref: str, edit: SpecEdit) -> StoredDeployment:
-        """A new version made from the current one by `edit` (scale, stop, start, rollback)."""
+        """A new version made from the current one by `edit` (stop, start, rollback)."""
         current = await asyncio.to_thread(self.repo.get_deployment, project, ref)
         document = edit(copy.deepcopy(current.spec))
         return await self.update(project, current.row.id, document, [current.row.spec_id])
@@ -88,17 +98,11 @@ class Registry:
         except (ValueError, AttributeError, ValidationError) as exc:
             raise BadGateway("the scheduler's answer to the logs request was not understood") from exc
 
-    def _accepted(self) -> None:
+    def _accepted(self, stored: StoredDeployment) -> None:
+        if stored.unchanged:
+            return
         SPEC_VERSIONS_ACCEPTED.inc()
         self._relay.notify()
-
-
-def with_replicas(replicas: int) -> SpecEdit:
-    def edit(spec: dict[str, Any]) -> dict[str, Any]:
-        spec["resources"]["replicas"] = replicas
-        return spec
-
-    return edit
 
 
 def with_enabled(enabled: bool) -> SpecEdit:

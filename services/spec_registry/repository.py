@@ -6,6 +6,7 @@ Every write that changes a deployment commits its outbox event in the same trans
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from sqlmodel import Session, col, select
 
 from libs.events import (
     DeploymentDeleted,
+    DeploymentScaled,
     DeploymentStatusChanged,
     Event,
     SpecApplied,
@@ -30,6 +32,7 @@ from libs.store import (
     DeploymentStatusRow,
     OutboxRow,
     ProjectRow,
+    SecretNameRow,
     SpecVersionRow,
     TokenRow,
     reader,
@@ -38,6 +41,7 @@ from libs.store import (
 from libs.telemetry import trace_headers
 from services.spec_registry.faults import crash_point
 from services.spec_registry.problems import Conflict, Invalid, NotFound, StaleVersion
+from services.spec_registry.scale import holds, wanted
 
 DEFAULT_PROJECT = "default"
 
@@ -55,11 +59,19 @@ class StoredDeployment:
     row: DeploymentRow
     spec: dict[str, Any]  # as submitted
     status: dict[str, Any] | None  # the newest DeploymentStatusChanged, or None before the first
+    unchanged: bool = False  # the write asked for what was already so: nothing stored, nothing published
 
 
 def submitted(spec: DeploymentSpec) -> dict[str, Any]:
     """The spec as the user wrote it (defaults left out), which is what the API shows and stores."""
     return spec.model_dump(mode="json", exclude_unset=True)
+
+
+def canonical(spec: DeploymentSpec | dict[str, Any]) -> dict[str, Any]:
+    """The spec with every default filled in: two specs that mean the same compare equal, however
+    they were written (key order, a default spelled out or left out, YAML or JSON)."""
+    model = spec if isinstance(spec, DeploymentSpec) else DeploymentSpec.model_validate(spec)
+    return model.model_dump(mode="json")
 
 
 class Repository:
@@ -115,17 +127,17 @@ class Repository:
         try:
             with self._write() as session:
                 if session.get(ProjectRow, name) is not None:
-                    raise Conflict(f"project {name!r} exists")
+                    raise Conflict("a project of this name exists")
                 session.add(ProjectRow(name=name))
                 session.flush()
                 session.add(TokenRow(project=name, token_hash=token_hash))
         except IntegrityError as exc:
-            raise Conflict(f"project {name!r} exists") from exc
+            raise Conflict("a project of this name exists") from exc
 
     def add_token(self, project: str, token_hash: str) -> None:
         with self._write() as session:
             if session.get(ProjectRow, project) is None:
-                raise NotFound(f"no project {project!r}")
+                raise NotFound("no project of this name", field="project")
             session.add(TokenRow(project=project, token_hash=token_hash))
 
     # -- deployments ----------------------------------------------------------------------------------
@@ -135,7 +147,7 @@ class Repository:
             with self._write_with_event() as session:
                 taken = self._taken(session, project, spec, exclude_id=None)
                 if taken is not None:
-                    raise Conflict(f"deployment {taken.name!r} (slug {taken.slug!r}) exists in project {project!r}")
+                    raise _name_taken(taken)
                 now = utcnow()
                 row = DeploymentRow(
                     id=new_id(),
@@ -152,7 +164,7 @@ class Repository:
                 session.flush()
                 self._add_version(session, row, spec)
         except IntegrityError as exc:
-            raise Conflict(f"a deployment named {spec.name!r} exists in project {project!r}") from exc
+            raise Conflict("a deployment with this name, or one with the same slug, exists in the project") from exc
         return StoredDeployment(row, submitted(spec), None)
 
     def update_deployment(self, project: str, ref: str, spec: DeploymentSpec, if_match: list[str]) -> StoredDeployment:
@@ -162,24 +174,45 @@ class Repository:
                 row = self._find(session, project, ref, for_update=True)
                 if row.spec_id not in if_match:
                     raise StaleVersion(
-                        f"deployment {row.slug!r} is at spec version {row.spec_version} (spec_id {row.spec_id}); "
+                        f"the deployment is at spec version {row.spec_version} (spec_id {row.spec_id}); "
                         "read it again and apply your change to that version"
                     )
                 if spec.name != row.name:
                     taken = self._taken(session, project, spec, exclude_id=row.id)
                     if taken is not None:
-                        raise Conflict(f"deployment {taken.name!r} (slug {taken.slug!r}) exists in project {project!r}")
+                        raise _name_taken(taken)
                     raise Invalid(
                         "a deployment cannot be renamed", [SpecError("name", "deployment name cannot be edited")]
                     )
+                status = session.get(DeploymentStatusRow, row.id)
+                current = self._version(session, row)
+                if canonical(current.spec) == canonical(spec):
+                    return StoredDeployment(row, current.spec, status.status if status else None, unchanged=True)
                 row.spec_id, row.spec_version = new_id(), row.spec_version + 1
                 row.environment, row.updated_at = spec.environment, utcnow()
+                self._supersede_scale(session, row, spec)
                 session.add(row)
                 self._add_version(session, row, spec)
-                status = session.get(DeploymentStatusRow, row.id)
         except IntegrityError as exc:  # another update based on the same version committed first
-            raise StaleVersion(f"deployment {ref!r} changed meanwhile; read it again") from exc
+            raise StaleVersion("the deployment changed meanwhile; read it again") from exc
         return StoredDeployment(row, submitted(spec), status.status if status else None)
+
+    def scale_deployment(self, project: str, ref: str, replicas: int) -> StoredDeployment:
+        """Record the user's decision to run `replicas` (no new spec version) and publish it as
+        DeploymentScaled; unchanged when that is already the count the user controls."""
+        with self._write_with_event() as session:
+            row = self._find(session, project, ref, for_update=True)
+            version = self._version(session, row)
+            status = session.get(DeploymentStatusRow, row.id)
+            spec = DeploymentSpec.model_validate(version.spec)
+            if replicas == wanted(row, spec):
+                return StoredDeployment(row, version.spec, status.status if status else None, unchanged=True)
+            row.scale_replicas, row.scale_spec_version = replicas, row.spec_version
+            row.scale_spec_replicas, row.scaled_at = spec.resources.replicas, utcnow()
+            row.updated_at = row.scaled_at
+            session.add(row)
+            self._add_scaled(session, row, replicas, spec.resources.replicas, f"scaled by the user to {replicas}")
+        return StoredDeployment(row, version.spec, status.status if status else None)
 
     def delete_deployment(self, project: str, ref: str) -> None:
         with self._write_with_event() as session:
@@ -192,9 +225,8 @@ class Repository:
     def get_deployment(self, project: str, ref: str) -> StoredDeployment:
         with self._read() as session:
             row = self._find(session, project, ref)
-            version = session.get(SpecVersionRow, row.spec_id)
+            version = self._version(session, row)
             status = session.get(DeploymentStatusRow, row.id)
-        assert version is not None, "a deployment always points at one of its versions"
         return StoredDeployment(row, version.spec, status.status if status else None)
 
     def list_deployments(
@@ -239,7 +271,7 @@ class Repository:
             )
             found = session.exec(query).first()
         if found is None:
-            raise NotFound(f"deployment {row.slug!r} has no spec version {version}")
+            raise NotFound("the deployment has no spec version of this number", field="spec_version")
         return found
 
     # -- status read model ------------------------------------------------------------------------------
@@ -264,14 +296,60 @@ class Repository:
             session.add(row)
             return True
 
+    # -- secret names (the values are in JetStream KV) ------------------------------------------------
+
+    def secret_names(self, project: str) -> set[str]:
+        with self._read() as session:
+            query = select(SecretNameRow.name).where(SecretNameRow.project == project)
+            return set(session.exec(query).all())
+
+    def has_secret(self, project: str, name: str) -> bool:
+        with self._read() as session:
+            return session.get(SecretNameRow, (project, name)) is not None
+
+    def add_secret_name(self, project: str, name: str) -> None:
+        with contextlib.suppress(IntegrityError), self._write() as session:  # there already: nothing to do
+            if session.get(SecretNameRow, (project, name)) is None:
+                session.add(SecretNameRow(project=project, name=name))
+
+    def remove_secret_name(self, project: str, name: str) -> None:
+        with self._write() as session:
+            session.execute(
+                sa.delete(SecretNameRow).where(col(SecretNameRow.project) == project, col(SecretNameRow.name) == name)
+            )
+
+    def backfill_secret_names(self, names: set[tuple[str, str]]) -> int:
+        """Index the (project, name)s of secrets stored before the index existed; how many were new.
+        Only adds: the values are written first, so a name in the index and not in the bucket comes
+        only from a delete that failed half-way, which the next delete completes."""
+        with self._write() as session:
+            projects = set(session.exec(select(ProjectRow.name)).all())
+            held = {(row.project, row.name) for row in session.exec(select(SecretNameRow)).all()}
+            new = {(p, n) for p, n in names if p in projects} - held
+            session.add_all(SecretNameRow(project=p, name=n) for p, n in new)
+        return len(new)
+
     # -- outbox -------------------------------------------------------------------------------------------
 
     def pending_events(self, limit: int) -> list[OutboxRow]:
+        """Unpublished events in commit order, less those set aside."""
         with self._read() as session:
-            query = (
-                select(OutboxRow).where(col(OutboxRow.published_at).is_(None)).order_by(col(OutboxRow.id)).limit(limit)
-            )
+            query = select(OutboxRow).where(_pending()).order_by(col(OutboxRow.id)).limit(limit)
             return list(session.exec(query).all())
+
+    def set_aside(self, event_id: int, reason: str) -> None:
+        """The relay cannot publish this event: keep it, with why, and pass over it from now on."""
+        with self._write() as session:
+            session.execute(
+                sa.update(OutboxRow)
+                .where(col(OutboxRow.id) == event_id)
+                .values(set_aside_at=utcnow(), set_aside_reason=reason[:500])
+            )
+
+    def set_aside_count(self) -> int:
+        with self._read() as session:
+            query = select(sa.func.count()).select_from(OutboxRow).where(col(OutboxRow.set_aside_at).is_not(None))
+            return int(session.exec(query).one())
 
     def mark_published(self, ids: list[int]) -> None:
         with self._write() as session:
@@ -287,7 +365,7 @@ class Repository:
 
     def outbox_lag(self) -> int:
         with self._read() as session:
-            query = select(sa.func.count()).select_from(OutboxRow).where(col(OutboxRow.published_at).is_(None))
+            query = select(sa.func.count()).select_from(OutboxRow).where(_pending())
             return int(session.exec(query).one())
 
     # -- helpers --------------------------------------------------------------------------------------------
@@ -301,8 +379,39 @@ class Repository:
             query = query.with_for_update()
         found = session.exec(query).all()
         if not found:
-            raise NotFound(f"no deployment {ref!r} in project {project!r}")
+            raise NotFound("no deployment with this id or slug in the project")
         return next((row for row in found if row.id == ref), found[0])
+
+    @staticmethod
+    def _version(session: Session, row: DeploymentRow) -> SpecVersionRow:
+        version = session.get(SpecVersionRow, row.spec_id)
+        assert version is not None, "a deployment always points at one of its versions"
+        return version
+
+    def _supersede_scale(self, session: Session, row: DeploymentRow, spec: DeploymentSpec) -> None:
+        """A spec that sets another `resources.replicas` than the user's scale was made against ends
+        that decision. The decision is also replaced on the bus by one that follows the new spec, so
+        a later spec returning to the old count does not bring the old decision back."""
+        if row.scale_replicas is None or holds(row, spec):
+            return
+        row.scale_replicas = row.scale_spec_version = row.scale_spec_replicas = row.scaled_at = None
+        replicas = spec.resources.replicas
+        self._add_scaled(session, row, replicas, replicas, f"superseded by spec version {row.spec_version}")
+
+    def _add_scaled(self, session: Session, row: DeploymentRow, replicas: int, spec_replicas: int, reason: str) -> None:
+        self._add_event(
+            session,
+            DeploymentScaled(
+                deployment_id=row.id,
+                project=row.project,
+                slug=row.slug,
+                source="user",
+                replicas=replicas,
+                spec_version=row.spec_version,
+                spec_replicas=spec_replicas,
+                reason=reason,
+            ),
+        )
 
     @staticmethod
     def _taken(session: Session, project: str, spec: DeploymentSpec, exclude_id: str | None) -> DeploymentRow | None:
@@ -350,3 +459,12 @@ class Repository:
                 headers=trace_headers() or None,
             )
         )
+
+
+def _pending() -> sa.ColumnElement[bool]:
+    return sa.and_(col(OutboxRow.published_at).is_(None), col(OutboxRow.set_aside_at).is_(None))
+
+
+def _name_taken(taken: DeploymentRow) -> Conflict:
+    # The id of the deployment in the way, not its name: the name is what the caller sent.
+    return Conflict(f"deployment {taken.id} has this name, or a name with the same slug, in the project")

@@ -17,6 +17,7 @@ from pydantic import (
 
 from libs.events import Phase, ReplicaStatus
 from libs.spec import DeploymentSpec
+from services.spec_registry.limits import MAX_SECRET_CHARS
 
 PROJECT_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
@@ -35,6 +36,11 @@ class Status(BaseModel):
     replicas: list[ReplicaStatus] = Field(default_factory=list)
     not_provided: list[str] = Field(default_factory=list, description="What this runtime could not give.")
     observed_at: datetime | None = None
+    desired_source: Literal["spec", "user", "autoscaler", "stopped"] = Field(
+        default="spec",
+        description="Where desired_replicas comes from: the spec's resources.replicas, the user's scale, "
+        "the autoscaler (as the scheduler last reported it), or 0 because the deployment is stopped.",
+    )
 
 
 class SubmittedSpec(BaseModel):
@@ -46,6 +52,16 @@ class SubmittedSpec(BaseModel):
     @field_serializer("spec", mode="wrap")
     def _as_submitted(self, spec: DeploymentSpec, _: SerializerFunctionWrapHandler):  # type: ignore[no-untyped-def]
         return spec.model_dump(mode="json", exclude_unset=True)
+
+
+class UserScale(BaseModel):
+    """The user's scale decision, shown while it holds: until a spec version sets another
+    resources.replicas than `spec_replicas`."""
+
+    replicas: int
+    spec_version: int = Field(description="The spec version the decision was made against.")
+    spec_replicas: int = Field(description="That version's resources.replicas.")
+    scaled_at: datetime
 
 
 class Deployment(SubmittedSpec):
@@ -60,6 +76,13 @@ class Deployment(SubmittedSpec):
     created_at: datetime
     updated_at: datetime
     status: Status
+    revision_id: str = Field(description="The revision (template) the current spec version runs.")
+    scale: UserScale | None = Field(description="The user's scale decision while it holds; null otherwise.")
+    unchanged: bool = Field(
+        default=False,
+        description="True when a write asked for what was already so (an identical spec, the current "
+        "replica count, the current version): nothing was stored or published.",
+    )
 
 
 NEXT_PAGE = Field(default=None, description="Pass as `after` for the next page; null on the last page.")
@@ -73,6 +96,7 @@ class DeploymentList(BaseModel):
 class SpecVersion(SubmittedSpec):
     spec_id: str
     spec_version: int
+    revision_id: str = Field(description="Versions with the same revision_id run the same template.")
     created_at: datetime
 
 
@@ -86,11 +110,14 @@ class Validation(BaseModel):
 
 
 class ScaleRequest(Request):
-    replicas: int = Field(ge=0, le=1000)
+    # Strict: `{"replicas": false}` or `"3"` is an error, not 0 or 3.
+    replicas: int = Field(ge=0, le=1000, strict=True)
 
 
 class RollbackRequest(Request):
-    spec_version: int = Field(ge=1, description="The version whose spec becomes the new version's spec.")
+    spec_version: int = Field(
+        ge=1, strict=True, description="The version whose spec becomes the new version's spec."
+    )
 
 
 class ProjectCreate(Request):
@@ -107,7 +134,7 @@ class TokenCreated(BaseModel):
 
 
 class SecretPut(Request):
-    value: SecretStr
+    value: SecretStr = Field(max_length=MAX_SECRET_CHARS, description=f"At most {MAX_SECRET_CHARS} characters.")
 
 
 class SecretNames(BaseModel):
@@ -129,3 +156,7 @@ class Health(BaseModel):
     healthy: bool
     database: bool
     bus_connected: bool
+    outbox_pending: int = Field(default=0, description="Events committed and not yet published.")
+    outbox_set_aside: int = Field(
+        default=0, description="Events that could not be published at all; see docs/operations.md."
+    )

@@ -22,11 +22,15 @@ from nats.js import JetStreamContext
 
 from libs.bus import LOGS_RPC, all_events
 from libs.config import Settings
+from libs.logcursor import encode_cursor
 from libs.events import (
     DeploymentDeleted,
+    DeploymentScaled,
     DeploymentStatusChanged,
+    Event,
     ReplicaStatus,
     SpecApplied,
+    decode_event,
 )
 from services.spec_registry.app import create_app
 from tests.conftest import SQL_BACKENDS
@@ -207,18 +211,19 @@ async def test_a_bad_page_request_names_the_parameter(api: httpx.AsyncClient) ->
 
 
 @BOTH_DATABASES
-async def test_scale_stop_start_and_rollback_are_new_versions(api: httpx.AsyncClient) -> None:
-    await create(api, spec())
-    scaled = (await api.post("/v1/deployments/my-cool-deployment/scale", json={"replicas": 5})).json()
+async def test_stop_start_and_rollback_are_new_versions(api: httpx.AsyncClient) -> None:
+    created = await create(api, spec())
+    await put(api, "my-cool-deployment", spec(image="python:3.12"), created["spec_id"])
     stopped = (await api.post("/v1/deployments/my-cool-deployment/stop")).json()
     started = (await api.post("/v1/deployments/my-cool-deployment/start")).json()
     rolled = await api.post("/v1/deployments/my-cool-deployment/rollback", json={"spec_version": 1})
 
     assert rolled.status_code == 200, rolled.text
-    assert (scaled["spec_version"], scaled["spec"]["resources"]["replicas"]) == (2, 5)
-    assert (stopped["spec_version"], stopped["spec"]["enabled"]) == (3, False)
+    assert (stopped["spec_version"], stopped["spec"]["enabled"], stopped["status"]["desired_replicas"]) == (3, False, 0)
+    assert stopped["status"]["desired_source"] == "stopped"
     assert (started["spec_version"], started["spec"]["enabled"]) == (4, True)
     assert rolled.json()["spec_version"] == 5 and rolled.json()["spec"] == spec()
+    assert not any(answer["unchanged"] for answer in (stopped, started, rolled.json()))
     history = (await api.get("/v1/deployments/my-cool-deployment/history")).json()["items"]
     assert len({v["spec_id"] for v in history}) == 5
 
@@ -230,6 +235,82 @@ async def test_scale_stop_start_and_rollback_are_new_versions(api: httpx.AsyncCl
         and {"field": "replica", "rule": "unknown field (not part of the spec; check its spelling)"}
         in typo.json()["errors"]
     )
+
+
+def replicas(count: int, **resources: Any) -> dict[str, Any]:
+    return spec(resources={"ports": [8000], "replicas": count, **resources})
+
+
+@BOTH_DATABASES
+async def test_scale_is_a_decision_not_a_version_and_holds_until_the_spec_sets_another_count(
+    api: httpx.AsyncClient,
+) -> None:
+    created = await create(api, spec())
+    assert created["scale"] is None and created["status"]["desired_source"] == "spec"
+
+    scaled = await api.post("/v1/deployments/my-cool-deployment/scale", json={"replicas": 5})
+    assert scaled.status_code == 200, scaled.text
+    body = scaled.json()
+    assert (body["spec_version"], body["spec_id"], body["spec"]) == (1, created["spec_id"], spec())
+    assert body["scale"]["replicas"] == 5 and (body["scale"]["spec_version"], body["scale"]["spec_replicas"]) == (1, 2)
+    assert (body["status"]["desired_replicas"], body["status"]["desired_source"]) == (5, "user")
+    assert body["unchanged"] is False
+    got = (await api.get("/v1/deployments/my-cool-deployment")).json()
+    status = (await api.get("/v1/deployments/my-cool-deployment/status")).json()
+    assert got["scale"] == body["scale"] and (status["desired_replicas"], status["desired_source"]) == (5, "user")
+    history = (await api.get("/v1/deployments/my-cool-deployment/history")).json()["items"]
+    assert [v["spec_version"] for v in history] == [1], "a scale adds no history entry"
+
+    # A spec version that keeps resources.replicas keeps the decision ...
+    kept = (await put(api, "my-cool-deployment", spec(image="python:3.12"), created["spec_id"])).json()
+    assert (kept["spec_version"], kept["status"]["desired_replicas"], kept["scale"]["replicas"]) == (2, 5, 5)
+    # ... one that sets another count supersedes it.
+    superseded = (await put(api, "my-cool-deployment", replicas(3), kept["spec_id"])).json()
+    assert superseded["scale"] is None
+    assert (superseded["status"]["desired_replicas"], superseded["status"]["desired_source"]) == (3, "spec")
+    # Back to the count the old decision was made against: the spec's count, not the old decision.
+    back = (await put(api, "my-cool-deployment", replicas(2), superseded["spec_id"])).json()
+    assert (back["scale"], back["status"]["desired_replicas"]) == (None, 2)
+
+
+@BOTH_DATABASES
+async def test_writes_that_change_nothing_answer_unchanged(api: httpx.AsyncClient) -> None:
+    created = await create(api, spec())
+    scaled = (await api.post("/v1/deployments/my-cool-deployment/scale", json={"replicas": 4})).json()
+    before = await snapshot(api, "my-cool-deployment")
+    # The same spec written another way: keys reordered, defaults spelled out, sent as YAML.
+    same = {"resources": {"replicas": 2, "ports": [8000]}, "enabled": True, "apiVersion": "v1", **spec()}
+    answers = [
+        await put(api, "my-cool-deployment", same, created["spec_id"]),
+        await api.put(
+            "/v1/deployments/my-cool-deployment",
+            content=yaml.safe_dump(spec()),
+            headers={"Content-Type": "application/yaml", "If-Match": f'"{created["spec_id"]}"'},
+        ),
+        await api.post("/v1/deployments/my-cool-deployment/scale", json={"replicas": 4}),
+        await api.post("/v1/deployments/my-cool-deployment/rollback", json={"spec_version": 1}),
+        await api.post("/v1/deployments/my-cool-deployment/start"),
+    ]
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert (body["unchanged"], body["spec_version"], body["spec_id"]) == (True, 1, created["spec_id"])
+        assert body["spec"] == spec() and body["scale"] == scaled["scale"]
+        assert answer.headers["etag"] == f'"{created["spec_id"]}"'
+    assert await snapshot(api, "my-cool-deployment") == before
+
+
+@BOTH_DATABASES
+async def test_history_shows_which_versions_share_a_revision(api: httpx.AsyncClient) -> None:
+    created = await create(api, spec())
+    spec_id = (await put(api, "my-cool-deployment", replicas(4), created["spec_id"])).json()["spec_id"]
+    spec_id = (await put(api, "my-cool-deployment", replicas(4, machineType="A100-80G"), spec_id)).json()["spec_id"]
+    current = (await put(api, "my-cool-deployment", replicas(1, machineType="A100-80G"), spec_id)).json()
+
+    history = (await api.get("/v1/deployments/my-cool-deployment/history")).json()["items"]
+    v4, v3, v2, v1 = (v["revision_id"] for v in history)
+    assert v1 == v2 and v3 == v4 and v2 != v3  # a replica count is no new revision; a machine type is
+    assert current["revision_id"] == v4 and len(v4) == 16
 
 
 @BOTH_DATABASES
@@ -356,8 +437,8 @@ async def test_secret_refs_are_checked_and_values_never_shown(
     missing = await api.post("/v1/deployments", json=document)
     assert missing.status_code == 422
     assert missing.json()["errors"] == [
-        {"field": "env[1].value", "rule": "secret 'hf_token' does not exist in project 'default'"},
-        {"field": "basicAuthKey", "rule": "secret 'gate' does not exist in project 'default'"},
+        {"field": "env[1].value", "rule": "names a secret that does not exist in the project"},
+        {"field": "basicAuthKey", "rule": "names a secret that does not exist in the project"},
     ]
     assert (await api.get("/v1/deployments")).json()["items"] == []
 
@@ -385,7 +466,7 @@ async def test_every_version_and_deletion_reaches_the_spec_stream_once(
     api: httpx.AsyncClient, js: JetStreamContext
 ) -> None:
     created = await create(api, spec())
-    updated = (await api.post("/v1/deployments/my-cool-deployment/scale", json={"replicas": 3})).json()
+    updated = (await put(api, "my-cool-deployment", replicas(3), created["spec_id"])).json()
     await api.delete("/v1/deployments/my-cool-deployment")
     subject = f"berth.spec.v1.{created['deployment_id']}"
 
@@ -401,6 +482,57 @@ async def test_every_version_and_deletion_reaches_the_spec_stream_once(
     assert (first.event_id, first.spec_version) == (created["spec_id"], 1)
     assert (second.spec_id, second.spec.resources.replicas) == (updated["spec_id"], 3)
     assert first.slug == "my-cool-deployment" and first.project == "default"
+
+
+async def test_a_scale_is_published_once_and_writes_that_change_nothing_publish_nothing(
+    api: httpx.AsyncClient, nc: Client
+) -> None:
+    published: list[Event] = []
+
+    async def record(msg: Msg) -> None:
+        published.append(decode_event(msg.data))
+
+    # Everything the relay publishes, as it is published (a stream keeps only the newest scale).
+    subscriptions = [await nc.subscribe(subject, cb=record) for subject in ("berth.spec.v1.>", "berth.scale.v1.>")]
+    created = await create(api, spec())
+    assert (await api.post("/v1/deployments/my-cool-deployment/scale", json={"replicas": 5})).json()["unchanged"] is False
+    for no_op in (
+        api.post("/v1/deployments/my-cool-deployment/scale", json={"replicas": 5}),
+        put(api, "my-cool-deployment", spec(), created["spec_id"]),
+        api.post("/v1/deployments/my-cool-deployment/rollback", json={"spec_version": 1}),
+    ):
+        assert (await no_op).json()["unchanged"] is True
+    # The relay publishes in commit order: once this version is out, so is all that came before.
+    marker = (await put(api, "my-cool-deployment", spec(image="python:3.12"), created["spec_id"])).json()
+    await eventually(lambda: any(getattr(e, "spec_id", None) == marker["spec_id"] for e in published), what="marker")
+    for subscription in subscriptions:
+        await subscription.unsubscribe()
+
+    assert [type(e) for e in published] == [SpecApplied, DeploymentScaled, SpecApplied]
+    scaled = published[1]
+    assert isinstance(scaled, DeploymentScaled)
+    assert (scaled.deployment_id, scaled.source, scaled.replicas) == (created["deployment_id"], "user", 5)
+    assert (scaled.spec_version, scaled.spec_replicas) == (1, 2)
+    assert scaled.subject() == f"berth.scale.v1.{created['deployment_id']}.user"
+
+
+async def test_a_spec_with_another_count_replaces_the_users_decision_on_the_bus(
+    api: httpx.AsyncClient, js: JetStreamContext
+) -> None:
+    created = await create(api, spec())
+    await api.post("/v1/deployments/my-cool-deployment/scale", json={"replicas": 5})
+    applied = (await put(api, "my-cool-deployment", replicas(3), created["spec_id"])).json()
+    subject = f"berth.scale.v1.{created['deployment_id']}.user"
+
+    async def newest() -> DeploymentScaled | None:
+        events = await all_events(js, subject)
+        latest = events[-1] if events else None
+        return latest if isinstance(latest, DeploymentScaled) and latest.spec_version == 2 else None
+
+    decision = await eventually(newest, what="the superseding decision published")
+    # It follows the new spec, so a later spec going back to 2 replicas does not revive the scale to 5.
+    assert (decision.replicas, decision.spec_replicas) == (3, 3) and applied["spec_version"] == 2
+    assert "superseded by spec version 2" in decision.reason
 
 
 async def test_status_serves_the_newest_status_event(api: httpx.AsyncClient, nc: Client) -> None:
@@ -455,14 +587,15 @@ async def test_logs_come_from_the_scheduler_or_503(api: httpx.AsyncClient, nc: C
             json.dumps({"lines": [{"replica_id": "r1", "offset": 7, "line": "hello"}], "next": "cursor-2"}).encode()
         )
 
+    since = encode_cursor({"r1": (7, "0123456789abcdef")})
     sub = await nc.subscribe(LOGS_RPC, cb=scheduler)
     try:
-        page = await api.get("/v1/deployments/my-cool-deployment/logs", params={"tail": 5, "since": "cursor-1"})
+        page = await api.get("/v1/deployments/my-cool-deployment/logs", params={"tail": 5, "since": since})
     finally:
         await sub.unsubscribe()
     assert page.status_code == 200, page.text
     assert page.json() == {"lines": [{"replica_id": "r1", "offset": 7, "line": "hello"}], "next": "cursor-2"}
-    assert asked == [{"deployment_id": created["deployment_id"], "replica_id": None, "tail": 5, "since": "cursor-1"}]
+    assert asked == [{"deployment_id": created["deployment_id"], "replica_id": None, "tail": 5, "since": since}]
 
 
 async def test_health_and_metrics(api: httpx.AsyncClient) -> None:
@@ -470,7 +603,9 @@ async def test_health_and_metrics(api: httpx.AsyncClient) -> None:
     health = await api.get("/healthz")
     metrics = await api.get("/metrics")
 
-    assert health.json() == {"healthy": True, "database": True, "bus_connected": True}
+    assert health.json() | {"outbox_pending": 0} == {
+        "healthy": True, "database": True, "bus_connected": True, "outbox_pending": 0, "outbox_set_aside": 0
+    }
     assert "berth_registry_spec_versions_accepted_total" in metrics.text
     assert 'berth_registry_requests_total{method="POST",route="/v1/deployments",status="201"}' in metrics.text
     assert "berth_registry_outbox_lag" in metrics.text

@@ -1,63 +1,30 @@
 """The transactional outbox across a crash: the registry runs as its own process and is killed
 (test-only fault hook) right after committing a spec, or right after publishing its event. After a
-restart the SpecApplied event is in BERTH_SPECS exactly once and the deployment is stored."""
+restart the SpecApplied event is in BERTH_SPECS exactly once and the deployment is stored. And
+one row that cannot be published never holds up the others; secret lookups cost no consumer."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from nats.aio.client import Client
 from nats.js import JetStreamContext
+from sqlmodel import Session
 
-from libs.bus import all_events
+from libs.bus import SECRETS_BUCKET, all_events
 from libs.events import SpecApplied
-from libs.natsd import free_port, wait_for_port
+from libs.spec import DeploymentSpec
+from libs.store import OutboxRow, create_engine
+from services.spec_registry.repository import Repository, submitted
 from tests.helpers import eventually
+from tests.servers.registry import RegistryProcess
 
-REPO = Path(__file__).resolve().parents[2]
 SPEC = {"name": "crash test", "image": "python:3.11", "resources": {"ports": [8000]}}
-
-
-class RegistryProcess:
-    def __init__(self, tmp_path: Path, nats_url: str) -> None:
-        self.port = free_port()
-        self.data_dir = tmp_path / "berth"
-        self.log = tmp_path / "registry.log"
-        self.env = {
-            **os.environ,
-            "BERTH_NATS_URL": nats_url,
-            "BERTH_DATA_DIR": str(self.data_dir),
-            "BERTH_API_PORT": str(self.port),
-            "PYTHONPATH": str(REPO),
-        }
-        for name in ("BERTH_TOKEN", "BERTH_DATABASE_URL", "BERTH_FAULT_INJECT"):
-            self.env.pop(name, None)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, fault: str | None = None) -> None:
-        env = {**self.env, **({"BERTH_FAULT_INJECT": fault} if fault else {})}
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "services.spec_registry"], env=env, cwd=REPO, stdout=log, stderr=log
-            )
-        wait_for_port("127.0.0.1", self.port, timeout=30)
-
-    def client(self) -> httpx.AsyncClient:
-        token = (self.data_dir / "token").read_text().strip()
-        return httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{self.port}", headers={"Authorization": f"Bearer {token}"}, timeout=10
-        )
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(20)
 
 
 @pytest.fixture
@@ -141,3 +108,65 @@ async def test_event_published_after_a_crash_keeps_the_trace_of_its_request(
     message = await js.get_msg("BERTH_SPECS", seq=1)
     assert message.headers is not None
     assert message.headers["traceparent"].split("-")[1] == trace_id
+
+
+async def test_an_event_the_bus_cannot_carry_is_set_aside_and_the_rest_flow(
+    registry: RegistryProcess, js: JetStreamContext, nc: Client
+) -> None:
+    """A spec committed before the size limit (here: written past the API) whose event exceeds the
+    bus's max_payload, and a row no berth event decodes from, are set aside with their reasons; the
+    change committed after them is published, and health and metrics say what was set aside."""
+    registry.start()
+    async with registry.client() as api:
+        await api.get("/healthz")
+    huge = DeploymentSpec.model_validate({**SPEC, "name": "huge", "resources": {"ports": [8000] * 700_000}})
+    engine = create_engine(f"sqlite:///{registry.data_dir / 'berth.db'}")
+    try:
+        repo = Repository(engine)
+        repo.create_deployment("default", huge)
+        with Session(engine) as session, session.begin():
+            session.add(OutboxRow(msg_id="broken", subject="berth.spec.v1.x", payload={"kind": "NoSuchEvent"}))
+    finally:
+        engine.dispose()
+    assert len(json.dumps(submitted(huge))) > nc.max_payload
+
+    async with registry.client() as api:
+        created = (await api.post("/v1/deployments", json=SPEC)).json()
+
+        async def published() -> list[SpecApplied]:
+            return [e for e in await spec_events(js) if e.deployment_id == created["deployment_id"]]
+
+        await eventually(published, what="the change after the unpublishable ones published")
+        health = (await api.get("/healthz")).json()
+        metrics = (await api.get("/metrics")).text
+    assert health["healthy"] and health["outbox_set_aside"] == 2 and health["outbox_pending"] == 0
+    assert "berth_registry_outbox_set_aside 2.0" in metrics
+    assert 'berth_registry_events_set_aside_total{kind="too-large"} 1.0' in metrics
+    assert 'berth_registry_events_set_aside_total{kind="undecodable"} 1.0' in metrics
+    assert [e.name for e in await spec_events(js)] == ["crash test"]
+
+
+async def test_secret_lookups_leave_no_consumer_behind(registry: RegistryProcess, js: JetStreamContext) -> None:
+    """Each lookup of a project's secret names used to list the KV bucket's keys, leaving a JetStream
+    consumer for minutes; a thousand lookups then broke every secret operation of every project."""
+    registry.start()
+    document = {**SPEC, "env": [{"name": "TOKEN", "value": "secret:token"}]}
+    async with registry.client() as api:
+        assert (await api.put("/v1/secrets/token", json={"value": "v"})).status_code == 204
+        before = (await js.stream_info("KV_berth_secrets")).state.consumer_count
+        for _ in range(50):
+            assert (await api.post("/v1/specs/validate", json=document)).status_code == 200
+            assert (await api.get("/v1/secrets")).json() == {"names": ["token"]}
+        assert (await api.delete("/v1/secrets/token")).status_code == 204
+        assert (await api.delete("/v1/secrets/token")).status_code == 404
+    assert (await js.stream_info("KV_berth_secrets")).state.consumer_count == before
+
+
+async def test_secrets_stored_before_the_index_are_indexed_at_start(
+    registry: RegistryProcess, js: JetStreamContext
+) -> None:
+    kv = await js.create_key_value(bucket=SECRETS_BUCKET, history=1)
+    await kv.put("default.legacy", b"value")
+    registry.start()
+    async with registry.client() as api:
+        assert (await api.get("/v1/secrets")).json() == {"names": ["legacy"]}

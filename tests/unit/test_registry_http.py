@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+
+import httpx
 from pathlib import Path
 
 from libs.config import Settings
@@ -51,7 +53,7 @@ def test_openapi_documents_specs_and_problems() -> None:
     assert deployment["spec"] == spec_ref
     assert set(deployment) == {
         "deployment_id", "project", "name", "slug", "environment", "spec_id", "spec_version", "spec",
-        "endpoint", "created_at", "updated_at", "status",
+        "endpoint", "created_at", "updated_at", "status", "revision_id", "scale", "unchanged",
     }  # fmt: skip
 
 
@@ -75,3 +77,39 @@ def test_token_file_is_private_even_when_it_existed(tmp_path: Path) -> None:
     path.chmod(0o644)
     write_private(path, "new")
     assert path.read_text() == "new\n" and stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_openapi_says_what_the_api_requires_and_answers() -> None:
+    paths = openapi()["paths"]
+    put = paths["/v1/deployments/{ref}"]["put"]
+    [if_match] = [p for p in put["parameters"] if p["name"] == "if-match"]
+    assert if_match["required"] is True and "428" in put["responses"]
+    for path in ("/v1/deployments/{ref}/scale", "/v1/deployments/{ref}/rollback", "/v1/projects"):
+        operation = paths[path]["post"]
+        assert {"400", "413", "422"} <= set(operation["responses"]), path
+    assert "400" in paths["/v1/secrets/{name}"]["put"]["responses"]
+
+
+async def test_an_unexpected_error_is_a_problem_and_the_connection_stays_usable() -> None:
+    """The 500 is answered inside the app: Starlette's outermost handler would answer and then
+    re-raise, and uvicorn drops a keep-alive connection on an exception without `Connection: close`.
+    httpx's ASGI transport re-raises such an exception too, which is what this test would see."""
+    app = create_app(Settings(_env_file=None))
+
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/broken", broken)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://registry") as client:
+        response = await client.get("/broken")
+    assert response.status_code == 500 and response.headers["content-type"] == "application/problem+json"
+    assert "a bug" not in response.text
+
+
+async def test_405_allows_every_method_of_the_resource() -> None:
+    app = create_app(Settings(_env_file=None))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://registry") as client:
+        response = await client.patch("/v1/deployments/anything")
+    assert response.status_code == 405
+    assert set(response.headers["allow"].split(", ")) >= {"GET", "PUT", "DELETE"}
+    assert response.json()["errors"][0]["field"] == "(method)"

@@ -35,3 +35,12 @@ def test_cursor_round_trip_and_garbage() -> None:
     cursor = {"r1": (12, "abcd")}
     assert decode_cursor(encode_cursor(cursor)) == cursor
     assert decode_cursor("not a cursor") == {} and decode_cursor(None) == {} and decode_cursor(5) == {}
+
+
+def test_a_crafted_cursor_is_read_as_none_instead_of_throwing() -> None:
+    """The scheduler's handler threw on these, and the registry waited 5 s for a reply."""
+    import base64
+    import json
+
+    for data in ({"r": [1e999, "x"]}, {"r": [-1, "x"]}, {"r": [True, "x"]}, json.loads("[" * 900 + "]" * 900), {"r": 5}):
+        assert decode_cursor(base64.urlsafe_b64encode(json.dumps(data).encode()).decode()) == {}

@@ -3,11 +3,25 @@ each naming the field path and the rule."""
 
 from __future__ import annotations
 
+import json
+import re
+import time
 from pathlib import Path
 
 import pytest
 
-from libs.spec import DeploymentSpec, SpecInvalid, load_spec, slugify, validate_spec
+from libs.spec import (
+    MAX_ERRORS,
+    MAX_SPEC_BYTES,
+    DeploymentSpec,
+    SpecError,
+    SpecInvalid,
+    load_spec,
+    parse_json,
+    scale_errors,
+    slugify,
+    validate_spec,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SEEDS = Path(__file__).resolve().parents[3] / "shared" / "seeds"
@@ -95,7 +109,7 @@ def test_every_error_is_reported_at_once() -> None:
         (with_(resources={"ports": [1], "replicas": 2.5}), "resources.replicas", "integer"),
         (with_(enabled="perhaps"), "enabled", "boolean"),
         (with_(command="python app.py"), "command", "list"),
-        (with_(env=[{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]), "env", "repeated: A"),
+        (with_(env=[{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]), "env[1].name", "must be unique: env[0].name"),
         (with_(env=[{"name": "A=B", "value": "1"}]), "env[0].name", "pattern"),
         (with_(env=[{"name": "A", "value": "secret:"}]), "env[0].value", "secret reference"),
         (with_(basicAuthKey="hunter2"), "basicAuthKey", "secret reference"),
@@ -112,19 +126,30 @@ def test_every_error_is_reported_at_once() -> None:
         (with_(resources={"ports": [1], "autoscaling": {"maxReplicas": 2, "metrics": [{"metric": "cpu", "summary": "p99", "value": 5}]}}), "resources.autoscaling.metrics[0].summary", "'average'"),
         (with_(resources={"ports": [1], "gpuType": "A100"}), "resources", "gpuType needs gpuCount"),
         (with_(resources={"ports": [1], "gpuCount": 1, "gpuType": "H200"}), "resources.gpuType", "'T4'"),
-        (with_(integrations=[{"type": "ftp", "name": "a", "path": "/a"}]), "integrations[0]", "tag"),
+        (with_(integrations=[{"type": "ftp", "name": "a", "path": "/a"}]), "integrations[0]", "must be one of 'git-lfs', 's3'"),
         (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "models", "url": "https://h/x"}]), "integrations[0].path", "pattern"),
         (with_(integrations=[{"type": "s3", "name": "a", "path": "/a", "url": "https://b"}]), "integrations[0].url", "pattern"),
         (with_(integrations=[{"type": "s3", "name": "a", "path": "/a", "url": "s3://b", "accessKeyId": "AK"}]), "integrations[0]", "together"),
         (with_(integrations=[{"type": "s3", "name": "a", "path": "/a", "url": "s3://b", "accessKeyId": "AK", "secretAccessKey": "plain"}]), "integrations[0].secretAccessKey", "never the key itself"),
         (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "https://h/x", "branch": "main"}]), "integrations[0].branch", "unknown field"),
-        (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "https://h/x"}, {"type": "git-lfs", "name": "a", "path": "/b", "url": "https://h/y"}]), "integrations", "names must be unique; repeated: a"),
-        (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/m", "url": "https://h/x"}, {"type": "git-lfs", "name": "b", "path": "/m", "url": "https://h/y"}]), "integrations", "paths must be unique; repeated: /m"),
+        (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "https://h/x"}, {"type": "git-lfs", "name": "a", "path": "/b", "url": "https://h/y"}]), "integrations[1].name", "must be unique: integrations[0].name"),
+        (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/m", "url": "https://h/x"}, {"type": "git-lfs", "name": "b", "path": "/m", "url": "https://h/y"}]), "integrations[1].path", "must be unique: integrations[0].path"),
         (with_(integrations=[{"type": "git-lfs", "name": f"i{n}", "path": f"/p{n}", "url": "https://h/x"} for n in range(6)]), "integrations", "at most 5"),
         (with_(environment="prod"), "environment", "'development'"),
         (with_(loadBalancer={"algorithm": "random"}), "loadBalancer.algorithm", "'round-robin'"),
         (with_(updateStrategy={"type": "rolling", "canaryPercent": 10}), "updateStrategy", "only to type 'canary'"),
         (with_(model={"id": "m"}), "model.version", "field required"),
+        (with_(resources={"ports": [1], "replicas": False}), "resources.replicas", "valid integer"),
+        (with_(resources={"ports": [1], "replicas": "2"}), "resources.replicas", "valid integer"),
+        (with_(resources={"ports": [True]}), "resources.ports[0]", "valid integer"),
+        (with_(resources={"ports": [1], "cpu": float("inf")}), "resources.cpu", "finite number"),
+        (with_(resources={"ports": [1], "memory": float("nan")}), "resources.memory", "finite number"),
+        (with_(resources={"ports": [1], "cpu": True}), "resources.cpu", "valid number"),
+        (with_(resources={"ports": [1], "autoscaling": {"maxReplicas": 2, "metrics": [{"metric": "requestDuration", "value": float("inf")}]}}), "resources.autoscaling.metrics[0].value", "finite number"),
+        (with_(resources={"ports": [1], "replicas": 1, "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 3, "metrics": [{"metric": "cpu", "value": 50}]}}), "resources", "below autoscaling.minReplicas"),
+        (with_(name="invoice\u202egnp.exe"), "name", "bidi-override"),
+        (with_(name="admin\u200b"), "name", "zero-width"),
+        (with_(name="tab\there"), "name", "control"),
     ],
 )
 def test_invalid_specs_name_field_and_rule(document: dict[str, object], field: str, rule_part: str) -> None:
@@ -140,13 +165,105 @@ def test_not_a_spec_document(text: str) -> None:
     assert info.value.errors[0].field == "(spec)"
 
 
+def test_repeated_integration_names_and_paths_are_both_reported() -> None:
+    twin = {"type": "git-lfs", "name": "a", "path": "/m", "url": "https://h/x"}
+    errors = errors_of(with_(integrations=[twin, {**twin, "url": "https://h/y"}]))
+    assert set(errors) == {"integrations[1].name", "integrations[1].path"}
+
+
+def test_many_repeated_env_names_are_found_in_linear_time_and_reported_in_part() -> None:
+    env = [{"name": f"E{n % 15_000}", "value": "v"} for n in range(30_000)]
+    started = time.perf_counter()
+    with pytest.raises(SpecInvalid) as info:
+        validate_spec(with_(env=env))
+    elapsed = time.perf_counter() - started
+    assert info.value.errors[0] == SpecError("env[15000].name", "must be unique: env[0].name is the same")
+    assert info.value.errors[-1] == SpecError("(spec)", f"{15_000 - MAX_ERRORS} more errors not shown")
+    assert elapsed < 5, f"{elapsed:.1f} s: quadratic again?"
+
+
+@pytest.mark.parametrize(
+    ("text", "rule_part"),
+    [
+        ("a: " + "[" * 40 + "]" * 40, "nested deeper than 32"),
+        ("a:\n" + "".join(" " * n + f"k{n}:\n" for n in range(1, 40)), "nested deeper than 32"),
+        ("resources: {replicas: " + "1" * 5000 + "}", "more than 18 digits at line 1"),
+        ("a: &a [*a]", "refers to a node that contains it"),
+        # A billion laughs: 60 bytes of aliases that expand to gigabytes.
+        ("a: &a ['lol', 'lol']\n" + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")), "larger than the limit"),
+    ],
+)
+def test_documents_too_deep_or_too_large_are_refused_before_validation(text: str, rule_part: str) -> None:
+    with pytest.raises(SpecInvalid) as info:
+        load_spec(text)
+    [error] = info.value.errors
+    assert error.field == "(spec)" and rule_part in error.rule
+
+
+@pytest.mark.parametrize(
+    ("text", "rule_part"),
+    [('{"a": ' + "[" * 3000 + "]" * 3000 + "}", "nested deeper"), ('{"a": 1' + "0" * 5000 + "}", "digits"),
+     ('{"name": "a\nb', "not valid JSON at line 1, column 12")],
+)
+def test_json_documents_too_deep_or_not_json_are_refused(text: str, rule_part: str) -> None:
+    with pytest.raises(SpecInvalid) as info:
+        parse_json(text)
+    assert rule_part in info.value.errors[0].rule
+
+
+def test_a_spec_larger_than_the_limit_is_refused_by_its_size() -> None:
+    with pytest.raises(SpecInvalid) as info:
+        parse_json(json.dumps(with_(resources={"ports": [8000] * 700_000})))
+    assert info.value.errors == [SpecError("(spec)", f"larger than the limit of a spec, {MAX_SPEC_BYTES} bytes as JSON")]
+
+
+def test_numbers_in_free_text_fields_are_read_as_text() -> None:
+    spec = load_spec("name: m\nimage: i\nresources: {ports: [1], machineType: 12}\nenv: [{name: PORT, value: 8000}]\n"
+                     "model: {id: 7, version: 2}\n")
+    assert spec.resources.machineType == "12" and spec.env[0].value == "8000"
+    assert spec.model is not None and (spec.model.id, spec.model.version) == ("7", "2")
+    assert "resources.machineType" in errors_of(with_(resources={"ports": [1], "machineType": 1.5}))
+
+
+SEED_AUTOSCALING = {"enabled": True, "maxReplicas": 5, "metrics": [{"metric": "cpu", "value": 50}]}
+
+
+@pytest.mark.parametrize(
+    ("autoscaling", "replicas", "allowed"),
+    [
+        (None, 0, True),  # no autoscaling: any count, none included
+        ({**SEED_AUTOSCALING, "enabled": False}, 0, True),
+        (SEED_AUTOSCALING, 0, False),  # minReplicas defaults to the spec's replicas (2)
+        (SEED_AUTOSCALING, 1, False),
+        (SEED_AUTOSCALING, 2, True),
+        (SEED_AUTOSCALING, 5, True),
+        (SEED_AUTOSCALING, 6, False),
+        ({**SEED_AUTOSCALING, "minReplicas": 0}, 0, True),
+    ],
+)
+def test_a_manual_scale_stays_within_the_autoscaling_bounds(
+    autoscaling: dict[str, object] | None, replicas: int, allowed: bool
+) -> None:
+    spec = validate_spec(with_(resources={"ports": [1], "replicas": 2, "autoscaling": autoscaling}))
+    errors = scale_errors(spec, replicas)
+    assert (errors == []) is allowed
+    assert all(e.field == "replicas" and "stop the deployment" in e.rule for e in errors)
+
+
 @pytest.mark.parametrize(
     ("name", "slug"),
     [("my cool deployment", "my-cool-deployment"), ("BERT Sentiment API", "bert-sentiment-api"),
-     ("  Ünïcode__model!! v2 ", "unicode-model-v2"), ("!!!", "deployment"), ("a" * 80, "a" * 63)],
+     ("  Ünïcode__model!! v2 ", "unicode-model-v2"), ("a" * 80, "a" * 63),
+     ("Модель", "model"), ("模型 服务", "mo-xing-fu-wu")],
 )
 def test_slug_is_dns_1123(name: str, slug: str) -> None:
     assert slugify(name) == slug
+
+
+def test_names_without_letters_to_transliterate_get_distinct_slugs() -> None:
+    slugs = {slugify(name) for name in ("🚀", "🚀🚀", "!!!", "???")}
+    assert len(slugs) == 4
+    assert all(re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", slug) for slug in slugs)
 
 
 def test_round_trip_through_json_keeps_the_spec() -> None:

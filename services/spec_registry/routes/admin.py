@@ -7,13 +7,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from libs.spec import SECRET_NAME
+from libs.spec import SECRET_NAME, SECRET_NAME_MAX
 from services.spec_registry.auth import Admin, Caller, hash_token, new_token
 from services.spec_registry.problems import (
+    BadRequest,
     Conflict,
     Forbidden,
     Invalid,
     NotFound,
+    PayloadTooLarge,
     Unauthorized,
     responses,
 )
@@ -26,11 +28,14 @@ from services.spec_registry.schemas import (
     TokenCreated,
 )
 
-router = APIRouter(prefix="/v1", responses=responses(Unauthorized, Invalid))
-SecretName = Annotated[str, Path(pattern=SECRET_NAME.pattern, description="Referred to as secret:<name> in specs.")]
+router = APIRouter(prefix="/v1", responses=responses(Unauthorized, PayloadTooLarge, Invalid))
+SecretName = Annotated[
+    str,
+    Path(pattern=SECRET_NAME.pattern, max_length=SECRET_NAME_MAX, description="Referred to as secret:<name> in specs."),
+]
 
 
-@router.post("/projects", status_code=201, tags=["projects"], responses=responses(Forbidden, Conflict, Invalid))
+@router.post("/projects", status_code=201, tags=["projects"], responses=responses(BadRequest, Forbidden, Conflict, Invalid))
 async def create_project(body: ProjectCreate, _: Admin, registry: RegistryDep) -> ProjectCreated:
     """A project and its first token (shown once)."""
     token = new_token()
@@ -46,21 +51,24 @@ async def create_token(project: str, _: Admin, registry: RegistryDep) -> TokenCr
     return TokenCreated(token=token)
 
 
-@router.put("/secrets/{name}", status_code=204, tags=["secrets"], responses=responses(Invalid))
+@router.put("/secrets/{name}", status_code=204, tags=["secrets"], responses=responses(BadRequest, Invalid))
 async def put_secret(name: SecretName, body: SecretPut, caller: Caller, registry: RegistryDep) -> Response:
+    # The value first: a name in the index always has a value behind it.
     await registry.secrets.put(caller.project, name, body.value.get_secret_value())
+    await asyncio.to_thread(registry.repo.add_secret_name, caller.project, name)
     return Response(status_code=204)
 
 
 @router.get("/secrets", tags=["secrets"])
 async def list_secrets(caller: Caller, registry: RegistryDep) -> SecretNames:
     """Names only; values are never shown."""
-    return SecretNames(names=sorted(await registry.secrets.names(caller.project)))
+    return SecretNames(names=sorted(await asyncio.to_thread(registry.repo.secret_names, caller.project)))
 
 
 @router.delete("/secrets/{name}", status_code=204, tags=["secrets"], responses=responses(NotFound))
 async def delete_secret(name: SecretName, caller: Caller, registry: RegistryDep) -> Response:
-    if name not in await registry.secrets.names(caller.project):
-        raise NotFound(f"no secret {name!r} in project {caller.project!r}")
+    if not await asyncio.to_thread(registry.repo.has_secret, caller.project, name):
+        raise NotFound("no secret of this name in the project", field="name")
     await registry.secrets.delete(caller.project, name)
+    await asyncio.to_thread(registry.repo.remove_secret_name, caller.project, name)
     return Response(status_code=204)

@@ -1,6 +1,7 @@
 """Deployments: create, read, update (If-Match), scale, stop/start, rollback, delete, history,
 status and logs. Every route is scoped to the caller's project; a deployment of another project
-answers 404 like one that does not exist."""
+answers 404 like one that does not exist. A write that changes nothing answers 200 with
+`unchanged: true`."""
 
 from __future__ import annotations
 
@@ -10,14 +11,19 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response
 
 from libs.config import Settings
-from libs.spec import DeploymentSpec
+from libs.logcursor import MAX_CURSOR_CHARS, CursorInvalid, read_cursor
+from libs.revision import revision_id
+from libs.spec import DeploymentSpec, SpecError, scale_errors
+from libs.store import SpecVersionRow
 from services.spec_registry.auth import Caller
 from services.spec_registry.pagination import DEFAULT_LIMIT, After, Limit, decode_cursor, paginate
 from services.spec_registry.problems import (
+    BadRequest,
     Conflict,
     Forbidden,
     Invalid,
     NotFound,
+    PayloadTooLarge,
     PreconditionRequired,
     StaleVersion,
     Unauthorized,
@@ -25,8 +31,9 @@ from services.spec_registry.problems import (
     UnsupportedMediaType,
     responses,
 )
-from services.spec_registry.registry import replaced_by, with_enabled, with_replicas
+from services.spec_registry.registry import replaced_by, with_enabled
 from services.spec_registry.repository import StoredDeployment
+from services.spec_registry.scale import desired, holds
 from services.spec_registry.routes.deps import (
     SPEC_BODY,
     RegistryDep,
@@ -42,12 +49,14 @@ from services.spec_registry.schemas import (
     ScaleRequest,
     SpecVersion,
     Status,
+    UserScale,
     Validation,
 )
 
-router = APIRouter(prefix="/v1", responses=responses(Unauthorized, Invalid))
+router = APIRouter(prefix="/v1", responses=responses(Unauthorized, PayloadTooLarge, Invalid))
 READ = responses(NotFound)
 WRITE = responses(NotFound, StaleVersion, Invalid)
+JSON_WRITE = {**WRITE, **responses(BadRequest)}  # routes with a JSON body: 400 when it is not JSON
 
 
 @router.post(
@@ -117,19 +126,25 @@ async def update_deployment(
     settings: SettingsDep,
     document: SpecDocument,
     response: Response,
-    if_match: Annotated[str | None, Header(description='"<spec_id>" of the version this update is based on')] = None,
+    # Required (428 without it: problems.py); the OpenAPI document says so too.
+    if_match: Annotated[str, Header(description='"<spec_id>" of the version this update is based on')],
 ) -> Deployment:
-    if not if_match:
-        raise PreconditionRequired('send If-Match: "<spec_id>" of the version your change is based on')
+    if not if_match.strip():
+        raise PreconditionRequired()
     stored = await registry.update(caller.project, ref, document, _etags(if_match))
     return _answer(stored, settings, response)
 
 
-@router.post("/deployments/{ref}/scale", tags=["deployments"], responses=WRITE)
+@router.post("/deployments/{ref}/scale", tags=["deployments"], responses=JSON_WRITE)
 async def scale_deployment(
     ref: str, body: ScaleRequest, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
 ) -> Deployment:
-    stored = await registry.change(caller.project, ref, with_replicas(body.replicas))
+    """The user's scale decision; not a spec version. It holds until a spec version sets another
+    resources.replicas than the current one (see `scale` and `status.desired_source`)."""
+    current = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
+    if errors := scale_errors(_spec(current.spec), body.replicas):
+        raise Invalid("the deployment cannot be scaled to this count", errors)
+    stored = await registry.scale(caller.project, ref, body.replicas)
     return _answer(stored, settings, response)
 
 
@@ -149,11 +164,11 @@ async def start_deployment(
     return _answer(stored, settings, response)
 
 
-@router.post("/deployments/{ref}/rollback", tags=["deployments"], responses=WRITE)
+@router.post("/deployments/{ref}/rollback", tags=["deployments"], responses=JSON_WRITE)
 async def rollback_deployment(
     ref: str, body: RollbackRequest, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
 ) -> Deployment:
-    """A new version whose spec is that of `spec_version`."""
+    """A new version whose spec is that of `spec_version` (unchanged when it is the current spec)."""
     old = await asyncio.to_thread(registry.repo.spec_version, caller.project, ref, body.spec_version)
     stored = await registry.change(caller.project, ref, replaced_by(old.spec))
     return _answer(stored, settings, response)
@@ -174,10 +189,7 @@ async def deployment_history(
     rows = await asyncio.to_thread(registry.repo.history, caller.project, ref, limit + 1, before_version)
     versions, next_cursor = paginate(rows, limit, lambda version: version.version)
     return History(
-        items=[
-            SpecVersion(spec_id=v.spec_id, spec_version=v.version, created_at=v.created_at, spec=_spec(v.spec))
-            for v in versions
-        ],
+        items=[_spec_version(v) for v in versions],
         next=next_cursor,
     )
 
@@ -195,8 +207,15 @@ async def deployment_logs(
     registry: RegistryDep,
     replica: Annotated[str | None, Query(description="One replica's lines only.")] = None,
     tail: Annotated[int, Query(ge=0, le=10_000, description="Lines from the end to start with.")] = 100,
-    since: Annotated[str | None, Query(description="The `next` cursor of an earlier answer.")] = None,
+    since: Annotated[
+        str | None, Query(max_length=MAX_CURSOR_CHARS, description="The `next` cursor of an earlier answer.")
+    ] = None,
 ) -> LogPage:
+    if since:
+        try:
+            read_cursor(since)
+        except CursorInvalid as exc:
+            raise Invalid("bad cursor", [SpecError("since", "must be the `next` value of an earlier answer")]) from exc
     stored = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
     return await registry.logs(stored.row.id, replica, tail, since)
 
@@ -216,6 +235,20 @@ def present(stored: StoredDeployment, settings: Settings) -> Deployment:
         created_at=row.created_at,
         updated_at=row.updated_at,
         status=_status(stored, spec),
+        revision_id=revision_id(spec),
+        scale=_user_scale(stored, spec),
+        unchanged=stored.unchanged,
+    )
+
+
+def _spec_version(row: SpecVersionRow) -> SpecVersion:
+    spec = _spec(row.spec)
+    return SpecVersion(
+        spec_id=row.spec_id,
+        spec_version=row.version,
+        revision_id=revision_id(spec),
+        created_at=row.created_at,
+        spec=spec,
     )
 
 
@@ -229,10 +262,25 @@ def _spec(document: dict[str, object]) -> DeploymentSpec:
 
 
 def _status(stored: StoredDeployment, spec: DeploymentSpec) -> Status:
+    """The scheduler's last report, with the desired count as the registry knows it now (a scale
+    shows at once, before the scheduler acts on it)."""
     if stored.status is not None:
-        return Status.model_validate(stored.status)
-    desired = spec.desired_replicas
-    return Status(desired_replicas=desired, reason="waiting for the scheduler's first report")
+        status = Status.model_validate(stored.status)
+        reported: int | None = status.desired_replicas
+    else:
+        status, reported = Status(reason="waiting for the scheduler's first report"), None
+    status.desired_replicas, status.desired_source = desired(stored.row, spec, reported)
+    return status
+
+
+def _user_scale(stored: StoredDeployment, spec: DeploymentSpec) -> UserScale | None:
+    row = stored.row
+    if not holds(row, spec):
+        return None
+    return UserScale.model_validate(
+        {"replicas": row.scale_replicas, "spec_version": row.scale_spec_version,
+         "spec_replicas": row.scale_spec_replicas, "scaled_at": row.scaled_at}
+    )  # fmt: skip
 
 
 def _etags(header: str) -> list[str]:

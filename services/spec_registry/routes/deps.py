@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from libs.config import Settings
-from libs.spec import SpecError, SpecInvalid, parse_document
+from libs.spec import SpecError, SpecInvalid, parse_json, parse_yaml
 from services.spec_registry.problems import UnsupportedMediaType
 from services.spec_registry.registry import Registry
 
@@ -34,21 +34,23 @@ def _settings(request: Request) -> Settings:
 
 
 async def _spec_document(request: Request) -> Any:
-    """The parsed spec body (validation comes later, so that every error is reported at once)."""
+    """The parsed spec body (validation comes later, so that every error is reported at once).
+
+    Parsed in a worker thread: even a body within the size limit takes a while to parse, and the
+    event loop serves every other request meanwhile."""
     media_type = request.headers.get("content-type", "application/yaml").split(";")[0].strip().lower()
+    if media_type == "application/json" or media_type.endswith("+json"):
+        parse = parse_json
+    elif media_type in YAML_TYPES:
+        parse = parse_yaml
+    else:
+        raise UnsupportedMediaType("send the spec as application/yaml or application/json")
     body = await request.body()
     try:
         text = body.decode()
     except UnicodeDecodeError as exc:
         raise SpecInvalid([SpecError("(spec)", "the body is not UTF-8 text")]) from exc
-    if media_type == "application/json" or media_type.endswith("+json"):
-        try:
-            return json.loads(text)
-        except ValueError as exc:
-            raise SpecInvalid([SpecError("(spec)", f"not valid JSON: {exc}")]) from exc
-    if media_type in YAML_TYPES:
-        return parse_document(text)
-    raise UnsupportedMediaType(f"send the spec as application/yaml or application/json, not {media_type}")
+    return await asyncio.to_thread(parse, text)
 
 
 RegistryDep = Annotated[Registry, Depends(_registry)]
