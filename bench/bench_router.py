@@ -3,10 +3,17 @@
     .venv/bin/python bench/bench_router.py [--requests 2000] [--concurrency 16] [--seconds 4]
 
 Starts its own nats-server, one fast upstream replica (tests/servers/echo_fast.py) and the router
-(`python -m services.router`), each its own process, registers the replica by publishing the events
-the scheduler and health-monitor would, then drives the load from a separate client process
-(aiohttp; no wrk needed). Loopback only. Prints p50/p99 latency at concurrency 1, requests per second
-at the given concurrency, the latency the router adds and the routed/direct throughput ratio.
+(`python -m services.router`), each its own process, registers the replica by publishing the traffic
+assignment the scheduler would, then drives the load from a separate client process (aiohttp; no wrk
+needed). Loopback only. Prints p50/p99 latency at concurrency 1, requests per second at the given
+concurrency, the latency the router adds and the routed/direct throughput ratio.
+
+Last, it publishes assignments for `--new` deployments one at a time and times each from its publish
+to the first request the router answers 200 for it (p50/p99): the router's share of "apply → first
+request served".
+
+`--revisions 2` splits the traffic 50/50 across two revisions (two replica ids at the one upstream
+address): the cost of the weighted choice, against the default single revision.
 """
 
 from __future__ import annotations
@@ -21,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 from statistics import quantiles
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -30,9 +36,8 @@ import aiohttp
 import psutil
 
 from libs.bus import ensure_streams, make_broker, publish
-from libs.events import ReplicaHealthChanged, SpecApplied
+from libs.events import RevisionTarget, ServingReplica, TrafficAssigned
 from libs.natsd import free_port, start_nats_server, wait_for_port
-from libs.spec import validate_spec
 
 PYTHON = sys.executable
 
@@ -102,20 +107,52 @@ def cpu_seconds(process: psutil.Process) -> float:
 # -- orchestration ------------------------------------------------------------------------------------
 
 
-async def register_replica(nats_url: str, upstream_port: int) -> None:
-    spec = validate_spec({"name": "bench", "image": "echo-fast", "resources": {"ports": [8000]}})
+def assignment(deployment: str, upstream_port: int, revisions: int) -> TrafficAssigned:
+    """`revisions` revisions sharing the traffic evenly, one replica each, all at the one upstream."""
+    address = f"127.0.0.1:{upstream_port}"
+    targets = [
+        RevisionTarget(
+            revision_id=f"rev{i}", percent=100 // revisions + (i < 100 % revisions), spec_versions=[i + 1],
+            replicas=[ServingReplica(replica_id=f"{deployment}-r{i}", address=address)],
+        )
+        for i in range(revisions)
+    ]
+    return TrafficAssigned(
+        deployment_id=deployment, project="default", slug=deployment, name=deployment, generation=1,
+        spec_version=revisions, targets=targets,
+    )
+
+
+async def register_replica(nats_url: str, upstream_port: int, revisions: int) -> None:
     broker = make_broker(nats_url, "bench")
     await broker.start()
     try:
         await ensure_streams(broker.connection.jetstream())
-        ids: dict[str, Any] = {"deployment_id": "bench", "project": "default", "slug": spec.slug}
-        await publish(broker, SpecApplied(**ids, name=spec.name, spec_id="bench-1", spec_version=1, spec=spec))
-        await publish(broker, ReplicaHealthChanged(
-            **ids, spec_id="bench-1", replica_id="r1", address=f"127.0.0.1:{upstream_port}",
-            started=True, ready=True, live=True,
-        ))
+        await publish(broker, assignment("bench", upstream_port, revisions))
     finally:
         await broker.stop()
+
+
+async def time_to_routed(nats_url: str, router_port: int, upstream_port: int, count: int) -> list[float]:
+    """Seconds from publishing each new deployment's assignment to its first 200 through the router."""
+    broker = make_broker(nats_url, "bench")
+    await broker.start()
+    samples = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            for i in range(count):
+                deployment = f"new{i}"
+                began = time.perf_counter()
+                await publish(broker, assignment(deployment, upstream_port, 1))
+                while True:
+                    async with session.get(f"http://127.0.0.1:{router_port}/default/{deployment}/") as response:
+                        await response.read()
+                        if response.status == 200:
+                            break
+                samples.append(time.perf_counter() - began)
+    finally:
+        await broker.stop()
+    return samples
 
 
 async def wait_until_routed(url: str, timeout: float = 10.0) -> None:
@@ -133,7 +170,7 @@ async def wait_until_routed(url: str, timeout: float = 10.0) -> None:
             await asyncio.sleep(0.05)
 
 
-def bench(requests: int, concurrency: int, seconds: float) -> None:
+def bench(requests: int, concurrency: int, seconds: float, revisions: int, new: int) -> None:
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         nats_port, upstream_port, router_port = free_port(), free_port(), free_port()
@@ -148,7 +185,7 @@ def bench(requests: int, concurrency: int, seconds: float) -> None:
             processes.append(subprocess.Popen([PYTHON, "-m", "services.router"], cwd=ROOT, env=env))
             wait_for_port("127.0.0.1", upstream_port)
             wait_for_port("127.0.0.1", router_port)
-            asyncio.run(register_replica(nats_url, upstream_port))
+            asyncio.run(register_replica(nats_url, upstream_port, revisions))
             direct = f"http://127.0.0.1:{upstream_port}/predict"
             routed = f"http://127.0.0.1:{router_port}/default/bench/predict"
             asyncio.run(wait_until_routed(routed))
@@ -163,13 +200,15 @@ def bench(requests: int, concurrency: int, seconds: float) -> None:
             load_routed = run_client("throughput", routed, seconds, concurrency)
             router_us = (cpu_seconds(router_cpu) - before) / load_routed["requests"] * 1e6
             rps_direct, rps_routed = load_direct["rps"], load_routed["rps"]
+            routable = quantiles(asyncio.run(time_to_routed(nats_url, router_port, upstream_port, new)), n=100)
         finally:
             for process in reversed(processes):
                 process.terminate()
                 process.wait(10)
 
     ms = 1000.0
-    print(f"router benchmark: {requests} sequential requests, then {concurrency} concurrent for {seconds:g}s each")
+    print(f"router benchmark: {requests} sequential requests, then {concurrency} concurrent for {seconds:g}s each, "
+          f"{revisions} revision(s)")
     print(f"{'':10}{'p50 ms':>10}{'p99 ms':>10}{'rps':>10}")
     print(f"{'direct':10}{lat_direct['p50'] * ms:10.3f}{lat_direct['p99'] * ms:10.3f}{rps_direct:10.0f}")
     print(f"{'routed':10}{lat_routed['p50'] * ms:10.3f}{lat_routed['p99'] * ms:10.3f}{rps_routed:10.0f}")
@@ -178,6 +217,8 @@ def bench(requests: int, concurrency: int, seconds: float) -> None:
     print(f"throughput routed/direct {rps_routed / rps_direct:.0%}")
     print(f"CPU per request: upstream {upstream_us:.0f} us, router {router_us:.0f} us "
           f"(on {os.cpu_count()} cores shared by client, router and upstream)")
+    print(f"assignment published -> first request served, {new} new deployments: "
+          f"p50 {routable[49] * ms:.2f} ms, p99 {routable[98] * ms:.2f} ms")
 
 
 def main() -> None:
@@ -188,8 +229,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="sequential requests for latency")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each throughput run")
+    parser.add_argument("--revisions", type=int, default=1, help="revisions the traffic is split across")
+    parser.add_argument("--new", type=int, default=100, help="new deployments timed to their first request")
     args = parser.parse_args()
-    bench(args.requests, args.concurrency, args.seconds)
+    bench(args.requests, args.concurrency, args.seconds, args.revisions, args.new)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ its in-memory slice on start.
 from __future__ import annotations
 
 import logging
-import re
-import socket
 from typing import Any
 
 import nats
@@ -106,21 +104,7 @@ DURABLE_SCHEDULER_HEALTH = "scheduler-health"
 DURABLE_SCHEDULER_RESTARTS = "scheduler-restarts"
 DURABLE_SCHEDULER_SCALE = "scheduler-scale"
 DURABLE_HEALTH_REPLICAS = "health-monitor-replicas"
-DURABLE_ROUTER_SPECS = "router-specs"
-DURABLE_ROUTER_HEALTH = "router-health"
-DURABLE_ROUTER_REPLICAS = "router-replicas"
 DURABLE_REGISTRY_STATUS = "registry-status"
-
-# A consumer every instance of a service needs for itself (each router keeps the whole routing table)
-# is named per instance, and expires once its instance is gone for this long.
-PER_INSTANCE_CONSUMER_TTL_SECONDS = 3600.0
-
-
-def per_instance_durable(base: str) -> str:
-    """`base` plus this host's name, as a valid consumer name: one durable consumer per instance."""
-    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:48] or "host"
-    return f"{base}-{host}"
-
 
 SECRETS_BUCKET = "berth_secrets"
 

@@ -1,5 +1,6 @@
-"""The router: berth's data plane. `http://<router>/<project>/<slug>[/<spec_version>]/...` is proxied to
-a ready replica of the deployment, balanced as its spec says; the routing table follows bus events."""
+"""The router: berth's data plane. `http://<router>/<project>/<slug>/...` (and `<slug>@<version-or-alias>`)
+is proxied to a ready replica of the deployment, balanced as its spec says; the routing table applies
+the scheduler's traffic assignments."""
 
 from services.router.app import RouterHandle, start_router
 

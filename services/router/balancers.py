@@ -2,13 +2,18 @@
 
 `replicas` is never empty (the proxy answers 503 before asking) and is ordered by replica id, so a
 choice that depends on position is the same in every router.
+
+`Weighted` splits a deployment's requests across revisions by the percents of its traffic
+assignment, then lets the deployment's balancer pick within the chosen revision's replicas. It is
+built once per assignment, and only when more than one revision serves: a single revision costs the
+hot path nothing.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
 
 from libs.spec import LoadBalancer
 
@@ -101,12 +106,66 @@ class Sticky:
         self.inner = inner
 
     def pick(self, replicas: Sequence[Replica], request_key: RequestKey) -> Replica:
-        affinity = request_key.affinity
-        if affinity:
-            for replica in replicas:
-                if replica.replica_id == affinity:
-                    return replica
-        return self.inner.pick(replicas, request_key)
+        return _affine(replicas, request_key.affinity) or self.inner.pick(replicas, request_key)
+
+
+def _affine(replicas: Sequence[Replica], affinity: str | None) -> Replica | None:
+    """The replica the client's affinity cookie names, if it is among `replicas`."""
+    if affinity:
+        for replica in replicas:
+            if replica.replica_id == affinity:
+                return replica
+    return None
+
+
+class Weighted:
+    """A revision by percent, then the deployment's balancer within its replicas (one balancer per
+    revision, so that one revision's turns do not skew another's).
+
+    The percents become a schedule of `sum(percents)` slots (smooth weighted round-robin, as nginx
+    interleaves weighted upstreams), so every hundred requests follow the percents exactly and no
+    revision gets a burst. Requests take the slots in turn, or by client IP hash under ip-hash (a
+    client keeps its revision as it keeps its replica). A sticky client whose cookie names a replica
+    of any serving revision stays on it: a session does not hop revisions during a rollout."""
+
+    __slots__ = ("_by_client", "_next", "_slots")
+
+    def __init__(self, targets: Sequence[tuple[int, tuple[Replica, ...]]], settings: LoadBalancer) -> None:
+        revisions = [(percent, (replicas, balancer_for(settings))) for percent, replicas in targets]
+        self._slots = _schedule(revisions)
+        self._next = 0
+        self._by_client = settings.enabled and settings.algorithm == "ip-hash"
+
+    def pick(self, replicas: Sequence[Replica], request_key: RequestKey) -> Replica:
+        """`replicas` are every serving revision's; the affinity cookie is looked for among them."""
+        affine = _affine(replicas, request_key.affinity)
+        if affine is not None:
+            return affine
+        slots = self._slots
+        if self._by_client:
+            turn = zlib.crc32(request_key.client_ip.encode())
+        else:
+            turn = self._next
+            self._next = (turn + 1) % len(slots)
+        members, balancer = slots[turn % len(slots)]
+        return balancer.pick(members, request_key)
+
+
+T = TypeVar("T")
+
+
+def _schedule(targets: Sequence[tuple[int, T]]) -> tuple[T, ...]:
+    """One slot per percent point, interleaved: each step takes the target furthest behind its share."""
+    total = sum(percent for percent, _ in targets)
+    current = [0] * len(targets)
+    slots = []
+    for _ in range(total):
+        for index, (percent, _) in enumerate(targets):
+            current[index] += percent
+        best = max(range(len(targets)), key=current.__getitem__)
+        current[best] -= total
+        slots.append(targets[best][1])
+    return tuple(slots)
 
 
 _ALGORITHMS: dict[str, type[RoundRobin | LeastConnections | IpHash]] = {

@@ -7,14 +7,11 @@ Prometheus scrapes.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from faststream.nats import NatsBroker
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -22,7 +19,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from libs.bus import publish
 from libs.events import LATENCY_BUCKETS_SECONDS, RequestMetricsReported
 from libs.logging import get_logger
 
@@ -89,23 +85,23 @@ class Stats:
         return report
 
 
-async def report_metrics(
-    routes: Callable[[], Iterable[Route]], broker: NatsBroker, interval: float, stop: asyncio.Event
-) -> None:
-    """Publish every deployment's window each `interval` seconds until `stop` is set."""
-    opened = time.monotonic()
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(interval):
-                await stop.wait()
+class MetricsReporter:
+    """Closes every deployment's window and publishes it; `report` is run every few seconds."""
+
+    def __init__(self, routes: Callable[[], Iterable[Route]], publish: Callable[[RequestMetricsReported], Awaitable[None]]) -> None:
+        self._routes = routes
+        self._publish = publish
+        self._opened = time.monotonic()
+
+    async def report(self) -> None:
         now = time.monotonic()
-        window, opened = now - opened, now
-        for route in list(routes()):
+        window, self._opened = now - self._opened, now
+        for route in list(self._routes()):
             report = route.stats.close_window(route, window)
             if report is None:
                 continue
             try:
-                await publish(broker, report)
+                await self._publish(report)
             except Exception:  # the bus being away must not stop the data plane
                 log.warning("request metrics not published", deployment_id=route.deployment_id, exc_info=True)
 
@@ -128,6 +124,9 @@ class RouterCollector(Collector):
         )
         in_flight = GaugeMetricFamily("berth_router_in_flight", "Requests being proxied now.", labels=labels)
         ready = GaugeMetricFamily("berth_router_ready_replicas", "Ready replicas the router knows.", labels=labels)
+        generation = GaugeMetricFamily(
+            "berth_router_traffic_generation", "Generation of the traffic assignment applied.", labels=labels
+        )
         for route in self._routes():
             stats, values = route.stats, [route.project, route.slug]
             requests.add_metric(values, stats.total_requests + stats.requests)
@@ -138,9 +137,10 @@ class RouterCollector(Collector):
                 buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
             latency.add_metric(values, buckets, stats.total_latency_sum + stats.latency_sum)
             in_flight.add_metric(values, stats.in_flight)
-            ready.add_metric(values, len(route.ready))
+            ready.add_metric(values, len(route.replicas))
+            generation.add_metric(values, route.generation)
         unrouted = CounterMetricFamily(
             "berth_router_unrouted_requests", "Requests that named no known deployment (404)."
         )
         unrouted.add_metric([], self._unrouted())
-        yield from (requests, errors, latency, in_flight, ready, unrouted)
+        yield from (requests, errors, latency, in_flight, ready, generation, unrouted)

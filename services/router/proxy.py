@@ -1,5 +1,7 @@
-"""The data plane: one handler proxying `/<project>/<slug>[/<spec_version>]/<rest>` to a ready
-replica, streaming both bodies. Also answers `/_berth/healthz` and `/_berth/metrics`.
+"""The data plane: one handler proxying `/<project>/<slug>/<rest>` (traffic split by the assignment's
+percents) and `/<project>/<slug>@<version-or-alias>/<rest>` (pinned to the revision that version
+runs) to a ready replica, streaming both bodies; the replica gets `/<rest>`. Also answers
+`/_berth/healthz` and `/_berth/metrics`.
 
 Hot path rules: dict lookups and string slicing only, no logging per request, everything derived
 from events (ready tuples, balancers, resolved credentials) is prepared by the routing table. Headers
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from services.router.auth import CHALLENGE
-from services.router.balancers import AFFINITY_COOKIE, RequestKey
+from services.router.balancers import AFFINITY_COOKIE, Balancer, RequestKey
 from services.router.server import Request
 from services.router.table import Replica, Route, RoutingTable
 from services.router.upstream import (
@@ -43,6 +45,7 @@ _SKIPPED_REQUEST_HEADERS = _HOP_BY_HOP_LOWER | {
 }
 REPLICA_HEADER = "X-Berth-Replica"
 STOPPED_RETRY_AFTER = "30"
+MAX_ALIAS_SHOWN = 63  # a longer `@<alias>` is not echoed whole in the 404
 NOT_READY_RETRY_AFTER = "2"
 
 
@@ -98,26 +101,18 @@ class Proxy:
         second = path.find("/", first + 1) if first > 0 else -1
         key = path[1:second] if second > 0 else path[1:]
         route = self._by_key.get(key)
-        if route is None:
-            self._unrouted(key).send(request)
-            return
-        prefix_end = second if second > 0 else len(path)
+        pin: str | None = None
+        if route is None:  # not the plain form: perhaps `<slug>@<version-or-alias>` (slugs have no "@")
+            base, at, pin = key.partition("@")
+            route = self._by_key.get(base) if at else None
+            if route is None:
+                self._unrouted(base).send(request)
+                return
         rest = path[second:] if second > 0 else "/"
-        replicas: tuple[Replica, ...] | None = None
-        if route.by_version and len(rest) > 1:
-            end = rest.find("/", 1)
-            segment = rest[1:end] if end > 0 else rest[1:]
-            if segment.isascii() and segment.isdigit():
-                replicas = route.by_version.get(int(segment))
-                if replicas:
-                    rest = rest[end:] if end > 0 else "/"
-                    prefix_end += 1 + len(segment)
         target = f"{rest}?{query}" if query else rest
-        await self._serve(request, route, replicas, path[:prefix_end], target)
+        await self._serve(request, route, pin, path[: second if second > 0 else len(path)], target)
 
-    async def _serve(
-        self, request: Request, route: Route, replicas: tuple[Replica, ...] | None, prefix: str, target: str
-    ) -> None:
+    async def _serve(self, request: Request, route: Route, pin: str | None, prefix: str, target: str) -> None:
         stats = route.stats
         stats.in_flight += 1
         started = time.perf_counter()
@@ -129,18 +124,30 @@ class Proxy:
             if not route.enabled:
                 status = STOPPED.send(request)
                 return
-            if replicas is None:
-                replicas = route.serving
+            balancer: Balancer = route.balancer
+            replicas = route.serving
+            if pin is not None:
+                pinned = _pinned(route, pin)
+                if isinstance(pinned, Reply):
+                    status = pinned.send(request)
+                    return
+                replicas, balancer = pinned, route.inner
             if not replicas:
                 status = NO_READY_REPLICA.send(request)
                 return
-            status = await self._forward(request, route, replicas, prefix, target)
+            status = await self._forward(request, route, replicas, balancer, prefix, target)
         finally:
             stats.in_flight -= 1
             stats.observe(time.perf_counter() - started, status >= 500)
 
     async def _forward(
-        self, request: Request, route: Route, replicas: tuple[Replica, ...], prefix: str, target: str
+        self,
+        request: Request,
+        route: Route,
+        replicas: tuple[Replica, ...],
+        balancer: Balancer,
+        prefix: str,
+        target: str,
     ) -> int:
         """Send the request to a replica and relay its answer; the status the client got."""
         peer = request.peer
@@ -149,7 +156,7 @@ class Proxy:
         client_ip = forwarded_for.partition(",")[0].strip() if forwarded_for and self._trust_forwarded_for else peer
         affinity = _cookie(headers.get(b"cookie"), AFFINITY_COOKIE) if route.sticky else None
         request_key = RequestKey(client_ip, affinity)
-        replica = route.balancer.pick(replicas, request_key)
+        replica = balancer.pick(replicas, request_key)
 
         body = request.body
         length = request.content_length
@@ -187,8 +194,8 @@ class Proxy:
             others = tuple(r for r in replicas if r is not replica)
             if not (refused or body is None) or (refused and not others):
                 return _bad_gateway(replica, exc).send(request)
-            if others:
-                replica = route.balancer.pick(others, request_key)
+            if others:  # any other serving replica will do (within its revision, for a pinned version)
+                replica = route.inner.pick(others, request_key)
             try:
                 upstream = await self._send(replica, request, lines, streamed, length is None, fresh=True)
             except ResponseTimeout as timeout:
@@ -263,7 +270,7 @@ class Proxy:
         self.unrouted += 1
         project, _, slug = key.partition("/")
         if not slug:
-            return problem(404, "Not Found", "endpoints are /<project>/<deployment>/...")
+            return problem(404, "Not Found", "endpoints are /<project>/<deployment>/... and /<project>/<deployment>@<version-or-alias>/...")
         return problem(404, "Not Found", f"no deployment {slug!r} in project {project!r}")
 
     def _ops(self, name: str) -> Reply:
@@ -275,6 +282,26 @@ class Proxy:
         if name == "metrics":
             return reply(200, generate_latest(self._registry), CONTENT_TYPE_LATEST)
         return problem(404, "Not Found", "the router serves /_berth/healthz and /_berth/metrics")
+
+
+def _pinned(route: Route, pin: str) -> tuple[Replica, ...] | Reply:
+    """The replicas of the revision `@<pin>` names (digits: a spec version, else an alias), or the
+    answer when there are none: 404 for a version or alias that does not exist, 503 for one whose
+    revision is not running. A running revision without a ready replica gives an empty tuple (503)."""
+    if pin.isascii() and pin.isdigit():
+        version = int(pin)
+    else:
+        aliased = route.aliases.get(pin)
+        if aliased is None:
+            named = repr(pin) if len(pin) <= MAX_ALIAS_SHOWN else f"of {len(pin)} characters"
+            return problem(404, "Not Found", f"deployment {route.slug!r} has no alias {named}")
+        version = aliased
+    if not 1 <= version <= route.spec_version:
+        return problem(404, "Not Found", f"deployment {route.slug!r} has no version {version}")
+    replicas = route.by_version.get(version)
+    if replicas is None:
+        return problem(503, "Version not running", f"version {version} of deployment {route.slug!r} is not running")
+    return replicas
 
 
 def _header(request: Request, name: bytes) -> str | None:

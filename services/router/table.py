@@ -1,36 +1,40 @@
-"""The routing table: which replicas serve each endpoint, built from bus events (no I/O here).
+"""The routing table: each deployment's newest traffic assignment, prepared for the proxy (no I/O).
 
-Events may arrive twice, late, or out of order across streams (a snapshot read on start overlaps
-what the durable consumers deliver). Applying them is therefore idempotent and ordered:
-- a SpecApplied older than the version held only teaches the table that version's spec_id;
-- a deleted deployment stays deleted (ids are never reused);
-- per replica, an event older (`occurred_at`) than the last one applied is ignored, across the
-  health and replica streams, so a stale "ready" cannot resurrect a stopped replica.
-Whatever changes, the per-route tuples the proxy reads are rebuilt here, never on the hot path.
+The router decides nothing about who serves. The scheduler publishes one `TrafficAssigned` per change
+with a `generation` one higher than the last; the table replaces what it holds for the deployment
+with any assignment of a higher generation, whole (as Ray Serve's proxies replace their route table
+from the controller's snapshots), and ignores the rest (the watch and the periodic re-read deliver
+some twice, or late). Everything the proxy reads per request (replica tuples, the weighted choice
+across revisions, the balancer) is built here once per assignment, never on the hot path.
+
+What survives an assignment is what counts requests: the `Route` object of the deployment (its
+request statistics, its balancer's turn when the load-balancer settings are unchanged) and the
+`Replica` object of every replica the new assignment keeps (its in-flight count).
+
+Bounded state: a deleted deployment's route goes at once, and its tombstone (the generation that
+deleted it, so a late older assignment cannot bring it back) is kept for `TOMBSTONE_SECONDS` only;
+an address no route uses any more is handed to `on_address_gone` (the connection pools drop it).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 
-from libs.events import (
-    DeploymentDeleted,
-    ReplicaExited,
-    ReplicaHealthChanged,
-    ReplicaStopped,
-    SpecApplied,
-)
-from libs.spec import DeploymentSpec
+from libs.events import TrafficAssigned
+from libs.spec import LoadBalancer
 from services.router.auth import BasicAuth
-from services.router.balancers import Balancer, RoundRobin, balancer_for, hash_seed
+from services.router.balancers import Balancer, RoundRobin, Weighted, balancer_for, hash_seed
 from services.router.metrics import Stats
+
+TOMBSTONE_SECONDS = 600.0  # far longer than a re-read of the traffic stream can lag behind the watch
 
 
 @dataclass(slots=True, eq=False)
 class Replica:
     replica_id: str
-    spec_id: str
+    revision_id: str
     base_url: str  # http://host:port
     hash_seed: int
     in_flight: int = 0
@@ -38,130 +42,164 @@ class Replica:
 
 @dataclass(slots=True, eq=False)
 class Route:
-    """One deployment as the proxy sees it."""
+    """One deployment as the proxy sees it: its newest assignment, prepared."""
 
     deployment_id: str
     project: str = ""
     slug: str = ""
-    spec: DeploymentSpec | None = None  # None until its SpecApplied arrives: not routable yet
-    spec_id: str = ""
+    generation: int = 0
     spec_version: int = 0
+    enabled: bool = True
     auth: BasicAuth | None = None
-    balancer: Balancer = field(default_factory=RoundRobin)
+    load_balancer: LoadBalancer | None = None
+    inner: Balancer = field(default_factory=RoundRobin)  # within one revision's replicas
+    balancer: Balancer = field(default_factory=RoundRobin)  # `inner`, or Weighted when revisions split
     sticky: bool = False
-    versions: dict[str, int] = field(default_factory=dict)  # spec_id -> spec_version, every one seen
-    ready: dict[str, Replica] = field(default_factory=dict)  # by replica id, every version
-    seen: dict[str, datetime] = field(default_factory=dict)  # replica id -> last event applied
-    # Derived by `refresh`, read by the proxy:
-    serving: tuple[Replica, ...] = ()
-    by_version: dict[int, tuple[Replica, ...]] = field(default_factory=dict)
+    replicas: dict[str, Replica] = field(default_factory=dict)  # every listed replica, by id
+    serving: tuple[Replica, ...] = ()  # replicas of the revisions with a percent, ordered by id
+    by_version: dict[int, tuple[Replica, ...]] = field(default_factory=dict)  # running versions only
+    aliases: dict[str, int] = field(default_factory=dict)
+    applied_at: float = 0.0  # wall clock when this generation was applied
+    applied_monotonic: float = 0.0
     stats: Stats = field(default_factory=Stats)
 
     @property
     def key(self) -> str:
         return f"{self.project}/{self.slug}"
 
-    @property
-    def enabled(self) -> bool:
-        return self.spec is not None and self.spec.enabled
-
-    def refresh(self) -> None:
-        """Recompute who serves. The current version serves alone once it has all its replicas ready;
-        until then every ready replica serves. A replica keeps the spec_id of the version that started
-        it, so "not current" means either an old version being replaced (the scheduler stops it once
-        the new version is ready) or a replica the new version kept (a change of only replicas or
-        description): both must keep serving."""
-        ready = sorted(self.ready.values(), key=lambda r: r.replica_id)
-        current = tuple(r for r in ready if r.spec_id == self.spec_id)
-        desired = self.spec.resources.replicas if self.spec else 1
-        self.serving = current if current and len(current) >= desired else tuple(ready)
-        by_version: dict[int, list[Replica]] = {}
-        for replica in ready:
-            version = self.versions.get(replica.spec_id)
-            if version is not None:
-                by_version.setdefault(version, []).append(replica)
-        self.by_version = {version: tuple(replicas) for version, replicas in by_version.items()}
-
 
 class RoutingTable:
-    def __init__(self) -> None:
-        self.by_key: dict[str, Route] = {}  # "project/slug" -> route; only routes with a spec
+    def __init__(
+        self,
+        on_address_gone: Callable[[str], None] = lambda base_url: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.by_key: dict[str, Route] = {}  # "project/slug" -> route (what the proxy reads)
         self._routes: dict[str, Route] = {}  # deployment id -> route
-        self._deleted: set[str] = set()
+        self._tombstones: dict[str, tuple[int, float]] = {}  # deployment id -> (generation, when)
+        self._addresses: dict[str, int] = {}  # base URL -> replicas of all routes there
+        self._on_address_gone = on_address_gone
+        self._clock = clock
+
+    def now(self) -> float:
+        """The table's clock (monotonic seconds), for `forget`'s `read_since`."""
+        return self._clock()
 
     def routes(self) -> list[Route]:
-        return [route for route in self._routes.values() if route.spec is not None]
+        return list(self._routes.values())
 
-    def _route(self, deployment_id: str) -> Route | None:
-        if deployment_id in self._deleted:
-            return None
+    def get(self, deployment_id: str) -> Route | None:
+        return self._routes.get(deployment_id)
+
+    def generation(self, deployment_id: str) -> int:
+        """The highest generation applied (or deleted at) for the deployment; 0 when none."""
         route = self._routes.get(deployment_id)
+        if route is not None:
+            return route.generation
+        tombstone = self._tombstones.get(deployment_id)
+        return tombstone[0] if tombstone is not None else 0
+
+    def apply(self, event: TrafficAssigned, auth: BasicAuth | None) -> list[BasicAuth]:
+        """Make `event` the deployment's assignment if its generation is higher than held. Returns the
+        BasicAuths no longer referenced (the previous one, or `auth` itself when not applied)."""
+        if event.generation <= self.generation(event.deployment_id):
+            return [auth] if auth is not None else []
+        unused = [auth] if auth is not None and event.deleted else []
+        if event.deleted:
+            route = self.drop(event.deployment_id)
+            if route is not None:  # remembered only for what was held: a re-read holds the rest
+                self._tombstones[event.deployment_id] = (event.generation, self._clock())
+                unused += [route.auth] if route.auth is not None else []
+            return unused
+        route = self._routes.get(event.deployment_id)
         if route is None:
-            route = self._routes[deployment_id] = Route(deployment_id)
+            route = self._routes[event.deployment_id] = Route(event.deployment_id)
+        previous_auth = route.auth
+        if self.by_key.get(route.key) is route:  # the slug follows the name, which may have changed
+            del self.by_key[route.key]
+        route.project, route.slug = event.project, event.slug
+        route.generation, route.spec_version, route.enabled = event.generation, event.spec_version, event.enabled
+        route.auth, route.aliases = auth, dict(event.aliases)
+        if route.load_balancer != event.load_balancer:  # unchanged settings keep the balancer's turn
+            route.load_balancer, route.inner = event.load_balancer, balancer_for(event.load_balancer)
+        route.sticky = event.load_balancer.stickySessions
+        self._replace_replicas(route, event)
+        route.applied_at, route.applied_monotonic = time.time(), self._clock()
+        self.by_key[route.key] = route
+        return [previous_auth] if previous_auth is not None else []
+
+    def drop(self, deployment_id: str) -> Route | None:
+        """Forget a deployment (no tombstone); the route it had."""
+        route = self._routes.pop(deployment_id, None)
+        if route is None:
+            return None
+        if self.by_key.get(route.key) is route:
+            del self.by_key[route.key]
+        self._count_addresses((), [r.base_url for r in route.replicas.values()])
         return route
 
-    def apply_spec(self, event: SpecApplied, auth: BasicAuth | None) -> bool:
-        """Make `event` the deployment's current spec unless a newer one is held; True if applied."""
-        route = self._route(event.deployment_id)
-        if route is None:
-            return False
-        route.versions[event.spec_id] = event.spec_version
-        if route.spec is not None and event.spec_version < route.spec_version:
-            route.refresh()  # the version may name replicas already ready
-            return False
-        if route.spec is None or route.spec.loadBalancer != event.spec.loadBalancer:
-            route.balancer = balancer_for(event.spec.loadBalancer)
-        self.by_key.pop(route.key, None)  # the slug follows the name, which may have changed
-        route.project, route.slug = event.project, event.slug
-        route.spec, route.spec_id, route.spec_version = event.spec, event.spec_id, event.spec_version
-        route.auth, route.sticky = auth, event.spec.loadBalancer.stickySessions
-        route.refresh()
-        self.by_key[route.key] = route
-        return True
+    def forget(self, present: Collection[str], read_since: float) -> list[Route]:
+        """After a re-read of the stream: drop the routes it no longer holds (applied before the read
+        began, so not merely newer than it) and the tombstones past their time. The routes dropped."""
+        gone = [
+            deployment_id for deployment_id, route in self._routes.items()
+            if deployment_id not in present and route.applied_monotonic < read_since
+        ]
+        dropped = [route for route in map(self.drop, gone) if route is not None]
+        self.prune_tombstones()
+        return dropped
 
-    def note_version(self, event: SpecApplied) -> None:
-        """Learn an older version's spec_id (for `/<project>/<slug>/<version>/`) without applying it."""
-        route = self._route(event.deployment_id)
-        if route is not None:
-            route.versions.setdefault(event.spec_id, event.spec_version)
+    def prune_tombstones(self) -> None:
+        expired = self._clock() - TOMBSTONE_SECONDS
+        for deployment_id in [d for d, (_, when) in self._tombstones.items() if when < expired]:
+            del self._tombstones[deployment_id]
 
-    def apply_deleted(self, event: DeploymentDeleted) -> None:
-        self._deleted.add(event.deployment_id)
-        route = self._routes.pop(event.deployment_id, None)
-        if route is not None and self.by_key.get(route.key) is route:
-            del self.by_key[route.key]
+    def sizes(self) -> dict[str, int]:
+        """How much the table holds (tests and diagnostics: every map here must stay bounded)."""
+        return {
+            "routes": len(self._routes), "by_key": len(self.by_key),
+            "tombstones": len(self._tombstones), "addresses": len(self._addresses),
+        }
 
-    def apply_health(self, event: ReplicaHealthChanged) -> None:
-        route = self._route(event.deployment_id)
-        if route is None or not _is_newest(route, event.replica_id, event.occurred_at):
-            return
-        if not event.ready:
-            self._drop(route, event.replica_id)
-            return
-        base_url = f"http://{event.address}"
-        replica = route.ready.get(event.replica_id)
-        if replica is not None and replica.base_url == base_url and replica.spec_id == event.spec_id:
-            return
-        if replica is None:
-            route.ready[event.replica_id] = Replica(event.replica_id, event.spec_id, base_url, hash_seed(event.replica_id))
-        else:  # same replica on a new port: keep the object so its in-flight count stays right
-            replica.base_url, replica.spec_id = base_url, event.spec_id
-        route.refresh()
+    def _replace_replicas(self, route: Route, event: TrafficAssigned) -> None:
+        previous = route.replicas
+        previous_urls = [replica.base_url for replica in previous.values()]
+        replicas: dict[str, Replica] = {}
+        weighted: list[tuple[int, tuple[Replica, ...]]] = []
+        by_version: dict[int, tuple[Replica, ...]] = {}
+        for target in event.targets:
+            members = []
+            for listed in sorted(target.replicas, key=lambda r: r.replica_id):
+                replica = previous.get(listed.replica_id)
+                base_url = f"http://{listed.address}"
+                if replica is None:
+                    replica = Replica(listed.replica_id, target.revision_id, base_url, hash_seed(listed.replica_id))
+                else:  # kept: the same object, so its in-flight count stays right
+                    replica.revision_id, replica.base_url = target.revision_id, base_url
+                replicas[listed.replica_id] = replica
+                members.append(replica)
+            revision = tuple(members)
+            by_version.update((version, revision) for version in target.spec_versions)
+            if target.percent > 0 and revision:
+                weighted.append((target.percent, revision))
+        route.replicas, route.by_version = replicas, by_version
+        if len(weighted) > 1:
+            route.serving = tuple(sorted((r for _, revision in weighted for r in revision), key=lambda r: r.replica_id))
+            route.balancer = Weighted(weighted, event.load_balancer)
+        else:
+            route.serving = weighted[0][1] if weighted else ()
+            route.balancer = route.inner
+        self._count_addresses([replica.base_url for replica in replicas.values()], previous_urls)
 
-    def apply_replica_gone(self, event: ReplicaExited | ReplicaStopped) -> None:
-        route = self._route(event.deployment_id)
-        if route is not None and _is_newest(route, event.replica_id, event.occurred_at):
-            self._drop(route, event.replica_id)
-
-    def _drop(self, route: Route, replica_id: str) -> None:
-        if route.ready.pop(replica_id, None) is not None:
-            route.refresh()
-
-
-def _is_newest(route: Route, replica_id: str, occurred_at: datetime) -> bool:
-    """Record `occurred_at` as the replica's latest event unless a later one was applied already."""
-    seen = route.seen.get(replica_id)
-    if seen is not None and occurred_at < seen:
-        return False
-    route.seen[replica_id] = occurred_at
-    return True
+    def _count_addresses(self, added: Iterable[str], removed: Iterable[str]) -> None:
+        """Keep the count of replicas per address; an address whose count reaches 0 is gone."""
+        counts = self._addresses
+        for base_url in added:
+            counts[base_url] = counts.get(base_url, 0) + 1
+        for base_url in removed:
+            left = counts.get(base_url, 0) - 1
+            if left > 0:
+                counts[base_url] = left
+            else:
+                counts.pop(base_url, None)
+                self._on_address_gone(base_url)

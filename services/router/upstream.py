@@ -262,6 +262,8 @@ class AddressPool:
         self.response_timeout = response_timeout
         self.awaiting = awaiting  # every pool's connections waiting for a response head
         self._idle: list[Connection] = []
+        self.last_used = asyncio.get_running_loop().time()  # when a connection last came back
+        self.retired = False  # no replica is at this address any more: connections are not kept
 
     async def acquire(self, fresh: bool = False) -> Connection:
         """An idle kept-alive connection, or a new one (always new when `fresh`)."""
@@ -278,8 +280,8 @@ class AddressPool:
         return protocol
 
     def release(self, connection: Connection) -> None:
-        if connection.reusable:
-            connection.idle_since = asyncio.get_running_loop().time()
+        if connection.reusable and not self.retired:
+            connection.idle_since = self.last_used = asyncio.get_running_loop().time()
             self._idle.append(connection)
         else:
             connection.close()
@@ -288,6 +290,10 @@ class AddressPool:
         """The replica closed `connection` (perhaps while idle)."""
         if connection in self._idle:
             self._idle.remove(connection)
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
 
     def close_idle(self, older_than: float) -> None:
         keep = []
@@ -302,7 +308,12 @@ class AddressPool:
 class UpstreamPools:
     """An AddressPool per replica address; idle connections close after `keepalive_seconds`, and a
     response head not begun within `response_timeout` fails with ResponseTimeout (checked every
-    SWEEP_SECONDS, so up to that much later)."""
+    SWEEP_SECONDS, so up to that much later).
+
+    Pools are bounded by the addresses in use: `retire` drops an address no replica has any more (the
+    routing table says so), and the sweep drops a pool with no idle connection left for
+    `keepalive_seconds` (e.g. one a late request re-created for a retired address). A retired pool's
+    connections still in use are closed when their exchange ends."""
 
     def __init__(self, connect_timeout: float, keepalive_seconds: float, response_timeout: float) -> None:
         self._connect_timeout = connect_timeout
@@ -324,6 +335,16 @@ class UpstreamPools:
                 self._sweeper = asyncio.create_task(self._sweep())
         return pool
 
+    def retire(self, base_url: str) -> None:
+        """No replica is at `base_url` any more: close its idle connections and forget its pool."""
+        pool = self._pools.pop(base_url, None)
+        if pool is not None:
+            pool.retired = True
+            pool.close_idle(float("inf"))
+
+    def __len__(self) -> int:
+        return len(self._pools)
+
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -337,5 +358,8 @@ class UpstreamPools:
             now = loop.time()
             for connection in [c for c in self._awaiting if c.deadline <= now]:
                 connection.time_out()
-            for pool in self._pools.values():
-                pool.close_idle(now - self._keepalive)
+            expired = now - self._keepalive
+            for base_url, pool in list(self._pools.items()):
+                pool.close_idle(expired)
+                if not pool.idle and pool.last_used < expired:
+                    self.retire(base_url)

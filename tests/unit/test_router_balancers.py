@@ -10,6 +10,7 @@ from services.router.balancers import (
     RequestKey,
     RoundRobin,
     Sticky,
+    Weighted,
     balancer_for,
     hash_seed,
 )
@@ -58,3 +59,28 @@ def test_spec_settings_choose_the_balancer() -> None:
     assert isinstance(balancer_for(LoadBalancer(enabled=False)), First)
     sticky = balancer_for(LoadBalancer(algorithm="least-connections", stickySessions=True))
     assert isinstance(sticky, Sticky) and isinstance(sticky.inner, LeastConnections)
+
+
+def test_weighted_follows_the_percents_exactly_per_hundred_and_interleaves() -> None:
+    old, new = replicas("o1"), replicas("n1", "n2")
+    balancer = Weighted([(30, old), (70, new)], LoadBalancer())
+    picks = [balancer.pick(old + new, KEY).replica_id for _ in range(200)]
+    assert Counter(picks) == {"o1": 60, "n1": 70, "n2": 70}
+    longest_run = max(len(run) for run in "".join("o" if p == "o1" else "n" for p in picks).split("o"))
+    assert longest_run <= 3, "the old revision's share is spread out, not sent in one burst"
+
+
+def test_weighted_under_ip_hash_keeps_each_client_on_one_revision_and_replica() -> None:
+    old, new = replicas("o1", "o2"), replicas("n1", "n2")
+    balancer = Weighted([(50, old), (50, new)], LoadBalancer(algorithm="ip-hash"))
+    clients = [RequestKey(f"10.1.{i // 250}.{i % 250}", None) for i in range(400)]
+    chosen = {key: balancer.pick(old + new, key).replica_id for key in clients}
+    assert chosen == {key: balancer.pick(old + new, key).replica_id for key in clients}
+    revisions = Counter(name[0] for name in chosen.values())
+    assert 150 < revisions["o"] < 250, revisions
+
+
+def test_weighted_sticky_keeps_a_session_on_its_replica_across_revisions() -> None:
+    old, new = replicas("o1"), replicas("n1")
+    balancer = Weighted([(10, old), (90, new)], LoadBalancer(stickySessions=True))
+    assert {balancer.pick(old + new, RequestKey("ip", "o1")).replica_id for _ in range(20)} == {"o1"}

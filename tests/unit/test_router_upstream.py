@@ -228,3 +228,32 @@ async def test_failures_before_and_during_a_response(
     await silent.server.wait_closed()
     with pytest.raises(ConnectFailed):
         await exchange(pools, silent)
+
+
+async def test_a_retired_address_closes_its_connections_and_is_forgotten(
+    replica_with: Callable[[Script], asyncio.Future[Replica]], pools: UpstreamPools
+) -> None:
+    replica = await replica_with(fixed("HTTP/1.1 200 OK\nContent-Length: 2\n", b"ok"))
+    idle, _ = await exchange(pools, replica)
+    busy, _ = await exchange(pools, replica)  # still in use when its replica leaves
+    pool = pools.pool(replica.base_url)
+    pool.release(idle)
+    pools.retire(replica.base_url)  # the routing table: no replica at this address any more
+    assert len(pools) == 0 and idle.closed
+    pool.release(busy)  # its exchange ends: not kept for an address nobody uses
+    assert busy.closed
+
+
+async def test_the_sweep_forgets_a_pool_left_without_connections(
+    replica_with: Callable[[Script], asyncio.Future[Replica]]
+) -> None:
+    pools = UpstreamPools(connect_timeout=2.0, keepalive_seconds=0.2, response_timeout=30.0)
+    try:
+        replica = await replica_with(fixed("HTTP/1.1 200 OK\nContent-Length: 2\n", b"ok"))
+        connection, _ = await exchange(pools, replica)
+        pools.pool(replica.base_url).release(connection)
+        assert len(pools) == 1
+        await eventually(lambda: len(pools) == 0, timeout=5, what="the idle pool swept away")
+        assert connection.closed
+    finally:
+        await pools.close()
