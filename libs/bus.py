@@ -107,6 +107,7 @@ LOGS_RPC = "berth.rpc.v1.logs"
 DURABLE_SCHEDULER_SPECS = "scheduler-specs"
 DURABLE_SCHEDULER_HEALTH = "scheduler-health"
 DURABLE_SCHEDULER_RESTARTS = "scheduler-restarts"
+DURABLE_SCHEDULER_SCALE = "scheduler-scale"
 DURABLE_HEALTH_REPLICAS = "health-monitor-replicas"
 DURABLE_REGISTRY_STATUS = "registry-status"
 

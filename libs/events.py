@@ -158,6 +158,7 @@ class ReplicaRestartRequested(Event, ReplicaRef):
 # -- scale decisions (not spec versions) --------------------------------------------------------------
 
 ScaleSource = Literal["user", "autoscaler"]
+ReplicasSource = Literal["spec", "user", "autoscaler"]  # where a deployment's desired count came from
 
 
 class DeploymentScaled(Event, DeploymentRef):
@@ -237,6 +238,9 @@ class ReplicaStatus(BaseModel):
     last_exit_code: int | None = None
     last_probe: ProbeResult | None = None
     log_tail: list[str] = Field(default_factory=list)
+    last_restart_reason: str | None = Field(
+        default=None, description="Why the replica was last restarted (a failed probe, or its exit code)."
+    )
 
 
 class DeploymentStatusChanged(Event, DeploymentRef):
@@ -250,6 +254,9 @@ class DeploymentStatusChanged(Event, DeploymentRef):
     phase: Phase
     reason: str = ""
     desired_replicas: int
+    replicas_source: ReplicasSource = Field(
+        default="spec", description="Where desired_replicas came from: the spec, or a scale decision."
+    )
     ready_replicas: int
     replicas: list[ReplicaStatus] = Field(default_factory=list)
     not_provided: list[str] = Field(default_factory=list, description="What this runtime could not give.")

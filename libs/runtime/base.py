@@ -1,7 +1,8 @@
 """The Runtime: where replicas actually run. One interface, two adapters (`local`, `kubernetes`).
 
-The unit is a *workload*: one replica set of one spec version, as a Kubernetes Deployment is. The
-scheduler says what workloads should exist (`apply`, `delete`); the runtime keeps that many replicas
+The unit is a *workload*: the replica set of one revision (libs.revision: one template), as a
+Kubernetes Deployment is. The scheduler says what workloads should exist (`apply`, `delete`); the
+runtime keeps that many replicas
 running, restarts a replica whose process exits (with exponential back-off, as the kubelet does), and
 reports what actually runs (`replicas`). The mapping to Kubernetes is one to one:
 
@@ -12,6 +13,11 @@ reports what actually runs (`replicas`). The mapping to Kubernetes is one to one
     restart(replica_id)   -> delete the Pod (its Deployment starts a new one) / restart the process
     logs(replica_id)      -> read_namespaced_pod_log
     usage(replica_id)     -> metrics.k8s.io
+
+An `apply` that lowers the count stops the most recently created replicas first (`Replica.created_at`),
+so the scheduler knows which replicas leave and takes them out of the traffic assignment before it
+asks (the Kubernetes adapter gets the same order with the `controller.kubernetes.io/pod-deletion-cost`
+annotation).
 """
 
 from __future__ import annotations
@@ -43,13 +49,13 @@ def restart_backoff(consecutive_exits: int, initial: float = RESTART_BACKOFF_INI
 
 @dataclass(frozen=True)
 class Workload:
-    """Desired state of one replica set: a spec version of a deployment, with secrets resolved."""
+    """Desired state of one replica set: one revision of a deployment, with secrets resolved."""
 
-    name: str  # unique runtime name: f"{project}-{slug}-{spec_id[:8]}", DNS-1123
+    name: str  # unique runtime name: f"{project}-{slug}-{revision_id}", DNS-1123
     deployment_id: str
     project: str
     slug: str
-    spec_id: str
+    spec_id: str  # the newest spec version that asked for this workload (display, BERTH_SPEC_ID)
     replicas: int
     command: tuple[str, ...]
     image: str
@@ -64,6 +70,7 @@ class Workload:
     revision_id: str = ""  # the revision whose replica set this is (libs.revision.revision_id)
     # Names of `env` entries whose values come from secrets: a runtime never writes those to disk.
     secret_env: frozenset[str] = frozenset()
+    container_registry: str | None = None
 
 
 @dataclass
@@ -83,6 +90,7 @@ class Replica:
     started_at: datetime | None = None
     next_restart_at: datetime | None = None
     revision_id: str = ""
+    created_at: datetime | None = None  # scale down stops the newest first
 
 
 ReplicaEventKind = Literal["started", "exited", "stopped"]

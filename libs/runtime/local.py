@@ -148,6 +148,7 @@ class _Supervised:
             "workload": r.workload,
             "deployment_id": r.deployment_id,
             "spec_id": r.spec_id,
+            "revision_id": r.revision_id,
             "host": r.host,
             "ports": {str(spec): host for spec, host in r.ports.items()},
             "created_at": self.created_at.isoformat(),
@@ -171,6 +172,7 @@ class _Supervised:
                 workload=state["workload"],
                 deployment_id=state["deployment_id"],
                 spec_id=state["spec_id"],
+                revision_id=state.get("revision_id", ""),
                 host=state["host"],
                 ports={int(spec): host for spec, host in state["ports"].items()},
                 state="running",
@@ -178,6 +180,7 @@ class _Supervised:
                 last_exit_code=state["last_exit_code"],
                 started_at=datetime.fromisoformat(started_at) if started_at else None,
                 next_restart_at=datetime.fromisoformat(next_restart_at) if next_restart_at else None,
+                created_at=datetime.fromisoformat(state["created_at"]),
             )
             supervised = cls(
                 replica,
@@ -330,6 +333,10 @@ class LocalRuntime:
         memory_gb = psutil.virtual_memory().total / GIB
         if workload.memory_gb and workload.memory_gb > memory_gb:
             missing.append(f"{workload.memory_gb:g} GB of memory (this machine has {memory_gb:.1f} GB)")
+        # The command runs on this machine as it is: no image is pulled, no registry is asked.
+        missing.append(f"image {workload.image} (the local runtime runs the command on this machine)")
+        if workload.container_registry:
+            missing.append(f"containerRegistry {workload.container_registry} (the local runtime pulls no image)")
         return missing
 
     # -- observation --
@@ -526,16 +533,19 @@ class LocalRuntime:
         replica_id = self._new_replica_id(workload.name)
         directory = self.state_dir / replica_id
         directory.mkdir(mode=0o700, parents=True)
+        created_at = utcnow()
         replica = Replica(
             replica_id=replica_id,
             workload=workload.name,
             deployment_id=workload.deployment_id,
             spec_id=workload.spec_id,
+            revision_id=workload.revision_id,
             host=HOST,
             ports={spec: free_port() for spec in workload.ports},
             state="starting",
+            created_at=created_at,
         )
-        s = _Supervised(replica, directory, utcnow())
+        s = _Supervised(replica, directory, created_at)
         s.save()
         self._replicas[replica_id] = s
         s.task = asyncio.create_task(self._supervise(s, launch=True))

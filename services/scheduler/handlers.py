@@ -1,18 +1,18 @@
-"""Bus subscribers of the scheduler. Each durable consumer acks a message once its work is done; a
-failure naks it for redelivery, which the reconciler absorbs (it is idempotent).
+"""Bus subscribers of the scheduler, wired with the service kit: each handler takes typed events; the
+kit decodes, acknowledges after the handler returns, and redelivers or dead-letters on errors. A
+reconcile never raises into a handler: a failed one is requeued by the reconciler itself.
 
 - spec events (SPECS, durable scheduler-specs): take the new desired state, reconcile the deployment.
-- health (HEALTH, durable scheduler-health): readiness moves rollouts on and changes the status.
+- scale decisions (SCALE, durable scheduler-scale): compose the desired count again, reconcile.
+- health (HEALTH, durable scheduler-health): readiness moves rollouts on and changes the assignment.
 - restart requests (CONTROL, durable scheduler-restarts): restart the replica through the runtime.
-- logs RPC (core NATS request/reply, queue group: several schedulers would share it).
+- logs RPC (core NATS request/reply, queue group: several schedulers would share it; not a stream).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from faststream import AckPolicy
-from faststream.nats import NatsBroker
 from nats.js.api import DeliverPolicy
 from pydantic import ValidationError
 
@@ -20,23 +20,26 @@ from libs.bus import (
     CONTROL,
     DURABLE_SCHEDULER_HEALTH,
     DURABLE_SCHEDULER_RESTARTS,
+    DURABLE_SCHEDULER_SCALE,
     DURABLE_SCHEDULER_SPECS,
     HEALTH,
     HEALTH_EVENTS,
     LOGS_RPC,
     RESTART_REQUESTS,
+    SCALE,
+    SCALE_EVENTS,
     SPEC_EVENTS,
     SPECS,
 )
 from libs.events import (
     DeploymentDeleted,
-    Event,
+    DeploymentScaled,
     ReplicaHealthChanged,
     ReplicaRestartRequested,
     SpecApplied,
-    decode_event,
 )
-from libs.logging import bind, get_logger
+from libs.kit import Service
+from libs.logging import bind
 from libs.runtime.base import Runtime
 from services.scheduler import logs
 from services.scheduler.reconcile import Reconciler
@@ -46,61 +49,47 @@ LOGS_QUEUE_GROUP = "scheduler"
 # replicas to drain); the reconciler serialises those of one deployment.
 SPEC_WORKERS = 8
 
-log = get_logger(__name__)
 
-
-def _decode(body: dict[str, Any]) -> Event | None:
-    try:
-        return decode_event(body)
-    except (KeyError, ValidationError):
-        log.warning("undecodable event dropped", kind=body.get("kind"))
-        return None
-
-
-def register_handlers(broker: NatsBroker, reconciler: Reconciler, runtime: Runtime) -> None:
-    # Push consumers, though FastStream warns they do not scale out: one scheduler owns the runtime's
-    # replicas (a second would fight it), and push delivery keeps apply -> process start near 10 ms.
-    @broker.subscriber(
-        SPEC_EVENTS,
-        stream=SPECS,
-        durable=DURABLE_SCHEDULER_SPECS,
-        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,  # when first created; the snapshot has the rest
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        max_workers=SPEC_WORKERS,
-    )
-    async def on_spec_event(body: dict[str, Any]) -> None:
-        event = _decode(body)
-        if not isinstance(event, SpecApplied | DeploymentDeleted):
-            return
+def register_handlers(service: Service, reconciler: Reconciler, runtime: Runtime) -> None:
+    async def on_spec_event(event: SpecApplied | DeploymentDeleted) -> None:
         bind(deployment_id=event.deployment_id, spec_id=getattr(event, "spec_id", None))
         reconciler.spec_event(event)
-        await reconciler.reconcile(event.deployment_id)  # also for an old version: level-triggered
+        await reconciler.reconcile_logged(event.deployment_id)  # also for an old version: level-triggered
 
-    @broker.subscriber(
-        HEALTH_EVENTS,
-        stream=HEALTH,
-        durable=DURABLE_SCHEDULER_HEALTH,
-        deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-    )
-    async def on_health_changed(body: dict[str, Any]) -> None:
-        event = _decode(body)
-        if isinstance(event, ReplicaHealthChanged) and reconciler.health_changed(event):
+    async def on_scale_decided(event: DeploymentScaled) -> None:
+        bind(deployment_id=event.deployment_id)
+        if reconciler.scale_decided(event):
+            await reconciler.reconcile_logged(event.deployment_id)
+
+    async def on_health_changed(event: ReplicaHealthChanged) -> None:
+        if reconciler.health_changed(event):
             reconciler.kick(event.deployment_id)
 
-    @broker.subscriber(
-        RESTART_REQUESTS,
-        stream=CONTROL,
-        durable=DURABLE_SCHEDULER_RESTARTS,
-        deliver_policy=DeliverPolicy.NEW,  # when first created: yesterday's requests are about processes long gone
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-    )
-    async def on_restart_requested(body: dict[str, Any]) -> None:
-        event = _decode(body)
-        if isinstance(event, ReplicaRestartRequested):
-            bind(deployment_id=event.deployment_id, replica_id=event.replica_id)
-            await reconciler.restart(event)
+    async def on_restart_requested(event: ReplicaRestartRequested) -> None:
+        bind(deployment_id=event.deployment_id, replica_id=event.replica_id)
+        await reconciler.restart(event)
 
-    @broker.subscriber(LOGS_RPC, queue=LOGS_QUEUE_GROUP)
+    # Push consumers, though they do not scale out: one scheduler owns the runtime's replicas (a second
+    # would fight it), and push delivery keeps apply -> process start near 10 ms. On first creation
+    # they start from the newest per subject: the snapshot read at start has the rest.
+    latest = DeliverPolicy.LAST_PER_SUBJECT
+    service.subscribe(
+        SPEC_EVENTS, stream=SPECS, durable=DURABLE_SCHEDULER_SPECS, events=(SpecApplied, DeploymentDeleted),
+        handler=on_spec_event, deliver_policy=latest, max_workers=SPEC_WORKERS,
+    )  # fmt: skip
+    service.subscribe(
+        SCALE_EVENTS, stream=SCALE, durable=DURABLE_SCHEDULER_SCALE, events=(DeploymentScaled,),
+        handler=on_scale_decided, deliver_policy=latest,
+    )  # fmt: skip
+    service.subscribe(
+        HEALTH_EVENTS, stream=HEALTH, durable=DURABLE_SCHEDULER_HEALTH, events=(ReplicaHealthChanged,),
+        handler=on_health_changed, deliver_policy=latest,
+    )  # fmt: skip
+    service.subscribe(  # when first created, only new ones: old requests are about processes long gone
+        RESTART_REQUESTS, stream=CONTROL, durable=DURABLE_SCHEDULER_RESTARTS, events=(ReplicaRestartRequested,),
+        handler=on_restart_requested, deliver_policy=DeliverPolicy.NEW,
+    )  # fmt: skip
+
+    @service.broker.subscriber(LOGS_RPC, queue=LOGS_QUEUE_GROUP)
     async def on_logs_requested(body: dict[str, Any]) -> dict[str, Any]:
         return await logs.reply(runtime, body)

@@ -42,36 +42,36 @@ class Serving:
     spec_id: str
     primary_port: int
     health_checks: HealthChecks
+    revision_id: str = ""
 
 
 class Ledger:
-    """The last lifecycle event the bus holds for each live replica, by deployment."""
+    """The last lifecycle event the bus holds for each live replica of one deployment."""
 
     def __init__(self) -> None:
-        self._last: dict[str, dict[str, ReplicaEvent]] = {}
+        self._last: dict[str, ReplicaEvent] = {}
         self._started: dict[str, ReplicaStarted] = {}  # by replica id: what it was announced with
 
     def record(self, event: ReplicaEvent) -> None:
-        replicas = self._last.setdefault(event.deployment_id, {})
         if isinstance(event, ReplicaStopped):
-            replicas.pop(event.replica_id, None)  # gone for good; a reused id starts afresh
+            self._last.pop(event.replica_id, None)  # gone for good; a reused id starts afresh
             self._started.pop(event.replica_id, None)
             return
-        replicas[event.replica_id] = event
+        self._last[event.replica_id] = event
         if isinstance(event, ReplicaStarted):
             self._started[event.replica_id] = event
 
-    def last(self, deployment_id: str, replica_id: str) -> ReplicaEvent | None:
-        return self._last.get(deployment_id, {}).get(replica_id)
+    def last(self, replica_id: str) -> ReplicaEvent | None:
+        return self._last.get(replica_id)
 
     def started(self, replica_id: str) -> ReplicaStarted | None:
         return self._started.get(replica_id)
 
-    def replicas(self, deployment_id: str) -> dict[str, ReplicaEvent]:
-        return dict(self._last.get(deployment_id, {}))
+    def replicas(self) -> dict[str, ReplicaEvent]:
+        return dict(self._last)
 
-    def deployments(self) -> set[str]:
-        return {d for d, replicas in self._last.items() if replicas}
+    def __len__(self) -> int:
+        return len(self._last) + len(self._started)
 
 
 def started_event(replica: Replica, serving: Serving) -> ReplicaStarted:
@@ -84,6 +84,7 @@ def started_event(replica: Replica, serving: Serving) -> ReplicaStarted:
         **serving.ref.model_dump(include={"deployment_id", "project", "slug"}),
         replica_id=replica.replica_id,
         spec_id=serving.spec_id,
+        revision_id=replica.revision_id or serving.revision_id,
         host=replica.host,
         ports=replica.ports,
         primary_port=serving.primary_port,
@@ -95,7 +96,7 @@ def started_event(replica: Replica, serving: Serving) -> ReplicaStarted:
 def stopped_event(last: ReplicaEvent, reason: str) -> ReplicaStopped:
     return ReplicaStopped(
         event_id=event_id("stopped", last.event_id),
-        **last.model_dump(include={"deployment_id", "project", "slug", "replica_id", "spec_id"}),
+        **last.model_dump(include={"deployment_id", "project", "slug", "replica_id", "spec_id", "revision_id"}),
         reason=reason,
     )
 
@@ -139,6 +140,7 @@ async def _exited(
         **serving.ref.model_dump(include={"deployment_id", "project", "slug"}),
         replica_id=replica.replica_id,
         spec_id=last.spec_id if last else serving.spec_id,
+        revision_id=replica.revision_id or serving.revision_id,
         exit_code=replica.last_exit_code,
         restart_count=restart_count,
         next_restart_in_seconds=delay,

@@ -1,48 +1,49 @@
-"""The scheduler's reconcile loop: make the runtime run what the latest spec of each deployment says.
+"""The scheduler's reconcile loop: make the runtime run what each deployment should, and say what
+serves.
 
-`Reconciler.reconcile(deployment_id)` is idempotent and level-triggered (controller-runtime style):
-it compares the desired state (the newest SpecApplied or DeploymentDeleted) with the actual state
-(the runtime's workloads and replicas), acts on the difference, then tells the bus what it observed:
-replica lifecycle events and, when it changed, the deployment status. It runs for every event of the
-deployment, on every runtime change, and periodically for all; reconciles of one deployment never
-overlap (one lock each).
+`Reconciler.reconcile(deployment_id)` is level-triggered and idempotent, as a controller-runtime
+reconciler is: the request is only the deployment id; everything else is read again. It runs for
+every event of the deployment, on every runtime change, and periodically for all; reconciles of one
+deployment never overlap (a lock each). A reconcile that raises is requeued with a growing delay; a
+spec that cannot run (a missing secret, a command the runtime refuses) is terminal: status Failed, no
+retry until something changes (or the periodic resync looks again).
 
-Decisions:
-- A workload runs one *template* (render.template_hash: what changes the processes). A spec version
-  that changes only replicas, `enabled`, autoscaling, the load balancer, health checks or the
-  description re-uses the running workload, scaled. Its replicas keep the spec_id of the version that
-  started them; a change of health checks re-announces them (ReplicaStarted, same replica id and
-  restart count, new spec_id and checks) so the health-monitor probes the new way.
-- A new template gets a new workload at full size. The previous one keeps serving until every new
-  replica is ready (ReplicaHealthChanged from the health-monitor), then goes; if the new replicas
-  never get ready the previous ones keep serving and the status says why (Degraded).
-- Replicas about to be stopped are announced (ReplicaStopped) before they are sent SIGTERM, so the
-  router stops sending them requests while they drain.
-- Workloads of a deployment the scheduler has no spec event for are left alone (a lost stream must
-  not take endpoints down); those of a deleted deployment are removed.
+One reconcile is a sequence of phases (as Knative's ReconcileKind), each get / compare / act:
+
+1. desired    - compose the newest spec with the newest scale decisions (desired.py)
+2. revisions  - which revisions run, at what size, which replicas leave (revisions.py)
+3. workloads  - create or grow the desired revision's workload (render.py)
+4. traffic    - publish the assignment (traffic.py) when what serves changed
+5. retire     - only now stop the replicas that left the assignment: scale down, previous revisions
+6. status     - publish replica lifecycle events the bus misses, then the status when it changed
+
+A deleted deployment publishes its tombstone assignment, then every replica goes. Workloads of a
+deployment the scheduler has no spec event for are left alone (a lost stream must not take endpoints
+down). Everything held about a deployment is dropped once it is deleted and gone (state.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 
 from libs.events import (
     DeploymentDeleted,
     DeploymentRef,
+    DeploymentScaled,
     DeploymentStatusChanged,
     Event,
-    ReplicaEvent,
     ReplicaExited,
     ReplicaHealthChanged,
     ReplicaRestartRequested,
     ReplicaStarted,
     ReplicaStopped,
     SpecApplied,
+    TrafficAssigned,
 )
+from libs.kit import RetryPolicy
 from libs.logging import get_logger
 from libs.runtime.base import (
     InvalidWorkload,
@@ -52,40 +53,38 @@ from libs.runtime.base import (
     Runtime,
     Workload,
 )
-from libs.secrets import SecretStore
 from libs.spec import DeploymentSpec, HealthChecks
 from libs.tasks import cancel_and_wait
-from services.scheduler.lifecycle import (
-    LOG_TAIL_LINES,
-    Ledger,
-    Serving,
-    lifecycle_events,
-    stopped_event,
-)
-from services.scheduler.metrics import (
-    DEPLOYMENTS,
-    EVENTS_PUBLISHED,
-    RECONCILE_ERRORS,
-    RECONCILE_SECONDS,
-)
+from services.scheduler import traffic
+from services.scheduler.desired import Desired, compose, newer_decision
+from services.scheduler.lifecycle import LOG_TAIL_LINES, Serving, lifecycle_events, stopped_event
+from services.scheduler.metrics import DEPLOYMENTS, EVENTS_PUBLISHED, RECONCILE_ERRORS, RECONCILE_SECONDS
 from services.scheduler.render import (
-    TEMPLATE_LABEL,
     RenderError,
+    ResolvedEnv,
+    SecretResolver,
     render,
     resolve_env,
-    template_hash,
-    workload_name,
+    revision_of,
 )
+from services.scheduler.revisions import ObservedWorkload, RevisionPlan, plan_revisions, serving
+from services.scheduler.state import DeploymentState
 from services.scheduler.status import (
     ObservedReplica,
     compute_status,
     deleted_status,
+    not_acted_on,
+    restart_reason,
     same_status,
 )
 
 Publish = Callable[[Event], Awaitable[None]]
 
-STOPPING_POLL_SECONDS = 0.1
+# A reconcile that raised runs again after 0.25 s, 0.5 s ... up to 30 s (controller-runtime's
+# rate-limited requeue); the delay resets after one that succeeds.
+REQUEUE = RetryPolicy(first_delay_seconds=0.25, factor=2.0, max_delay_seconds=30.0)
+# A deleted deployment, once gone, is remembered this long so that a late spec event cannot bring it back.
+DELETED_RETENTION_SECONDS = 600.0
 
 log = get_logger(__name__)
 
@@ -100,17 +99,23 @@ def ref_of(source: DeploymentRef | Workload) -> DeploymentRef:
 
 
 class Reconciler:
-    def __init__(self, runtime: Runtime, secrets: SecretStore, publish: Publish) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        secrets: SecretResolver,
+        publish: Publish,
+        *,
+        deleted_retention_seconds: float = DELETED_RETENTION_SECONDS,
+        requeue: RetryPolicy = REQUEUE,
+    ) -> None:
         self._runtime = runtime
         self._secrets = secrets
         self._publish = publish
-        self._desired: dict[str, SpecApplied] = {}
-        self._deleted: dict[str, DeploymentDeleted] = {}
-        self._health: dict[str, ReplicaHealthChanged] = {}  # by replica id
-        self._ledger = Ledger()
-        self._status: dict[str, DeploymentStatusChanged] = {}
-        self._stop_reason: dict[str, str] = {}  # why replicas of a deployment stop, by deployment
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._deleted_retention = deleted_retention_seconds
+        self._requeue_policy = requeue
+        self._states: dict[str, DeploymentState] = {}
+        self._gone: dict[str, float] = {}  # deleted and forgotten: until when late events are refused
+        self._locks: dict[str, asyncio.Lock] = {}
         self._kicked: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -119,60 +124,98 @@ class Reconciler:
 
     def rebuild(
         self,
-        specs: Iterable[Event],
-        replicas: Iterable[Event],
-        health: Iterable[Event],
-        statuses: Iterable[Event],
+        specs: Iterable[Event] = (),
+        scales: Iterable[Event] = (),
+        replicas: Iterable[Event] = (),
+        health: Iterable[Event] = (),
+        statuses: Iterable[Event] = (),
+        assignments: Iterable[Event] = (),
     ) -> None:
         """Load the state snapshot read from the streams on start (latest event per subject)."""
         for event in specs:
             if isinstance(event, SpecApplied | DeploymentDeleted):
                 self.spec_event(event)
+        for event in scales:
+            if isinstance(event, DeploymentScaled):
+                self.scale_decided(event)
         for event in replicas:
             if isinstance(event, ReplicaStarted | ReplicaExited | ReplicaStopped):
-                self._ledger.record(event)
+                self._state(event.deployment_id).ledger.record(event)
         for event in health:
             if isinstance(event, ReplicaHealthChanged):
                 self.health_changed(event)
         for event in statuses:
-            if isinstance(event, DeploymentStatusChanged):
-                self._status[event.deployment_id] = event
+            if isinstance(event, DeploymentStatusChanged) and event.deployment_id in self._states:
+                self._states[event.deployment_id].status = event
+        for event in assignments:
+            # The generation goes on from the newest assignment; tombstones of deployments long gone
+            # are not loaded (their ids never come back).
+            if isinstance(event, TrafficAssigned) and (not event.deleted or event.deployment_id in self._states):
+                self._state(event.deployment_id).learn_assignment(event)
 
     def spec_event(self, event: SpecApplied | DeploymentDeleted) -> bool:
         """Take a new desired state; False when the event is older than what is known (redelivery)."""
         did = event.deployment_id
-        if did in self._deleted:
+        state = self._states.get(did)
+        if did in self._gone or (state is not None and state.deleted is not None):
             return False  # deleted is final; a late SpecApplied must not bring replicas back
+        state = self._state(did)
         if isinstance(event, DeploymentDeleted):
-            self._deleted[did] = event
-            self._desired.pop(did, None)
+            state.deleted, state.applied = event, None
+        elif state.applied is not None and state.applied.spec_version >= event.spec_version:
+            return False
         else:
-            known = self._desired.get(did)
-            if known is not None and known.spec_version >= event.spec_version:
-                return False
-            self._desired[did] = event
-        DEPLOYMENTS.set(len(self._desired))
+            state.applied = event
+            state.learn_version(event)
+        DEPLOYMENTS.set(sum(s.applied is not None for s in self._states.values()))
+        return True
+
+    def scale_decided(self, event: DeploymentScaled) -> bool:
+        if event.deployment_id in self._gone:
+            return False
+        state = self._state(event.deployment_id)
+        if state.deleted is not None or not newer_decision(state.decisions.get(event.source), event):
+            return False
+        state.decisions[event.source] = event
         return True
 
     def health_changed(self, event: ReplicaHealthChanged) -> bool:
-        known = self._health.get(event.replica_id)
-        if known is not None and known.occurred_at > event.occurred_at:
+        """Take a replica's health; False when older than what is known (an earlier process or time)."""
+        state = self._states.get(event.deployment_id)
+        if state is None:
+            return False  # a deployment nothing runs for here: nothing to decide from it
+        known = state.health.get(event.replica_id)
+        if known is not None and (known.restart_count, known.occurred_at) > (event.restart_count, event.occurred_at):
             return False
-        self._health[event.replica_id] = event
+        state.health[event.replica_id] = event
         return True
 
     def deployments(self) -> set[str]:
-        return set(self._desired)
+        return {d for d, s in self._states.items() if s.applied is not None}
 
-    # -- reconcile --------------------------------------------------------------------------------
+    # -- running reconciles -----------------------------------------------------------------------
 
     async def reconcile(self, deployment_id: str) -> None:
-        async with self._locks[deployment_id]:
+        """Reconcile one deployment now; raises what the reconcile raised."""
+        async with self._lock(deployment_id):
             began = time.perf_counter()
             try:
                 await self._reconcile(deployment_id)
             finally:
                 RECONCILE_SECONDS.observe(time.perf_counter() - began)
+
+    async def reconcile_logged(self, deployment_id: str) -> None:
+        """Reconcile one deployment; a failure is logged and requeued with back-off, never raised."""
+        try:
+            await self.reconcile(deployment_id)
+        except Exception:
+            RECONCILE_ERRORS.inc()
+            log.exception("reconcile failed; requeued", deployment_id=deployment_id)
+            self._requeue(deployment_id)
+            return
+        state = self._states.get(deployment_id)
+        if state is not None:
+            state.failures = 0
 
     def kick(self, deployment_id: str) -> None:
         """Reconcile soon, in the background; kicks that arrive while one waits are folded into it."""
@@ -186,27 +229,21 @@ class Reconciler:
         task.add_done_callback(self._tasks.discard)
 
     async def reconcile_all(self) -> None:
-        """Every deployment the scheduler knows of, desired or running (the periodic resync), one after
+        """Every deployment the scheduler knows of or the runtime runs (the periodic resync), one after
         the other so that a sweep never crowds out the reconciles that events ask for."""
+        now = time.monotonic()
+        for did in [d for d, until in self._gone.items() if until <= now]:
+            del self._gone[did]
         running = {w.deployment_id for w in await self._runtime.workloads()}
-        unfinished = {d for d in self._deleted if self._phase(d) != "Deleted"}
-        for deployment_id in sorted(set(self._desired) | running | self._ledger.deployments() | unfinished):
+        for deployment_id in sorted(set(self._states) | running):
             if self._closing:
                 return
-            await self._reconcile_logged(deployment_id)
+            await self.reconcile_logged(deployment_id)
             await asyncio.sleep(0)  # a reconcile with nothing to do never waits: let events in between
-
-    async def run_periodically(self, interval_seconds: float) -> None:
-        while True:
-            try:
-                await self.reconcile_all()
-            except Exception:
-                log.exception("periodic reconcile failed; retried at the next interval")
-            await asyncio.sleep(interval_seconds)
 
     async def restart(self, request: ReplicaRestartRequested) -> bool:
         """Restart the replica the request is about, unless it already is a newer process."""
-        async with self._locks[request.deployment_id]:
+        async with self._lock(request.deployment_id):
             replica = next(
                 (r for r in await self._runtime.replicas() if r.replica_id == request.replica_id), None
             )
@@ -215,6 +252,8 @@ class Reconciler:
             if replica.started_at is not None and replica.started_at > request.occurred_at:
                 return False  # started after the request: the process it was about is gone
             log.info("restarting replica", replica_id=replica.replica_id, reason=request.reason)
+            state = self._state(request.deployment_id)
+            state.restarts[replica.replica_id] = (replica.restart_count + 1, request.reason)
             await self._runtime.restart(replica.replica_id)
         self.kick(request.deployment_id)
         return True
@@ -223,160 +262,246 @@ class Reconciler:
         """The runtime's change hook: look again at the replica's deployment."""
         self.kick(replica.deployment_id)
 
-    async def shutdown(self, stop_replicas: bool) -> None:
-        """Stop reconciling; with stop_replicas, stop every replica (berth shutting down) and say so."""
-        self._closing = True
-        await cancel_and_wait(list(self._tasks))
-        if not stop_replicas:
-            await self._runtime.close(stop_replicas=False)
+    async def shutdown(self, stop_replicas: bool = False) -> None:
+        """Stop reconciling; with stop_replicas, stop every replica (berth shutting down) and say so.
+        Only the first call acts."""
+        if self._closing:
             return
-        for deployment_id in self._ledger.deployments():
-            for last in self._ledger.replicas(deployment_id).values():
-                await self._emit(stopped_event(last, "berth stopped"))
-        await self._runtime.close(stop_replicas=True)
+        self._closing = True
+        for state in self._states.values():
+            state.cancel_requeue()
+        await cancel_and_wait(list(self._tasks))
+        if stop_replicas:
+            for state in self._states.values():
+                for last in state.ledger.replicas().values():
+                    await self._emit(stopped_event(last, "berth stopped"))
+        await self._runtime.close(stop_replicas=stop_replicas)
+
+    def held(self) -> dict[str, int]:
+        """How much is held, per kind (for the bounded-state test and debugging)."""
+        return {
+            "deployments": len(self._states),
+            "gone": len(self._gone),
+            "locks": len(self._locks),
+            "kicked": len(self._kicked),
+            "tasks": len(self._tasks),
+        }
+
+    def _lock(self, deployment_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(deployment_id, asyncio.Lock())
+
+    def _state(self, deployment_id: str) -> DeploymentState:
+        return self._states.setdefault(deployment_id, DeploymentState())
 
     async def _kicked_reconcile(self, deployment_id: str) -> None:
-        async with self._locks[deployment_id]:
+        async with self._lock(deployment_id):
             self._kicked.discard(deployment_id)
-        await self._reconcile_logged(deployment_id)
+        await self.reconcile_logged(deployment_id)
 
-    async def _reconcile_logged(self, deployment_id: str) -> None:
-        try:
-            await self.reconcile(deployment_id)
-        except Exception:
-            RECONCILE_ERRORS.inc()
-            log.exception("reconcile failed; retried at the next event or interval", deployment_id=deployment_id)
+    def _requeue(self, deployment_id: str) -> None:
+        state = self._states.get(deployment_id)
+        if state is None or self._closing:
+            return
+        state.failures += 1
+        state.cancel_requeue()
+        delay = self._requeue_policy.delay(state.failures)
+        state.requeue = asyncio.get_running_loop().call_later(delay, self.kick, deployment_id)
+
+    # -- one reconcile, in phases -----------------------------------------------------------------
 
     async def _reconcile(self, deployment_id: str) -> None:
-        workloads = await self._workloads(deployment_id)
-        applied = self._desired.get(deployment_id)
+        state = self._state(deployment_id)  # unknown to the bus but running: announced, left alone
+        state.cancel_requeue()
+        observed = await self._observe(deployment_id)
         error = None
-        if applied is not None:
-            error = await self._converge(applied, workloads)
-        elif deployment_id in self._deleted:
-            for workload in workloads:
-                await self._remove(workload, "deployment deleted")
-        await self._observe(deployment_id, applied, error)
+        if state.deleted is not None:
+            await self._remove_everything(state, state.deleted, observed)
+        elif state.applied is not None:
+            error = await self._converge(state, compose(state.applied, state.decisions), observed)
+        observed = await self._observe(deployment_id)
+        await self._announce(state, observed)
+        await self._report(state, observed, error)
+        self._forget_if_gone(deployment_id, state, observed)
 
-    async def _converge(self, applied: SpecApplied, workloads: list[Workload]) -> str | None:
-        """Act so that the runtime runs `applied`; returns why it cannot (status Failed), or None."""
-        did, spec = applied.deployment_id, applied.spec
-        template = template_hash(spec)
-        current = next((w for w in workloads if w.labels.get(TEMPLATE_LABEL) == template), None)
-        previous = [w for w in workloads if w is not current]
-        desired = spec.desired_replicas
-        scaled_down = f"scaled down to {desired}" if spec.enabled else "stopped (enabled: false)"
-        if current is not None and current.replicas > desired:
-            self._stop_reason[did] = scaled_down
-        if desired == 0:
-            # Nothing runs; the workload stays, at 0, to start again as it was (`enabled: true`).
-            if current is not None:
-                await self._announcing_stops(did, self._runtime.apply(replace(current, replicas=0)))
-            for workload in previous:
-                await self._remove(workload, scaled_down)
+    async def _converge(self, state: DeploymentState, desired: Desired, observed: list[ObservedWorkload]) -> str | None:
+        """Phases 2-5 for a deployment that should run; returns why it cannot (status Failed), or None."""
+        ready = self._ready(state, observed)
+        plans = plan_revisions(desired, observed, ready)  # 2. revisions
+        state.keep_revisions(p.revision_id for p in plans)
+        target, error = await self._target(desired)
+        error = await self._grow(plans[0], target) or error  # 3. workloads
+        await self._assign(state, traffic.assignment(desired, serving(plans, ready, state.versions), state.generation + 1))  # 4.
+        await self._retire(state, desired, plans, target)  # 5.
+        return error
+
+    async def _target(self, desired: Desired) -> tuple[Workload | None, str | None]:
+        """The desired revision's workload, or why the spec cannot run. Nothing to render while no
+        replica should run (stopping needs no secret)."""
+        if desired.replicas == 0:
+            return None, None
+        try:
+            env = await resolve_env(desired.applied.spec, desired.applied.project, self._secrets)
+        except RenderError as exc:
+            return None, str(exc)
+        return render(desired.applied, env, desired.replicas), None
+
+    async def _grow(self, plan: RevisionPlan, target: Workload | None) -> str | None:
+        """Create the desired revision's workload, or bring it up to its count (never down: that waits
+        for the assignment without the leaving replicas). Returns why the runtime refuses it, or None."""
+        current = plan.workload
+        if target is None or plan.leaving:
+            return None
+        if current is not None:
+            target = replace(target, name=current.name)  # adopted under a name from before revisions
+        if target == current:
             return None
         try:
-            env = await resolve_env(spec, applied.project, self._secrets)
-        except RenderError as exc:
-            return str(exc)
-        name = current.name if current else workload_name(applied.project, applied.slug, applied.spec_id)
-        if any(w.name == name for w in previous):  # spec ids that share their first 8 characters
-            name = workload_name(applied.project, applied.slug, template)
-        target = render(applied, env, name)
-        try:
-            await self._announcing_stops(did, self._runtime.apply(target))
+            await self._runtime.apply(target)
         except InvalidWorkload as exc:
             return f"cannot start: {exc}"
-        if previous:
-            replaced = f"replaced by spec version {applied.spec_version}"
-            new_ready = await self._ready_count(target.name) >= target.replicas
-            for workload in previous:
-                if new_ready or await self._ready_count(workload.name) == 0:
-                    await self._remove(workload, replaced)
         return None
 
-    async def _remove(self, workload: Workload, reason: str) -> None:
-        self._stop_reason[workload.deployment_id] = reason
-        for replica in await self._runtime.replicas(workload.name):
-            last = self._ledger.last(workload.deployment_id, replica.replica_id)
-            if last is not None:
-                await self._emit(stopped_event(last, reason))
-        log.info("removing workload", workload=workload.name, reason=reason)
-        await self._announcing_stops(workload.deployment_id, self._runtime.delete(workload.name))
+    async def _assign(self, state: DeploymentState, assignment: TrafficAssigned) -> None:
+        """Publish the assignment (made with the next generation) when what serves changed."""
+        if traffic.same_assignment(state.traffic, assignment):
+            return
+        state.generation = assignment.generation  # taken even if publishing fails: never reused
+        await self._emit(assignment)
 
-    async def _announcing_stops(self, deployment_id: str, action: Awaitable[None]) -> None:
-        """Run a runtime action that may stop replicas gracefully (which takes up to the grace
-        period), announcing each replica as soon as it is stopping rather than once it is gone."""
-        task = asyncio.ensure_future(action)
-        await asyncio.sleep(0)  # let the action begin: the runtime marks what it stops at once
-        while True:
-            for replica in await self._runtime.replicas():
-                last = self._ledger.last(deployment_id, replica.replica_id)
-                if replica.state == "stopping" and last is not None:
-                    await self._emit(stopped_event(last, self._stop_reason.get(deployment_id, "scaled down")))
-            if task.done():
-                return task.result()
-            await asyncio.wait({task}, timeout=STOPPING_POLL_SECONDS)
+    async def _retire(
+        self, state: DeploymentState, desired: Desired, plans: list[RevisionPlan], target: Workload | None
+    ) -> None:
+        """Stop the replicas that left the assignment just published: scale down, previous revisions."""
+        spec = desired.applied.spec
+        scaled_down = f"scaled down to {desired.replicas}" if spec.enabled else "stopped (enabled: false)"
+        for plan in plans:
+            if not plan.leaving or plan.workload is None:
+                continue
+            reason = f"replaced by spec version {desired.applied.spec_version}" if plan.retire and desired.replicas else scaled_down
+            state.stop_reason = reason
+            await self._announce_stopping(state, plan.leaving, reason)
+            if plan.retire:
+                log.info("removing workload", workload=plan.workload.name, reason=reason)
+                await self._runtime.delete(plan.workload.name)
+            else:
+                shrunk = target or plan.workload
+                await self._runtime.apply(replace(shrunk, name=plan.workload.name, replicas=plan.keep))
 
-    async def _observe(self, deployment_id: str, applied: SpecApplied | None, error: str | None) -> None:
-        """Publish the lifecycle events the bus misses, then the status when it changed."""
-        workloads = await self._workloads(deployment_id)
-        template = template_hash(applied.spec) if applied else None
-        reason = self._stop_reason.get(deployment_id, "scaled down")
-        observed: list[ObservedReplica] = []
-        present: set[str] = set()
-        for workload in workloads:
-            current = template is not None and workload.labels.get(TEMPLATE_LABEL) == template
-            for replica in await self._runtime.replicas(workload.name):
-                present.add(replica.replica_id)
-                serving = self._serving(applied if current else None, workload, replica)
-                last = self._ledger.last(deployment_id, replica.replica_id)
-                for event in await lifecycle_events(replica, last, serving, self._log_tail, reason):
-                    await self._emit(event)
-                last = self._ledger.last(deployment_id, replica.replica_id)
-                observed.append(
-                    ObservedReplica(
-                        replica=replica,
-                        spec_id=last.spec_id if last else serving.spec_id,
-                        current=current,
-                        primary_port=serving.primary_port,
-                        health=self._health_of(replica),
-                        exit=last if isinstance(last, ReplicaExited) else None,
-                    )
-                )
-        for replica_id, last in self._ledger.replicas(deployment_id).items():
-            if replica_id not in present:
-                await self._emit(stopped_event(last, reason))
-        if applied is not None:
-            current_workload = next((w for w in workloads if w.labels.get(TEMPLATE_LABEL) == template), None)
-            not_provided = self._runtime.not_provided(current_workload) if current_workload else []
-            await self._set_status(compute_status(applied, observed, error, not_provided))
-        elif deployment_id in self._deleted and not workloads:
-            await self._set_status(deleted_status(self._deleted[deployment_id]))
+    async def _remove_everything(
+        self, state: DeploymentState, deleted: DeploymentDeleted, observed: list[ObservedWorkload]
+    ) -> None:
+        """A deleted deployment: the tombstone first (its endpoint answers 404), then every replica."""
+        last = state.traffic
+        await self._assign(
+            state, traffic.tombstone(deleted, last.name if last else "", last.spec_version if last else 0, state.generation + 1)
+        )
+        state.stop_reason = "deployment deleted"
+        for workload in observed:
+            await self._announce_stopping(state, workload.replicas, state.stop_reason)
+            log.info("removing workload", workload=workload.workload.name, reason=state.stop_reason)
+            await self._runtime.delete(workload.workload.name)
 
-    def _serving(self, applied: SpecApplied | None, workload: Workload, replica: Replica) -> Serving:
-        """What a replica serves: the desired spec when it runs its template, else what it was announced with."""
-        if applied is not None:
-            spec = applied.spec
-            return Serving(ref_of(applied), applied.spec_id, spec.resources.port, health_checks_of(spec))
-        started = self._ledger.started(replica.replica_id)
-        if started is not None:
-            return Serving(ref_of(started), started.spec_id, started.primary_port, started.health_checks)
-        return Serving(ref_of(workload), workload.spec_id, workload.ports[0], HealthChecks())
+    # -- observing and telling --------------------------------------------------------------------
 
-    def _health_of(self, replica: Replica) -> ReplicaHealthChanged | None:
+    async def _observe(self, deployment_id: str) -> list[ObservedWorkload]:
+        workloads = [w for w in await self._runtime.workloads() if w.deployment_id == deployment_id]
+        return [ObservedWorkload(w, revision_of(w), await self._runtime.replicas(w.name)) for w in workloads]
+
+    def _ready(self, state: DeploymentState, observed: list[ObservedWorkload]) -> set[str]:
+        """Running replicas whose latest health, for this very process, says ready."""
+        return {
+            r.replica_id
+            for o in observed
+            for r in o.replicas
+            if r.state == "running" and (h := self._health_of(state, r)) is not None and h.ready
+        }
+
+    def _health_of(self, state: DeploymentState, replica: Replica) -> ReplicaHealthChanged | None:
         """The replica's health, unless it is about an earlier process (before a restart)."""
-        health = self._health.get(replica.replica_id)
+        health = state.health.get(replica.replica_id)
         return health if health is not None and health.restart_count == replica.restart_count else None
 
-    async def _ready_count(self, workload: str) -> int:
-        replicas = await self._runtime.replicas(workload)
-        return sum(
-            r.state == "running" and (h := self._health_of(r)) is not None and h.ready for r in replicas
-        )
+    async def _announce_stopping(self, state: DeploymentState, replicas: Iterable[Replica], reason: str) -> None:
+        """Tell the bus (the health-monitor stops probing) before the runtime stops them."""
+        for replica in replicas:
+            last = state.ledger.last(replica.replica_id)
+            if last is not None:
+                await self._emit(stopped_event(last, reason))
 
-    async def _workloads(self, deployment_id: str) -> list[Workload]:
-        return [w for w in await self._runtime.workloads() if w.deployment_id == deployment_id]
+    async def _announce(self, state: DeploymentState, observed: list[ObservedWorkload]) -> None:
+        """Publish the replica lifecycle events the bus misses (level-triggered)."""
+        present: set[str] = set()
+        desired = compose(state.applied, state.decisions).revision_id if state.applied else None
+        for o in observed:
+            for replica in o.replicas:
+                present.add(replica.replica_id)
+                serving_as = self._serving(state, o, replica, desired)
+                last = state.ledger.last(replica.replica_id)
+                for event in await lifecycle_events(replica, last, serving_as, self._log_tail, state.stop_reason):
+                    await self._emit(event)
+        for replica_id, last in state.ledger.replicas().items():
+            if replica_id not in present:
+                await self._emit(stopped_event(last, state.stop_reason))
+        state.forget_replicas(present)
+
+    def _serving(
+        self, state: DeploymentState, observed: ObservedWorkload, replica: Replica, desired_revision: str | None
+    ) -> Serving:
+        """What a replica serves: the desired spec when it runs the desired revision, else what it was
+        announced with."""
+        applied = state.applied
+        revision = replica.revision_id or observed.revision_id
+        if applied is not None and observed.revision_id == desired_revision:
+            spec = applied.spec
+            return Serving(ref_of(applied), applied.spec_id, spec.resources.port, health_checks_of(spec), revision)
+        started = state.ledger.started(replica.replica_id)
+        if started is not None:
+            return Serving(ref_of(started), started.spec_id, started.primary_port, started.health_checks, revision)
+        workload = observed.workload
+        return Serving(ref_of(workload), workload.spec_id, workload.ports[0], HealthChecks(), revision)
+
+    async def _report(self, state: DeploymentState, observed: list[ObservedWorkload], error: str | None) -> None:
+        """6. status: what the deployment looks like now, published when it changed."""
+        if state.applied is None:
+            if state.deleted is not None and not observed:
+                await self._set_status(state, deleted_status(state.deleted))
+            return
+        desired = compose(state.applied, state.decisions)
+        replicas = [
+            ObservedReplica(
+                replica=replica,
+                spec_id=last.spec_id if (last := state.ledger.last(replica.replica_id)) else o.workload.spec_id,
+                current=o.revision_id == desired.revision_id,
+                primary_port=o.workload.ports[0],
+                health=self._health_of(state, replica),
+                exit=last if isinstance(last, ReplicaExited) else None,
+                restart_reason=restart_reason(replica, state.restarts.get(replica.replica_id)),
+            )
+            for o in observed
+            for replica in o.replicas
+        ]
+        # What the runtime cannot give is a property of the workload, whether or not it runs yet.
+        shape = render(desired.applied, ResolvedEnv({}, frozenset()), desired.replicas)
+        not_provided = self._runtime.not_provided(shape) + not_acted_on(desired.applied.spec)
+        await self._set_status(state, compute_status(desired, replicas, error, not_provided))
+
+    def _forget_if_gone(self, deployment_id: str, state: DeploymentState, observed: list[ObservedWorkload]) -> None:
+        """Drop everything held about a deployment that is deleted and gone (or was never ours)."""
+        if observed or len(state.ledger):
+            return
+        if state.deleted is not None:
+            tombstoned = state.traffic is not None and state.traffic.deleted
+            if not tombstoned or state.status is None or state.status.phase != "Deleted":
+                return  # the tombstone or the Deleted status is still to be published
+            self._gone[deployment_id] = time.monotonic() + self._deleted_retention
+        elif state.applied is not None or state.decisions:
+            return
+        state.cancel_requeue()
+        del self._states[deployment_id]
+        self._locks.pop(deployment_id, None)
+        self._kicked.discard(deployment_id)
+        if self._deleted_retention <= 0:
+            self._gone.pop(deployment_id, None)
 
     async def _log_tail(self, replica_id: str) -> list[str]:
         try:
@@ -384,20 +509,21 @@ class Reconciler:
         except (ReplicaNotFound, OSError):
             return []  # gone meanwhile: the exit is news even without its last words
 
-    async def _emit(self, event: ReplicaEvent | DeploymentStatusChanged) -> None:
+    async def _emit(self, event: Event) -> None:
         await self._publish(event)
         EVENTS_PUBLISHED.labels(event.type).inc()
-        if isinstance(event, DeploymentStatusChanged):
-            self._status[event.deployment_id] = event
+        state = self._states.get(getattr(event, "deployment_id", ""))
+        if state is None:
             return
-        self._ledger.record(event)
-        if isinstance(event, ReplicaStopped):
-            self._health.pop(event.replica_id, None)
+        if isinstance(event, DeploymentStatusChanged):
+            state.status = event
+        elif isinstance(event, TrafficAssigned):
+            state.traffic = event
+        elif isinstance(event, ReplicaStarted | ReplicaExited | ReplicaStopped):
+            state.ledger.record(event)
+            if isinstance(event, ReplicaStopped):
+                state.health.pop(event.replica_id, None)
 
-    async def _set_status(self, status: DeploymentStatusChanged) -> None:
-        if not same_status(self._status.get(status.deployment_id), status):
+    async def _set_status(self, state: DeploymentState, status: DeploymentStatusChanged) -> None:
+        if not same_status(state.status, status):
             await self._emit(status)
-
-    def _phase(self, deployment_id: str) -> str | None:
-        status = self._status.get(deployment_id)
-        return status.phase if status else None

@@ -1,50 +1,57 @@
-"""What the scheduler asks the runtime to run for one spec version: a pure function of the spec.
+"""What the scheduler asks the runtime to run for a revision: a pure function of the spec.
 
-The reconciler (reconcile.py) decides *when* to create, scale or replace a workload; this module only
-says *what* the workload is. Two spec versions with the same template hash run the same processes, so
-a change of replicas, `enabled`, autoscaling, the load balancer or the description keeps the running
-replicas; a change of command, image, env, ports, resources or integrations replaces them.
+The reconciler (reconcile.py) decides *when* to create, scale or remove a workload; this module only
+says *what* the workload is. A workload is one revision's replica set (`libs.revision.revision_id`):
+spec versions that share a template share the workload, so a change of replicas, `enabled`,
+autoscaling, the load balancer or the description keeps the running replicas; a change of command,
+image, env, ports, resources, model or integrations is a new revision with a workload of its own.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+from dataclasses import dataclass
+from typing import Protocol
 
 from libs.events import SpecApplied
+from libs.revision import revision_id
 from libs.runtime.base import Workload
-from libs.secrets import SecretNotFound, SecretStore
+from libs.secrets import SecretNotFound
 from libs.spec import DeploymentSpec, is_secret_ref, secret_name
 
-TEMPLATE_LABEL = "berth.dev/template"
+REVISION_LABEL = "berth.dev/revision"
+# Workloads written before revisions carried their template hash (the same hash) under this label.
+LEGACY_TEMPLATE_LABEL = "berth.dev/template"
 MAX_NAME = 63
+MODEL_ID_ENV = "BERTH_MODEL_ID"
+MODEL_VERSION_ENV = "BERTH_MODEL_VERSION"
 
 
 class RenderError(Exception):
-    """The spec cannot become a workload (e.g. a secret it refers to is missing). Never holds a value."""
+    """The spec cannot become a workload (e.g. a secret it refers to is missing). Never holds a value.
+    Terminal: retrying does not help until something else changes (the periodic resync looks again)."""
 
 
-def template_hash(spec: DeploymentSpec) -> str:
-    """Hash of every field that changes what runs. Secret references count, not their values."""
-    fields = {
-        "image": spec.image,
-        "containerRegistry": spec.containerRegistry,
-        "command": spec.command,
-        "env": [(e.name, e.value) for e in spec.env],
-        "model": spec.model.model_dump() if spec.model else None,
-        "integrations": [i.model_dump() for i in spec.integrations],
-        "resources": spec.resources.model_dump(exclude={"replicas", "autoscaling"}),
-    }
-    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+class SecretResolver(Protocol):
+    async def resolve(self, project: str, value: str) -> str: ...
 
 
-def workload_name(project: str, slug: str, spec_id: str) -> str:
-    """`{project}-{slug}-{spec_id[:8]}`, a DNS-1123 label: the slug is cut to fit 63 characters."""
-    suffix = f"-{spec_id[:8].lower()}"
+@dataclass(frozen=True)
+class ResolvedEnv:
+    values: dict[str, str]  # never logged
+    secret_names: frozenset[str]  # entries whose values came from `secret:` references
+
+
+def workload_name(project: str, slug: str, revision: str) -> str:
+    """`{project}-{slug}-{revision}`, a DNS-1123 label: the slug is cut to fit 63 characters."""
+    suffix = f"-{revision.lower()}"
     return f"{project}-{slug}"[: MAX_NAME - len(suffix)].rstrip("-") + suffix
 
 
-async def resolve_env(spec: DeploymentSpec, project: str, secrets: SecretStore) -> dict[str, str]:
+def revision_of(workload: Workload) -> str:
+    return workload.revision_id or workload.labels.get(LEGACY_TEMPLATE_LABEL, "")
+
+
+async def resolve_env(spec: DeploymentSpec, project: str, secrets: SecretResolver) -> ResolvedEnv:
     env: dict[str, str] = {}
     for var in spec.env:
         try:
@@ -54,30 +61,34 @@ async def resolve_env(spec: DeploymentSpec, project: str, secrets: SecretStore) 
                 f"env {var.name} refers to secret {secret_name(var.value)!r}, "
                 f"which project {project!r} does not have"
             ) from None
-    return env
+    if spec.model is not None:  # the model server learns what it serves without parsing the spec
+        env[MODEL_ID_ENV], env[MODEL_VERSION_ENV] = spec.model.id, spec.model.version
+    return ResolvedEnv(env, frozenset(v.name for v in spec.env if is_secret_ref(v.value)))
 
 
-def render(applied: SpecApplied, env: dict[str, str], name: str) -> Workload:
-    """The workload of a spec version, under `name` (an existing workload that runs the same template
-    keeps its name)."""
+def render(applied: SpecApplied, env: ResolvedEnv, replicas: int) -> Workload:
+    """The workload of the revision `applied` runs, at `replicas` (the composed desired count)."""
     spec = applied.spec
     resources = spec.resources
+    revision = revision_id(spec)
     return Workload(
-        name=name,
+        name=workload_name(applied.project, applied.slug, revision),
         deployment_id=applied.deployment_id,
         project=applied.project,
         slug=applied.slug,
         spec_id=applied.spec_id,
-        replicas=spec.desired_replicas,
+        replicas=replicas,
         command=tuple(spec.command or ()),
         image=spec.image,
-        env=env,
+        env=env.values,
         ports=tuple(resources.ports),
         cpu=resources.cpu,
         memory_gb=resources.memory,
         gpu_count=resources.gpuCount,
         gpu_type=resources.gpuType,
         machine_type=resources.machineType,
-        labels={TEMPLATE_LABEL: template_hash(spec)},
-        secret_env=frozenset(var.name for var in spec.env if is_secret_ref(var.value)),
+        labels={REVISION_LABEL: revision},
+        revision_id=revision,
+        secret_env=env.secret_names,
+        container_registry=spec.containerRegistry,
     )

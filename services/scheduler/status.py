@@ -5,6 +5,10 @@ stopping, or a new version coming up while the previous one serves), Ready (ever
 ready), Degraded (a replica fails readiness, or an update is stuck while the previous version keeps
 serving), CrashLoopBackOff (a replica waits to be restarted after exiting), Failed (the spec cannot run:
 a missing secret, a command the runtime refuses), Deleted.
+
+`desired_replicas` is the composed count (services/scheduler/desired.py) and `replicas_source` says
+whether it came from the spec or a scale decision. `not_provided` lists what the runtime cannot give
+and every accepted spec field the scheduler does not act on yet, so that nothing is silently ignored.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from libs.events import (
     ReplicaExited,
     ReplicaHealthChanged,
     ReplicaStatus,
-    SpecApplied,
 )
 from libs.runtime.base import Replica
+from libs.spec import DeploymentSpec, UpdateStrategy
+from services.scheduler.desired import Desired
 
 CRASHED_STATES = ("exited", "backoff")
 
@@ -29,10 +34,11 @@ CRASHED_STATES = ("exited", "backoff")
 class ObservedReplica:
     replica: Replica
     spec_id: str  # the spec version it serves
-    current: bool  # runs the desired spec's template (False: a previous version being replaced)
+    current: bool  # runs the desired revision (False: a previous revision being replaced)
     primary_port: int
     health: ReplicaHealthChanged | None = None
     exit: ReplicaExited | None = None  # the last exit, while the replica waits to restart
+    restart_reason: str | None = None  # why it was last restarted
 
     @property
     def serving(self) -> bool:
@@ -47,9 +53,10 @@ class ObservedReplica:
         return self.replica.state in CRASHED_STATES
 
     @property
-    def failing_readiness(self) -> bool:
+    def failing_probe(self) -> bool:
+        """A probe of this process fails: readiness (it takes no traffic) or liveness (it will be restarted)."""
         probe = self.health.last_probe if self.health else None
-        return self.serving and not self.ready and probe is not None and not probe.ok
+        return self.serving and probe is not None and not probe.ok and (not self.ready or probe.probe == "liveness")
 
     def describe_problem(self) -> str:
         rid = self.replica.replica_id
@@ -62,7 +69,9 @@ class ObservedReplica:
         if probe is None:
             return f"replica {rid} not ready"
         what = f"returned {probe.status_code}" if probe.status_code is not None else probe.error or "failed"
-        return f"replica {rid} not ready: {probe.probe} probe {what}"
+        # A failing liveness probe means "will be restarted", which is not the same as "not ready".
+        state = {"liveness": "not live", "startup": "not started"}.get(probe.probe, "not ready")
+        return f"replica {rid} {state}: {probe.probe} probe {what}"
 
     def status(self) -> ReplicaStatus:
         r = self.replica
@@ -79,26 +88,61 @@ class ObservedReplica:
             last_exit_code=r.last_exit_code,
             last_probe=self.health.last_probe if self.health else None,
             log_tail=self.exit.log_tail if self.exit and self.crashed else [],
+            revision_id=r.revision_id,
+            last_restart_reason=self.restart_reason,
         )
 
 
+def restart_reason(replica: Replica, requested: tuple[int, str] | None) -> str | None:
+    """Why the replica's current process is not its first: what asked for the restart (a failed
+    probe), else how the previous process ended."""
+    if replica.restart_count == 0:
+        return None
+    if requested is not None and requested[0] == replica.restart_count:
+        return requested[1]
+    if replica.last_exit_code is not None:
+        return f"exited with code {replica.last_exit_code}"
+    return None
+
+
+def not_acted_on(spec: DeploymentSpec) -> list[str]:
+    """Accepted fields that nothing in berth acts on yet: listed in status rather than ignored."""
+    missing = []
+    autoscaling = spec.resources.autoscaling
+    if autoscaling is not None and autoscaling.enabled:
+        missing.append("resources.autoscaling (no autoscaler acts on it yet; replicas stay as set)")
+    if spec.integrations:
+        names = ", ".join(i.name for i in spec.integrations)
+        missing.append(f"integrations {names} (not materialised yet: nothing is fetched into the replicas)")
+    if spec.updateStrategy != UpdateStrategy():
+        missing.append(
+            f"updateStrategy {spec.updateStrategy.type} (updates roll out by readiness: new replicas take "
+            "traffic as they get ready, the previous ones stop once all are ready)"
+        )
+    if not spec.loadBalancer.enabled:
+        missing.append("loadBalancer.enabled: false (the router still balances requests over every ready replica)")
+    return missing
+
+
 def compute_status(
-    applied: SpecApplied,
+    desired: Desired,
     replicas: list[ObservedReplica],
     error: str | None = None,
     not_provided: list[str] | None = None,
 ) -> DeploymentStatusChanged:
-    """The status of a deployment whose desired state is `applied`."""
-    desired = applied.spec.desired_replicas
-    phase, reason = _phase(applied, desired, replicas, error)
+    """The status of a deployment whose desired state is `desired`."""
+    applied = desired.applied
+    phase, reason = _phase(desired, replicas, error)
     return DeploymentStatusChanged(
         deployment_id=applied.deployment_id,
         project=applied.project,
         slug=applied.slug,
         spec_id=applied.spec_id,
+        revision_id=desired.revision_id,
         phase=phase,
         reason=reason,
-        desired_replicas=desired,
+        desired_replicas=desired.replicas,
+        replicas_source=desired.source,
         ready_replicas=sum(r.ready for r in replicas),
         replicas=[r.status() for r in sorted(replicas, key=lambda r: r.replica.replica_id)],
         not_provided=not_provided or [],
@@ -126,9 +170,8 @@ def _comparable(status: DeploymentStatusChanged) -> dict[str, object]:
     return data
 
 
-def _phase(
-    applied: SpecApplied, desired: int, replicas: list[ObservedReplica], error: str | None
-) -> tuple[Phase, str]:
+def _phase(want: Desired, replicas: list[ObservedReplica], error: str | None) -> tuple[Phase, str]:
+    desired = want.replicas
     current = [r for r in replicas if r.current]
     previous_ready = sum(r.ready for r in replicas if not r.current)
     ready = sum(r.ready for r in current)
@@ -138,8 +181,8 @@ def _phase(
     if desired == 0:
         if replicas:
             return "Provisioning", f"stopping {_replicas(len(replicas))}"
-        return "Stopped", "stopped (enabled: false)" if not applied.spec.enabled else "scaled to 0 replicas"
-    troubled = [r for r in current if r.crashed] or [r for r in current if r.failing_readiness]
+        return "Stopped", "stopped (enabled: false)" if not want.applied.spec.enabled else "scaled to 0 replicas"
+    troubled = [r for r in current if r.crashed] or [r for r in current if r.failing_probe]
     progress = f"{ready}/{desired} replicas ready"
     if previous_ready:
         if troubled:
@@ -151,8 +194,12 @@ def _phase(
         return "Ready", progress
     if troubled:
         return "Degraded", f"{progress}; {troubled[0].describe_problem()}"
-    starting = sum(r.serving and not r.ready for r in current)
-    return "Provisioning", f"{progress}; {starting} starting" if starting else progress
+    starting = [r for r in current if r.serving and not r.ready]
+    if not starting:
+        return "Provisioning", progress
+    restarted = next((r for r in starting if r.restart_reason), None)
+    why = f"; replica {restarted.replica.replica_id} restarted: {restarted.restart_reason}" if restarted else ""
+    return "Provisioning", f"{progress}; {len(starting)} starting{why}"
 
 
 def _replicas(count: int) -> str:

@@ -29,6 +29,7 @@ from libs.bus import LOGS_RPC, make_broker, publish
 from libs.config import Settings
 from libs.events import (
     DeploymentDeleted,
+    DeploymentScaled,
     DeploymentStatusChanged,
     Event,
     ReplicaExited,
@@ -37,6 +38,7 @@ from libs.events import (
     ReplicaStarted,
     ReplicaStopped,
     SpecApplied,
+    TrafficAssigned,
     decode_event,
     new_id,
     utcnow,
@@ -114,6 +116,7 @@ async def bus(nats_url: str, nc: Client) -> AsyncIterator[Bus]:
     await nc.subscribe("berth.replica.v1.>", cb=recorder.on_message)
     await nc.subscribe("berth.status.v1.>", cb=recorder.on_message)
     await nc.subscribe("berth.health.v1.>", cb=recorder.on_message)
+    await nc.subscribe("berth.traffic.v1.>", cb=recorder.on_message)
     yield recorder
     await broker.stop()
 
@@ -215,6 +218,25 @@ async def test_apply_scale_stop_start_delete(scheduler: SchedulerHandle, bus: Bu
 
 
 @pytest.mark.slow
+async def test_a_user_scale_decision_scales_without_a_spec_version(scheduler: SchedulerHandle, bus: Bus) -> None:
+    await bus.apply(echo_spec(replicas=1))
+    (first,) = await serving(scheduler, 1)
+    await bus.phase("Ready", ready_replicas=1, replicas_source="spec")
+    decision = DeploymentScaled(
+        deployment_id=DEPLOYMENT, project="default", slug="echo", source="user", replicas=2,
+        spec_version=bus.version, spec_replicas=1,
+    )  # fmt: skip
+    await publish(bus.broker, decision)
+    two = await serving(scheduler, 2)
+    assert first.replica_id in {r.replica_id for r in two}
+    await bus.phase("Ready", desired_replicas=2, ready_replicas=2, replicas_source="user")
+    assignment = await eventually(
+        lambda: (t := bus.of(TrafficAssigned)) and len(t[-1].targets[0].replicas) == 2 and t[-1], what="assignment of 2"
+    )
+    assert assignment.targets[0].percent == 100 and assignment.spec_version == 1
+
+
+@pytest.mark.slow
 async def test_command_change_starts_new_replicas_ready_before_old_stop(
     scheduler: SchedulerHandle, bus: Bus
 ) -> None:
@@ -242,6 +264,14 @@ async def test_command_change_starts_new_replicas_ready_before_old_stop(
     assert all(position(ReplicaStarted, r.replica_id) < first_stop for r in new)
     assert all(position(ReplicaHealthChanged, r.replica_id, ready=True) < first_stop for r in new)
     assert {e.reason for e in bus.of(ReplicaStopped)} == {"replaced by spec version 2"}
+    # Traffic: the assignment with only the new replicas was published before the first old one stopped.
+    cut_over = next(
+        i for i, e in enumerate(bus.events)
+        if isinstance(e, TrafficAssigned) and {s.replica_id for t in e.targets for s in t.replicas} == {r.replica_id for r in new}
+    )  # fmt: skip
+    assert cut_over < first_stop
+    generations = [e.generation for e in bus.of(TrafficAssigned)]
+    assert generations == sorted(set(generations))
 
 
 @pytest.mark.slow

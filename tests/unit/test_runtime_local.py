@@ -79,8 +79,15 @@ def test_tail_of_a_large_file_reads_only_its_end(tmp_path: Path) -> None:
     assert tail_lines([log], 2) == ["line 199998", "line 199999"]
 
 
-async def test_a_plain_workload_lacks_nothing(tmp_path: Path) -> None:
-    assert LocalRuntime(tmp_path).not_provided(workload(cpu=1, memory_gb=0.5)) == []
+IMAGE_UNUSED = "image python:3.11 (the local runtime runs the command on this machine)"
+
+
+async def test_a_plain_workload_lacks_only_its_image(tmp_path: Path) -> None:
+    assert LocalRuntime(tmp_path).not_provided(workload(cpu=1, memory_gb=0.5)) == [IMAGE_UNUSED]
+    with_registry = workload(container_registry="registry.example.com")
+    assert LocalRuntime(tmp_path).not_provided(with_registry) == [
+        IMAGE_UNUSED, "containerRegistry registry.example.com (the local runtime pulls no image)",
+    ]  # fmt: skip
 
 
 async def test_what_this_machine_cannot_provide_is_named(
@@ -99,6 +106,7 @@ async def test_what_this_machine_cannot_provide_is_named(
         "2 GPUs of type A100 (this machine has none)",
         f"10000 CPU cores (this machine has {cores})",
         f"100000 GB of memory (this machine has {memory:.1f} GB)",
+        IMAGE_UNUSED,
     ]
 
 
@@ -112,8 +120,8 @@ def test_gpus_are_counted_with_nvidia_smi(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("PATH", str(tmp_path))
 
     assert detect_gpus() == 2
-    assert LocalRuntime(tmp_path).not_provided(workload(gpu_count=2, gpu_type="A100")) == []
-    assert LocalRuntime(tmp_path).not_provided(workload(gpu_count=3)) == ["3 GPUs (this machine has 2)"]
+    assert LocalRuntime(tmp_path).not_provided(workload(gpu_count=2, gpu_type="A100")) == [IMAGE_UNUSED]
+    assert LocalRuntime(tmp_path).not_provided(workload(gpu_count=3)) == ["3 GPUs (this machine has 2)", IMAGE_UNUSED]
 
 
 async def test_a_workload_without_command_is_refused(tmp_path: Path) -> None:

@@ -82,4 +82,4 @@ async def test_a_stopping_replica_is_announced_stopped_and_leaves_the_ledger() -
     (stopped,) = await lifecycle_events(replace(RUNNING, state="stopping"), started, SERVING, tail, "scaled down to 1")
     assert isinstance(stopped, ReplicaStopped) and stopped.reason == "scaled down to 1"
     ledger.record(stopped)
-    assert ledger.last("d1", "r1") is None and ledger.started("r1") is None and ledger.deployments() == set()
+    assert ledger.last("r1") is None and ledger.started("r1") is None and len(ledger) == 0

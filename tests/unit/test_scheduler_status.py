@@ -15,6 +15,7 @@ from libs.events import (
 )
 from libs.runtime.base import Replica
 from libs.spec import validate_spec
+from services.scheduler.desired import Desired, compose
 from services.scheduler.status import (
     ObservedReplica,
     compute_status,
@@ -23,12 +24,13 @@ from services.scheduler.status import (
 )
 
 
-def applied(replicas: int = 2, enabled: bool = True) -> SpecApplied:
+def applied(replicas: int = 2, enabled: bool = True) -> Desired:
     spec = validate_spec(
         {"name": "iris", "image": "python:3.11", "command": ["serve"], "enabled": enabled,
          "resources": {"ports": [8000], "replicas": replicas}}
     )  # fmt: skip
-    return SpecApplied(deployment_id="d1", project="default", slug="iris", name="iris", spec_id="s2", spec_version=2, spec=spec)
+    event = SpecApplied(deployment_id="d1", project="default", slug="iris", name="iris", spec_id="s2", spec_version=2, spec=spec)
+    return compose(event, {})
 
 
 def health(replica_id: str, ready: bool, probe_ok: bool | None = None, status_code: int | None = None) -> ReplicaHealthChanged:
@@ -121,3 +123,18 @@ def test_same_status_ignores_when_it_was_observed() -> None:
     assert same_status(before, compute_status(applied(1), [observed("a", health=later_probe)]))
     assert not same_status(before, compute_status(applied(1), [observed("a")]))
     assert not same_status(None, before)
+
+
+def test_a_failing_liveness_probe_is_not_called_not_ready() -> None:
+    failing = health("a", ready=True, probe_ok=False, status_code=500)
+    failing.last_probe.probe = "liveness"  # type: ignore[union-attr]
+    status = compute_status(applied(2), [observed("a", health=failing), observed("b")])
+    assert (status.phase, status.reason) == ("Degraded", "1/2 replicas ready; replica a not live: liveness probe returned 500")
+
+
+def test_a_restarted_replica_says_why() -> None:
+    requested = (1, "liveness probe failed 3 consecutive times")
+    again = observed("a", state="starting", restart_count=1, restart_reason=requested[1])
+    status = compute_status(applied(1), [again])
+    assert status.reason == "0/1 replicas ready; 1 starting; replica a restarted: liveness probe failed 3 consecutive times"
+    assert status.replicas[0].last_restart_reason == requested[1]

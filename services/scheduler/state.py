@@ -1,0 +1,70 @@
+"""What the scheduler holds about one deployment, in one place: everything that grows with the
+deployment or its replicas lives here, so that forgetting a deployment is dropping one entry and
+forgetting a replica is `forget_replicas` (bounded state)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from libs.events import (
+    DeploymentDeleted,
+    DeploymentScaled,
+    DeploymentStatusChanged,
+    ReplicaHealthChanged,
+    SpecApplied,
+    TrafficAssigned,
+)
+from libs.revision import revision_id
+from services.scheduler.lifecycle import Ledger
+
+# Spec versions remembered per revision (the newest): older ones answer "not running" at @<version>.
+MAX_VERSIONS_PER_REVISION = 64
+
+
+@dataclass
+class DeploymentState:
+    applied: SpecApplied | None = None  # the newest spec version
+    deleted: DeploymentDeleted | None = None
+    decisions: dict[str, DeploymentScaled] = field(default_factory=dict)  # newest per source
+    versions: dict[str, list[int]] = field(default_factory=dict)  # revision -> spec versions running it
+    health: dict[str, ReplicaHealthChanged] = field(default_factory=dict)  # by replica id
+    restarts: dict[str, tuple[int, str]] = field(default_factory=dict)  # replica -> (restart count, why)
+    ledger: Ledger = field(default_factory=Ledger)
+    status: DeploymentStatusChanged | None = None  # the last one published
+    traffic: TrafficAssigned | None = None  # the last assignment published
+    generation: int = 0  # of the last assignment attempted: never reused, even when publishing failed
+    stop_reason: str = "scaled down"
+    failures: int = 0  # reconciles failed in a row: the requeue back-off
+    requeue: asyncio.TimerHandle | None = None
+
+    def learn_version(self, applied: SpecApplied) -> None:
+        versions = self.versions.setdefault(revision_id(applied.spec), [])
+        if applied.spec_version not in versions:
+            versions.append(applied.spec_version)
+            versions.sort()
+            del versions[:-MAX_VERSIONS_PER_REVISION]
+
+    def learn_assignment(self, assignment: TrafficAssigned) -> None:
+        self.traffic = assignment
+        self.generation = max(self.generation, assignment.generation)
+        for target in assignment.targets:
+            known = self.versions.setdefault(target.revision_id, [])
+            known[:] = sorted(set(known) | set(target.spec_versions))[-MAX_VERSIONS_PER_REVISION:]
+
+    def keep_revisions(self, revisions: Iterable[str]) -> None:
+        keep = set(revisions)
+        for revision in [r for r in self.versions if r not in keep]:
+            del self.versions[revision]
+
+    def forget_replicas(self, present: set[str]) -> None:
+        """Drop what is held about replicas that no longer run here."""
+        for held in (self.health, self.restarts):
+            for replica_id in [r for r in held if r not in present]:
+                del held[replica_id]
+
+    def cancel_requeue(self) -> None:
+        if self.requeue is not None:
+            self.requeue.cancel()
+            self.requeue = None

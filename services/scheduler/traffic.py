@@ -1,0 +1,90 @@
+"""The traffic assignment of a deployment: which revisions serve, at what weight, through which ready
+replicas (pure makers; the reconciler decides when to publish).
+
+The scheduler is the only producer of `TrafficAssigned`; the router applies the newest generation as
+it is. Percents follow the ready replicas: while a new revision comes up beside the old one, each gets
+a share proportional to its ready replicas (largest-remainder rounding, so they sum to 100); a
+revision without a ready replica is listed at 0 so that its spec versions stay resolvable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from libs.events import (
+    DeploymentRef,
+    RevisionTarget,
+    ServingReplica,
+    TrafficAssigned,
+)
+from services.scheduler.desired import Desired
+
+FULL = 100
+
+
+@dataclass(frozen=True)
+class RevisionServing:
+    """One revision as the assignment shows it: its spec versions and its ready replicas."""
+
+    revision_id: str
+    spec_versions: tuple[int, ...]
+    replicas: tuple[ServingReplica, ...]
+
+
+def percents(ready_counts: Sequence[int]) -> list[int]:
+    """Shares proportional to `ready_counts` summing to 100 (all 0 when nothing is ready). Remainders
+    go to the largest fractions first, ties to the earlier entry (the newest revision comes first)."""
+    total = sum(ready_counts)
+    if total == 0:
+        return [0] * len(ready_counts)
+    shares = [FULL * count // total for count in ready_counts]
+    by_fraction = sorted(range(len(ready_counts)), key=lambda i: (-(FULL * ready_counts[i] % total), i))
+    for i in by_fraction[: FULL - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+def assignment(desired: Desired, revisions: Sequence[RevisionServing], generation: int) -> TrafficAssigned:
+    """What serves `desired`: the given revisions (newest first), none while the deployment is stopped."""
+    applied, spec = desired.applied, desired.applied.spec
+    serving = revisions if spec.enabled else []
+    shares = percents([len(r.replicas) for r in serving])
+    return TrafficAssigned(
+        **_ref(applied),
+        name=applied.name,
+        generation=generation,
+        spec_version=applied.spec_version,
+        enabled=spec.enabled,
+        load_balancer=spec.loadBalancer,
+        basic_auth_key=spec.basicAuthKey,
+        targets=[
+            RevisionTarget(
+                revision_id=r.revision_id,
+                percent=share,
+                spec_versions=list(r.spec_versions),
+                replicas=list(r.replicas),
+            )
+            for r, share in zip(serving, shares, strict=True)
+        ],
+    )
+
+
+def tombstone(ref: DeploymentRef, name: str, spec_version: int, generation: int) -> TrafficAssigned:
+    """The deployment is gone: its endpoint answers 404."""
+    return TrafficAssigned(
+        **_ref(ref), name=name, generation=generation, spec_version=spec_version, enabled=False, deleted=True
+    )
+
+
+def same_assignment(a: TrafficAssigned | None, b: TrafficAssigned) -> bool:
+    """Equal but for the generation and the event's own id and time: publish only when False."""
+    return a is not None and _comparable(a) == _comparable(b)
+
+
+def _comparable(a: TrafficAssigned) -> dict[str, object]:
+    return a.model_dump(exclude={"event_id", "occurred_at", "generation"})
+
+
+def _ref(ref: DeploymentRef) -> dict[str, str]:
+    return {"deployment_id": ref.deployment_id, "project": ref.project, "slug": ref.slug}
