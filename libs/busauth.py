@@ -75,7 +75,7 @@ PERMISSIONS: dict[str, Grant] = {
     ),
     "scheduler": Grant(
         publishes=(*_subjects(REPLICAS), *_subjects(STATUS), *_subjects(TRAFFIC), dead_letters("scheduler")),
-        consumes=(SPECS.name, REPLICAS.name, HEALTH.name, CONTROL.name, STATUS.name, SCALE.name),
+        consumes=(SPECS.name, REPLICAS.name, HEALTH.name, CONTROL.name, STATUS.name, SCALE.name, TRAFFIC.name),
         secrets="read",
         serves=(LOGS_RPC,),
     ),
@@ -85,7 +85,7 @@ PERMISSIONS: dict[str, Grant] = {
     ),
     "router": Grant(
         publishes=(*_subjects(METRICS), dead_letters("router")),
-        consumes=(SPECS.name, REPLICAS.name, HEALTH.name, TRAFFIC.name),
+        consumes=(TRAFFIC.name,),  # the scheduler's assignments are all the router reads
         secrets="read",  # basic-auth keys
     ),
     "autoscaler": Grant(

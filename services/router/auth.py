@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import contextlib
 import hmac
 from dataclasses import dataclass, field
 
 from libs.logging import get_logger
 from libs.secrets import SecretChange, SecretStore
 from libs.spec import secret_name
+from libs.tasks import cancel_and_wait
 
 log = get_logger("router.auth")
 
@@ -124,9 +124,7 @@ class AuthSecrets:
 
     async def close(self) -> None:
         if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+            await cancel_and_wait([self._watch])
 
     async def _follow(self) -> None:
         while True:

@@ -31,8 +31,8 @@ import psutil
 import pytest
 from nats.aio.client import Client
 
-from libs.bus import all_events
-from libs.natsd import free_port
+from libs.bus import all_events, inbox_prefix
+from libs.natsd import free_port, service_passwords
 from tests.helpers import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -117,12 +117,16 @@ def up(tmp_path: Path) -> Iterator[Up]:
 
 
 async def connect_bus(up: Up) -> Client:
-    """A NATS connection to the server `berth up` runs, to read the spec stream as an operator would.
-
-    The one place that knows how to connect. Once `berth up` gives each service a NATS user, connect
-    here as one allowed to read BERTH_SPECS (user and password from the data dir's credentials, and
-    that user's inbox prefix)."""
-    return await nats.connect(up.nats_url, max_reconnect_attempts=5)
+    """A NATS connection to the server `berth up` runs, to read the spec stream as an operator would:
+    as the scheduler's user (it reads BERTH_SPECS), from the data dir's credentials, on its inbox."""
+    passwords = service_passwords(Path(up.env["BERTH_DATA_DIR"]) / "nats")
+    return await nats.connect(
+        up.nats_url,
+        user="scheduler",
+        password=passwords["scheduler"],
+        inbox_prefix=inbox_prefix("scheduler"),
+        max_reconnect_attempts=5,
+    )
 
 
 @pytest.fixture
