@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import aiohttp
 
@@ -27,6 +27,11 @@ from libs.events import (
 from services.health_monitor.metrics import REPLICAS_WATCHED
 from services.health_monitor.state import Flags, ReplicaHealth
 from services.health_monitor.watch import HEARTBEAT_SECONDS, Publish, ReplicaWatch
+
+
+# A replica neither probed nor heard of for this long is forgotten (replica ids are never reused): no
+# event older than its last one can still be on its way, and the map follows the replicas that exist.
+FORGET_AFTER = timedelta(minutes=10)
 
 
 class HealthMonitor:
@@ -168,6 +173,15 @@ class HealthMonitor:
             }
         )
         await self._publish(retraction)
+
+    def forget_gone(self, now: datetime | None = None) -> int:
+        """Forget the replicas that are not probed and whose last event is older than FORGET_AFTER;
+        returns how many. Run by the periodic resync."""
+        cutoff = (now or utcnow()) - FORGET_AFTER
+        gone = [rid for rid, at in self._last_applied.items() if rid not in self._watches and at < cutoff]
+        for replica_id in gone:
+            del self._last_applied[replica_id]
+        return len(gone)
 
     def _is_stale(self, event: ReplicaStarted | ReplicaExited | ReplicaStopped) -> bool:
         applied = self._last_applied.get(event.replica_id)

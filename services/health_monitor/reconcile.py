@@ -28,6 +28,8 @@ async def rebuild_from_bus(js: JetStreamContext, monitor: HealthMonitor) -> None
 
 
 async def resync(js: JetStreamContext, monitor: HealthMonitor) -> None:
-    """Apply the newest lifecycle event of every replica again (idempotent)."""
+    """Apply the newest lifecycle event of every replica again (idempotent), then forget replicas
+    long gone."""
     for event in await latest_per_subject(js, REPLICA_EVENTS):
         await monitor.apply(event)
+    monitor.forget_gone()
