@@ -267,6 +267,41 @@ def rollback(
     render.emit(deployment, output, lambda: render.changed(f"rolled back to version {spec_version}:", deployment))
 
 
+@deployments_app.command("alias")
+@calls_api
+def alias(
+    ctx: typer.Context,
+    ref: RefArg,
+    name: Annotated[str, typer.Argument(help="The alias: a DNS-1123 label, not all digits (e.g. production).")],
+    spec_version: Annotated[int, typer.Argument(min=1, help="The version it points at (see `history`).")],
+    output: OutputOpt = Output.table,
+) -> None:
+    """Point an alias at a version (create or move it); reach it at /<project>/<deployment>@<alias>/.
+    The aliased version's replicas keep running while an alias names it."""
+    with ctx.obj.client() as client:
+        answer = client.set_alias(ref_of(ref), name, spec_version)
+    render.emit(answer, output, lambda: render.aliased(answer))
+
+
+@deployments_app.command("unalias")
+@calls_api
+def unalias(ctx: typer.Context, ref: RefArg, name: str, output: OutputOpt = Output.table) -> None:
+    """Remove an alias: `@<alias>` answers 404; a version no alias names any more stops running (unless current)."""
+    with ctx.obj.client() as client:
+        client.remove_alias(ref_of(ref), name)
+    gone = {"removed": True, "alias": name}
+    render.emit(gone, output, lambda: render.out.print(f"[green]✓[/] removed alias {escape(name)}"))
+
+
+@deployments_app.command("aliases")
+@calls_api
+def aliases(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -> None:
+    """The aliases of a deployment and the versions they point at."""
+    with ctx.obj.client() as client:
+        items = client.aliases(ref_of(ref))
+    render.emit({"items": items}, output, lambda: render.aliases_table(items))
+
+
 # -- logs -----------------------------------------------------------------------------------------
 
 

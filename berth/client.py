@@ -78,6 +78,14 @@ class SpecVersion(TypedDict):
     spec: dict[str, Any]
 
 
+class Alias(TypedDict):
+    alias: str
+    spec_version: int
+    updated_at: str
+    endpoint: str
+    unchanged: NotRequired[bool]
+
+
 class LogLine(TypedDict):
     replica_id: str
     offset: int
@@ -186,6 +194,16 @@ class BerthClient:
     def rollback(self, ref: str, spec_version: int) -> Deployment:
         body = {"spec_version": spec_version}
         return self._request("POST", f"/v1/deployments/{ref}/rollback", json=body)  # type: ignore[no-any-return]
+
+    def aliases(self, ref: str) -> list[Alias]:
+        return self._request("GET", f"/v1/deployments/{ref}/aliases")["items"]  # type: ignore[no-any-return]
+
+    def set_alias(self, ref: str, alias: str, spec_version: int) -> Alias:
+        body = {"spec_version": spec_version}
+        return self._request("PUT", f"/v1/deployments/{ref}/aliases/{alias}", json=body)  # type: ignore[no-any-return]
+
+    def remove_alias(self, ref: str, alias: str) -> None:
+        self._request("DELETE", f"/v1/deployments/{ref}/aliases/{alias}")
 
     def history(self, ref: str) -> list[SpecVersion]:
         return self._every_page(f"/v1/deployments/{ref}/history", {})

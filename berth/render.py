@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from berth.client import ApiError, Deployment, LogLine, ReplicaStatus, SpecVersion, Status
+from berth.client import Alias, ApiError, Deployment, LogLine, ReplicaStatus, SpecVersion, Status
 from libs.spec import SpecError
 
 SHORT_ID = 12
@@ -285,6 +285,25 @@ def history_table(items: list[SpecVersion]) -> None:
             str(spec.get("enabled", True)).lower(),
         )
     show(listing)
+
+
+def aliases_table(items: list[Alias]) -> None:
+    if not items:
+        out.print("No aliases.")
+        return
+    listing = table("ALIAS", "VERSION", "UPDATED", "ENDPOINT")
+    for a in items:
+        listing.add_row(escape(a["alias"]), str(a["spec_version"]), when(a["updated_at"]), escape(a["endpoint"]))
+    show(listing)
+
+
+def aliased(a: Alias) -> None:
+    verb = "unchanged: alias" if a.get("unchanged") else "alias"
+    out.print(
+        f"[green]✓[/] {verb} [bold]{escape(a['alias'])}[/] -> version {a['spec_version']}\n"
+        f"  endpoint  {escape(a['endpoint'])}\n"
+        "  requests switch once that version has a ready replica; until then the alias keeps its previous version"
+    )
 
 
 def names_table(title: str, names: list[str]) -> None:

@@ -28,7 +28,7 @@ SPECS = JStream(
     "BERTH_SPECS",
     subjects=["berth.spec.v1.>"],
     duplicate_window=DUPLICATE_WINDOW_SECONDS,
-    description="Desired state: SpecApplied and DeploymentDeleted, by deployment id.",
+    description="Desired state: SpecApplied and DeploymentDeleted, by deployment id; aliases at <id>.alias.<alias>.",
 )
 REPLICAS = JStream(
     "BERTH_REPLICAS",
@@ -91,6 +91,7 @@ for _stream in ALL_STREAMS:
 
 # Subject filters.
 SPEC_EVENTS = "berth.spec.v1.*"
+ALIAS_EVENTS = "berth.spec.v1.*.alias.*"  # in BERTH_SPECS, apart from the spec events
 REPLICA_EVENTS = "berth.replica.v1.*.*"
 HEALTH_EVENTS = "berth.health.v1.*.*"
 RESTART_REQUESTS = "berth.control.v1.restart.*.*"
@@ -108,6 +109,7 @@ DURABLE_SCHEDULER_SPECS = "scheduler-specs"
 DURABLE_SCHEDULER_HEALTH = "scheduler-health"
 DURABLE_SCHEDULER_RESTARTS = "scheduler-restarts"
 DURABLE_SCHEDULER_SCALE = "scheduler-scale"
+DURABLE_SCHEDULER_ALIASES = "scheduler-aliases"
 DURABLE_HEALTH_REPLICAS = "health-monitor-replicas"
 DURABLE_REGISTRY_STATUS = "registry-status"
 

@@ -180,6 +180,26 @@ class DeploymentScaled(Event, DeploymentRef):
     reason: str = ""
 
 
+class AliasTarget(BaseModel):
+    """The spec version an alias points at, with its spec: the scheduler runs it from this alone (it
+    may never have seen that version's SpecApplied, or have forgotten it)."""
+
+    spec_version: int = Field(ge=1)
+    spec_id: str
+    spec: DeploymentSpec
+
+
+class DeploymentAliasSet(Event, DeploymentRef):
+    """An alias of a deployment was set or moved (`target`), or removed (`target` null). One subject
+    per alias: the stream keeps each alias's newest, and each event carries one spec at most."""
+
+    type: ClassVar[str] = "deployment.alias_set"
+    subject_template: ClassVar[str] = "berth.spec.v1.{deployment_id}.alias.{alias}"
+    kind: Literal["deployment.alias_set"] = "deployment.alias_set"
+    alias: str
+    target: AliasTarget | None = Field(default=None, description="The version it names; null: removed.")
+
+
 # -- scheduler: traffic assignment (the one owner of "who serves, at what weight") -----------------
 
 
@@ -292,6 +312,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ReplicaHealthChanged,
     ReplicaRestartRequested,
     DeploymentScaled,
+    DeploymentAliasSet,
     TrafficAssigned,
     DeploymentStatusChanged,
     RequestMetricsReported,

@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass
 
 from libs.bus import (
+    ALIAS_EVENTS,
     HEALTH_EVENTS,
     REPLICA_EVENTS,
     SCALE_EVENTS,
@@ -57,6 +58,7 @@ async def start_scheduler(settings: Settings, runtime: Runtime | None = None) ->
         health=await latest_per_subject(js, HEALTH_EVENTS),
         statuses=await latest_per_subject(js, STATUS_EVENTS),
         assignments=await latest_per_subject(js, TRAFFIC_EVENTS),
+        aliases=await latest_per_subject(js, ALIAS_EVENTS),
     )
     runtime.on_replica_event = reconciler.on_replica_event
     await runtime.start()  # adopts the replicas a previous scheduler left running

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 
 from libs.events import (
+    DeploymentAliasSet,
     DeploymentDeleted,
     DeploymentRef,
     DeploymentScaled,
@@ -55,7 +56,7 @@ from libs.runtime.base import (
 )
 from libs.spec import DeploymentSpec, HealthChecks
 from libs.tasks import cancel_and_wait
-from services.scheduler import traffic
+from services.scheduler import aliases, traffic
 from services.scheduler.desired import Desired, compose, newer_decision
 from services.scheduler.lifecycle import LOG_TAIL_LINES, Serving, lifecycle_events, stopped_event
 from services.scheduler.metrics import DEPLOYMENTS, EVENTS_PUBLISHED, RECONCILE_ERRORS, RECONCILE_SECONDS
@@ -67,7 +68,7 @@ from services.scheduler.render import (
     resolve_env,
     revision_of,
 )
-from services.scheduler.revisions import ObservedWorkload, RevisionPlan, plan_revisions, serving
+from services.scheduler.revisions import ObservedWorkload, RevisionPlan, plan_revisions, ready_revisions, serving
 from services.scheduler.state import DeploymentState
 from services.scheduler.status import (
     ObservedReplica,
@@ -130,6 +131,7 @@ class Reconciler:
         health: Iterable[Event] = (),
         statuses: Iterable[Event] = (),
         assignments: Iterable[Event] = (),
+        aliases: Iterable[Event] = (),
     ) -> None:
         """Load the state snapshot read from the streams on start (latest event per subject)."""
         for event in specs:
@@ -138,6 +140,9 @@ class Reconciler:
         for event in scales:
             if isinstance(event, DeploymentScaled):
                 self.scale_decided(event)
+        for event in aliases:
+            if isinstance(event, DeploymentAliasSet):
+                self.alias_set(event)
         for event in replicas:
             if isinstance(event, ReplicaStarted | ReplicaExited | ReplicaStopped):
                 self._state(event.deployment_id).ledger.record(event)
@@ -177,6 +182,19 @@ class Reconciler:
         if state.deleted is not None or not newer_decision(state.decisions.get(event.source), event):
             return False
         state.decisions[event.source] = event
+        return True
+
+    def alias_set(self, event: DeploymentAliasSet) -> bool:
+        """Take an alias's newest target (or its removal); False when older than what is known."""
+        if event.deployment_id in self._gone:
+            return False
+        state = self._state(event.deployment_id)
+        known = state.aliases.get(event.alias)
+        if state.deleted is not None or (known is not None and known.occurred_at >= event.occurred_at):
+            return False
+        state.aliases[event.alias] = event
+        if event.target is not None:
+            state.learn_version(event.target)
         return True
 
     def health_changed(self, event: ReplicaHealthChanged) -> bool:
@@ -317,33 +335,52 @@ class Reconciler:
         if state.deleted is not None:
             await self._remove_everything(state, state.deleted, observed)
         elif state.applied is not None:
-            error = await self._converge(state, compose(state.applied, state.decisions), observed)
+            error = await self._converge(deployment_id, state, self._desired(state, state.applied), observed)
         observed = await self._observe(deployment_id)
         await self._announce(state, observed)
         await self._report(state, observed, error)
         self._forget_if_gone(deployment_id, state, observed)
 
-    async def _converge(self, state: DeploymentState, desired: Desired, observed: list[ObservedWorkload]) -> str | None:
+    def _desired(self, state: DeploymentState, applied: SpecApplied) -> Desired:
+        return compose(applied, state.decisions, state.aliased())
+
+    async def _converge(
+        self, deployment_id: str, state: DeploymentState, desired: Desired, observed: list[ObservedWorkload]
+    ) -> str | None:
         """Phases 2-5 for a deployment that should run; returns why it cannot (status Failed), or None."""
         ready = self._ready(state, observed)
         plans = plan_revisions(desired, observed, ready)  # 2. revisions
         state.keep_revisions(p.revision_id for p in plans)
-        target, error = await self._target(desired)
-        error = await self._grow(plans[0], target) or error  # 3. workloads
-        await self._assign(state, traffic.assignment(desired, serving(plans, ready, state.versions), state.generation + 1))  # 4.
-        await self._retire(state, desired, plans, target)  # 5.
+        targets: dict[str, Workload | None] = {}
+        error = None
+        for plan in plans:  # 3. workloads: the desired revision, and pinned ones that must (still) run
+            target, why = await self._target(plan)
+            targets[plan.revision_id] = target
+            why = await self._grow(plan, target) or why
+            if plan.current:
+                error = why
+            elif why:
+                log.warning("aliased version cannot run", revision_id=plan.revision_id, reason=why)
+        before = state.alias_serving
+        state.alias_serving = aliases.resolve(state.wanted_aliases(), before, ready_revisions(plans, ready))
+        resolved = {alias: t.spec_version for alias, t in state.alias_serving.items()}
+        made = traffic.assignment(desired, serving(plans, ready, state.versions), state.generation + 1, resolved)
+        await self._assign(state, made)  # 4. traffic
+        await self._retire(state, desired, plans, targets)  # 5.
+        if state.alias_serving != before:
+            self.kick(deployment_id)  # a version no alias resolves to any more may retire now
         return error
 
-    async def _target(self, desired: Desired) -> tuple[Workload | None, str | None]:
-        """The desired revision's workload, or why the spec cannot run. Nothing to render while no
+    async def _target(self, plan: RevisionPlan) -> tuple[Workload | None, str | None]:
+        """The workload a revision's plan wants, or why its spec cannot run. Nothing to render while no
         replica should run (stopping needs no secret)."""
-        if desired.replicas == 0:
+        if plan.keep == 0 or plan.applied is None:
             return None, None
         try:
-            env = await resolve_env(desired.applied.spec, desired.applied.project, self._secrets)
+            env = await resolve_env(plan.applied.spec, plan.applied.project, self._secrets)
         except RenderError as exc:
             return None, str(exc)
-        return render(desired.applied, env, desired.replicas), None
+        return render(plan.applied, env, plan.keep), None
 
     async def _grow(self, plan: RevisionPlan, target: Workload | None) -> str | None:
         """Create the desired revision's workload, or bring it up to its count (never down: that waits
@@ -369,7 +406,7 @@ class Reconciler:
         await self._emit(assignment)
 
     async def _retire(
-        self, state: DeploymentState, desired: Desired, plans: list[RevisionPlan], target: Workload | None
+        self, state: DeploymentState, desired: Desired, plans: list[RevisionPlan], targets: dict[str, Workload | None]
     ) -> None:
         """Stop the replicas that left the assignment just published: scale down, previous revisions."""
         spec = desired.applied.spec
@@ -384,7 +421,7 @@ class Reconciler:
                 log.info("removing workload", workload=plan.workload.name, reason=reason)
                 await self._runtime.delete(plan.workload.name)
             else:
-                shrunk = target or plan.workload
+                shrunk = targets.get(plan.revision_id) or plan.workload
                 await self._runtime.apply(replace(shrunk, name=plan.workload.name, replicas=plan.keep))
 
     async def _remove_everything(
@@ -431,11 +468,11 @@ class Reconciler:
     async def _announce(self, state: DeploymentState, observed: list[ObservedWorkload]) -> None:
         """Publish the replica lifecycle events the bus misses (level-triggered)."""
         present: set[str] = set()
-        desired = compose(state.applied, state.decisions).revision_id if state.applied else None
+        running = self._running_versions(state)
         for o in observed:
             for replica in o.replicas:
                 present.add(replica.replica_id)
-                serving_as = self._serving(state, o, replica, desired)
+                serving_as = self._serving(state, o, replica, running.get(o.revision_id))
                 last = state.ledger.last(replica.replica_id)
                 for event in await lifecycle_events(replica, last, serving_as, self._log_tail, state.stop_reason):
                     await self._emit(event)
@@ -444,14 +481,20 @@ class Reconciler:
                 await self._emit(stopped_event(last, state.stop_reason))
         state.forget_replicas(present)
 
+    def _running_versions(self, state: DeploymentState) -> dict[str, SpecApplied]:
+        """revision -> the version its replicas serve: the desired one, and those aliases pin."""
+        if state.applied is None:
+            return {}
+        desired = self._desired(state, state.applied)
+        return {desired.revision_id: desired.applied} | {r: p.applied for r, p in desired.pinned.items()}
+
     def _serving(
-        self, state: DeploymentState, observed: ObservedWorkload, replica: Replica, desired_revision: str | None
+        self, state: DeploymentState, observed: ObservedWorkload, replica: Replica, applied: SpecApplied | None
     ) -> Serving:
-        """What a replica serves: the desired spec when it runs the desired revision, else what it was
-        announced with."""
-        applied = state.applied
+        """What a replica serves: the version its revision runs for (the desired one, or an aliased
+        one), else what it was announced with."""
         revision = replica.revision_id or observed.revision_id
-        if applied is not None and observed.revision_id == desired_revision:
+        if applied is not None:
             spec = applied.spec
             return Serving(ref_of(applied), applied.spec_id, spec.resources.port, health_checks_of(spec), revision)
         started = state.ledger.started(replica.replica_id)
@@ -466,12 +509,13 @@ class Reconciler:
             if state.deleted is not None and not observed:
                 await self._set_status(state, deleted_status(state.deleted))
             return
-        desired = compose(state.applied, state.decisions)
+        desired = self._desired(state, state.applied)
         replicas = [
             ObservedReplica(
                 replica=replica,
                 spec_id=last.spec_id if (last := state.ledger.last(replica.replica_id)) else o.workload.spec_id,
                 current=o.revision_id == desired.revision_id,
+                pinned=o.revision_id in desired.pinned,
                 primary_port=o.workload.ports[0],
                 health=self._health_of(state, replica),
                 exit=last if isinstance(last, ReplicaExited) else None,
@@ -494,7 +538,7 @@ class Reconciler:
             if not tombstoned or state.status is None or state.status.phase != "Deleted":
                 return  # the tombstone or the Deleted status is still to be published
             self._gone[deployment_id] = time.monotonic() + self._deleted_retention
-        elif state.applied is not None or state.decisions:
+        elif state.applied is not None or state.decisions or state.aliases:
             return
         state.cancel_requeue()
         del self._states[deployment_id]

@@ -2,7 +2,9 @@
 
 The desired revision runs the composed count. A previous revision (an older template) keeps its
 replicas, and its share of traffic, until the desired one has all its replicas ready; then, or at once
-when it has no ready replica to lose, it retires. Replicas that leave (a scale down stops the newest
+when it has no ready replica to lose, it retires - unless an alias pins it (desired.Pinned): then it
+runs its pinned count and takes no share of the endpoint's traffic, only `@<alias>` requests. A pinned
+revision that does not run yet is created. Replicas that leave (a scale down stops the newest
 first, a retiring revision stops all) are stopped only after the traffic assignment without them is
 published: the plan names them so that the reconciler can do it in that order.
 """
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from libs.events import ServingReplica
+from libs.events import ServingReplica, SpecApplied
 from libs.runtime.base import Replica, Workload
 from services.scheduler.desired import Desired
 from services.scheduler.traffic import RevisionServing
@@ -42,6 +44,8 @@ class RevisionPlan:
     keep: int  # replicas it runs
     retire: bool = False  # the whole workload goes, after the assignment without it
     leaving: tuple[Replica, ...] = field(default=())  # stopped after the assignment without them
+    applied: SpecApplied | None = None  # the version it is created or grown from (None: never grown)
+    weighted: bool = True  # takes a share of the endpoint's traffic (False: reached only when pinned)
 
     @property
     def workload(self) -> Workload | None:
@@ -58,18 +62,44 @@ def plan_revisions(desired: Desired, observed: Sequence[ObservedWorkload], ready
         live = current_observed.live
         leaving = tuple(live[desired.replicas :])
         ready_now = sum(r.replica_id in ready for r in live[: desired.replicas])
-    plans = [RevisionPlan(desired.revision_id, True, current_observed, desired.replicas, leaving=leaving)]
+    plans = [
+        RevisionPlan(desired.revision_id, True, current_observed, desired.replicas, leaving=leaving, applied=desired.applied)
+    ]
     complete = desired.replicas == 0 or ready_now >= desired.replicas
     for previous in (o for o in observed if o is not current_observed):
         live = previous.live
-        retire = complete or not any(r.replica_id in ready for r in live)
+        rolling = not complete and any(r.replica_id in ready for r in live)  # still serves the endpoint
+        pinned = desired.pinned.get(previous.revision_id)
+        if pinned is not None:
+            keep = max(pinned.replicas, len(live)) if rolling else pinned.replicas
+            plans.append(
+                RevisionPlan(
+                    previous.revision_id, False, previous, keep,
+                    leaving=tuple(live[keep:]), applied=pinned.applied, weighted=rolling,
+                )  # fmt: skip
+            )
+            continue
         plans.append(
             RevisionPlan(
-                previous.revision_id, False, previous, 0 if retire else len(live),
-                retire=retire, leaving=tuple(live) if retire else (),
+                previous.revision_id, False, previous, len(live) if rolling else 0,
+                retire=not rolling, leaving=() if rolling else tuple(live),
             )  # fmt: skip
         )
+    running = {p.revision_id for p in plans}
+    for revision, pinned in desired.pinned.items():
+        if revision not in running:
+            plans.append(RevisionPlan(revision, False, None, pinned.replicas, applied=pinned.applied, weighted=False))
     return plans
+
+
+def ready_revisions(plans: Sequence[RevisionPlan], ready: set[str]) -> set[str]:
+    """Revisions with at least one ready replica that stays: an alias may switch to them."""
+    return {
+        p.revision_id
+        for p in plans
+        if p.observed is not None and not p.retire
+        and any(r.replica_id in ready for r in p.observed.live[: p.keep])
+    }  # fmt: skip
 
 
 def serving(plans: Sequence[RevisionPlan], ready: set[str], versions: dict[str, list[int]]) -> list[RevisionServing]:
@@ -87,5 +117,6 @@ def serving(plans: Sequence[RevisionPlan], ready: set[str], versions: dict[str, 
                 for r in plan.observed.live
                 if r.replica_id in ready and r.replica_id not in gone and port in r.ports
             ]
-        shown.append(RevisionServing(plan.revision_id, tuple(versions.get(plan.revision_id, ())), tuple(replicas)))
+        known = tuple(versions.get(plan.revision_id, ()))
+        shown.append(RevisionServing(plan.revision_id, known, tuple(replicas), plan.weighted))
     return shown

@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from libs.events import (
+    AliasTarget,
+    DeploymentAliasSet,
     DeploymentDeleted,
     DeploymentScaled,
     DeploymentStatusChanged,
@@ -28,6 +30,8 @@ class DeploymentState:
     applied: SpecApplied | None = None  # the newest spec version
     deleted: DeploymentDeleted | None = None
     decisions: dict[str, DeploymentScaled] = field(default_factory=dict)  # newest per source
+    aliases: dict[str, DeploymentAliasSet] = field(default_factory=dict)  # newest per alias (removals too)
+    alias_serving: dict[str, AliasTarget] = field(default_factory=dict)  # what each alias resolved to last
     versions: dict[str, list[int]] = field(default_factory=dict)  # revision -> spec versions running it
     health: dict[str, ReplicaHealthChanged] = field(default_factory=dict)  # by replica id
     restarts: dict[str, tuple[int, str]] = field(default_factory=dict)  # replica -> (restart count, why)
@@ -39,12 +43,19 @@ class DeploymentState:
     failures: int = 0  # reconciles failed in a row: the requeue back-off
     requeue: asyncio.TimerHandle | None = None
 
-    def learn_version(self, applied: SpecApplied) -> None:
+    def learn_version(self, applied: SpecApplied | AliasTarget) -> None:
         versions = self.versions.setdefault(revision_id(applied.spec), [])
         if applied.spec_version not in versions:
             versions.append(applied.spec_version)
             versions.sort()
             del versions[:-MAX_VERSIONS_PER_REVISION]
+
+    def wanted_aliases(self) -> dict[str, AliasTarget]:
+        return {alias: e.target for alias, e in self.aliases.items() if e.target is not None}
+
+    def aliased(self) -> list[AliasTarget]:
+        """Every version an alias names or still resolves to: each keeps its revision running."""
+        return [*self.wanted_aliases().values(), *self.alias_serving.values()]
 
     def learn_assignment(self, assignment: TrafficAssigned) -> None:
         self.traffic = assignment

@@ -39,6 +39,7 @@ class ObservedReplica:
     health: ReplicaHealthChanged | None = None
     exit: ReplicaExited | None = None  # the last exit, while the replica waits to restart
     restart_reason: str | None = None  # why it was last restarted
+    pinned: bool = False  # runs a revision an alias keeps (not "previous": it stays)
 
     @property
     def serving(self) -> bool:
@@ -173,7 +174,7 @@ def _comparable(status: DeploymentStatusChanged) -> dict[str, object]:
 def _phase(want: Desired, replicas: list[ObservedReplica], error: str | None) -> tuple[Phase, str]:
     desired = want.replicas
     current = [r for r in replicas if r.current]
-    previous_ready = sum(r.ready for r in replicas if not r.current)
+    previous_ready = sum(r.ready for r in replicas if not r.current and not r.pinned)
     ready = sum(r.ready for r in current)
     keep_serving = f"{_replicas(previous_ready)} of the previous version keep{'s' if previous_ready == 1 else ''} serving"
     if error:

@@ -9,7 +9,7 @@ revision without a ready replica is listed at 0 so that its spec versions stay r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from libs.events import (
@@ -30,6 +30,7 @@ class RevisionServing:
     revision_id: str
     spec_versions: tuple[int, ...]
     replicas: tuple[ServingReplica, ...]
+    weighted: bool = True  # takes a share of the endpoint's requests; else only pinned ones (@alias)
 
 
 def percents(ready_counts: Sequence[int]) -> list[int]:
@@ -45,11 +46,14 @@ def percents(ready_counts: Sequence[int]) -> list[int]:
     return shares
 
 
-def assignment(desired: Desired, revisions: Sequence[RevisionServing], generation: int) -> TrafficAssigned:
-    """What serves `desired`: the given revisions (newest first), none while the deployment is stopped."""
+def assignment(
+    desired: Desired, revisions: Sequence[RevisionServing], generation: int, aliases: Mapping[str, int] | None = None
+) -> TrafficAssigned:
+    """What serves `desired`: the given revisions (newest first), none while the deployment is stopped;
+    `aliases` (alias -> spec version) as they are to resolve now."""
     applied, spec = desired.applied, desired.applied.spec
     serving = revisions if spec.enabled else []
-    shares = percents([len(r.replicas) for r in serving])
+    shares = percents([len(r.replicas) if r.weighted else 0 for r in serving])
     return TrafficAssigned(
         **_ref(applied),
         name=applied.name,
@@ -67,6 +71,7 @@ def assignment(desired: Desired, revisions: Sequence[RevisionServing], generatio
             )
             for r, share in zip(serving, shares, strict=True)
         ],
+        aliases=dict(aliases or {}),
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -20,11 +21,15 @@ from libs.secrets import SecretStore
 from libs.spec import DeploymentSpec, SpecError, SpecInvalid, validate_spec
 from services.spec_registry.metrics import SPEC_VERSIONS_ACCEPTED
 from services.spec_registry.outbox import OutboxRelay
-from services.spec_registry.problems import BadGateway, Unavailable
+from libs.store import AliasRow
+from services.spec_registry.problems import BadGateway, Invalid, Unavailable
 from services.spec_registry.repository import Repository, StoredDeployment
-from services.spec_registry.schemas import LogPage
+from services.spec_registry.schemas import ALIAS_NAME, LogPage
 
 LOGS_TIMEOUT_SECONDS = 5.0
+# Aliases per deployment. Each aliased version keeps replicas running (docs/api.md): a bound on cost too.
+MAX_ALIASES = 16
+ALIAS_RULE = "must be a DNS-1123 label (a-z, 0-9 and '-', at most 63, starting and ending alphanumeric) and not all digits"
 SpecEdit = Callable[[dict[str, Any]], dict[str, Any]]
 
 
@@ -51,16 +56,18 @@ class Registry:
                 raise SpecInvalid(missing)
         return spec
 
-    async def create(self, project: str, document: Any) -> StoredDeployment:
+    async def create(self, project: str, document: Any, by: int | None = None) -> StoredDeployment:
         spec = await self.check(project, document)
-        stored = await asyncio.to_thread(self.repo.create_deployment, project, spec)
+        stored = await asyncio.to_thread(self.repo.create_deployment, project, spec, by)
         self._accepted(stored)
         return stored
 
-    async def update(self, project: str, ref: str, document: Any, if_match: list[str]) -> StoredDeployment:
+    async def update(
+        self, project: str, ref: str, document: Any, if_match: list[str], by: int | None = None
+    ) -> StoredDeployment:
         """A new spec version, based on the version whose spec_id is in `if_match`."""
         spec = await self.check(project, document)
-        stored = await asyncio.to_thread(self.repo.update_deployment, project, ref, spec, if_match)
+        stored = await asyncio.to_thread(self.repo.update_deployment, project, ref, spec, if_match, by)
         self._accepted(stored)
         return stored
 
@@ -71,11 +78,24 @@ class Registry:
             self._relay.notify()
         return stored
 
-    async def change(self, project: str, ref: str, edit: SpecEdit) -> StoredDeployment:
+    async def change(self, project: str, ref: str, edit: SpecEdit, by: int | None = None) -> StoredDeployment:
         """A new version made from the current one by `edit` (stop, start, rollback)."""
         current = await asyncio.to_thread(self.repo.get_deployment, project, ref)
         document = edit(copy.deepcopy(current.spec))
-        return await self.update(project, current.row.id, document, [current.row.spec_id])
+        return await self.update(project, current.row.id, document, [current.row.spec_id], by)
+
+    async def set_alias(self, project: str, ref: str, alias: str, version: int) -> tuple[AliasRow, bool]:
+        """Point `alias` at `version`; the row, and whether anything changed (then it is published)."""
+        check_alias(alias)
+        row, changed = await asyncio.to_thread(self.repo.set_alias, project, ref, alias, version, MAX_ALIASES)
+        if changed:
+            self._relay.notify()
+        return row, changed
+
+    async def remove_alias(self, project: str, ref: str, alias: str) -> None:
+        check_alias(alias)
+        await asyncio.to_thread(self.repo.remove_alias, project, ref, alias)
+        self._relay.notify()
 
     async def delete(self, project: str, ref: str) -> None:
         await asyncio.to_thread(self.repo.delete_deployment, project, ref)
@@ -103,6 +123,12 @@ class Registry:
             return
         SPEC_VERSIONS_ACCEPTED.inc()
         self._relay.notify()
+
+
+def check_alias(alias: str) -> None:
+    """422 naming the field and the rule, never the value."""
+    if not re.fullmatch(ALIAS_NAME, alias):
+        raise Invalid("bad alias", [SpecError("alias", ALIAS_RULE)])
 
 
 def with_enabled(enabled: bool) -> SpecEdit:

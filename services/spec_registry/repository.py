@@ -20,6 +20,8 @@ from sqlmodel import Session, col, select
 
 from libs.events import (
     DeploymentDeleted,
+    AliasTarget,
+    DeploymentAliasSet,
     DeploymentScaled,
     DeploymentStatusChanged,
     Event,
@@ -28,6 +30,7 @@ from libs.events import (
 )
 from libs.spec import DeploymentSpec, SpecError
 from libs.store import (
+    AliasRow,
     DeploymentRow,
     DeploymentStatusRow,
     OutboxRow,
@@ -52,6 +55,7 @@ class Principal:
 
     project: str
     is_admin: bool
+    token_id: int | None = None  # recorded as the author of the spec versions it creates
 
 
 @dataclass(frozen=True)
@@ -121,7 +125,7 @@ class Repository:
         # check free of timing differences anyway.
         if row is None or not hmac.compare_digest(row.token_hash, token_hash):
             return None
-        return Principal(project=row.project, is_admin=row.is_admin)
+        return Principal(project=row.project, is_admin=row.is_admin, token_id=row.id)
 
     def create_project(self, name: str, token_hash: str) -> None:
         try:
@@ -142,7 +146,7 @@ class Repository:
 
     # -- deployments ----------------------------------------------------------------------------------
 
-    def create_deployment(self, project: str, spec: DeploymentSpec) -> StoredDeployment:
+    def create_deployment(self, project: str, spec: DeploymentSpec, by: int | None = None) -> StoredDeployment:
         try:
             with self._write_with_event() as session:
                 taken = self._taken(session, project, spec, exclude_id=None)
@@ -162,12 +166,14 @@ class Repository:
                 )
                 session.add(row)
                 session.flush()
-                self._add_version(session, row, spec)
+                self._add_version(session, row, spec, by)
         except IntegrityError as exc:
             raise Conflict("a deployment with this name, or one with the same slug, exists in the project") from exc
         return StoredDeployment(row, submitted(spec), None)
 
-    def update_deployment(self, project: str, ref: str, spec: DeploymentSpec, if_match: list[str]) -> StoredDeployment:
+    def update_deployment(
+        self, project: str, ref: str, spec: DeploymentSpec, if_match: list[str], by: int | None = None
+    ) -> StoredDeployment:
         """A new spec version based on the one `if_match` names."""
         try:
             with self._write_with_event() as session:
@@ -192,7 +198,7 @@ class Repository:
                 row.environment, row.updated_at = spec.environment, utcnow()
                 self._supersede_scale(session, row, spec)
                 session.add(row)
-                self._add_version(session, row, spec)
+                self._add_version(session, row, spec, by)
         except IntegrityError as exc:  # another update based on the same version committed first
             raise StaleVersion("the deployment changed meanwhile; read it again") from exc
         return StoredDeployment(row, submitted(spec), status.status if status else None)
@@ -217,7 +223,7 @@ class Repository:
     def delete_deployment(self, project: str, ref: str) -> None:
         with self._write_with_event() as session:
             row = self._find(session, project, ref, for_update=True)
-            for table in (DeploymentStatusRow, SpecVersionRow):
+            for table in (DeploymentStatusRow, AliasRow, SpecVersionRow):
                 session.execute(sa.delete(table).where(col(table.deployment_id) == row.id))
             session.delete(row)
             self._add_event(session, DeploymentDeleted(deployment_id=row.id, project=project, slug=row.slug))
@@ -265,14 +271,43 @@ class Repository:
 
     def spec_version(self, project: str, ref: str, version: int) -> SpecVersionRow:
         with self._read() as session:
+            return self._version_row(session, self._find(session, project, ref), version)
+
+    # -- aliases --------------------------------------------------------------------------------------
+
+    def aliases(self, project: str, ref: str) -> list[AliasRow]:
+        with self._read() as session:
             row = self._find(session, project, ref)
-            query = select(SpecVersionRow).where(
-                SpecVersionRow.deployment_id == row.id, SpecVersionRow.version == version
-            )
-            found = session.exec(query).first()
-        if found is None:
-            raise NotFound("the deployment has no spec version of this number", field="spec_version")
-        return found
+            return self._aliases(session, row.id)
+
+    def set_alias(self, project: str, ref: str, alias: str, version: int, limit: int) -> tuple[AliasRow, bool]:
+        """Point `alias` at spec `version` (creating or moving it); the row and whether it changed.
+        Publishes it with its version's spec."""
+        with self._write_with_event() as session:
+            row = self._find(session, project, ref, for_update=True)
+            known = {a.name: a for a in self._aliases(session, row.id)}
+            current = known.get(alias)
+            if current is not None and current.spec_version == version:
+                return current, False
+            target = self._version_row(session, row, version)  # 404 naming spec_version when there is none
+            if current is None and len(known) >= limit:
+                raise Invalid(
+                    "too many aliases", [SpecError("alias", f"a deployment has at most {limit} aliases")]
+                )
+            current = current or AliasRow(deployment_id=row.id, name=alias, spec_version=version)
+            current.spec_version, current.updated_at = version, utcnow()
+            session.add(current)
+            self._add_alias_event(session, row, alias, target)
+        return current, True
+
+    def remove_alias(self, project: str, ref: str, alias: str) -> None:
+        with self._write_with_event() as session:
+            row = self._find(session, project, ref, for_update=True)
+            found = session.get(AliasRow, (row.id, alias))
+            if found is None:
+                raise NotFound("the deployment has no alias of this name", field="alias")
+            session.delete(found)
+            self._add_alias_event(session, row, alias, None)
 
     # -- status read model ------------------------------------------------------------------------------
 
@@ -388,6 +423,27 @@ class Repository:
         assert version is not None, "a deployment always points at one of its versions"
         return version
 
+    @staticmethod
+    def _version_row(session: Session, row: DeploymentRow, version: int) -> SpecVersionRow:
+        query = select(SpecVersionRow).where(SpecVersionRow.deployment_id == row.id, SpecVersionRow.version == version)
+        found = session.exec(query).first()
+        if found is None:
+            raise NotFound("the deployment has no spec version of this number", field="spec_version")
+        return found
+
+    @staticmethod
+    def _aliases(session: Session, deployment_id: str) -> list[AliasRow]:
+        query = select(AliasRow).where(AliasRow.deployment_id == deployment_id).order_by(col(AliasRow.name))
+        return list(session.exec(query).all())
+
+    def _add_alias_event(self, session: Session, row: DeploymentRow, alias: str, version: SpecVersionRow | None) -> None:
+        target = None
+        if version is not None:
+            spec = DeploymentSpec.model_validate(version.spec)
+            target = AliasTarget(spec_version=version.version, spec_id=version.spec_id, spec=spec)
+        event = DeploymentAliasSet(deployment_id=row.id, project=row.project, slug=row.slug, alias=alias, target=target)
+        self._add_event(session, event)
+
     def _supersede_scale(self, session: Session, row: DeploymentRow, spec: DeploymentSpec) -> None:
         """A spec that sets another `resources.replicas` than the user's scale was made against ends
         that decision. The decision is also replaced on the bus by one that follows the new spec, so
@@ -423,7 +479,7 @@ class Repository:
             query = query.where(DeploymentRow.id != exclude_id)
         return session.exec(query).first()
 
-    def _add_version(self, session: Session, row: DeploymentRow, spec: DeploymentSpec) -> None:
+    def _add_version(self, session: Session, row: DeploymentRow, spec: DeploymentSpec, by: int | None) -> None:
         session.add(
             SpecVersionRow(
                 spec_id=row.spec_id,
@@ -431,6 +487,7 @@ class Repository:
                 version=row.spec_version,
                 spec=submitted(spec),
                 created_at=row.updated_at,
+                created_by=by,
             )
         )
         self._add_event(

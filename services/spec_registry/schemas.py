@@ -120,6 +120,25 @@ class RollbackRequest(Request):
     )
 
 
+ALIAS_NAME = r"^(?![0-9]+$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class AliasRequest(Request):
+    spec_version: int = Field(ge=1, strict=True, description="The spec version the alias points at.")
+
+
+class Alias(BaseModel):
+    alias: str = Field(description="A DNS-1123 label, not all digits (digits name a version).")
+    spec_version: int
+    updated_at: datetime
+    endpoint: str = Field(description="http://<router>/<project>/<slug>@<alias>/")
+    unchanged: bool = Field(default=False, description="The alias already pointed at this version.")
+
+
+class AliasList(BaseModel):
+    items: list[Alias] = Field(description="By name.")
+
+
 class ProjectCreate(Request):
     name: str = Field(pattern=PROJECT_NAME, description="A DNS-1123 label; part of endpoint URLs.")
 

@@ -85,6 +85,20 @@ async def test_every_command_answers_json(registry: RegistryProcess, tmp_path: P
     assert [v["spec_version"] for v in history["items"]] == [3, 2, 1]
     assert len({v["revision_id"] for v in history["items"]}) == 1  # only `enabled` changed
 
+    aliased = await cli.json("deployments", "alias", "my-iris", "production", "2")
+    assert (aliased["alias"], aliased["spec_version"]) == ("production", 2)
+    assert aliased["endpoint"].endswith("/default/my-iris@production/")
+    assert (await cli.json("deployments", "alias", "my-iris", "production", "3"))["spec_version"] == 3
+    assert [(a["alias"], a["spec_version"]) for a in (await cli.json("deployments", "aliases", "my-iris"))["items"]] == [
+        ("production", 3)
+    ]
+    table = await cli.run("deployments", "aliases", "my-iris")
+    assert "production" in table.stdout and "@production" in table.stdout
+    assert await cli.json("deployments", "unalias", "my-iris", "production") == {"removed": True, "alias": "production"}
+    assert (await cli.json("deployments", "aliases", "my-iris"))["items"] == []
+    bad = await cli.run("deployments", "alias", "my-iris", "Production", "1")
+    assert bad.exit_code == 1 and "alias" in bad.output and "DNS-1123" in bad.output
+
     async def scheduler(msg: Msg) -> None:
         await msg.respond(json.dumps({"lines": [{"replica_id": "r1", "offset": 3, "line": "hi\n"}], "next": 4}).encode())
 

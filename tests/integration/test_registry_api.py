@@ -24,6 +24,7 @@ from libs.bus import LOGS_RPC, all_events
 from libs.config import Settings
 from libs.logcursor import encode_cursor
 from libs.events import (
+    DeploymentAliasSet,
     DeploymentDeleted,
     DeploymentScaled,
     DeploymentStatusChanged,
@@ -633,3 +634,75 @@ async def test_health_and_metrics(api: httpx.AsyncClient) -> None:
     assert "berth_registry_spec_versions_accepted_total" in metrics.text
     assert 'berth_registry_requests_total{method="POST",route="/v1/deployments",status="201"}' in metrics.text
     assert "berth_registry_outbox_lag" in metrics.text
+
+
+# -- aliases ---------------------------------------------------------------------------------------------
+
+
+async def test_aliases_are_set_moved_listed_and_removed(api: httpx.AsyncClient, nc: Client) -> None:
+    published: list[Event] = []
+
+    async def record(msg: Msg) -> None:
+        published.append(decode_event(msg.data))
+
+    subscription = await nc.subscribe("berth.spec.v1.*.alias.*", cb=record)
+    created = await create(api, spec())
+    await put(api, "my-cool-deployment", spec(image="python:3.12"), created["spec_id"])
+    base = "/v1/deployments/my-cool-deployment/aliases"
+
+    first = await api.put(f"{base}/prod", json={"spec_version": 1})
+    assert first.status_code == 200, first.text
+    assert first.json()["endpoint"].endswith("/default/my-cool-deployment@prod/")
+    assert (first.json()["spec_version"], first.json()["unchanged"]) == (1, False)
+    assert (await api.put(f"{base}/prod", json={"spec_version": 1})).json()["unchanged"] is True
+    assert (await api.put(f"{base}/staging", json={"spec_version": 2})).status_code == 200
+    moved = await api.put(f"{base}/prod", json={"spec_version": 2})
+    assert (moved.json()["spec_version"], moved.json()["unchanged"]) == (2, False)
+    listed = (await api.get(base)).json()["items"]
+    assert [(a["alias"], a["spec_version"]) for a in listed] == [("prod", 2), ("staging", 2)]
+
+    assert (await api.delete(f"{base}/staging")).status_code == 204
+    gone = await api.delete(f"{base}/staging")
+    assert gone.status_code == 404 and gone.json()["errors"][0]["field"] == "alias"
+    assert [a["alias"] for a in (await api.get(base)).json()["items"]] == ["prod"]
+
+    # Every change is published once, with the spec of the version it names (null: removed).
+    await eventually(lambda: len(published) == 4, what="four alias events")
+    await subscription.unsubscribe()
+    assert [(e.alias, e.target and e.target.spec_version) for e in published] == [  # type: ignore[attr-defined]
+        ("prod", 1), ("staging", 2), ("prod", 2), ("staging", None)
+    ]
+    prod = published[2]
+    assert isinstance(prod, DeploymentAliasSet) and prod.target is not None
+    assert prod.target.spec.image == "python:3.12"
+    assert prod.subject() == f"berth.spec.v1.{created['deployment_id']}.alias.prod"
+
+
+@pytest.mark.parametrize("name", ["Prod", "98765", "a" * 64, "-prod", "prod-", "pr_od", "pr.od"])
+async def test_a_bad_alias_name_is_refused_naming_the_field_and_the_rule(api: httpx.AsyncClient, name: str) -> None:
+    await create(api, spec())
+    response = await api.put(f"/v1/deployments/my-cool-deployment/aliases/{name}", json={"spec_version": 1})
+    assert response.status_code == 422 and response.headers["content-type"] == "application/problem+json"
+    (error,) = response.json()["errors"]
+    assert error["field"] == "alias" and "DNS-1123" in error["rule"] and "digits" in error["rule"]
+    assert name not in response.text
+    assert (await api.get("/v1/deployments/my-cool-deployment/aliases")).json()["items"] == []
+
+
+async def test_an_alias_needs_an_existing_version_and_there_are_at_most_16(api: httpx.AsyncClient) -> None:
+    await create(api, spec())
+    base = "/v1/deployments/my-cool-deployment/aliases"
+    missing = await api.put(f"{base}/prod", json={"spec_version": 2})
+    assert missing.status_code == 404 and missing.json()["errors"][0]["field"] == "spec_version"
+    not_int = await api.put(f"{base}/prod", json={"spec_version": "1"})
+    assert not_int.status_code == 422 and not_int.json()["errors"][0]["field"] == "spec_version"
+    for i in range(16):
+        assert (await api.put(f"{base}/a{i}", json={"spec_version": 1})).status_code == 200
+    too_many = await api.put(f"{base}/one-more", json={"spec_version": 1})
+    assert too_many.status_code == 422 and too_many.json()["errors"] == [
+        {"field": "alias", "rule": "a deployment has at most 16 aliases"}
+    ]
+    assert (await api.put(f"{base}/a0", json={"spec_version": 1})).json()["unchanged"] is True  # moving is fine
+    assert (await api.delete("/v1/deployments/my-cool-deployment")).status_code == 204
+    await create(api, spec())  # the name again: a new deployment, without the old one's aliases
+    assert (await api.get(base)).json()["items"] == []

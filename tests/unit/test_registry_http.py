@@ -29,6 +29,8 @@ CONTRACT = {
     "/v1/deployments/{ref}/history": {"get"},
     "/v1/deployments/{ref}/status": {"get"},
     "/v1/deployments/{ref}/logs": {"get"},
+    "/v1/deployments/{ref}/aliases": {"get"},
+    "/v1/deployments/{ref}/aliases/{alias}": {"put", "delete"},
 }
 
 

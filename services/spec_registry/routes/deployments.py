@@ -14,7 +14,7 @@ from libs.config import Settings
 from libs.logcursor import MAX_CURSOR_CHARS, CursorInvalid, read_cursor
 from libs.revision import revision_id
 from libs.spec import DeploymentSpec, SpecError, scale_errors
-from libs.store import SpecVersionRow
+from libs.store import AliasRow, SpecVersionRow
 from services.spec_registry.auth import Caller
 from services.spec_registry.pagination import DEFAULT_LIMIT, After, Limit, decode_cursor, paginate
 from services.spec_registry.problems import (
@@ -41,6 +41,9 @@ from services.spec_registry.routes.deps import (
     SpecDocument,
 )
 from services.spec_registry.schemas import (
+    Alias,
+    AliasList,
+    AliasRequest,
     Deployment,
     DeploymentList,
     History,
@@ -78,7 +81,7 @@ async def validate_spec(caller: Caller, registry: RegistryDep, document: SpecDoc
 async def create_deployment(
     caller: Caller, registry: RegistryDep, settings: SettingsDep, document: SpecDocument, response: Response
 ) -> Deployment:
-    stored = await registry.create(caller.project, document)
+    stored = await registry.create(caller.project, document, by=caller.token_id)
     response.headers["Location"] = f"/v1/deployments/{stored.row.id}"
     return _answer(stored, settings, response)
 
@@ -131,7 +134,7 @@ async def update_deployment(
 ) -> Deployment:
     if not if_match.strip():
         raise PreconditionRequired()
-    stored = await registry.update(caller.project, ref, document, _etags(if_match))
+    stored = await registry.update(caller.project, ref, document, _etags(if_match), by=caller.token_id)
     return _answer(stored, settings, response)
 
 
@@ -152,7 +155,7 @@ async def scale_deployment(
 async def stop_deployment(
     ref: str, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
 ) -> Deployment:
-    stored = await registry.change(caller.project, ref, with_enabled(False))
+    stored = await registry.change(caller.project, ref, with_enabled(False), by=caller.token_id)
     return _answer(stored, settings, response)
 
 
@@ -160,7 +163,7 @@ async def stop_deployment(
 async def start_deployment(
     ref: str, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
 ) -> Deployment:
-    stored = await registry.change(caller.project, ref, with_enabled(True))
+    stored = await registry.change(caller.project, ref, with_enabled(True), by=caller.token_id)
     return _answer(stored, settings, response)
 
 
@@ -170,7 +173,7 @@ async def rollback_deployment(
 ) -> Deployment:
     """A new version whose spec is that of `spec_version` (unchanged when it is the current spec)."""
     old = await asyncio.to_thread(registry.repo.spec_version, caller.project, ref, body.spec_version)
-    stored = await registry.change(caller.project, ref, replaced_by(old.spec))
+    stored = await registry.change(caller.project, ref, replaced_by(old.spec), by=caller.token_id)
     return _answer(stored, settings, response)
 
 
@@ -192,6 +195,31 @@ async def deployment_history(
         items=[_spec_version(v) for v in versions],
         next=next_cursor,
     )
+
+
+@router.get("/deployments/{ref}/aliases", tags=["aliases"], responses=READ)
+async def list_aliases(ref: str, caller: Caller, registry: RegistryDep, settings: SettingsDep) -> AliasList:
+    """Every alias of the deployment, by name."""
+    stored = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
+    rows = await asyncio.to_thread(registry.repo.aliases, caller.project, stored.row.id)
+    return AliasList(items=[_alias(stored, row, settings) for row in rows])
+
+
+@router.put("/deployments/{ref}/aliases/{alias}", tags=["aliases"], responses=JSON_WRITE)
+async def set_alias(
+    ref: str, alias: str, body: AliasRequest, caller: Caller, registry: RegistryDep, settings: SettingsDep
+) -> Alias:
+    """Create the alias or move it to another spec version. Its version's replicas are started if
+    they do not run; moving it switches `@<alias>` requests once they are ready."""
+    row, changed = await registry.set_alias(caller.project, ref, alias, body.spec_version)
+    stored = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
+    return _alias(stored, row, settings, unchanged=not changed)
+
+
+@router.delete("/deployments/{ref}/aliases/{alias}", status_code=204, tags=["aliases"], responses=WRITE)
+async def remove_alias(ref: str, alias: str, caller: Caller, registry: RegistryDep) -> Response:
+    await registry.remove_alias(caller.project, ref, alias)
+    return Response(status_code=204)
 
 
 @router.get("/deployments/{ref}/status", tags=["deployments"], responses=READ)
@@ -238,6 +266,17 @@ def present(stored: StoredDeployment, settings: Settings) -> Deployment:
         revision_id=revision_id(spec),
         scale=_user_scale(stored, spec),
         unchanged=stored.unchanged,
+    )
+
+
+def _alias(stored: StoredDeployment, row: AliasRow, settings: Settings, unchanged: bool = False) -> Alias:
+    d = stored.row
+    return Alias(
+        alias=row.name,
+        spec_version=row.spec_version,
+        updated_at=row.updated_at,
+        endpoint=f"http://{settings.router_host}:{settings.router_port}/{d.project}/{d.slug}@{row.name}/",
+        unchanged=unchanged,
     )
 
 
