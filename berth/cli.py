@@ -144,11 +144,22 @@ def up(
 
 @app.command()
 @calls_api
-def apply(ctx: typer.Context, file: SpecFile, output: OutputOpt = Output.table) -> None:
+def apply(
+    ctx: typer.Context,
+    file: SpecFile,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Store nothing: show each changed field, live or replacing replicas.")
+    ] = False,
+    output: OutputOpt = Output.table,
+) -> None:
     """Create the deployment of a spec, or update it to a new spec version."""
     document, spec = read_spec(file)
     with ctx.obj.client() as client:
         current = client.find_deployment(spec.slug)
+        if dry_run:
+            answer = client.dry_run(document, current)
+            render.emit(answer, output, lambda: render.dry_run(answer))
+            return
         if current is None:
             deployment, verb = client.create_deployment(document), "created"
         else:
@@ -186,10 +197,15 @@ def get_deployment(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.t
 
 @deployments_app.command("history")
 @calls_api
-def history(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -> None:
-    """Spec versions of a deployment, newest first."""
+def history(
+    ctx: typer.Context,
+    ref: RefArg,
+    diff: Annotated[bool, typer.Option("--diff", help="Each version's field changes from the one before.")] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Spec versions of a deployment, newest first, with the token that created each."""
     with ctx.obj.client() as client:
-        items = client.history(ref_of(ref))
+        items = client.history(ref_of(ref), diff=diff)
     render.emit({"items": items}, output, lambda: render.history_table(items))
 
 

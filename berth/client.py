@@ -70,12 +70,33 @@ class Deployment(TypedDict):
     unchanged: NotRequired[bool]  # a write that changed nothing
 
 
+class FieldChange(TypedDict):
+    field: str
+    before: Any
+    after: Any
+    effect: str  # live, replace, refused
+    note: str
+
+
 class SpecVersion(TypedDict):
     spec_id: str
     spec_version: int
     revision_id: NotRequired[str]
     created_at: str
+    created_by: NotRequired[int | None]
+    changes: NotRequired[list[FieldChange] | None]
     spec: dict[str, Any]
+
+
+class DryRun(TypedDict):
+    dry_run: bool
+    deployment_id: str | None
+    spec_version: int | None
+    unchanged: bool
+    changes: list[FieldChange]
+    replaces_replicas: bool
+    strategy: str
+    rollout: str
 
 
 class Alias(TypedDict):
@@ -205,8 +226,17 @@ class BerthClient:
     def remove_alias(self, ref: str, alias: str) -> None:
         self._request("DELETE", f"/v1/deployments/{ref}/aliases/{alias}")
 
-    def history(self, ref: str) -> list[SpecVersion]:
-        return self._every_page(f"/v1/deployments/{ref}/history", {})
+    def history(self, ref: str, diff: bool = False) -> list[SpecVersion]:
+        return self._every_page(f"/v1/deployments/{ref}/history", {"diff": "true"} if diff else {})
+
+    def dry_run(self, spec: dict[str, Any], current: Deployment | None) -> DryRun:
+        """What applying `spec` would do (against `current`, or as a new deployment); nothing is stored."""
+        params = {"dryRun": "true"}
+        if current is None:
+            return self._request("POST", "/v1/deployments", json=spec, params=params)  # type: ignore[no-any-return]
+        headers = {"If-Match": f'"{current["spec_id"]}"'}
+        path = f"/v1/deployments/{current['slug']}"
+        return self._request("PUT", path, json=spec, headers=headers, params=params)  # type: ignore[no-any-return]
 
     def _every_page(self, path: str, params: dict[str, Any]) -> list[Any]:
         """The items of every page of a list, following its `next` cursors."""

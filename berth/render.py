@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from berth.client import Alias, ApiError, Deployment, LogLine, ReplicaStatus, SpecVersion, Status
+from berth.client import Alias, ApiError, Deployment, DryRun, FieldChange, LogLine, ReplicaStatus, SpecVersion, Status
 from libs.spec import SpecError
 
 SHORT_ID = 12
@@ -272,19 +272,49 @@ def _health(replica: ReplicaStatus) -> str:
 def history_table(items: list[SpecVersion]) -> None:
     """Spec versions; versions with the same REVISION run the same template (only replicas, enabled,
     the load balancer or health checks differ)."""
-    listing = table("VERSION", "SPEC ID", "REVISION", "CREATED", "IMAGE", "REPLICAS", "ENABLED")
+    listing = table("VERSION", "SPEC ID", "REVISION", "CREATED", "BY", "IMAGE", "REPLICAS", "ENABLED")
     for v in items:
         spec = v["spec"]
+        by = v.get("created_by")
         listing.add_row(
             str(v["spec_version"]),
             escape(short_id(v["spec_id"])),
             escape(v.get("revision_id", "")),
             when(v["created_at"]),
+            f"token {by}" if by is not None else "-",
             escape(str(spec.get("image", ""))),
             str((spec.get("resources") or {}).get("replicas", "")),
             str(spec.get("enabled", True)).lower(),
         )
     show(listing)
+    for v in items:
+        changes = v.get("changes")
+        if changes is not None:
+            out.print(f"version {v['spec_version']}: {len(changes)} field(s) changed from the version before")
+            show(changes_table(changes))
+
+
+def changes_table(changes: list[FieldChange]) -> Table:
+    listing = table("FIELD", "BEFORE", "AFTER", "EFFECT")
+    for c in changes:
+        listing.add_row(escape(c["field"]), _value(c["before"]), _value(c["after"]), c["effect"])
+    return listing
+
+
+def _value(value: object) -> str:
+    return "-" if value is None else escape(json.dumps(value) if not isinstance(value, str) else value)
+
+
+def dry_run(answer: DryRun) -> None:
+    if answer["deployment_id"] is None:
+        out.print("[bold]dry run:[/] would create the deployment (nothing was stored)")
+    elif answer["unchanged"]:
+        out.print(f"[bold]dry run:[/] unchanged: version {answer['spec_version']} is this spec")
+        return
+    else:
+        out.print(f"[bold]dry run:[/] changes against version {answer['spec_version']} (nothing was stored)")
+    show(changes_table(answer["changes"]))
+    out.print(answer["rollout"])
 
 
 def aliases_table(items: list[Alias]) -> None:

@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from pydantic import ValidationError
 
 from libs.bus import LOGS_RPC
+from libs.changes import field_changes, replaces_replicas, rollout
 from libs.secrets import SecretStore
 from libs.spec import DeploymentSpec, SpecError, SpecInvalid, validate_spec
 from services.spec_registry.metrics import SPEC_VERSIONS_ACCEPTED
@@ -24,7 +25,7 @@ from services.spec_registry.outbox import OutboxRelay
 from libs.store import AliasRow
 from services.spec_registry.problems import BadGateway, Invalid, Unavailable
 from services.spec_registry.repository import Repository, StoredDeployment
-from services.spec_registry.schemas import ALIAS_NAME, LogPage
+from services.spec_registry.schemas import ALIAS_NAME, DryRun, FieldChange, LogPage
 
 LOGS_TIMEOUT_SECONDS = 5.0
 # Aliases per deployment. Each aliased version keeps replicas running (docs/api.md): a bound on cost too.
@@ -70,6 +71,15 @@ class Registry:
         stored = await asyncio.to_thread(self.repo.update_deployment, project, ref, spec, if_match, by)
         self._accepted(stored)
         return stored
+
+    async def dry_run(self, project: str, ref: str | None, document: Any, if_match: list[str]) -> DryRun:
+        """What creating (`ref` None) or updating would do; the same checks, nothing stored."""
+        spec = await self.check(project, document)
+        if ref is None:
+            await asyncio.to_thread(self.repo.preview_create, project, spec)
+            return dry_run_answer(None, spec)
+        current = await asyncio.to_thread(self.repo.preview_update, project, ref, spec, if_match)
+        return dry_run_answer(current, spec)
 
     async def scale(self, project: str, ref: str, replicas: int) -> StoredDeployment:
         """The user's scale decision: kept with the deployment and published, no new spec version."""
@@ -123,6 +133,20 @@ class Registry:
             return
         SPEC_VERSIONS_ACCEPTED.inc()
         self._relay.notify()
+
+
+def dry_run_answer(current: StoredDeployment | None, spec: DeploymentSpec) -> DryRun:
+    before = DeploymentSpec.model_validate(current.spec) if current is not None else None
+    changes = field_changes(before, spec)
+    return DryRun(
+        deployment_id=current.row.id if current else None,
+        spec_version=current.row.spec_version if current else None,
+        unchanged=current is not None and not changes,
+        changes=[FieldChange(**vars(c)) for c in changes],
+        replaces_replicas=replaces_replicas(changes),
+        strategy=spec.updateStrategy.type,
+        rollout=rollout(spec, changes) if current else "creates the deployment and starts its replicas",
+    )
 
 
 def check_alias(alias: str) -> None:

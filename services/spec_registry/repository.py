@@ -47,6 +47,10 @@ from services.spec_registry.problems import Conflict, Invalid, NotFound, StaleVe
 from services.spec_registry.scale import holds, wanted
 
 DEFAULT_PROJECT = "default"
+RENAME_RULE = (
+    "deployment name cannot be edited: create a deployment with the new name, move traffic to it "
+    "(or an alias), then delete this one"
+)
 
 
 @dataclass(frozen=True)
@@ -178,18 +182,7 @@ class Repository:
         try:
             with self._write_with_event() as session:
                 row = self._find(session, project, ref, for_update=True)
-                if row.spec_id not in if_match:
-                    raise StaleVersion(
-                        f"the deployment is at spec version {row.spec_version} (spec_id {row.spec_id}); "
-                        "read it again and apply your change to that version"
-                    )
-                if spec.name != row.name:
-                    taken = self._taken(session, project, spec, exclude_id=row.id)
-                    if taken is not None:
-                        raise _name_taken(taken)
-                    raise Invalid(
-                        "a deployment cannot be renamed", [SpecError("name", "deployment name cannot be edited")]
-                    )
+                self._check_update(session, project, row, spec, if_match)
                 status = session.get(DeploymentStatusRow, row.id)
                 current = self._version(session, row)
                 if canonical(current.spec) == canonical(spec):
@@ -202,6 +195,21 @@ class Repository:
         except IntegrityError as exc:  # another update based on the same version committed first
             raise StaleVersion("the deployment changed meanwhile; read it again") from exc
         return StoredDeployment(row, submitted(spec), status.status if status else None)
+
+    def preview_update(self, project: str, ref: str, spec: DeploymentSpec, if_match: list[str]) -> StoredDeployment:
+        """The current version, after the checks the update would make (a dry run stores nothing)."""
+        with self._read() as session:
+            row = self._find(session, project, ref)
+            self._check_update(session, project, row, spec, if_match)
+            version = self._version(session, row)
+        return StoredDeployment(row, version.spec, None)
+
+    def preview_create(self, project: str, spec: DeploymentSpec) -> None:
+        """Raise what creating `spec` would raise (409 when the name is taken)."""
+        with self._read() as session:
+            taken = self._taken(session, project, spec, exclude_id=None)
+        if taken is not None:
+            raise _name_taken(taken)
 
     def scale_deployment(self, project: str, ref: str, replicas: int) -> StoredDeployment:
         """Record the user's decision to run `replicas` (no new spec version) and publish it as
@@ -422,6 +430,20 @@ class Repository:
         version = session.get(SpecVersionRow, row.spec_id)
         assert version is not None, "a deployment always points at one of its versions"
         return version
+
+    def _check_update(
+        self, session: Session, project: str, row: DeploymentRow, spec: DeploymentSpec, if_match: list[str]
+    ) -> None:
+        if row.spec_id not in if_match:
+            raise StaleVersion(
+                f"the deployment is at spec version {row.spec_version} (spec_id {row.spec_id}); "
+                "read it again and apply your change to that version"
+            )
+        if spec.name != row.name:
+            taken = self._taken(session, project, spec, exclude_id=row.id)
+            if taken is not None:
+                raise _name_taken(taken)
+            raise Invalid("a deployment cannot be renamed", [SpecError("name", RENAME_RULE)])
 
     @staticmethod
     def _version_row(session: Session, row: DeploymentRow, version: int) -> SpecVersionRow:

@@ -93,11 +93,39 @@ class DeploymentList(BaseModel):
     next: str | None = NEXT_PAGE
 
 
+class FieldChange(BaseModel):
+    field: str = Field(description="Dotted path: resources.cpu, env.<NAME>, healthChecks.readiness.path.")
+    before: Any = Field(default=None, description="null: not set before (defaults count as set).")
+    after: Any = Field(default=None, description="null: not set any more.")
+    effect: Literal["live", "replace", "refused"] = Field(
+        description="live: applies to the running replicas; replace: new replicas through the update "
+        "strategy; refused: the update would be refused (the name)."
+    )
+    note: str = ""
+
+
 class SpecVersion(SubmittedSpec):
     spec_id: str
     spec_version: int
     revision_id: str = Field(description="Versions with the same revision_id run the same template.")
     created_at: datetime
+    created_by: int | None = Field(default=None, description="Id of the token that created it (never the token).")
+    changes: list[FieldChange] | None = Field(
+        default=None, description="With diff=true: the fields changed from the previous version (null for the first)."
+    )
+
+
+class DryRun(BaseModel):
+    """What an apply would do, without doing it (`?dryRun=true`)."""
+
+    dry_run: Literal[True] = True
+    deployment_id: str | None = Field(description="null: the deployment would be created.")
+    spec_version: int | None = Field(description="The current version the changes are against.")
+    unchanged: bool = Field(description="The spec is the current one: nothing would be stored.")
+    changes: list[FieldChange]
+    replaces_replicas: bool
+    strategy: str = Field(description="updateStrategy.type that replacing replicas would follow.")
+    rollout: str = Field(description="What will happen to the running replicas, in a sentence.")
 
 
 class History(BaseModel):

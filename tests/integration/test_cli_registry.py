@@ -64,8 +64,17 @@ async def test_every_command_answers_json(registry: RegistryProcess, tmp_path: P
     spec_file = tmp_path / "iris.yaml"
     spec_file.write_text(yaml.safe_dump(SPEC))
 
+    would = await cli.json("apply", "--dry-run", "-f", str(spec_file))
+    assert (would["dry_run"], would["deployment_id"]) == (True, None)
     created = await cli.json("apply", "-f", str(spec_file))
     assert (created["name"], created["slug"], created["spec_version"]) == ("My Iris", "my-iris", 1)
+    changed_file = tmp_path / "iris-2.yaml"
+    changed_file.write_text(yaml.safe_dump({**SPEC, "image": "python:3.12", "description": "v2"}))
+    dry = await cli.json("apply", "--dry-run", "-f", str(changed_file))
+    assert [(c["field"], c["effect"]) for c in dry["changes"]] == [("description", "live"), ("image", "replace")]
+    shown = await cli.run("apply", "--dry-run", "-f", str(changed_file))
+    assert "replace" in shown.stdout and "rolling" in shown.stdout and "nothing was stored" in shown.stdout
+    assert (await cli.json("deployments", "get", "my-iris"))["spec_version"] == 1
     again = await cli.json("apply", "-f", str(spec_file))
     assert (again["unchanged"], again["spec_id"]) == (True, created["spec_id"])
 
@@ -84,6 +93,10 @@ async def test_every_command_answers_json(registry: RegistryProcess, tmp_path: P
     history = await cli.json("deployments", "history", "my-iris")
     assert [v["spec_version"] for v in history["items"]] == [3, 2, 1]
     assert len({v["revision_id"] for v in history["items"]}) == 1  # only `enabled` changed
+    diffed = await cli.json("deployments", "history", "my-iris", "--diff")
+    assert [[c["field"] for c in v["changes"] or []] for v in diffed["items"]] == [["enabled"], ["enabled"], []]
+    table = await cli.run("deployments", "history", "my-iris", "--diff")
+    assert "enabled" in table.stdout and "live" in table.stdout and "token" in table.stdout
 
     aliased = await cli.json("deployments", "alias", "my-iris", "production", "2")
     assert (aliased["alias"], aliased["spec_version"]) == ("production", 2)

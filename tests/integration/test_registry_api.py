@@ -366,7 +366,8 @@ async def test_name_is_unique_in_project_and_cannot_be_edited(api: httpx.AsyncCl
 
     assert same_slug.status_code == 409
     assert renamed.status_code == 422
-    assert renamed.json()["errors"] == [{"field": "name", "rule": "deployment name cannot be edited"}]
+    (error,) = renamed.json()["errors"]
+    assert error["field"] == "name" and error["rule"].startswith("deployment name cannot be edited: create a deployment")
     assert taken.status_code == 409
     assert (await api.get(f"/v1/deployments/{other['deployment_id']}")).json()["name"] == "other"
 
@@ -706,3 +707,71 @@ async def test_an_alias_needs_an_existing_version_and_there_are_at_most_16(api: 
     assert (await api.delete("/v1/deployments/my-cool-deployment")).status_code == 204
     await create(api, spec())  # the name again: a new deployment, without the old one's aliases
     assert (await api.get(base)).json()["items"] == []
+
+
+# -- dry run, history diff and authors ----------------------------------------------------------------
+
+
+async def test_dry_run_answers_the_changes_and_stores_nothing(api: httpx.AsyncClient, registry: Registry, nc: Client) -> None:
+    published: list[Msg] = []
+
+    async def record(msg: Msg) -> None:
+        published.append(msg)
+
+    subscription = await nc.subscribe("berth.spec.v1.>", cb=record)
+    new = await api.post("/v1/deployments?dryRun=true", json=spec())
+    assert new.status_code == 200 and new.json()["deployment_id"] is None
+    assert (await api.get("/v1/deployments")).json()["items"] == []
+    created = await create(api, spec())
+    before = await snapshot(api, "my-cool-deployment")
+
+    changed = spec(image="python:3.12", description="now with 3.12", resources={"ports": [8000], "replicas": 3})
+    answer = await api.put("/v1/deployments/my-cool-deployment?dryRun=true", json=changed, headers={"If-Match": f'"{created["spec_id"]}"'})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["dry_run"], body["spec_version"], body["unchanged"], body["replaces_replicas"]) == (True, 1, False, True)
+    assert {c["field"]: (c["before"], c["after"], c["effect"]) for c in body["changes"]} == {
+        "image": ("python:3.11", "python:3.12", "replace"),
+        "description": (None, "now with 3.12", "live"),
+        "resources.replicas": (2, 3, "live"),
+    }
+    assert body["strategy"] == "rolling" and "rolling" in body["rollout"]
+    same = await api.put("/v1/deployments/my-cool-deployment?dryRun=true", json=spec(), headers={"If-Match": f'"{created["spec_id"]}"'})
+    assert (same.json()["unchanged"], same.json()["changes"]) == (True, [])
+    live_only = await api.put(
+        "/v1/deployments/my-cool-deployment?dryRun=true", json=spec(description="x"), headers={"If-Match": f'"{created["spec_id"]}"'}
+    )
+    assert live_only.json()["replaces_replicas"] is False and "live" in live_only.json()["rollout"]
+    # The same checks as the real update: a stale If-Match, a rename, an invalid spec.
+    stale = await api.put("/v1/deployments/my-cool-deployment?dryRun=true", json=changed, headers={"If-Match": '"nope"'})
+    assert stale.status_code == 409
+    renamed = await api.put("/v1/deployments/my-cool-deployment?dryRun=true", json=spec(name="other"), headers={"If-Match": f'"{created["spec_id"]}"'})
+    assert renamed.status_code == 422 and renamed.json()["errors"][0]["field"] == "name"
+    assert (await api.post("/v1/deployments?dryRun=true", json=spec())).status_code == 409  # the name is taken
+
+    assert await snapshot(api, "my-cool-deployment") == before
+    await put(api, "my-cool-deployment", spec(image="marker"), created["spec_id"])
+    await eventually(lambda: len(published) == 2, what="the create and the marker version")
+    await subscription.unsubscribe()
+    assert len(published) == 2  # no dry run published anything
+
+
+async def test_history_diff_and_who_created_each_version(api: httpx.AsyncClient, registry: Registry) -> None:
+    created = await create(api, spec())
+    second = (await put(api, "my-cool-deployment", spec(image="python:3.12"), created["spec_id"])).json()
+    token = (await api.post("/v1/projects/default/tokens")).json()["token"]
+    async with registry.client(token) as colleague:  # another token of the same project
+        third = spec(image="python:3.12", env=[{"name": "A", "value": "1"}])
+        assert (await put(colleague, "my-cool-deployment", third, second["spec_id"])).status_code == 200
+    plain = (await api.get("/v1/deployments/my-cool-deployment/history")).json()["items"]
+    assert [v["changes"] for v in plain] == [None, None, None]
+    by = [v["created_by"] for v in plain]
+    assert by[1] == by[2] and by[0] != by[1] and None not in by
+    assert token not in json.dumps(plain)
+
+    page = (await api.get("/v1/deployments/my-cool-deployment/history?diff=true&limit=2")).json()
+    assert [[(c["field"], c["effect"]) for c in v["changes"]] for v in page["items"]] == [
+        [("env.A", "replace")], [("image", "replace")]
+    ]
+    rest = (await api.get(f"/v1/deployments/my-cool-deployment/history?diff=true&limit=2&after={page['next']}")).json()
+    assert [v["changes"] for v in rest["items"]] == [None]  # the first version has no predecessor

@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
+from libs.changes import field_changes
 from libs.config import Settings
 from libs.logcursor import MAX_CURSOR_CHARS, CursorInvalid, read_cursor
 from libs.revision import revision_id
@@ -41,6 +42,8 @@ from services.spec_registry.routes.deps import (
     SpecDocument,
 )
 from services.spec_registry.schemas import (
+    DryRun,
+    FieldChange,
     Alias,
     AliasList,
     AliasRequest,
@@ -56,6 +59,14 @@ from services.spec_registry.schemas import (
     Validation,
 )
 
+DryRunQuery = Annotated[
+    bool,
+    Query(
+        alias="dryRun",
+        description="Store nothing: answer the field changes against the current version, whether each "
+        "applies live or replaces replicas, and with which strategy.",
+    ),
+]
 router = APIRouter(prefix="/v1", responses=responses(Unauthorized, PayloadTooLarge, Invalid))
 READ = responses(NotFound)
 WRITE = responses(NotFound, StaleVersion, Invalid)
@@ -79,8 +90,16 @@ async def validate_spec(caller: Caller, registry: RegistryDep, document: SpecDoc
     responses=responses(Conflict, Invalid, UnsupportedMediaType),
 )
 async def create_deployment(
-    caller: Caller, registry: RegistryDep, settings: SettingsDep, document: SpecDocument, response: Response
-) -> Deployment:
+    caller: Caller,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    document: SpecDocument,
+    response: Response,
+    dry_run: DryRunQuery = False,
+) -> Deployment | DryRun:
+    if dry_run:
+        response.status_code = 200
+        return await registry.dry_run(caller.project, None, document, [])
     stored = await registry.create(caller.project, document, by=caller.token_id)
     response.headers["Location"] = f"/v1/deployments/{stored.row.id}"
     return _answer(stored, settings, response)
@@ -131,9 +150,12 @@ async def update_deployment(
     response: Response,
     # Required (428 without it: problems.py); the OpenAPI document says so too.
     if_match: Annotated[str, Header(description='"<spec_id>" of the version this update is based on')],
-) -> Deployment:
+    dry_run: DryRunQuery = False,
+) -> Deployment | DryRun:
     if not if_match.strip():
         raise PreconditionRequired()
+    if dry_run:
+        return await registry.dry_run(caller.project, ref, document, _etags(if_match))
     stored = await registry.update(caller.project, ref, document, _etags(if_match), by=caller.token_id)
     return _answer(stored, settings, response)
 
@@ -185,16 +207,26 @@ async def delete_deployment(ref: str, caller: Caller, registry: RegistryDep) -> 
 
 @router.get("/deployments/{ref}/history", tags=["deployments"], responses=READ)
 async def deployment_history(
-    ref: str, caller: Caller, registry: RegistryDep, limit: Limit = DEFAULT_LIMIT, after: After = None
+    ref: str,
+    caller: Caller,
+    registry: RegistryDep,
+    limit: Limit = DEFAULT_LIMIT,
+    after: After = None,
+    diff: Annotated[bool, Query(description="Add each version's field changes from the one before.")] = False,
 ) -> History:
     """Newest first; `next` is the cursor of the following page, null on the last."""
     before_version = decode_cursor(after, int)
-    rows = await asyncio.to_thread(registry.repo.history, caller.project, ref, limit + 1, before_version)
-    versions, next_cursor = paginate(rows, limit, lambda version: version.version)
-    return History(
-        items=[_spec_version(v) for v in versions],
-        next=next_cursor,
-    )
+    # One more row than the page and its next-page probe: the predecessor of the page's oldest version.
+    rows = await asyncio.to_thread(registry.repo.history, caller.project, ref, limit + 2, before_version)
+    versions, next_cursor = paginate(rows[: limit + 1], limit, lambda version: version.version)
+    items = [_spec_version(v) for v in versions]
+    if diff:
+        for item, row in zip(items, versions, strict=True):
+            previous = next((r for r in rows if r.version < row.version), None)
+            if previous is not None:
+                changes = field_changes(_spec(previous.spec), item.spec)
+                item.changes = [FieldChange(**vars(c)) for c in changes]
+    return History(items=items, next=next_cursor)
 
 
 @router.get("/deployments/{ref}/aliases", tags=["aliases"], responses=READ)
@@ -287,6 +319,7 @@ def _spec_version(row: SpecVersionRow) -> SpecVersion:
         spec_version=row.version,
         revision_id=revision_id(spec),
         created_at=row.created_at,
+        created_by=row.created_by,
         spec=spec,
     )
 
