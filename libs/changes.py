@@ -57,11 +57,16 @@ def replaces_replicas(changes: list[FieldChange]) -> bool:
     return any(c.effect == "replace" for c in changes)
 
 
-# What the scheduler does when replicas are replaced, by updateStrategy.type (kept with the scheduler's
-# behaviour: services/scheduler/strategies.py).
+# What the scheduler does when replicas are replaced, by updateStrategy.type (what
+# services/scheduler/strategies.py and revisions.py do).
 ROLLOUTS = {
-    "rolling": "new replicas start beside the old ones; each revision takes traffic in proportion to its "
-    "ready replicas; the old ones stop once every new one is ready",
+    "rolling": "new replicas replace the old ones in steps within maxSurge and maxUnavailable (25 %/25 % by "
+    "default, as Kubernetes), each taking traffic once ready; an old one stops only after it left the traffic",
+    "blue-green": "the whole new set starts beside the old one and takes all traffic at once when every new "
+    "replica is ready; the old set stays scaleDownDelaySeconds (30) for an instant rollback",
+    "canary": "the new set starts beside the old one; once all of it is ready it takes the canary weights "
+    "(canarySteps, default [canaryPercent] = 10 %), each for canaryStepSeconds (60), then all traffic; "
+    "a rollback aborts it at once",
 }
 
 
@@ -74,7 +79,7 @@ def rollout(spec: DeploymentSpec, changes: list[FieldChange]) -> str:
     if not replaces_replicas(changes):
         return "applies live: no replica is replaced"
     strategy = spec.updateStrategy.type
-    return f"replaces replicas with the {strategy} strategy: " + ROLLOUTS.get(strategy, ROLLOUTS["rolling"])
+    return f"replaces replicas with the {strategy} strategy: " + ROLLOUTS[strategy]
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -305,15 +305,77 @@ class LoadBalancer(SpecModel):
     healthCheckIntervalSeconds: int | None = Field(default=None, ge=1, le=INT32_MAX, strict=True)
 
 
+# An absolute count or a percent of the desired replicas, as Kubernetes' IntOrString ("25%").
+PERCENT = re.compile(r"^(100|[1-9]?[0-9])%$")
+
+
+def _int_or_percent(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT32_MAX:
+        return value
+    if isinstance(value, str) and PERCENT.match(value):
+        return value
+    raise ValueError('must be a count (0 or more) or a percent from "0%" to "100%"')
+
+
+IntOrPercent = Annotated[int | str, BeforeValidator(_int_or_percent)]
+DEFAULT_SURGE = DEFAULT_UNAVAILABLE = "25%"  # Kubernetes' RollingUpdateDeployment defaults
+DEFAULT_SCALE_DOWN_DELAY_SECONDS = 30  # Argo Rollouts' blue-green scaleDownDelaySeconds default
+DEFAULT_CANARY_PERCENT = 10
+DEFAULT_CANARY_STEP_SECONDS = 60
+DEFAULT_PROGRESS_DEADLINE_SECONDS = 600  # Kubernetes' Deployment progressDeadlineSeconds default
+
+
 class UpdateStrategy(SpecModel):
+    """How replicas of a new revision replace the running ones (seeds/002).
+
+    rolling: Kubernetes' RollingUpdate (maxSurge rounds up, maxUnavailable down; both 0 is refused);
+    blue-green: the new set comes up fully beside the old, traffic switches at once when all are ready,
+    the old set is kept scaleDownDelaySeconds for an instant switch back; canary: once the new set is
+    ready it takes canarySteps' weights (default [canaryPercent], 10), each for canaryStepSeconds, then
+    all traffic; applying the previous spec aborts it.
+    """
+
     type: Literal["rolling", "blue-green", "canary"] = "rolling"
     canaryPercent: Int | None = Field(default=None, ge=1, le=99)
+    maxSurge: IntOrPercent | None = Field(default=None, description='rolling: extra replicas, e.g. 1 or "25%" (default).')
+    maxUnavailable: IntOrPercent | None = Field(
+        default=None, description='rolling: replicas that may be unready, e.g. 0 or "25%" (default).'
+    )
+    scaleDownDelaySeconds: Int | None = Field(
+        default=None, ge=0, le=86_400, description="blue-green: how long the old set is kept after the switch (30)."
+    )
+    canarySteps: list[Annotated[int, Field(strict=True, ge=1, le=99)]] | None = Field(
+        default=None, max_length=20, description="canary: weights in percent, rising, one per step (default [canaryPercent])."
+    )
+    canaryStepSeconds: Int | None = Field(
+        default=None, ge=1, le=86_400, description="canary: seconds each step lasts before the next (60)."
+    )
+    progressDeadlineSeconds: Int = Field(
+        default=DEFAULT_PROGRESS_DEADLINE_SECONDS, ge=1, le=86_400,
+        description="Seconds an update may take to get its replicas ready before status says it is stuck.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
-    def _canary(self) -> UpdateStrategy:
-        if self.canaryPercent is not None and self.type != "canary":
-            raise ValueError("canaryPercent applies only to type 'canary'")
+    def _per_type(self) -> UpdateStrategy:
+        errors = [
+            spec_error_detail((name,), f"applies only to type '{kind}'", getattr(self, name))
+            for name, kind in (
+                ("canaryPercent", "canary"), ("maxSurge", "rolling"), ("maxUnavailable", "rolling"),
+                ("scaleDownDelaySeconds", "blue-green"), ("canarySteps", "canary"), ("canaryStepSeconds", "canary"),
+            )  # fmt: skip
+            if getattr(self, name) is not None and self.type != kind
+        ]
+        if self.type == "rolling" and _is_zero(self.maxSurge) and _is_zero(self.maxUnavailable):
+            errors.append(spec_error_detail(("maxUnavailable",), "may not be 0 when maxSurge is 0", 0))
+        steps = self.canarySteps or []
+        if any(later <= earlier for earlier, later in zip(steps, steps[1:], strict=False)):
+            errors.append(spec_error_detail(("canarySteps",), "must rise from step to step", steps))
+        raise_if(errors, type(self).__name__)
         return self
+
+
+def _is_zero(value: int | str | None) -> bool:
+    return value in (0, "0%")
 
 
 class Model(SpecModel):

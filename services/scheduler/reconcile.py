@@ -70,6 +70,7 @@ from services.scheduler.render import (
 )
 from services.scheduler.revisions import ObservedWorkload, RevisionPlan, plan_revisions, ready_revisions, serving
 from services.scheduler.state import DeploymentState
+from services.scheduler.strategies import next_change
 from services.scheduler.status import (
     ObservedReplica,
     compute_status,
@@ -349,8 +350,13 @@ class Reconciler:
     ) -> str | None:
         """Phases 2-5 for a deployment that should run; returns why it cannot (status Failed), or None."""
         ready = self._ready(state, observed)
-        plans = plan_revisions(desired, observed, ready)  # 2. revisions
+        now = time.monotonic()
+        held = state.complete_since
+        since = held[1] if held is not None and held[0] == desired.revision_id else None
+        plans = plan_revisions(desired, observed, ready, now, since)  # 2. revisions
+        self._wake_after_hold(deployment_id, state, desired, state.completed(desired.revision_id, plans[0].complete, now))
         state.keep_revisions(p.revision_id for p in plans)
+        state.standing_by = {p.revision_id for p in plans if not p.current and not p.weighted and not p.retire}
         targets: dict[str, Workload | None] = {}
         error = None
         for plan in plans:  # 3. workloads: the desired revision, and pinned ones that must (still) run
@@ -370,6 +376,20 @@ class Reconciler:
         if state.alias_serving != before:
             self.kick(deployment_id)  # a version no alias resolves to any more may retire now
         return error
+
+    def _wake_after_hold(self, deployment_id: str, state: DeploymentState, desired: Desired, since: float | None) -> None:
+        """Blue-green's hold and a canary's steps end by time alone: look again when the next one does."""
+        if since is None or state.wake is not None or self._closing:
+            return
+        at = next_change(desired.applied.spec.updateStrategy, since, time.monotonic())
+        if at is not None:
+            state.wake = asyncio.get_running_loop().call_later(at - time.monotonic(), self._woken, deployment_id)
+
+    def _woken(self, deployment_id: str) -> None:
+        state = self._states.get(deployment_id)
+        if state is not None:
+            state.wake = None
+        self.kick(deployment_id)
 
     async def _target(self, plan: RevisionPlan) -> tuple[Workload | None, str | None]:
         """The workload a revision's plan wants, or why its spec cannot run. Nothing to render while no
@@ -414,7 +434,8 @@ class Reconciler:
         for plan in plans:
             if not plan.leaving or plan.workload is None:
                 continue
-            reason = f"replaced by spec version {desired.applied.spec_version}" if plan.retire and desired.replicas else scaled_down
+            replaced = not plan.current and desired.replicas > 0
+            reason = f"replaced by spec version {desired.applied.spec_version}" if replaced else scaled_down
             state.stop_reason = reason
             await self._announce_stopping(state, plan.leaving, reason)
             if plan.retire:
@@ -515,7 +536,7 @@ class Reconciler:
                 replica=replica,
                 spec_id=last.spec_id if (last := state.ledger.last(replica.replica_id)) else o.workload.spec_id,
                 current=o.revision_id == desired.revision_id,
-                pinned=o.revision_id in desired.pinned,
+                pinned=o.revision_id in desired.pinned or o.revision_id in state.standing_by,
                 primary_port=o.workload.ports[0],
                 health=self._health_of(state, replica),
                 exit=last if isinstance(last, ReplicaExited) else None,

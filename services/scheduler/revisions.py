@@ -17,6 +17,7 @@ from datetime import datetime
 
 from libs.events import ServingReplica, SpecApplied
 from libs.runtime.base import Replica, Workload
+from services.scheduler import strategies
 from services.scheduler.desired import Desired
 from services.scheduler.traffic import RevisionServing
 
@@ -45,6 +46,8 @@ class RevisionPlan:
     retire: bool = False  # the whole workload goes, after the assignment without it
     leaving: tuple[Replica, ...] = field(default=())  # stopped after the assignment without them
     applied: SpecApplied | None = None  # the version it is created or grown from (None: never grown)
+    complete: bool = False  # the desired revision has all its replicas ready
+    share: int | None = None  # an explicit percent (a canary's weight); None: by ready replicas
     weighted: bool = True  # takes a share of the endpoint's traffic (False: reached only when pinned)
 
     @property
@@ -52,44 +55,87 @@ class RevisionPlan:
         return self.observed.workload if self.observed else None
 
 
-def plan_revisions(desired: Desired, observed: Sequence[ObservedWorkload], ready: set[str]) -> list[RevisionPlan]:
-    """The desired revision first, then every previous one still running."""
+def plan_revisions(
+    desired: Desired,
+    observed: Sequence[ObservedWorkload],
+    ready: set[str],
+    now: float = 0.0,
+    complete_since: float | None = None,
+) -> list[RevisionPlan]:
+    """The desired revision first, then every previous one still running, then pinned ones to start.
+    `complete_since`: when the desired revision first had all its replicas ready (blue-green's hold)."""
+    strategy = desired.applied.spec.updateStrategy
     mine = [o for o in observed if o.revision_id == desired.revision_id]
     current_observed = mine[0] if mine else None
-    leaving: tuple[Replica, ...] = ()
-    ready_now = 0
-    if current_observed is not None:
-        live = current_observed.live
-        leaving = tuple(live[desired.replicas :])
-        ready_now = sum(r.replica_id in ready for r in live[: desired.replicas])
-    plans = [
-        RevisionPlan(desired.revision_id, True, current_observed, desired.replicas, leaving=leaving, applied=desired.applied)
-    ]
+    live = current_observed.live if current_observed is not None else []
+    ready_now = sum(r.replica_id in ready for r in live[: desired.replicas])
     complete = desired.replicas == 0 or ready_now >= desired.replicas
-    for previous in (o for o in observed if o is not current_observed):
-        live = previous.live
-        rolling = not complete and any(r.replica_id in ready for r in live)  # still serves the endpoint
-        pinned = desired.pinned.get(previous.revision_id)
-        if pinned is not None:
-            keep = max(pinned.replicas, len(live)) if rolling else pinned.replicas
-            plans.append(
-                RevisionPlan(
-                    previous.revision_id, False, previous, keep,
-                    leaving=tuple(live[keep:]), applied=pinned.applied, weighted=rolling,
-                )  # fmt: skip
-            )
-            continue
-        plans.append(
-            RevisionPlan(
-                previous.revision_id, False, previous, len(live) if rolling else 0,
-                retire=not rolling, leaving=() if rolling else tuple(live),
-            )  # fmt: skip
-        )
+    previous = [o for o in observed if o is not current_observed]
+    old = [o for o in previous if o.revision_id not in desired.pinned]
+    old_live = sum(len(o.live) for o in old)
+    old_ready = sum(r.replica_id in ready for o in old for r in o.live)
+
+    keep, weighted, share, old_share, old_stop = desired.replicas, True, None, None, old_live
+    if strategy.type == "rolling" and old_live and not complete:
+        counts = strategies.Counts(min(len(live), desired.replicas), ready_now, old_live, old_ready)
+        step = strategies.rolling_step(strategy, desired.replicas, counts)
+        keep, old_stop = step.new, step.old_unready_to_stop + step.old_ready_to_stop
+    elif old_ready and not complete:  # blue-green, canary: the new set takes traffic once all is ready
+        weighted, old_stop = False, 0
+    elif old_ready and strategy.type == "blue-green":  # the switch is made; the old set stands by a while
+        since = now if complete_since is None else complete_since
+        old_stop = 0 if now - since < strategies.blue_green_hold_seconds(strategy) else old_live
+    elif old_ready and strategy.type == "canary":
+        weight = strategies.canary_weight(strategy, now if complete_since is None else complete_since, now)
+        if weight is not None:
+            share, old_share, old_stop = weight, strategies.FULL - weight, 0
+    plans = [
+        RevisionPlan(
+            desired.revision_id, True, current_observed, keep, leaving=tuple(live[keep:]),
+            applied=desired.applied, weighted=weighted, complete=complete, share=share,
+        )  # fmt: skip
+    ]
+    serve = not (complete and strategy.type == "blue-green")
+    plans += _old_plans(old, old_stop, serve, old_share, ready)
+    for o in previous:
+        if (pinned := desired.pinned.get(o.revision_id)) is not None:
+            o_live = o.live
+            rolling = not complete and any(r.replica_id in ready for r in o_live)  # still serves the endpoint
+            n = max(pinned.replicas, len(o_live)) if rolling else pinned.replicas
+            plans.append(RevisionPlan(o.revision_id, False, o, n, leaving=tuple(o_live[n:]), applied=pinned.applied, weighted=rolling))
     running = {p.revision_id for p in plans}
     for revision, pinned in desired.pinned.items():
         if revision not in running:
             plans.append(RevisionPlan(revision, False, None, pinned.replicas, applied=pinned.applied, weighted=False))
     return plans
+
+
+def _old_plans(
+    old: Sequence[ObservedWorkload], stop: int, serve: bool, share: int | None, ready: set[str]
+) -> list[RevisionPlan]:
+    """Previous revisions no alias pins, `stop` of their replicas leaving, the oldest revision first
+    (Kubernetes scales old ReplicaSets down oldest first). Within a revision the runtime stops the
+    newest replicas, so those are the ones that leave. `share`: their explicit percent together (a
+    canary's stable part), split by ready replicas."""
+    plans = []
+    ready_total = sum(r.replica_id in ready for o in old for r in o.live) or 1
+    for o in sorted(old, key=_age):
+        o_live = o.live
+        leaving = min(stop, len(o_live))
+        stop -= leaving
+        n = len(o_live) - leaving
+        mine = None if share is None else share * sum(r.replica_id in ready for r in o_live) // ready_total
+        plans.append(
+            RevisionPlan(
+                o.revision_id, False, o, n, retire=n == 0, leaving=tuple(o_live[n:]), weighted=serve, share=mine
+            )
+        )
+    return plans
+
+
+def _age(o: ObservedWorkload) -> tuple[datetime, str]:
+    created = [(r.created_at or _EARLIEST).replace(tzinfo=None) for r in o.replicas]
+    return (min(created) if created else _EARLIEST, o.revision_id)
 
 
 def ready_revisions(plans: Sequence[RevisionPlan], ready: set[str]) -> set[str]:
@@ -98,7 +144,7 @@ def ready_revisions(plans: Sequence[RevisionPlan], ready: set[str]) -> set[str]:
         p.revision_id
         for p in plans
         if p.observed is not None and not p.retire
-        and any(r.replica_id in ready for r in p.observed.live[: p.keep])
+        and any(r.replica_id in ready for r in p.observed.live if r not in p.leaving)
     }  # fmt: skip
 
 
@@ -118,5 +164,5 @@ def serving(plans: Sequence[RevisionPlan], ready: set[str], versions: dict[str, 
                 if r.replica_id in ready and r.replica_id not in gone and port in r.ports
             ]
         known = tuple(versions.get(plan.revision_id, ()))
-        shown.append(RevisionServing(plan.revision_id, known, tuple(replicas), plan.weighted))
+        shown.append(RevisionServing(plan.revision_id, known, tuple(replicas), plan.weighted, plan.share))
     return shown

@@ -42,6 +42,9 @@ class DeploymentState:
     stop_reason: str = "scaled down"
     failures: int = 0  # reconciles failed in a row: the requeue back-off
     requeue: asyncio.TimerHandle | None = None
+    complete_since: tuple[str, float] | None = None  # (revision, monotonic time) it first had all ready
+    wake: asyncio.TimerHandle | None = None  # a reconcile when a blue-green hold ends
+    standing_by: set[str] = field(default_factory=set)  # revisions kept without traffic (aliased, blue-green's old set)
 
     def learn_version(self, applied: SpecApplied | AliasTarget) -> None:
         versions = self.versions.setdefault(revision_id(applied.spec), [])
@@ -76,6 +79,15 @@ class DeploymentState:
                 del held[replica_id]
 
     def cancel_requeue(self) -> None:
-        if self.requeue is not None:
-            self.requeue.cancel()
-            self.requeue = None
+        for handle in (self.requeue, self.wake):
+            if handle is not None:
+                handle.cancel()
+        self.requeue = self.wake = None
+
+    def completed(self, revision: str, complete: bool, now: float) -> float | None:
+        """When `revision` first had all its replicas ready (None: not yet)."""
+        if not complete:
+            self.complete_since = None
+        elif self.complete_since is None or self.complete_since[0] != revision:
+            self.complete_since = (revision, now)
+        return self.complete_since[1] if self.complete_since else None

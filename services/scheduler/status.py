@@ -24,7 +24,7 @@ from libs.events import (
     ReplicaStatus,
 )
 from libs.runtime.base import Replica
-from libs.spec import DeploymentSpec, UpdateStrategy
+from libs.spec import DeploymentSpec
 from services.scheduler.desired import Desired
 
 CRASHED_STATES = ("exited", "backoff")
@@ -115,11 +115,6 @@ def not_acted_on(spec: DeploymentSpec) -> list[str]:
     if spec.integrations:
         names = ", ".join(i.name for i in spec.integrations)
         missing.append(f"integrations {names} (not materialised yet: nothing is fetched into the replicas)")
-    if spec.updateStrategy != UpdateStrategy():
-        missing.append(
-            f"updateStrategy {spec.updateStrategy.type} (updates roll out by readiness: new replicas take "
-            "traffic as they get ready, the previous ones stop once all are ready)"
-        )
     if not spec.loadBalancer.enabled:
         missing.append("loadBalancer.enabled: false (the router still balances requests over every ready replica)")
     return missing

@@ -31,6 +31,7 @@ class RevisionServing:
     spec_versions: tuple[int, ...]
     replicas: tuple[ServingReplica, ...]
     weighted: bool = True  # takes a share of the endpoint's requests; else only pinned ones (@alias)
+    share: int | None = None  # its explicit percent (a canary's steps); None: by ready replicas
 
 
 def percents(ready_counts: Sequence[int]) -> list[int]:
@@ -53,7 +54,7 @@ def assignment(
     `aliases` (alias -> spec version) as they are to resolve now."""
     applied, spec = desired.applied, desired.applied.spec
     serving = revisions if spec.enabled else []
-    shares = percents([len(r.replicas) if r.weighted else 0 for r in serving])
+    shares = percents(_weights(serving))
     return TrafficAssigned(
         **_ref(applied),
         name=applied.name,
@@ -73,6 +74,17 @@ def assignment(
         ],
         aliases=dict(aliases or {}),
     )
+
+
+def _weights(serving: Sequence[RevisionServing]) -> list[int]:
+    """What the percents are proportional to: explicit shares when the serving revisions have them
+    (a canary: its weight and the stable revision's rest), else ready replicas. A revision without a
+    ready replica gets nothing either way."""
+    taking = [r for r in serving if r.weighted and r.replicas]
+    explicit = bool(taking) and all(r.share is not None for r in taking)
+    return [
+        ((r.share or 0) if explicit else len(r.replicas)) if r.weighted and r.replicas else 0 for r in serving
+    ]
 
 
 def tombstone(ref: DeploymentRef, name: str, spec_version: int, generation: int) -> TrafficAssigned:

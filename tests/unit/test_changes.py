@@ -98,6 +98,14 @@ TABLE: dict[str, tuple[Edit, str]] = {
     "loadBalancer.healthCheckIntervalSeconds": (setter("loadBalancer.healthCheckIntervalSeconds", 9), "live"),
     "updateStrategy.type": (lambda d: d.update(updateStrategy={"type": "blue-green"}), "live"),
     "updateStrategy.canaryPercent": (setter("updateStrategy.canaryPercent", 20), "live"),
+    "updateStrategy.canarySteps": (setter("updateStrategy.canarySteps", [10, 50]), "live"),
+    "updateStrategy.canaryStepSeconds": (setter("updateStrategy.canaryStepSeconds", 5), "live"),
+    "updateStrategy.maxSurge": (lambda d: d.update(updateStrategy={"type": "rolling", "maxSurge": 2}), "live"),
+    "updateStrategy.maxUnavailable": (lambda d: d.update(updateStrategy={"type": "rolling", "maxUnavailable": "50%"}), "live"),
+    "updateStrategy.scaleDownDelaySeconds": (
+        lambda d: d.update(updateStrategy={"type": "blue-green", "scaleDownDelaySeconds": 5}), "live"
+    ),
+    "updateStrategy.progressDeadlineSeconds": (setter("updateStrategy.progressDeadlineSeconds", 30), "live"),
 }
 
 
