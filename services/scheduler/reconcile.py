@@ -68,7 +68,14 @@ from services.scheduler.render import (
     resolve_env,
     revision_of,
 )
-from services.scheduler.revisions import ObservedWorkload, RevisionPlan, plan_revisions, ready_revisions, serving
+from services.scheduler.revisions import (
+    ObservedWorkload,
+    RevisionPlan,
+    can_roll_back,
+    plan_revisions,
+    ready_revisions,
+    serving,
+)
 from services.scheduler.state import DeploymentState
 from services.scheduler.strategies import next_change
 from services.scheduler.status import (
@@ -353,7 +360,15 @@ class Reconciler:
         now = time.monotonic()
         held = state.complete_since
         since = held[1] if held is not None and held[0] == desired.revision_id else None
-        plans = plan_revisions(desired, observed, ready, now, since)  # 2. revisions
+        if state.rolled_back not in (None, desired.revision_id):
+            state.rolled_back = None  # a newer spec: its own rollout
+        rolled_back = state.rolled_back == desired.revision_id
+        plans = plan_revisions(desired, observed, ready, now, since, rolled_back)  # 2. revisions
+        fallback = not rolled_back and can_roll_back(desired, observed, ready)  # an update, not a first start
+        if fallback and self._past_deadline(deployment_id, state, desired, plans[0].complete, now):
+            state.rolled_back = desired.revision_id
+            log.warning("update not ready by its progress deadline; rolled back", revision_id=desired.revision_id)
+            plans = plan_revisions(desired, observed, ready, now, since, rolled_back=True)
         self._wake_after_hold(deployment_id, state, desired, state.completed(desired.revision_id, plans[0].complete, now))
         state.keep_revisions(p.revision_id for p in plans)
         state.standing_by = {p.revision_id for p in plans if not p.current and not p.weighted and not p.retire}
@@ -385,6 +400,27 @@ class Reconciler:
         if at is not None:
             state.wake = asyncio.get_running_loop().call_later(at - time.monotonic(), self._woken, deployment_id)
 
+    def _past_deadline(
+        self, deployment_id: str, state: DeploymentState, desired: Desired, complete: bool, now: float
+    ) -> bool:
+        """Whether the desired revision's rollout has run past its progress deadline; until then a
+        reconcile is due at the deadline."""
+        began = state.progressing(desired.revision_id, complete, now)
+        if began is None:
+            return False
+        deadline = began + desired.applied.spec.updateStrategy.progressDeadlineSeconds
+        if now >= deadline:
+            return True
+        if state.deadline is None and not self._closing:
+            state.deadline = asyncio.get_running_loop().call_later(deadline - now, self._at_deadline, deployment_id)
+        return False
+
+    def _at_deadline(self, deployment_id: str) -> None:
+        state = self._states.get(deployment_id)
+        if state is not None:
+            state.deadline = None
+        self.kick(deployment_id)
+
     def _woken(self, deployment_id: str) -> None:
         state = self._states.get(deployment_id)
         if state is not None:
@@ -394,6 +430,8 @@ class Reconciler:
     async def _target(self, plan: RevisionPlan) -> tuple[Workload | None, str | None]:
         """The workload a revision's plan wants, or why its spec cannot run. Nothing to render while no
         replica should run (stopping needs no secret)."""
+        if plan.restore and plan.workload is not None:  # rolled back to: the workload as it runs, grown
+            return replace(plan.workload, replicas=plan.keep), None
         if plan.keep == 0 or plan.applied is None:
             return None, None
         try:
@@ -436,6 +474,8 @@ class Reconciler:
                 continue
             replaced = not plan.current and desired.replicas > 0
             reason = f"replaced by spec version {desired.applied.spec_version}" if replaced else scaled_down
+            if plan.current and state.rolled_back == desired.revision_id:
+                reason = "rolled back: not ready within the progress deadline"
             state.stop_reason = reason
             await self._announce_stopping(state, plan.leaving, reason)
             if plan.retire:
@@ -548,7 +588,15 @@ class Reconciler:
         # What the runtime cannot give is a property of the workload, whether or not it runs yet.
         shape = render(desired.applied, ResolvedEnv({}, frozenset()), desired.replicas)
         not_provided = self._runtime.not_provided(shape) + not_acted_on(desired.applied.spec)
-        await self._set_status(state, compute_status(desired, replicas, error, not_provided))
+        status = compute_status(desired, replicas, error, not_provided)
+        if state.rolled_back == desired.revision_id and not error:
+            deadline = desired.applied.spec.updateStrategy.progressDeadlineSeconds
+            reason = (
+                f"rolled back: spec version {desired.applied.spec_version} did not get ready within its progress "
+                f"deadline ({deadline} s); the previous revision serves ({status.ready_replicas} ready)"
+            )
+            status = status.model_copy(update={"phase": "Degraded", "reason": reason})
+        await self._set_status(state, status)
 
     def _forget_if_gone(self, deployment_id: str, state: DeploymentState, observed: list[ObservedWorkload]) -> None:
         """Drop everything held about a deployment that is deleted and gone (or was never ours)."""

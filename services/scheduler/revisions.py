@@ -48,6 +48,7 @@ class RevisionPlan:
     applied: SpecApplied | None = None  # the version it is created or grown from (None: never grown)
     complete: bool = False  # the desired revision has all its replicas ready
     share: int | None = None  # an explicit percent (a canary's weight); None: by ready replicas
+    restore: bool = False  # a previous revision that regains the desired count (an automatic rollback)
     weighted: bool = True  # takes a share of the endpoint's traffic (False: reached only when pinned)
 
     @property
@@ -61,9 +62,14 @@ def plan_revisions(
     ready: set[str],
     now: float = 0.0,
     complete_since: float | None = None,
+    rolled_back: bool = False,
 ) -> list[RevisionPlan]:
     """The desired revision first, then every previous one still running, then pinned ones to start.
-    `complete_since`: when the desired revision first had all its replicas ready (blue-green's hold)."""
+    `complete_since`: when the desired revision first had all its replicas ready (blue-green's hold).
+    `rolled_back`: the desired revision missed its progress deadline: it goes, and the newest previous
+    revision with a ready replica serves alone at the desired count again."""
+    if rolled_back and (restored := _rolled_back(desired, observed, ready)) is not None:
+        return restored
     strategy = desired.applied.spec.updateStrategy
     mine = [o for o in observed if o.revision_id == desired.revision_id]
     current_observed = mine[0] if mine else None
@@ -107,6 +113,44 @@ def plan_revisions(
     for revision, pinned in desired.pinned.items():
         if revision not in running:
             plans.append(RevisionPlan(revision, False, None, pinned.replicas, applied=pinned.applied, weighted=False))
+    return plans
+
+
+def can_roll_back(desired: Desired, observed: Sequence[ObservedWorkload], ready: set[str]) -> bool:
+    """Whether a previous revision (not one an alias pins) has a ready replica to fall back to."""
+    return _stable(desired, observed, ready) is not None
+
+
+def _stable(desired: Desired, observed: Sequence[ObservedWorkload], ready: set[str]) -> ObservedWorkload | None:
+    previous = [
+        o for o in observed
+        if o.revision_id != desired.revision_id and o.revision_id not in desired.pinned
+        and any(r.replica_id in ready for r in o.live)
+    ]  # fmt: skip
+    return max(previous, key=_age) if previous else None
+
+
+def _rolled_back(desired: Desired, observed: Sequence[ObservedWorkload], ready: set[str]) -> list[RevisionPlan] | None:
+    stable = _stable(desired, observed, ready)
+    if stable is None:
+        return None
+    plans = []
+    for o in observed:
+        if o is stable:
+            plans.append(RevisionPlan(o.revision_id, False, o, desired.replicas, restore=True))
+        elif (pinned := desired.pinned.get(o.revision_id)) is not None:
+            plans.append(RevisionPlan(o.revision_id, False, o, pinned.replicas, leaving=tuple(o.live[pinned.replicas :]), applied=pinned.applied, weighted=False))
+        else:
+            plans.append(RevisionPlan(o.revision_id, o.revision_id == desired.revision_id, o, 0, retire=True, leaving=tuple(o.live), weighted=False))
+    if not any(p.current for p in plans):
+        plans.insert(0, RevisionPlan(desired.revision_id, True, None, 0, weighted=False))
+    running = {p.revision_id for p in plans}
+    plans += [
+        RevisionPlan(revision, False, None, pinned.replicas, applied=pinned.applied, weighted=False)
+        for revision, pinned in desired.pinned.items()
+        if revision not in running
+    ]
+    plans.sort(key=lambda p: not p.current)
     return plans
 
 

@@ -45,6 +45,9 @@ class DeploymentState:
     complete_since: tuple[str, float] | None = None  # (revision, monotonic time) it first had all ready
     wake: asyncio.TimerHandle | None = None  # a reconcile when a blue-green hold ends
     standing_by: set[str] = field(default_factory=set)  # revisions kept without traffic (aliased, blue-green's old set)
+    progress_since: tuple[str, float] | None = None  # (revision, monotonic time) its rollout began, until complete
+    rolled_back: str | None = None  # a desired revision given up on at its progress deadline
+    deadline: asyncio.TimerHandle | None = None  # a reconcile at the progress deadline
 
     def learn_version(self, applied: SpecApplied | AliasTarget) -> None:
         versions = self.versions.setdefault(revision_id(applied.spec), [])
@@ -79,10 +82,18 @@ class DeploymentState:
                 del held[replica_id]
 
     def cancel_requeue(self) -> None:
-        for handle in (self.requeue, self.wake):
+        for handle in (self.requeue, self.wake, self.deadline):
             if handle is not None:
                 handle.cancel()
-        self.requeue = self.wake = None
+        self.requeue = self.wake = self.deadline = None
+
+    def progressing(self, revision: str, complete: bool, now: float) -> float | None:
+        """When the rollout of `revision` began (None: it is complete)."""
+        if complete:
+            self.progress_since = None
+        elif self.progress_since is None or self.progress_since[0] != revision:
+            self.progress_since = (revision, now)
+        return self.progress_since[1] if self.progress_since else None
 
     def completed(self, revision: str, complete: bool, now: float) -> float | None:
         """When `revision` first had all its replicas ready (None: not yet)."""

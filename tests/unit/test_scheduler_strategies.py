@@ -218,3 +218,40 @@ async def test_a_canary_whose_replica_is_not_ready_leaves_the_stable_one_all_tra
     await world.ready(canary, ready=False)
     await world.reconcile()
     assert world.serving() == {revision_id(v2): (0, []), revision_id(spec(replicas=1)): (100, old)}
+
+
+@pytest.mark.parametrize("strategy", [{"maxSurge": 0, "maxUnavailable": 1}, {"type": "blue-green"}, {"type": "canary"}])
+async def test_an_update_never_ready_is_rolled_back_at_its_deadline(
+    world: World, monkeypatch: pytest.MonkeyPatch, strategy: dict[str, Any]
+) -> None:
+    old = await world.running(spec(replicas=2))
+    old_rev = revision_id(spec(replicas=2))
+    broken = spec(replicas=2, command=["python", "broken.py"], updateStrategy={**strategy, "progressDeadlineSeconds": 30})
+    start = reconcile.time.monotonic()
+    world.clear()
+    world.apply(broken)
+    for _ in range(3):  # its replicas start but never get ready
+        await world.reconcile()
+    assert world.of(TrafficAssigned)[-1].targets  # the endpoint kept answering from the old revision
+    served_before = {r.replica_id for t in world.assignment().targets for r in t.replicas}
+    assert served_before and served_before <= set(old)
+    assert world.status().phase != "Degraded"
+
+    monkeypatch.setattr(reconcile.time, "monotonic", lambda: start + 31)
+    await world.reconcile()
+    await world.ready()  # an old replica the rollout had stopped comes back
+    await world.reconcile()
+    running = await world.runtime.replicas()
+    assert {r.revision_id for r in running} == {old_rev} and len(running) == 2
+    assert world.serving() == {revision_id(broken): (0, []), old_rev: (100, sorted(r.replica_id for r in running))}
+    status = world.status()
+    assert status.phase == "Degraded" and "rolled back" in status.reason and "30 s" in status.reason
+    for assignment in world.of(TrafficAssigned):  # never a moment without a ready replica
+        assert any(t.replicas for t in assignment.targets)
+    assert {e.reason for e in world.of(ReplicaStopped) if e.revision_id == revision_id(broken)} <= {
+        "rolled back: not ready within the progress deadline"
+    }
+
+    world.apply(spec(replicas=2, command=["python", "fixed.py"]))  # a newer spec rolls out as usual
+    await world.reconcile()
+    assert revision_id(spec(replicas=2, command=["python", "fixed.py"])) in {w.revision_id for w in await world.runtime.workloads()}
