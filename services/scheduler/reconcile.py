@@ -363,12 +363,15 @@ class Reconciler:
         if state.rolled_back not in (None, desired.revision_id):
             state.rolled_back = None  # a newer spec: its own rollout
         rolled_back = state.rolled_back == desired.revision_id
-        plans = plan_revisions(desired, observed, ready, now, since, rolled_back)  # 2. revisions
+        came_up = state.came_up == desired.revision_id
+        plans = plan_revisions(desired, observed, ready, now, since, rolled_back, came_up)  # 2. revisions
+        if not plans[0].complete:
+            state.came_up = desired.revision_id
         fallback = not rolled_back and can_roll_back(desired, observed, ready)  # an update, not a first start
         if fallback and self._past_deadline(deployment_id, state, desired, plans[0].complete, now):
             state.rolled_back = desired.revision_id
             log.warning("update not ready by its progress deadline; rolled back", revision_id=desired.revision_id)
-            plans = plan_revisions(desired, observed, ready, now, since, rolled_back=True)
+            plans = plan_revisions(desired, observed, ready, now, since, rolled_back=True, came_up=came_up)
         self._wake_after_hold(deployment_id, state, desired, state.completed(desired.revision_id, plans[0].complete, now))
         state.keep_revisions(p.revision_id for p in plans)
         state.standing_by = {p.revision_id for p in plans if not p.current and not p.weighted and not p.retire}

@@ -63,11 +63,14 @@ def plan_revisions(
     now: float = 0.0,
     complete_since: float | None = None,
     rolled_back: bool = False,
+    came_up: bool = True,
 ) -> list[RevisionPlan]:
     """The desired revision first, then every previous one still running, then pinned ones to start.
     `complete_since`: when the desired revision first had all its replicas ready (blue-green's hold).
     `rolled_back`: the desired revision missed its progress deadline: it goes, and the newest previous
-    revision with a ready replica serves alone at the desired count again."""
+    revision with a ready replica serves alone at the desired count again. `came_up`: the desired
+    revision was seen without all its replicas ready; one that was complete from the start (a rollback
+    to a running revision, a canary's abort) takes all traffic at once instead of a canary's steps."""
     if rolled_back and (restored := _rolled_back(desired, observed, ready)) is not None:
         return restored
     strategy = desired.applied.spec.updateStrategy
@@ -91,7 +94,7 @@ def plan_revisions(
     elif old_ready and strategy.type == "blue-green":  # the switch is made; the old set stands by a while
         since = now if complete_since is None else complete_since
         old_stop = 0 if now - since < strategies.blue_green_hold_seconds(strategy) else old_live
-    elif old_ready and strategy.type == "canary":
+    elif old_ready and strategy.type == "canary" and came_up:
         weight = strategies.canary_weight(strategy, now if complete_since is None else complete_since, now)
         if weight is not None:
             share, old_share, old_stop = weight, strategies.FULL - weight, 0

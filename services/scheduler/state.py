@@ -47,6 +47,7 @@ class DeploymentState:
     standing_by: set[str] = field(default_factory=set)  # revisions kept without traffic (aliased, blue-green's old set)
     progress_since: tuple[str, float] | None = None  # (revision, monotonic time) its rollout began, until complete
     rolled_back: str | None = None  # a desired revision given up on at its progress deadline
+    came_up: str | None = None  # the last desired revision seen without all its replicas ready
     deadline: asyncio.TimerHandle | None = None  # a reconcile at the progress deadline
 
     def learn_version(self, applied: SpecApplied | AliasTarget) -> None:
