@@ -4,6 +4,7 @@ API address and token come from: berth.credentials."""
 
 from __future__ import annotations
 
+import enum
 import functools
 import re
 import sys
@@ -22,6 +23,12 @@ from berth.credentials import ConfigError, Credentials
 from berth.render import Output
 from libs.config import Settings
 from libs.spec import DeploymentSpec, SpecInvalid, parse_document, slugify, spec_json_schema, validate_spec
+
+
+class Strategy(enum.StrEnum):
+    rolling = "rolling"
+    blue_green = "blue-green"
+    canary = "canary"
 
 app = typer.Typer(
     name="berth",
@@ -150,10 +157,17 @@ def apply(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Store nothing: show each changed field, live or replacing replicas.")
     ] = False,
+    strategy: Annotated[
+        Strategy | None,
+        typer.Option("--strategy", help="Roll this update out so (sets updateStrategy.type in the new version)."),
+    ] = None,
     output: OutputOpt = Output.table,
 ) -> None:
     """Create the deployment of a spec, or update it to a new spec version."""
     document, spec = read_spec(file)
+    if strategy is not None and spec.updateStrategy.type != strategy.value:
+        document["updateStrategy"] = {"type": strategy.value}  # the file's other settings belong to its type
+        spec = validate_spec(document)
     with ctx.obj.client() as client:
         current = client.find_deployment(spec.slug)
         if dry_run:
@@ -281,6 +295,22 @@ def rollback(
     with ctx.obj.client() as client:
         deployment = client.rollback(ref_of(ref), spec_version)
     render.emit(deployment, output, lambda: render.changed(f"rolled back to version {spec_version}:", deployment))
+
+
+@deployments_app.command("abort")
+@calls_api
+def abort(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -> None:
+    """Abort an update (a canary, a blue-green switch, a rollout): roll back to the newest earlier
+    version that runs another revision. All traffic returns to it at once while its replicas run."""
+    with ctx.obj.client() as client:
+        versions = client.history(ref_of(ref))
+        current = versions[0]
+        stable = next((v for v in versions[1:] if v.get("revision_id") != current.get("revision_id")), None)
+        if stable is None:
+            render.failure("nothing to abort: no earlier version runs another revision")
+            raise typer.Exit(1)
+        deployment = client.rollback(ref_of(ref), stable["spec_version"])
+    render.emit(deployment, output, lambda: render.changed(f"aborted; back to version {stable['spec_version']}:", deployment))
 
 
 @deployments_app.command("alias")

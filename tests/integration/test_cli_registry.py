@@ -112,6 +112,12 @@ async def test_every_command_answers_json(registry: RegistryProcess, tmp_path: P
     bad = await cli.run("deployments", "alias", "my-iris", "Production", "1")
     assert bad.exit_code == 1 and "alias" in bad.output and "DNS-1123" in bad.output
 
+    canary = await cli.json("apply", "--strategy", "canary", "-f", str(changed_file))
+    assert (canary["spec_version"], canary["spec"]["updateStrategy"]) == (4, {"type": "canary"})
+    aborted = await cli.json("deployments", "abort", "my-iris")
+    assert aborted["spec_version"] == 5 and aborted["revision_id"] == history["items"][0]["revision_id"]
+    assert "updateStrategy" not in aborted["spec"]  # version 3's spec again
+
     async def scheduler(msg: Msg) -> None:
         await msg.respond(json.dumps({"lines": [{"replica_id": "r1", "offset": 3, "line": "hi\n"}], "next": 4}).encode())
 
