@@ -3,8 +3,6 @@ running beside the current version's, and moving it under load fails no request.
 
 from __future__ import annotations
 
-import asyncio
-from collections import Counter
 from typing import Any
 
 import httpx
@@ -12,18 +10,11 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import iris_spec
-from tests.e2e.test_endpoint import YAML, create, predict, status_of, wait_phase
+from tests.e2e.load import ready_by_revision, settles_on, steady_load
+from tests.e2e.test_endpoint import YAML, create, predict, wait_phase
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow
-
-
-async def replicas_by_revision(api: httpx.AsyncClient) -> dict[str, set[str]]:
-    by: dict[str, set[str]] = {}
-    for r in (await status_of(api, "iris"))["replicas"]:
-        if r["ready"]:
-            by.setdefault(r["revision_id"], set()).add(r["replica_id"])
-    return by
 
 
 async def test_moving_an_alias_under_load_fails_no_request(api: httpx.AsyncClient, router: httpx.AsyncClient) -> None:
@@ -39,7 +30,7 @@ async def test_moving_an_alias_under_load_fails_no_request(api: httpx.AsyncClien
     assert (await api.put("/v1/deployments/iris/aliases/prod", json={"spec_version": 1})).status_code == 200
 
     async def both_running() -> dict[str, set[str]] | None:
-        by = await replicas_by_revision(api)
+        by = await ready_by_revision(api, "iris")
         return by if set(by) == {rev1, rev2} else None
 
     running = await eventually(both_running, timeout=60, interval=0.2, what="v1 kept for the alias, v2 current")
@@ -50,37 +41,15 @@ async def test_moving_an_alias_under_load_fails_no_request(api: httpx.AsyncClien
     unknown = await predict(router, "/default/iris@nope/predict")
     assert unknown.status_code == 404 and "nope" in unknown.text
 
-    failures: list[str] = []
-    answered_by: Counter[str] = Counter()
-    stop = asyncio.Event()
-
-    async def load() -> None:
-        while not stop.is_set():
-            try:
-                response = await predict(router, "/default/iris@prod/predict")
-            except httpx.HTTPError as exc:
-                failures.append(repr(exc))
-                continue
-            if response.status_code != 200:
-                failures.append(f"{response.status_code} {response.text[:200]}")
-            else:
-                answered_by[response.headers["X-Berth-Replica"]] += 1
-
-    workers = [asyncio.create_task(load()) for _ in range(4)]
-    try:
-        await eventually(lambda: sum(answered_by.values()) >= 20, timeout=20, what="load running")
+    async with steady_load(router, "/default/iris@prod/predict") as load:
+        await load.running()
         moved = await api.put("/v1/deployments/iris/aliases/prod", json={"spec_version": 2})
         assert moved.status_code == 200, moved.text
 
         async def v1_gone() -> dict[str, Any] | None:
-            by = await replicas_by_revision(api)
+            by = await ready_by_revision(api, "iris")
             return by if set(by) == {rev2} else None
 
         await eventually(v1_gone, timeout=60, interval=0.2, what="v1 retired once no alias names it")
-        answered_by.clear()
-        await eventually(lambda: sum(answered_by.values()) >= 20, timeout=20, what="load after the move")
-    finally:
-        stop.set()
-        await asyncio.gather(*workers)
-    assert failures == []
-    assert set(answered_by) <= running[rev2]  # only v2 answers @prod now
+        await settles_on(load, running[rev2], timeout=5)  # only v2 answers @prod now
+    assert load.failures == []

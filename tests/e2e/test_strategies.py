@@ -5,11 +5,6 @@ the revision the weights say."""
 
 from __future__ import annotations
 
-import asyncio
-from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -17,67 +12,12 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import iris_spec
-from tests.e2e.test_endpoint import YAML, create, predict, status_of, wait_phase
+from tests.e2e.load import ready_by_revision, settles_on, steady_load
+from tests.e2e.test_endpoint import YAML, create, status_of, wait_phase
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow
 V2_COMMAND = ["python", "-X", "utf8", "-m", "examples.iris.server"]
-
-
-@dataclass
-class Load:
-    failures: list[str] = field(default_factory=list)
-    answered_by: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def answered(self) -> int:
-        return sum(self.answered_by.values())
-
-
-@asynccontextmanager
-async def steady_load(router: httpx.AsyncClient, clients: int = 4) -> AsyncIterator[Load]:
-    load, stop = Load(), asyncio.Event()
-
-    async def client() -> None:
-        while not stop.is_set():
-            try:
-                response = await predict(router)
-            except httpx.HTTPError as exc:
-                load.failures.append(repr(exc))
-                continue
-            if response.status_code != 200:
-                load.failures.append(f"{response.status_code} {response.text[:200]}")
-            else:
-                load.answered_by[response.headers["X-Berth-Replica"]] += 1
-
-    workers = [asyncio.create_task(client()) for _ in range(clients)]
-    try:
-        yield load
-    finally:
-        stop.set()
-        await asyncio.gather(*workers)
-
-
-async def settles_on(load: Load, replicas: set[str], timeout: float = 20) -> None:
-    """Wait until a window of 20 answers all come from `replicas`, then check the next 40 do too."""
-
-    async def window() -> bool:
-        load.answered_by.clear()
-        await eventually(lambda: load.answered >= 20, timeout=10, what="20 answers")
-        return set(load.answered_by) <= replicas
-
-    await eventually(window, timeout=timeout, interval=0, what=f"answers only from {sorted(replicas)}")
-    load.answered_by.clear()
-    await eventually(lambda: load.answered >= 40, timeout=10, what="40 answers")
-    assert set(load.answered_by) <= replicas, load.answered_by
-
-
-async def ready_by_revision(api: httpx.AsyncClient) -> dict[str, set[str]]:
-    by: dict[str, set[str]] = {}
-    for r in (await status_of(api, "iris"))["replicas"]:
-        if r["ready"]:
-            by.setdefault(r["revision_id"], set()).add(r["replica_id"])
-    return by
 
 
 async def put_spec(api: httpx.AsyncClient, document: dict[str, Any]) -> dict[str, Any]:
@@ -97,27 +37,32 @@ def iris(strategy: dict[str, Any], command: list[str] | None = None) -> dict[str
     return document
 
 
+async def serving(api: httpx.AsyncClient, strategy: dict[str, Any]) -> tuple[str, set[str]]:
+    """Version 1 with `strategy`, ready: its revision and its ready replicas."""
+    first = await create(api, yaml.safe_dump(iris(strategy)))
+    await wait_phase(api, "iris", "Ready", ready=1)
+    return first["revision_id"], (await ready_by_revision(api, "iris"))[first["revision_id"]]
+
+
 async def test_blue_green_switch_and_switch_back_fail_no_request(api: httpx.AsyncClient, router: httpx.AsyncClient) -> None:
     blue_green = {"type": "blue-green", "scaleDownDelaySeconds": 600}
-    first = await create(api, yaml.safe_dump(iris(blue_green)))
-    await wait_phase(api, "iris", "Ready", ready=1)
-    blue = (await ready_by_revision(api))[first["revision_id"]]
-    async with steady_load(router) as load:
-        await eventually(lambda: load.answered >= 20, timeout=20, what="load running")
+    blue_rev, blue = await serving(api, blue_green)
+    async with steady_load(router, "/default/iris/predict") as load:
+        await load.running()
         green_rev = (await put_spec(api, iris(blue_green, V2_COMMAND)))["revision_id"]
 
         async def switched() -> set[str] | None:
-            by = await ready_by_revision(api)
-            return by.get(green_rev) if set(by) == {first["revision_id"], green_rev} else None
+            by = await ready_by_revision(api, "iris")
+            return by.get(green_rev) if set(by) == {blue_rev, green_rev} else None
 
         green = await eventually(switched, timeout=60, interval=0.2, what="green ready beside blue")
         await settles_on(load, green)  # all at once: blue takes nothing though it still runs
-        assert blue <= (await ready_by_revision(api))[first["revision_id"]]
+        assert blue <= (await ready_by_revision(api, "iris"))[blue_rev]
 
         rolled = await api.post("/v1/deployments/iris/rollback", json={"spec_version": 1})
-        assert rolled.status_code == 200 and rolled.json()["revision_id"] == first["revision_id"]
+        assert rolled.status_code == 200 and rolled.json()["revision_id"] == blue_rev
         await settles_on(load, blue, timeout=5)  # switched back at once
-        assert (await ready_by_revision(api))[first["revision_id"]] == blue  # nothing was started again
+        assert (await ready_by_revision(api, "iris"))[blue_rev] == blue  # nothing was started again
     assert load.failures == []
 
 
@@ -125,16 +70,13 @@ async def test_a_canary_at_20_percent_takes_its_share_then_aborts_without_a_fail
     api: httpx.AsyncClient, router: httpx.AsyncClient
 ) -> None:
     canary = {"type": "canary", "canarySteps": [20], "canaryStepSeconds": 3600}
-    first = await create(api, yaml.safe_dump(iris(canary)))
-    await wait_phase(api, "iris", "Ready", ready=1)
-    stable = (await ready_by_revision(api))[first["revision_id"]]
-    async with steady_load(router) as load:
-        await eventually(lambda: load.answered >= 20, timeout=20, what="load running")
+    stable_rev, stable = await serving(api, canary)
+    async with steady_load(router, "/default/iris/predict") as load:
+        await load.running()
         canary_rev = (await put_spec(api, iris(canary, V2_COMMAND)))["revision_id"]
 
         async def both() -> set[str] | None:
-            by = await ready_by_revision(api)
-            return by.get(canary_rev)
+            return (await ready_by_revision(api, "iris")).get(canary_rev)
 
         canaries = await eventually(both, timeout=60, interval=0.2, what="the canary ready")
 
@@ -152,7 +94,7 @@ async def test_a_canary_at_20_percent_takes_its_share_then_aborts_without_a_fail
         await settles_on(load, stable, timeout=5)  # aborted: all traffic back at once
 
         async def canary_stopped() -> bool:
-            return {r["revision_id"] for r in (await status_of(api, "iris"))["replicas"]} == {first["revision_id"]}
+            return {r["revision_id"] for r in (await status_of(api, "iris"))["replicas"]} == {stable_rev}
 
         await eventually(canary_stopped, timeout=30, what="the canary stopped")
     assert load.failures == []

@@ -42,6 +42,16 @@ async def settle(world: World) -> None:
     await world.reconcile()
 
 
+async def v2_with_prod_on_v1(world: World) -> SpecApplied:
+    """Version 1 ran; version 2 (another revision) is current, alias prod keeps version 1."""
+    v1 = world.apply(V1)
+    await settle(world)
+    world.apply(V2)
+    alias(world, "prod", v1)
+    await settle(world)
+    return v1
+
+
 def pinned_versions(world: World) -> dict[str, list[int]]:
     return {t.revision_id: t.spec_versions for t in world.assignment().targets}
 
@@ -88,11 +98,7 @@ async def test_which_versions_keep_replicas(world: World, case: Case) -> None:
 
 
 async def test_moving_an_alias_switches_only_once_the_new_version_has_a_ready_replica(world: World) -> None:
-    v1 = world.apply(V1)
-    await settle(world)
-    v2 = world.apply(V2)
-    alias(world, "prod", v1)
-    await settle(world)
+    await v2_with_prod_on_v1(world)
     rev1, rev2 = revision_id(V1), revision_id(V2)
     assert world.assignment().aliases == {"prod": 1}
     v3 = world.apply(V3)  # a new current version; prod is moved to it before it is ready
@@ -119,11 +125,7 @@ async def test_moving_an_alias_switches_only_once_the_new_version_has_a_ready_re
 
 
 async def test_removing_an_alias_retires_its_version_after_the_assignment_without_it(world: World) -> None:
-    v1 = world.apply(V1)
-    await settle(world)
-    world.apply(V2)
-    alias(world, "prod", v1)
-    await settle(world)
+    await v2_with_prod_on_v1(world)
     world.clear()
 
     alias(world, "prod", None)
@@ -136,11 +138,7 @@ async def test_removing_an_alias_retires_its_version_after_the_assignment_withou
 
 
 async def test_a_stopped_deployment_runs_no_aliased_version(world: World) -> None:
-    v1 = world.apply(V1)
-    await settle(world)
-    world.apply(V2)
-    alias(world, "prod", v1)
-    await settle(world)
+    await v2_with_prod_on_v1(world)
     world.apply(spec(replicas=2, command=["python", "serve.py", "--v2"], enabled=False))
     await settle(world)
     assert await world.runtime.replicas() == []
