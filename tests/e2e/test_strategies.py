@@ -98,3 +98,30 @@ async def test_a_canary_at_20_percent_takes_its_share_then_aborts_without_a_fail
 
         await eventually(canary_stopped, timeout=30, what="the canary stopped")
     assert load.failures == []
+
+
+async def test_an_update_that_never_gets_ready_is_rolled_back_and_the_endpoint_keeps_answering(
+    api: httpx.AsyncClient, router: httpx.AsyncClient
+) -> None:
+    rolling = {"type": "rolling", "progressDeadlineSeconds": 5}
+    stable_rev, stable = await serving(api, rolling)
+    async with steady_load(router, "/default/iris/predict") as load:
+        await load.running()
+        never_ready = ["python", "-c", "import time; time.sleep(3600)"]  # starts, never answers a probe
+        broken_rev = (await put_spec(api, iris(rolling, never_ready)))["revision_id"]
+
+        async def rolled_back() -> dict[str, Any] | None:
+            status = await status_of(api, "iris")
+            return status if status["phase"] == "Degraded" and "rolled back" in status["reason"] else None
+
+        status = await eventually(rolled_back, timeout=30, interval=0.2, what="rolled back at the deadline")
+        assert "progress deadline (5 s)" in status["reason"]
+
+        async def broken_gone() -> bool:
+            replicas = (await status_of(api, "iris"))["replicas"]
+            return {r["revision_id"] for r in replicas} == {stable_rev}
+
+        await eventually(broken_gone, timeout=30, what="the broken revision's replicas stopped")
+        await settles_on(load, stable)
+    assert load.failures == []
+    assert broken_rev != stable_rev
