@@ -18,7 +18,7 @@ from datetime import datetime
 from libs.events import ServingReplica, SpecApplied
 from libs.runtime.base import Replica, Workload
 from services.scheduler import strategies
-from services.scheduler.desired import Desired
+from services.scheduler.desired import Desired, Pinned
 from services.scheduler.traffic import RevisionServing
 
 _EARLIEST = datetime.min
@@ -108,10 +108,8 @@ def plan_revisions(
     plans += _old_plans(old, old_stop, serve, old_share, ready)
     for o in previous:
         if (pinned := desired.pinned.get(o.revision_id)) is not None:
-            o_live = o.live
-            rolling = not complete and any(r.replica_id in ready for r in o_live)  # still serves the endpoint
-            n = max(pinned.replicas, len(o_live)) if rolling else pinned.replicas
-            plans.append(RevisionPlan(o.revision_id, False, o, n, leaving=tuple(o_live[n:]), applied=pinned.applied, weighted=rolling))
+            rolling = not complete and any(r.replica_id in ready for r in o.live)  # still serves the endpoint
+            plans.append(_pinned_plan(o, pinned, rolling))
     running = {p.revision_id for p in plans}
     for revision, pinned in desired.pinned.items():
         if revision not in running:
@@ -142,9 +140,10 @@ def _rolled_back(desired: Desired, observed: Sequence[ObservedWorkload], ready: 
         if o is stable:
             plans.append(RevisionPlan(o.revision_id, False, o, desired.replicas, restore=True))
         elif (pinned := desired.pinned.get(o.revision_id)) is not None:
-            plans.append(RevisionPlan(o.revision_id, False, o, pinned.replicas, leaving=tuple(o.live[pinned.replicas :]), applied=pinned.applied, weighted=False))
+            plans.append(_pinned_plan(o, pinned, serving=False))
         else:
-            plans.append(RevisionPlan(o.revision_id, o.revision_id == desired.revision_id, o, 0, retire=True, leaving=tuple(o.live), weighted=False))
+            current = o.revision_id == desired.revision_id
+            plans.append(RevisionPlan(o.revision_id, current, o, 0, retire=True, leaving=tuple(o.live), weighted=False))
     if not any(p.current for p in plans):
         plans.insert(0, RevisionPlan(desired.revision_id, True, None, 0, weighted=False))
     running = {p.revision_id for p in plans}
@@ -155,6 +154,14 @@ def _rolled_back(desired: Desired, observed: Sequence[ObservedWorkload], ready: 
     ]
     plans.sort(key=lambda p: not p.current)
     return plans
+
+
+def _pinned_plan(o: ObservedWorkload, pinned: Pinned, serving: bool) -> RevisionPlan:
+    """A running revision an alias pins; while it still serves an update (`serving`) it keeps every
+    replica it has."""
+    live = o.live
+    n = max(pinned.replicas, len(live)) if serving else pinned.replicas
+    return RevisionPlan(o.revision_id, False, o, n, leaving=tuple(live[n:]), applied=pinned.applied, weighted=serving)
 
 
 def _old_plans(
