@@ -297,6 +297,16 @@ def rollback(
     render.emit(deployment, output, lambda: render.changed(f"rolled back to version {spec_version}:", deployment))
 
 
+@deployments_app.command("promote")
+@calls_api
+def promote(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -> None:
+    """End the current update now: a canary takes all traffic (its remaining steps are skipped), a
+    blue-green's old set stops (its hold is cut short). Not a new version."""
+    with ctx.obj.client() as client:
+        deployment = client.promote(ref_of(ref))
+    render.emit(deployment, output, lambda: render.changed("promoted", deployment))
+
+
 @deployments_app.command("abort")
 @calls_api
 def abort(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -> None:

@@ -212,6 +212,9 @@ class BerthClient:
     def stop(self, ref: str) -> Deployment:
         return self._request("POST", f"/v1/deployments/{ref}/stop")  # type: ignore[no-any-return]
 
+    def promote(self, ref: str) -> Deployment:
+        return self._request("POST", f"/v1/deployments/{ref}/promote")  # type: ignore[no-any-return]
+
     def rollback(self, ref: str, spec_version: int) -> Deployment:
         body = {"spec_version": spec_version}
         return self._request("POST", f"/v1/deployments/{ref}/rollback", json=body)  # type: ignore[no-any-return]

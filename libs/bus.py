@@ -92,6 +92,7 @@ for _stream in ALL_STREAMS:
 # Subject filters.
 SPEC_EVENTS = "berth.spec.v1.*"
 ALIAS_EVENTS = "berth.spec.v1.*.alias.*"  # in BERTH_SPECS, apart from the spec events
+PROMOTE_EVENTS = "berth.spec.v1.*.promote"
 REPLICA_EVENTS = "berth.replica.v1.*.*"
 HEALTH_EVENTS = "berth.health.v1.*.*"
 RESTART_REQUESTS = "berth.control.v1.restart.*.*"
@@ -110,6 +111,7 @@ DURABLE_SCHEDULER_HEALTH = "scheduler-health"
 DURABLE_SCHEDULER_RESTARTS = "scheduler-restarts"
 DURABLE_SCHEDULER_SCALE = "scheduler-scale"
 DURABLE_SCHEDULER_ALIASES = "scheduler-aliases"
+DURABLE_SCHEDULER_PROMOTIONS = "scheduler-promotions"
 DURABLE_HEALTH_REPLICAS = "health-monitor-replicas"
 DURABLE_REGISTRY_STATUS = "registry-status"
 

@@ -200,6 +200,16 @@ class DeploymentAliasSet(Event, DeploymentRef):
     target: AliasTarget | None = Field(default=None, description="The version it names; null: removed.")
 
 
+class DeploymentPromoted(Event, DeploymentRef):
+    """The user promoted the update to `spec_version`: a canary takes all traffic now (its remaining
+    steps are skipped), a blue-green's old set stops now (its hold is cut short)."""
+
+    type: ClassVar[str] = "deployment.promoted"
+    subject_template: ClassVar[str] = "berth.spec.v1.{deployment_id}.promote"
+    kind: Literal["deployment.promoted"] = "deployment.promoted"
+    spec_version: int = Field(ge=1)
+
+
 # -- scheduler: traffic assignment (the one owner of "who serves, at what weight") -----------------
 
 
@@ -313,6 +323,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ReplicaRestartRequested,
     DeploymentScaled,
     DeploymentAliasSet,
+    DeploymentPromoted,
     TrafficAssigned,
     DeploymentStatusChanged,
     RequestMetricsReported,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from libs.bus import (
     ALIAS_EVENTS,
     HEALTH_EVENTS,
+    PROMOTE_EVENTS,
     REPLICA_EVENTS,
     SCALE_EVENTS,
     SPEC_EVENTS,
@@ -59,6 +60,7 @@ async def start_scheduler(settings: Settings, runtime: Runtime | None = None) ->
         statuses=await latest_per_subject(js, STATUS_EVENTS),
         assignments=await latest_per_subject(js, TRAFFIC_EVENTS),
         aliases=await latest_per_subject(js, ALIAS_EVENTS),
+        promotions=await latest_per_subject(js, PROMOTE_EVENTS),
     )
     runtime.on_replica_event = reconciler.on_replica_event
     await runtime.start()  # adopts the replicas a previous scheduler left running

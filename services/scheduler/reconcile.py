@@ -31,6 +31,7 @@ from dataclasses import replace
 
 from libs.events import (
     DeploymentAliasSet,
+    DeploymentPromoted,
     DeploymentDeleted,
     DeploymentRef,
     DeploymentScaled,
@@ -140,6 +141,7 @@ class Reconciler:
         statuses: Iterable[Event] = (),
         assignments: Iterable[Event] = (),
         aliases: Iterable[Event] = (),
+        promotions: Iterable[Event] = (),
     ) -> None:
         """Load the state snapshot read from the streams on start (latest event per subject)."""
         for event in specs:
@@ -151,6 +153,9 @@ class Reconciler:
         for event in aliases:
             if isinstance(event, DeploymentAliasSet):
                 self.alias_set(event)
+        for event in promotions:
+            if isinstance(event, DeploymentPromoted):
+                self.promoted(event)
         for event in replicas:
             if isinstance(event, ReplicaStarted | ReplicaExited | ReplicaStopped):
                 self._state(event.deployment_id).ledger.record(event)
@@ -203,6 +208,14 @@ class Reconciler:
         state.aliases[event.alias] = event
         if event.target is not None:
             state.learn_version(event.target)
+        return True
+
+    def promoted(self, event: DeploymentPromoted) -> bool:
+        """The user promoted the update to `event.spec_version`; False when nothing newer is said."""
+        state = self._states.get(event.deployment_id)
+        if state is None or event.spec_version <= state.promoted:
+            return False
+        state.promoted = event.spec_version
         return True
 
     def health_changed(self, event: ReplicaHealthChanged) -> bool:
@@ -364,7 +377,8 @@ class Reconciler:
             state.rolled_back = None  # a newer spec: its own rollout
         rolled_back = state.rolled_back == desired.revision_id
         came_up = state.came_up == desired.revision_id
-        plans = plan_revisions(desired, observed, ready, now, since, rolled_back, came_up)  # 2. revisions
+        promoted = state.promoted >= desired.applied.spec_version
+        plans = plan_revisions(desired, observed, ready, now, since, rolled_back, came_up, promoted)  # 2. revisions
         if not plans[0].complete:
             state.came_up = desired.revision_id
         fallback = not rolled_back and can_roll_back(desired, observed, ready)  # an update, not a first start

@@ -64,13 +64,15 @@ def plan_revisions(
     complete_since: float | None = None,
     rolled_back: bool = False,
     came_up: bool = True,
+    promoted: bool = False,
 ) -> list[RevisionPlan]:
     """The desired revision first, then every previous one still running, then pinned ones to start.
     `complete_since`: when the desired revision first had all its replicas ready (blue-green's hold).
     `rolled_back`: the desired revision missed its progress deadline: it goes, and the newest previous
     revision with a ready replica serves alone at the desired count again. `came_up`: the desired
     revision was seen without all its replicas ready; one that was complete from the start (a rollback
-    to a running revision, a canary's abort) takes all traffic at once instead of a canary's steps."""
+    to a running revision, a canary's abort) takes all traffic at once instead of a canary's steps.
+    `promoted`: the user promoted this update: no canary step and no blue-green hold any more."""
     if rolled_back and (restored := _rolled_back(desired, observed, ready)) is not None:
         return restored
     strategy = desired.applied.spec.updateStrategy
@@ -91,6 +93,8 @@ def plan_revisions(
         keep, old_stop = step.new, step.old_unready_to_stop + step.old_ready_to_stop
     elif old_ready and not complete:  # blue-green, canary: the new set takes traffic once all is ready
         weighted, old_stop = False, 0
+    elif promoted:
+        pass  # the canary's remaining steps and blue-green's hold are skipped: the old revisions go
     elif old_ready and strategy.type == "blue-green":  # the switch is made; the old set stands by a while
         since = now if complete_since is None else complete_since
         old_stop = 0 if now - since < strategies.blue_green_hold_seconds(strategy) else old_live

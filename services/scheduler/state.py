@@ -48,6 +48,7 @@ class DeploymentState:
     progress_since: tuple[str, float] | None = None  # (revision, monotonic time) its rollout began, until complete
     rolled_back: str | None = None  # a desired revision given up on at its progress deadline
     came_up: str | None = None  # the last desired revision seen without all its replicas ready
+    promoted: int = 0  # the newest spec version the user promoted (canary: all traffic; blue-green: no hold)
     deadline: asyncio.TimerHandle | None = None  # a reconcile at the progress deadline
 
     def learn_version(self, applied: SpecApplied | AliasTarget) -> None:

@@ -94,6 +94,11 @@ class Registry:
         document = edit(copy.deepcopy(current.spec))
         return await self.update(project, current.row.id, document, [current.row.spec_id], by)
 
+    async def promote(self, project: str, ref: str) -> StoredDeployment:
+        stored = await asyncio.to_thread(self.repo.promote, project, ref)
+        self._relay.notify()
+        return stored
+
     async def set_alias(self, project: str, ref: str, alias: str, version: int) -> tuple[AliasRow, bool]:
         """Point `alias` at `version`; the row, and whether anything changed (then it is published)."""
         check_alias(alias)

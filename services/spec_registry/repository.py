@@ -22,6 +22,7 @@ from libs.events import (
     DeploymentDeleted,
     AliasTarget,
     DeploymentAliasSet,
+    DeploymentPromoted,
     DeploymentScaled,
     DeploymentStatusChanged,
     Event,
@@ -316,6 +317,18 @@ class Repository:
                 raise NotFound("the deployment has no alias of this name", field="alias")
             session.delete(found)
             self._add_alias_event(session, row, alias, None)
+
+    def promote(self, project: str, ref: str) -> StoredDeployment:
+        """Publish that the current version's update is promoted (no new version: nothing in the spec changes)."""
+        with self._write_with_event() as session:
+            row = self._find(session, project, ref, for_update=True)
+            version = self._version(session, row)
+            status = session.get(DeploymentStatusRow, row.id)
+            event = DeploymentPromoted(
+                deployment_id=row.id, project=row.project, slug=row.slug, spec_version=row.spec_version
+            )
+            self._add_event(session, event)
+        return StoredDeployment(row, version.spec, status.status if status else None)
 
     # -- status read model ------------------------------------------------------------------------------
 

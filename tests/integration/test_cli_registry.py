@@ -114,6 +114,8 @@ async def test_every_command_answers_json(registry: RegistryProcess, tmp_path: P
 
     canary = await cli.json("apply", "--strategy", "canary", "-f", str(changed_file))
     assert (canary["spec_version"], canary["spec"]["updateStrategy"]) == (4, {"type": "canary"})
+    promoted = await cli.json("deployments", "promote", "my-iris")
+    assert promoted["spec_version"] == 4  # not a new version
     aborted = await cli.json("deployments", "abort", "my-iris")
     assert aborted["spec_version"] == 5 and aborted["revision_id"] == history["items"][0]["revision_id"]
     assert "updateStrategy" not in aborted["spec"]  # version 3's spec again

@@ -26,6 +26,7 @@ from libs.logcursor import encode_cursor
 from libs.events import (
     DeploymentAliasSet,
     DeploymentDeleted,
+    DeploymentPromoted,
     DeploymentScaled,
     DeploymentStatusChanged,
     Event,
@@ -677,6 +678,21 @@ async def test_aliases_are_set_moved_listed_and_removed(api: httpx.AsyncClient, 
     assert isinstance(prod, DeploymentAliasSet) and prod.target is not None
     assert prod.target.spec.image == "python:3.12"
     assert prod.subject() == f"berth.spec.v1.{created['deployment_id']}.alias.prod"
+
+
+async def test_promote_publishes_the_current_version_and_adds_none(api: httpx.AsyncClient, js: JetStreamContext) -> None:
+    created = await create(api, spec())
+    answer = await api.post("/v1/deployments/my-cool-deployment/promote")
+    assert answer.status_code == 200 and answer.json()["spec_version"] == 1
+    subject = f"berth.spec.v1.{created['deployment_id']}.promote"
+
+    async def published() -> list[Event]:
+        return await all_events(js, subject)
+
+    (event,) = await eventually(published, what="the promotion published")
+    assert isinstance(event, DeploymentPromoted) and event.spec_version == 1
+    assert len((await api.get("/v1/deployments/my-cool-deployment/history")).json()["items"]) == 1
+    assert (await api.post("/v1/deployments/nope/promote")).status_code == 404
 
 
 @pytest.mark.parametrize("name", ["Prod", "98765", "a" * 64, "-prod", "prod-", "pr_od", "pr.od"])

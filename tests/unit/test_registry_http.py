@@ -30,6 +30,7 @@ CONTRACT = {
     "/v1/deployments/{ref}/status": {"get"},
     "/v1/deployments/{ref}/logs": {"get"},
     "/v1/deployments/{ref}/aliases": {"get"},
+    "/v1/deployments/{ref}/promote": {"post"},
     "/v1/deployments/{ref}/aliases/{alias}": {"put", "delete"},
 }
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from libs.events import ReplicaStopped, TrafficAssigned
+from libs.events import DeploymentPromoted, ReplicaStopped, TrafficAssigned
 from libs.revision import revision_id
 from libs.spec import UpdateStrategy
 from services.scheduler import reconcile
 from services.scheduler.strategies import Counts, RollingStep, fenceposts, rolling_step
 from tests.fakes import Call
-from tests.unit.test_scheduler_reconcile import World, spec
+from tests.unit.test_scheduler_reconcile import DID, World, spec
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -255,3 +255,20 @@ async def test_an_update_never_ready_is_rolled_back_at_its_deadline(
     world.apply(spec(replicas=2, command=["python", "fixed.py"]))  # a newer spec rolls out as usual
     await world.reconcile()
     assert revision_id(spec(replicas=2, command=["python", "fixed.py"])) in {w.revision_id for w in await world.runtime.workloads()}
+
+
+@pytest.mark.parametrize("strategy", [CANARY, {"type": "blue-green", "scaleDownDelaySeconds": 3600}])
+async def test_promoting_ends_the_update_at_once(world: World, strategy: dict[str, Any]) -> None:
+    old = await world.running(spec(replicas=2))
+    v2 = spec(replicas=2, command=["python", "v2.py"], updateStrategy=strategy)
+    applied = world.apply(v2)
+    await world.reconcile()
+    await world.ready()
+    await world.reconcile()
+    assert revision_id(spec(replicas=2)) in world.serving()  # the stable or standby set still runs
+    promoted = DeploymentPromoted(deployment_id=DID, project="default", slug="iris", spec_version=applied.spec_version)
+    assert world.reconciler.promoted(promoted)
+    assert not world.reconciler.promoted(promoted)  # said once
+    await world.reconcile()
+    assert world.serving() == {revision_id(v2): (100, await world.replica_ids(revision_id(v2)))}
+    assert sorted(e.replica_id for e in world.of(ReplicaStopped)) == old

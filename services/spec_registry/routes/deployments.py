@@ -199,6 +199,16 @@ async def rollback_deployment(
     return _answer(stored, settings, response)
 
 
+@router.post("/deployments/{ref}/promote", tags=["deployments"], responses=WRITE)
+async def promote_deployment(
+    ref: str, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
+) -> Deployment:
+    """Promote the current version's update: a canary takes all traffic at once (its remaining steps
+    are skipped), a blue-green's old set stops at once. Not a new version; no effect on a rolling update."""
+    stored = await registry.promote(caller.project, ref)
+    return _answer(stored, settings, response)
+
+
 @router.delete("/deployments/{ref}", status_code=204, tags=["deployments"], responses=READ)
 async def delete_deployment(ref: str, caller: Caller, registry: RegistryDep) -> Response:
     await registry.delete(caller.project, ref)
