@@ -269,18 +269,21 @@ def scale(
 @calls_api
 def start(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -> None:
     """Enable a stopped deployment (a new spec version with enabled: true)."""
+    _act(ctx, ref, output, BerthClient.start, "started")
+
+
+def _act(ctx: typer.Context, ref: str, output: Output, call: Callable[[BerthClient, str], Any], verb: str) -> None:
+    """A write on one deployment that answers the Deployment (start, stop, promote)."""
     with ctx.obj.client() as client:
-        deployment = client.start(ref_of(ref))
-    render.emit(deployment, output, lambda: render.changed("started", deployment))
+        deployment = call(client, ref_of(ref))
+    render.emit(deployment, output, lambda: render.changed(verb, deployment))
 
 
 @deployments_app.command("stop")
 @calls_api
 def stop(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -> None:
     """Stop every replica, keeping the deployment (a new spec version with enabled: false)."""
-    with ctx.obj.client() as client:
-        deployment = client.stop(ref_of(ref))
-    render.emit(deployment, output, lambda: render.changed("stopped", deployment))
+    _act(ctx, ref, output, BerthClient.stop, "stopped")
 
 
 @deployments_app.command("rollback")
@@ -302,9 +305,7 @@ def rollback(
 def promote(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -> None:
     """End the current update now: a canary takes all traffic (its remaining steps are skipped), a
     blue-green's old set stops (its hold is cut short). Not a new version."""
-    with ctx.obj.client() as client:
-        deployment = client.promote(ref_of(ref))
-    render.emit(deployment, output, lambda: render.changed("promoted", deployment))
+    _act(ctx, ref, output, BerthClient.promote, "promoted")
 
 
 @deployments_app.command("abort")
