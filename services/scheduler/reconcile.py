@@ -95,6 +95,9 @@ Publish = Callable[[Event], Awaitable[None]]
 REQUEUE = RetryPolicy(first_delay_seconds=0.25, factor=2.0, max_delay_seconds=30.0)
 # A deleted deployment, once gone, is remembered this long so that a late spec event cannot bring it back.
 DELETED_RETENTION_SECONDS = 600.0
+# A replica of an update restarted this often without getting ready is a crash loop: the update is
+# rolled back before its progress deadline.
+CRASH_LOOP_RESTARTS = 3
 
 log = get_logger(__name__)
 
@@ -382,9 +385,10 @@ class Reconciler:
         if not plans[0].complete:
             state.came_up = desired.revision_id
         fallback = not rolled_back and can_roll_back(desired, observed, ready)  # an update, not a first start
-        if fallback and self._past_deadline(deployment_id, state, desired, plans[0].complete, now):
-            state.rolled_back = desired.revision_id
-            log.warning("update not ready by its progress deadline; rolled back", revision_id=desired.revision_id)
+        why = self._give_up(deployment_id, state, desired, plans[0], ready, now) if fallback else None
+        if why is not None:
+            state.rolled_back, state.rolled_back_why = desired.revision_id, why
+            log.warning("update rolled back", revision_id=desired.revision_id, reason=why)
             plans = plan_revisions(desired, observed, ready, now, since, rolled_back=True, came_up=came_up)
         self._wake_after_hold(deployment_id, state, desired, state.completed(desired.revision_id, plans[0].complete, now))
         state.keep_revisions(p.revision_id for p in plans)
@@ -416,6 +420,22 @@ class Reconciler:
         at = next_change(desired.applied.spec.updateStrategy, since, time.monotonic())
         if at is not None:
             state.wake = asyncio.get_running_loop().call_later(at - time.monotonic(), self._woken, deployment_id)
+
+    def _give_up(
+        self, deployment_id: str, state: DeploymentState, desired: Desired, plan: RevisionPlan, ready: set[str], now: float
+    ) -> str | None:
+        """Why the desired revision's rollout is given up (rolled back), or None: a replica of it in a
+        crash loop, or its progress deadline passed."""
+        version = desired.applied.spec_version
+        live = plan.observed.live if plan.observed is not None else []
+        looping = [r for r in live if r.restart_count >= CRASH_LOOP_RESTARTS and r.replica_id not in ready]
+        if looping and not plan.complete:
+            replica = looping[0]
+            return f"replica {replica.replica_id} of spec version {version} restarted {replica.restart_count} times without getting ready"
+        if self._past_deadline(deployment_id, state, desired, plan.complete, now):
+            deadline = desired.applied.spec.updateStrategy.progressDeadlineSeconds
+            return f"spec version {version} did not get ready within its progress deadline ({deadline} s)"
+        return None
 
     def _past_deadline(
         self, deployment_id: str, state: DeploymentState, desired: Desired, complete: bool, now: float
@@ -492,7 +512,7 @@ class Reconciler:
             replaced = not plan.current and desired.replicas > 0
             reason = f"replaced by spec version {desired.applied.spec_version}" if replaced else scaled_down
             if plan.current and state.rolled_back == desired.revision_id:
-                reason = "rolled back: not ready within the progress deadline"
+                reason = f"rolled back: {state.rolled_back_why}"
             state.stop_reason = reason
             await self._announce_stopping(state, plan.leaving, reason)
             if plan.retire:
@@ -607,11 +627,7 @@ class Reconciler:
         not_provided = self._runtime.not_provided(shape) + not_acted_on(desired.applied.spec)
         status = compute_status(desired, replicas, error, not_provided)
         if state.rolled_back == desired.revision_id and not error:
-            deadline = desired.applied.spec.updateStrategy.progressDeadlineSeconds
-            reason = (
-                f"rolled back: spec version {desired.applied.spec_version} did not get ready within its progress "
-                f"deadline ({deadline} s); the previous revision serves ({status.ready_replicas} ready)"
-            )
+            reason = f"rolled back: {state.rolled_back_why}; the previous revision serves ({status.ready_replicas} ready)"
             status = status.model_copy(update={"phase": "Degraded", "reason": reason})
         await self._set_status(state, status)
 

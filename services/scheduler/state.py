@@ -46,7 +46,8 @@ class DeploymentState:
     wake: asyncio.TimerHandle | None = None  # a reconcile when a blue-green hold ends
     standing_by: set[str] = field(default_factory=set)  # revisions kept without traffic (aliased, blue-green's old set)
     progress_since: tuple[str, float] | None = None  # (revision, monotonic time) its rollout began, until complete
-    rolled_back: str | None = None  # a desired revision given up on at its progress deadline
+    rolled_back: str | None = None  # a desired revision given up on (progress deadline, crash loop)
+    rolled_back_why: str = ""
     came_up: str | None = None  # the last desired revision seen without all its replicas ready
     promoted: int = 0  # the newest spec version the user promoted (canary: all traffic; blue-green: no hold)
     deadline: asyncio.TimerHandle | None = None  # a reconcile at the progress deadline

@@ -248,9 +248,8 @@ async def test_an_update_never_ready_is_rolled_back_at_its_deadline(
     assert status.phase == "Degraded" and "rolled back" in status.reason and "30 s" in status.reason
     for assignment in world.of(TrafficAssigned):  # never a moment without a ready replica
         assert any(t.replicas for t in assignment.targets)
-    assert {e.reason for e in world.of(ReplicaStopped) if e.revision_id == revision_id(broken)} <= {
-        "rolled back: not ready within the progress deadline"
-    }
+    reasons = {e.reason for e in world.of(ReplicaStopped) if e.revision_id == revision_id(broken)}
+    assert reasons == {"rolled back: spec version 2 did not get ready within its progress deadline (30 s)"}
 
     world.apply(spec(replicas=2, command=["python", "fixed.py"]))  # a newer spec rolls out as usual
     await world.reconcile()
@@ -272,3 +271,21 @@ async def test_promoting_ends_the_update_at_once(world: World, strategy: dict[st
     await world.reconcile()
     assert world.serving() == {revision_id(v2): (100, await world.replica_ids(revision_id(v2)))}
     assert sorted(e.replica_id for e in world.of(ReplicaStopped)) == old
+
+
+async def test_an_update_in_a_crash_loop_is_rolled_back_before_its_deadline(world: World) -> None:
+    old = await world.running(spec(replicas=1))
+    crashing = spec(replicas=1, command=["python", "crash.py"])
+    world.apply(crashing)
+    await world.reconcile()
+    (replica,) = await world.replica_ids(revision_id(crashing))
+    for _ in range(3):
+        world.runtime.crash(replica, exit_code=1)
+        world.runtime.recover(replica)
+        await world.reconcile()
+    await world.reconcile()
+    assert await world.replica_ids() == old
+    assert world.serving()[revision_id(spec(replicas=1))] == (100, old)
+    assert world.serving().get(revision_id(crashing), (0, []))[1] == []
+    status = world.status()
+    assert status.phase == "Degraded" and "restarted 3 times without getting ready" in status.reason
