@@ -311,3 +311,46 @@ def test_history_remembers_and_forgets() -> None:
     history.record(held, behavior, now=401.0)
     assert [r.at for r in history.recommendations] == [401.0]  # older than every window: forgotten
     assert history.scale_up_events == [ScaleEvent(4, 0.0)]  # pruned on the next scale up only
+
+
+# -- the spec's autoscaling block as the HPA policy ---------------------------------------------------
+
+
+def _spec(autoscaling: dict[str, object], replicas: int = 2) -> object:
+    from libs.spec import validate_spec
+
+    return validate_spec({"name": "d", "image": "i", "resources": {"ports": [8000], "replicas": replicas,
+                                                                     "autoscaling": autoscaling}})
+
+
+def test_policy_from_seed_shaped_spec() -> None:
+    from libs.autoscaling.policy import policy_of
+
+    spec = _spec({"enabled": True, "maxReplicas": 5, "metrics": [
+        {"metric": "cpu", "value": 50}, {"metric": "requestDuration", "value": 2},
+        {"metric": "concurrency", "value": 10}, {"metric": "rps", "value": 20}, {"metric": "gpu", "value": 80}]})
+    policy = policy_of(spec)  # type: ignore[arg-type]
+    assert policy is not None and (policy.min_replicas, policy.max_replicas) == (2, 5)  # min is replicas
+    assert [(m.name, m.type) for m in policy.metrics] == [
+        ("cpu", "Utilization"), ("requestDuration", "Value"), ("concurrency", "AverageValue"),
+        ("rps", "AverageValue"), ("gpu", "Utilization")]
+    assert policy.behavior == Behavior()
+
+
+def test_policy_behavior_fills_unset_fields_with_the_hpa_defaults() -> None:
+    from libs.autoscaling.policy import policy_of
+
+    spec = _spec({"enabled": True, "minReplicas": 1, "maxReplicas": 5, "metrics": [{"metric": "cpu", "value": 50}],
+                  "behavior": {"scaleDown": {"stabilizationWindowSeconds": 30},
+                               "scaleUp": {"selectPolicy": "Min",
+                                           "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]}}})
+    policy = policy_of(spec)  # type: ignore[arg-type]
+    assert policy is not None and policy.min_replicas == 1
+    assert policy.behavior.scale_down == ScalingRules(30, "Max", (ScalingPolicy("Percent", 100, 15),))
+    assert policy.behavior.scale_up == ScalingRules(0, "Min", (ScalingPolicy("Pods", 1, 60),))
+
+
+def test_autoscaling_off_has_no_policy() -> None:
+    from libs.autoscaling.policy import policy_of
+
+    assert policy_of(_spec({"enabled": False, "maxReplicas": 5}, replicas=1)) is None  # type: ignore[arg-type]
