@@ -197,6 +197,7 @@ class HealthChecks(SpecModel):
 
 
 UTILISATION_METRICS = ("cpu", "memory", "gpu")  # percent of what each replica was given
+REQUEST_METRICS = ("requestDuration", "concurrency", "rps")  # from the router, for the deployment
 
 
 class AutoscalingMetric(SpecModel):
@@ -256,6 +257,10 @@ class Autoscaling(SpecModel):
         names = [m.metric for m in self.metrics]
         if len(names) != len(set(names)):
             raise ValueError("each metric may appear once")
+        # As the HPA (HPAScaleToZero): at zero replicas no replica reports cpu or memory, so only a
+        # request metric (from the router) can bring the first one back.
+        if self.enabled and self.minReplicas == 0 and not set(names) & set(REQUEST_METRICS):
+            raise ValueError("minReplicas 0 needs a requestDuration, concurrency or rps metric")
         return self
 
 

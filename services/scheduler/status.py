@@ -110,7 +110,13 @@ def not_acted_on(spec: DeploymentSpec) -> list[str]:
     missing = []
     autoscaling = spec.resources.autoscaling
     if autoscaling is not None and autoscaling.enabled:
-        missing.append("resources.autoscaling (no autoscaler acts on it yet; replicas stay as set)")
+        if any(m.metric == "gpu" for m in autoscaling.metrics):
+            missing.append("resources.autoscaling gpu metric (GPU utilisation is not sampled: the metric is missing)")
+        if autoscaling.minReplicas == 0:
+            missing.append(
+                "resources.autoscaling scale to zero (the autoscaler may decide 0 replicas, but the router does not "
+                "hold requests while the first replica starts: they are answered 503 until it is ready)"
+            )
     if spec.integrations:
         names = ", ".join(i.name for i in spec.integrations)
         missing.append(f"integrations {names} (not materialised yet: nothing is fetched into the replicas)")
@@ -146,6 +152,7 @@ def compute_status(
         ready_replicas=sum(r.ready for r in replicas),
         replicas=[r.status() for r in sorted(replicas, key=lambda r: r.replica.replica_id)],
         not_provided=not_provided or [],
+        scale_reason=desired.reason,
     )
 
 

@@ -129,6 +129,7 @@ def test_every_error_is_reported_at_once() -> None:
         (with_(resources={"ports": [1], "autoscaling": {"maxReplicas": 2, "behavior": {"scaleUp": {"policies": [{"type": "Pods", "value": 1, "periodSeconds": 1801}]}}}}), "resources.autoscaling.behavior.scaleUp.policies[0].periodSeconds", "less than or equal to 1800"),
         (with_(resources={"ports": [1], "autoscaling": {"maxReplicas": 2, "behavior": {"scaleUp": {"policies": []}}}}), "resources.autoscaling.behavior.scaleUp.policies", "at least 1"),
         (with_(resources={"ports": [1], "autoscaling": {"maxReplicas": 2, "behavior": {"scaleUp": {"selectPolicy": "Average"}}}}), "resources.autoscaling.behavior.scaleUp.selectPolicy", "'Max'"),
+        (with_(resources={"ports": [1], "replicas": 0, "autoscaling": {"enabled": True, "minReplicas": 0, "maxReplicas": 2, "metrics": [{"metric": "cpu", "value": 50}]}}), "resources.autoscaling", "minReplicas 0 needs a requestDuration"),
         (with_(resources={"ports": [1], "gpuType": "A100"}), "resources", "gpuType needs gpuCount"),
         (with_(resources={"ports": [1], "gpuCount": 1, "gpuType": "H200"}), "resources.gpuType", "'T4'"),
         (with_(integrations=[{"type": "ftp", "name": "a", "path": "/a"}]), "integrations[0]", "must be one of 'git-lfs', 's3'"),
@@ -243,7 +244,7 @@ SEED_AUTOSCALING = {"enabled": True, "maxReplicas": 5, "metrics": [{"metric": "c
         (SEED_AUTOSCALING, 2, True),
         (SEED_AUTOSCALING, 5, True),
         (SEED_AUTOSCALING, 6, False),
-        ({**SEED_AUTOSCALING, "minReplicas": 0}, 0, True),
+        ({**SEED_AUTOSCALING, "minReplicas": 0, "metrics": [{"metric": "rps", "value": 5}]}, 0, True),
     ],
 )
 def test_a_manual_scale_stays_within_the_autoscaling_bounds(
