@@ -35,6 +35,8 @@ secrets_app = typer.Typer(help="Secrets of the project, referenced in specs as `
 app.add_typer(deployments_app, name="deployments")
 app.add_typer(spec_app, name="spec")
 app.add_typer(secrets_app, name="secrets")
+autoscale_app = typer.Typer(help="Autoscaling decisions, offline (the HPA algorithm berth runs).", no_args_is_help=True)
+app.add_typer(autoscale_app, name="autoscale")
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table for people, json or yaml for scripts.")]
 RefArg = Annotated[str, typer.Argument(help="Deployment name, slug or id.")]
@@ -323,6 +325,39 @@ def spec_schema(output: OutputOpt = Output.json) -> None:
     """The JSON Schema of the deployment spec."""
     schema = spec_json_schema()
     render.emit(schema, Output.json if output is Output.table else output, lambda: None)
+
+
+# -- autoscale ------------------------------------------------------------------------------------
+
+
+@autoscale_app.command("explain")
+def autoscale_explain(
+    trace_file: Annotated[
+        Path, typer.Option("--input", "-i", exists=True, dir_okay=False, readable=True, help="Trace (JSON), see docs/autoscaling.md.")
+    ],
+    output: OutputOpt = Output.table,
+) -> None:
+    """Run the autoscaler's decision code on a trace and print each decision with its reason."""
+    from pydantic import ValidationError
+
+    from libs.autoscaling import hpa
+    from libs.autoscaling.trace import Trace, explain
+
+    try:
+        trace = Trace.model_validate_json(trace_file.read_text())
+    except ValidationError as exc:
+        for error in exc.errors(include_input=False):
+            where = ".".join(str(part) for part in error["loc"]) or "(trace)"
+            render.err.print(f"[red]✗[/] [bold]{escape(where)}[/]: {escape(error['msg'])}")
+        raise typer.Exit(1) from None
+    results = []
+    for entry in trace.decisions:
+        result = explain(hpa.decide(entry.inputs()))
+        result["deployment"] = entry.deployment
+        if entry.decided is not None:
+            result["recorded"] = entry.decided
+        results.append(result)
+    render.emit({"decisions": results}, output, lambda: render.decisions(results))
 
 
 # -- secrets --------------------------------------------------------------------------------------

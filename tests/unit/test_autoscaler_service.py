@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from libs.autoscaling import hpa
+from libs.autoscaling.trace import TraceDecision
 from libs.events import (
     DeploymentDeleted,
     DeploymentScaled,
@@ -118,7 +120,12 @@ async def test_load_raises_replicas_at_the_policy_rate_and_they_shrink_after_the
     assert held == [10, 10, 10] and "ScaleDownStabilized" in loop.published[-1].reason
     assert await loop.tick(29, in_flight=0) == 10  # 59 s after the recommendation of 10: inside
     assert await loop.tick(1, in_flight=0) == 1  # 60 s: out (strictly after the cutoff); to minReplicas (1)
-    assert loop.published[-1].inputs is not None and loop.published[-1].spec_replicas == 1
+    assert loop.published[-1].spec_replicas == 1
+    # Each published decision carries its inputs as a trace entry (history as ages): replayed, the
+    # same decision, stabilised and rate-limited ones included.
+    for event in loop.published:
+        assert event.inputs is not None
+        assert hpa.decide(TraceDecision.model_validate(event.inputs).inputs()).desired_replicas == event.replicas
 
 
 async def test_unchanged_decisions_are_not_republished_and_deleted_deployments_are_forgotten() -> None:
