@@ -43,6 +43,7 @@ class Status(TypedDict, total=False):
     not_provided: list[str]
     observed_at: str | None
     desired_source: str  # spec, user, autoscaler or stopped
+    scale_reason: NotRequired[str | None]  # the autoscaler's last reason
 
 
 class UserScale(TypedDict):

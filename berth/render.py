@@ -209,6 +209,8 @@ def _scaling(d: Deployment, status: Status) -> list[tuple[str, str]]:
         rows.append(("Auto-scaling", f"on, {low} to {autoscaling.get('maxReplicas')} replicas"))
         targets = ", ".join(f"{m['metric']} {m['value']:g}{_unit(m['metric'])}" for m in autoscaling.get("metrics", []))
         rows.append(("Targets", targets or "-"))
+        if status.get("scale_reason"):
+            rows.append(("Last decision", escape(str(status["scale_reason"]))))
     else:
         rows.append(("Auto-scaling", "off"))
     return rows
@@ -240,7 +242,7 @@ def _or_dash(value: object) -> str:
 
 
 def _unit(metric: str) -> str:
-    return " s" if metric == "requestDuration" else "%"
+    return {"requestDuration": " s", "concurrency": " in flight per replica", "rps": " req/s per replica"}.get(metric, "%")
 
 
 def replicas_table(replicas: list[ReplicaStatus]) -> Table:

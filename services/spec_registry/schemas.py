@@ -41,6 +41,9 @@ class Status(BaseModel):
         description="Where desired_replicas comes from: the spec's resources.replicas, the user's scale, "
         "the autoscaler (as the scheduler last reported it), or 0 because the deployment is stopped.",
     )
+    scale_reason: str | None = Field(
+        default=None, description="Why the scale decision in force chose its count (the autoscaler's last reason)."
+    )
 
 
 class SubmittedSpec(BaseModel):
