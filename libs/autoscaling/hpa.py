@@ -408,36 +408,31 @@ def _period_start(inputs: Inputs, policy: ScalingPolicy) -> int:
 
 def scale_up_limit(inputs: Inputs) -> int:
     """calculateScaleUpLimitWithScalingRules: Max picks the largest allowed count, Min the smallest."""
-    rules = inputs.policy.behavior.scale_up
-    if rules.select_policy == "Disabled":
-        return inputs.current_replicas
-    proposals = []
-    for policy in rules.policies:
-        start = _period_start(inputs, policy)
-        if policy.type == "Pods":
-            proposals.append(start + policy.value)
-        else:  # rounded up, or a small percentage of few replicas would never add one
-            proposals.append(math.ceil(start * (1 + policy.value / 100)))
-    if not proposals:
-        return -(2**31) if rules.select_policy == "Max" else 2**31 - 1
-    return min(proposals) if rules.select_policy == "Min" else max(proposals)
+    return _policy_limit(inputs, inputs.policy.behavior.scale_up, grow=True)
 
 
 def scale_down_limit(inputs: Inputs) -> int:
     """calculateScaleDownLimitWithBehaviors: Max allows the lowest count (the biggest change)."""
-    rules = inputs.policy.behavior.scale_down
+    return _policy_limit(inputs, inputs.policy.behavior.scale_down, grow=False)
+
+
+def _policy_limit(inputs: Inputs, rules: ScalingRules, grow: bool) -> int:
     if rules.select_policy == "Disabled":
         return inputs.current_replicas
     proposals = []
     for policy in rules.policies:
         start = _period_start(inputs, policy)
         if policy.type == "Pods":
-            proposals.append(start - policy.value)
+            proposals.append(start + policy.value if grow else start - policy.value)
+        elif grow:  # rounded up, or a small percentage of few replicas would never add one
+            proposals.append(math.ceil(start * (1 + policy.value / 100)))
         else:  # int32() truncates
             proposals.append(int(start * (1 - policy.value / 100)))
-    if not proposals:
-        return 2**31 - 1 if rules.select_policy == "Max" else -(2**31)
-    return max(proposals) if rules.select_policy == "Min" else min(proposals)
+    # Max: the policy allowing the biggest change (the highest count up, the lowest down); Min: the least.
+    pick = max if (rules.select_policy == "Max") == grow else min
+    if not proposals:  # the controller's starting value: MinInt32 for max, MaxInt32 for min
+        return -(2**31) if pick is max else 2**31 - 1
+    return pick(proposals)
 
 
 def _rate_limit(inputs: Inputs, desired: int) -> tuple[int, str]:
