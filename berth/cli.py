@@ -5,6 +5,7 @@ API address and token come from: berth.credentials."""
 from __future__ import annotations
 
 import functools
+import json
 import re
 import sys
 import time
@@ -358,6 +359,35 @@ def autoscale_explain(
             result["recorded"] = entry.decided
         results.append(result)
     render.emit({"decisions": results}, output, lambda: render.decisions(results))
+
+
+@autoscale_app.command("record")
+@calls_api
+def autoscale_record(
+    ctx: typer.Context,
+    ref: RefArg,
+    seconds: Annotated[
+        float, typer.Option("--seconds", min=0, help="Keep collecting new decisions this long (0: only the newest).")
+    ] = 0,
+    file: Annotated[Path | None, typer.Option("--file", "-f", dir_okay=False, help="Write here, not to stdout.")] = None,
+) -> None:
+    """Write a trace of the autoscaler's decisions about a live deployment, for `explain` to replay."""
+    entries: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + seconds
+    with ctx.obj.client() as client:
+        while True:
+            decided = client.autoscaler_decision(ref_of(ref))
+            if decided.get("inputs") is not None and decided["event_id"] not in entries:
+                entries[decided["event_id"]] = {**decided["inputs"], "at": decided["decided_at"]}
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    text = json.dumps({"decisions": list(entries.values())}, indent=2)
+    if file is None:
+        typer.echo(text)
+    else:
+        file.write_text(text + "\n")
+        render.err.print(f"[green]✓[/] {len(entries)} decision(s) written to {escape(str(file))}")
 
 
 # -- secrets --------------------------------------------------------------------------------------

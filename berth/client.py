@@ -203,6 +203,9 @@ class BerthClient:
             if not after:
                 return items
 
+    def autoscaler_decision(self, ref: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/deployments/{ref}/autoscaling/decision")  # type: ignore[no-any-return]
+
     def status(self, ref: str) -> Status:
         return self._request("GET", f"/v1/deployments/{ref}/status")  # type: ignore[no-any-return]
 

@@ -69,7 +69,7 @@ def dead_letters(service: str) -> str:
 PERMISSIONS: dict[str, Grant] = {
     "spec-registry": Grant(
         publishes=(*_subjects(SPECS), *_subjects(SCALE), dead_letters("spec-registry")),
-        consumes=(STATUS.name,),
+        consumes=(STATUS.name, SCALE.name),  # SCALE: the autoscaler's newest decision, for `autoscale record`
         secrets="write",
         requests=(LOGS_RPC,),
         manages_streams=True,

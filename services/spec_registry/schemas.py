@@ -46,6 +46,19 @@ class Status(BaseModel):
     )
 
 
+class AutoscalerDecision(BaseModel):
+    """The autoscaler's newest decision about a deployment, with everything it read (a trace entry,
+    docs/autoscaling.md): what `berth autoscale record` collects."""
+
+    event_id: str
+    decided_at: datetime
+    replicas: int
+    reason: str
+    spec_version: int
+    inputs: dict[str, Any] | None = None
+    decision: dict[str, Any] | None = None
+
+
 class SubmittedSpec(BaseModel):
     """A resource holding a spec shows it as submitted: the fields the user wrote, not every default."""
 

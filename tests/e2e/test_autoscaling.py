@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner, Result
+
+from berth.cli import app
 
 from libs.autoscaling import hpa
 from libs.autoscaling.trace import TraceDecision
 from libs.bus import SCALE_EVENTS, latest_per_subject
 from libs.events import DeploymentScaled
-from tests.e2e.conftest import iris_spec
+from tests.e2e.conftest import Platform, iris_spec
 from tests.e2e.test_endpoint import create, predict, status_of, wait_phase
 from tests.helpers import eventually
 
@@ -50,8 +55,14 @@ async def autoscaler_decision(js: Any) -> DeploymentScaled | None:
     return next((e for e in found if e.source == "autoscaler"), None)
 
 
+async def berth(platform: Platform, tmp_path: Path, *args: str) -> Result:
+    env = {"BERTH_API_URL": platform.settings.resolved_api_url, "BERTH_DATA_DIR": str(platform.settings.data_dir),
+           "BERTH_TOKEN": None, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    return await asyncio.to_thread(CliRunner().invoke, app, list(args), env=env)
+
+
 async def test_load_grows_replicas_to_the_computed_count_and_they_shrink_after_the_window(
-    api: httpx.AsyncClient, router: httpx.AsyncClient, js: Any
+    api: httpx.AsyncClient, router: httpx.AsyncClient, js: Any, platform: Platform, tmp_path: Path
 ) -> None:
     # A target no iris request can meet (0.1 ms): under load the ratio is large, so the count is
     # bounded by the default scale-up policy (+4 per 15 s from 1 → 5) and maxReplicas (3).
@@ -73,6 +84,15 @@ async def test_load_grows_replicas_to_the_computed_count_and_they_shrink_after_t
     finally:
         stop.set()
         await asyncio.gather(*clients)
+
+    # `berth autoscale record` (through the API) then `explain`: the same decision.
+    trace = tmp_path / "trace.json"
+    recorded = await berth(platform, tmp_path, "autoscale", "record", "iris", "--file", str(trace))
+    assert recorded.exit_code == 0, recorded.output
+    explained = await berth(platform, tmp_path, "autoscale", "explain", "--input", str(trace), "-o", "json")
+    assert explained.exit_code == 0, explained.output
+    replayed = json.loads(explained.stdout)["decisions"]
+    assert replayed and all(d["desiredReplicas"] == d["recorded"] for d in replayed)
 
     # No traffic: requestDuration counts as 0, every metric is below target; the window holds 3
     # for SCALE_DOWN_WINDOW_SECONDS after the last loaded recommendation, then down to the minimum (1).

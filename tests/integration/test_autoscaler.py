@@ -93,9 +93,11 @@ def requests(in_flight: int, count: int = 0, latency: float = 0.0) -> RequestMet
                                   latency_buckets=[0] * 12, in_flight=in_flight)
 
 
-async def decision(settings: Settings, replicas: int) -> DeploymentScaled:
+async def decision(settings: Settings, replicas: int, reader: str = "scheduler") -> DeploymentScaled:
+    """The autoscaler's decision of `replicas`, as `reader` (the scheduler applies it; the registry
+    serves it to `berth autoscale record`) reads it under its own permissions."""
     passwords = service_passwords(settings.data_dir.parent / "nats")
-    broker = make_broker(settings.resolved_nats_url, "scheduler", _user("scheduler", passwords))
+    broker = make_broker(settings.resolved_nats_url, reader, _user(reader, passwords))
     await broker.connect()
     try:
         async def latest() -> DeploymentScaled | None:
@@ -117,6 +119,7 @@ async def test_concurrency_over_target_scales_to_the_computed_count_and_explain_
         await publish_as(auth_settings, "router", requests(in_flight=30))
         # AverageValue: ceil(30 in flight / 10 per replica) = 3; the default scale-up policies allow +4.
         scaled = await decision(auth_settings, 3)
+        assert (await decision(auth_settings, 3, reader="spec-registry")).event_id == scaled.event_id
         assert scaled.reason.startswith("concurrency above target") and scaled.spec_replicas == 1
         assert scaled.inputs is not None and scaled.decision is not None
         replayed = hpa.decide(TraceDecision.model_validate(scaled.inputs).inputs())
