@@ -165,3 +165,16 @@ async def test_the_scheduler_reports_usage_and_shows_the_autoscaler_reason() -> 
     await reporter.report()
     again = [e for e in world.history if isinstance(e, ReplicaUsageReported)][-1]
     assert {r.replica_id: r for r in again.replicas}[ids[0]].ready_changed_at == first_change
+
+
+async def test_a_policy_change_applies_live_without_a_new_revision() -> None:
+    from libs.revision import revision_id
+
+    before, after = applied(2), applied(2, 2, maxReplicas=3, behavior={"scaleUp": {"selectPolicy": "Disabled"}})
+    assert revision_id(before.spec) == revision_id(after.spec)  # the replicas keep running
+    loop = Loop()
+    await loop.feed(before)
+    assert await loop.tick(15, in_flight=100) == 6  # 100 / 10 = 10, default rate from 2: max(2+4, 4) = 6
+    await loop.feed(after)  # the decision in force (6) was made against replicas 2: it still holds
+    assert await loop.tick(15, in_flight=100) == 3  # above the new maxReplicas: straight to it
+    assert await loop.tick(15, in_flight=100) == 3  # scale up disabled: stays, whatever the load
