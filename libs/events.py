@@ -225,11 +225,17 @@ class TrafficAssigned(Event, DeploymentRef):
     basic_auth_key: str | None = Field(default=None, description="A `secret:<name>` reference, never a value.")
     targets: list[RevisionTarget] = Field(default_factory=list)
     aliases: dict[str, int] = Field(default_factory=dict, description="Alias -> spec version.")
+    hold_seconds: float = Field(
+        default=0.0, ge=0, description="With no ready replica, how long the router holds a request for one to "
+        "come up (scale to zero: minReplicas 0); 0: answer 503 at once.",
+    )
 
 
 # -- scheduler: status read model ------------------------------------------------------------------
 
-Phase = Literal["Provisioning", "Ready", "Degraded", "Stopped", "Failed", "CrashLoopBackOff", "Deleted"]
+Phase = Literal[
+    "Provisioning", "Ready", "Degraded", "Stopped", "ScaledToZero", "Failed", "CrashLoopBackOff", "Deleted"
+]
 
 
 class ReplicaStatus(BaseModel):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 TOLERANCE = 0.1
@@ -349,6 +349,24 @@ def replicas_for_metrics(inputs: Inputs) -> tuple[int | None, str, tuple[MetricR
 
 
 def decide(inputs: Inputs) -> Decision:
+    """One decision: the HPA's, then berth's one addition, activation (scale from zero).
+
+    At zero replicas no replica reports usage and no request completes, so the HPA's metrics cannot
+    ask for the first replica; requests the router holds for a scaled-to-zero deployment (in flight,
+    `concurrency` > 0) ask for one, as Knative's activator does, and while requests are in flight
+    the count does not fall to zero (the held ones have not completed, so request metrics read 0).
+    Nothing else differs from the HPA."""
+    decision = hpa_decide(inputs)
+    waiting = inputs.deployment_metrics.get("concurrency", 0.0)
+    if decision.desired_replicas == 0 and waiting > 0 and inputs.policy.max_replicas:
+        why = "activation: {:g} requests in flight at zero replicas" if inputs.current_replicas == 0 else (
+            "kept at 1 replica: {:g} requests in flight")
+        return replace(decision, desired_replicas=1, recommendation=1, limited=False,
+                       scaling_limited="DesiredWithinRange", reason=why.format(waiting))
+    return decision
+
+
+def hpa_decide(inputs: Inputs) -> Decision:
     """reconcileAutoscaler: one decision from the inputs and the history they carry."""
     policy, current = inputs.policy, inputs.current_replicas
     if current == 0 and policy.min_replicas != 0:

@@ -112,11 +112,6 @@ def not_acted_on(spec: DeploymentSpec) -> list[str]:
     if autoscaling is not None and autoscaling.enabled:
         if any(m.metric == "gpu" for m in autoscaling.metrics):
             missing.append("resources.autoscaling gpu metric (GPU utilisation is not sampled: the metric is missing)")
-        if autoscaling.minReplicas == 0:
-            missing.append(
-                "resources.autoscaling scale to zero (the autoscaler may decide 0 replicas, but the router does not "
-                "hold requests while the first replica starts: they are answered 503 until it is ready)"
-            )
     if spec.integrations:
         names = ", ".join(i.name for i in spec.integrations)
         missing.append(f"integrations {names} (not materialised yet: nothing is fetched into the replicas)")
@@ -188,6 +183,8 @@ def _phase(want: Desired, replicas: list[ObservedReplica], error: str | None) ->
     if desired == 0:
         if replicas:
             return "Provisioning", f"stopping {_replicas(len(replicas))}"
+        if want.applied.spec.enabled and want.source == "autoscaler":
+            return "ScaledToZero", "scaled to zero by the autoscaler; the next request brings a replica up"
         return "Stopped", "stopped (enabled: false)" if not want.applied.spec.enabled else "scaled to 0 replicas"
     troubled = [r for r in current if r.crashed] or [r for r in current if r.failing_probe]
     progress = f"{ready}/{desired} replicas ready"

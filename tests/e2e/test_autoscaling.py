@@ -105,3 +105,21 @@ async def test_load_grows_replicas_to_the_computed_count_and_they_shrink_after_t
 async def _desired(api: httpx.AsyncClient, replicas: int) -> dict[str, Any] | None:
     status = await status_of(api, "iris")
     return status if status["desired_replicas"] == replicas and status.get("scale_reason") else None
+
+
+async def test_idle_deployment_scales_to_zero_and_the_next_request_is_held_and_answered(
+    api: httpx.AsyncClient, router: httpx.AsyncClient
+) -> None:
+    autoscaling = {"enabled": True, "minReplicas": 0, "maxReplicas": 2,
+                   "metrics": [{"metric": "requestDuration", "value": 0.5}],
+                   "behavior": {"scaleDown": {"stabilizationWindowSeconds": 2}}}
+    await create(api, iris_spec(replicas=1, autoscaling=autoscaling))
+    # No traffic: requestDuration 0 → 0 replicas once the 2 s window has passed.
+    idle = await wait_phase(api, "iris", "ScaledToZero", timeout=60)
+    assert idle["desired_replicas"] == 0 and idle["replicas"] == []
+
+    # The next requests are held by the router while the autoscaler brings a replica up: answered, none fails.
+    answers = await asyncio.gather(*(predict(router) for _ in range(3)))
+    assert [r.status_code for r in answers] == [200, 200, 200], [r.text for r in answers]
+    woken = await status_of(api, "iris")
+    assert woken["desired_replicas"] >= 1 and woken["desired_source"] == "autoscaler"

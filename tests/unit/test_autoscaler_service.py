@@ -178,3 +178,21 @@ async def test_a_policy_change_applies_live_without_a_new_revision() -> None:
     await loop.feed(after)  # the decision in force (6) was made against replicas 2: it still holds
     assert await loop.tick(15, in_flight=100) == 3  # above the new maxReplicas: straight to it
     assert await loop.tick(15, in_flight=100) == 3  # scale up disabled: stays, whatever the load
+
+
+async def test_scaled_to_zero_shows_in_status_and_the_assignment_asks_the_router_to_hold() -> None:
+    world = World()
+    s = spec(1, resources={"ports": [8000], "replicas": 1, "autoscaling": {
+        "enabled": True, "minReplicas": 0, "maxReplicas": 3, "metrics": [{"metric": "rps", "value": 5}]}})
+    await world.running(s)
+    world.reconciler.scale_decided(DeploymentScaled(
+        deployment_id=DID, project="default", slug="iris", source="autoscaler", replicas=0, spec_version=1,
+        spec_replicas=1, reason="All metrics below target"))
+    await world.reconcile()
+    await world.reconcile()
+    assert (world.status().phase, world.status().desired_replicas) == ("ScaledToZero", 0)
+    held = world.assignment()
+    assert held.hold_seconds > 0 and [t.replicas for t in held.targets] == [[]]  # listed, none ready
+    plain = World()
+    await plain.running(spec(1))
+    assert plain.assignment().hold_seconds == 0  # no scale to zero: 503 at once, as before

@@ -354,3 +354,30 @@ def test_autoscaling_off_has_no_policy() -> None:
     from libs.autoscaling.policy import policy_of
 
     assert policy_of(_spec({"enabled": False, "maxReplicas": 5}, replicas=1)) is None  # type: ignore[arg-type]
+
+
+# Scale to zero (berth's addition, "activation"): the HPA alone never leaves 0 on a request-duration
+# metric (no request completes); requests held by the router (in flight) bring one replica.
+@pytest.mark.parametrize(
+    ("metrics", "expected", "reason"),
+    [
+        ({"requestDuration": 0.0, "concurrency": 3.0}, 1, "activation: 3 requests in flight at zero replicas"),
+        ({"requestDuration": 0.0, "concurrency": 0.0}, 0, "no change: every metric within tolerance of its target"),
+        ({"requestDuration": 4.0, "concurrency": 3.0}, 2, "requestDuration above target"),  # the HPA: ceil(2.0)
+    ],
+)
+def test_activation_from_zero(metrics: dict[str, float], expected: int, reason: str) -> None:
+    inputs = Inputs(Policy(0, 5, (DURATION2,), DEFAULTS), current_replicas=0, deployment_metrics=metrics)
+    decision = decide(inputs)
+    assert (decision.desired_replicas, decision.reason) == (expected, reason)
+
+
+def test_idle_replicas_scale_to_zero_after_the_window() -> None:
+    policy = Policy(0, 5, (DURATION2,), DEFAULTS)
+    quiet = {"requestDuration": 0.0, "concurrency": 0.0}
+    held = decide(Inputs(policy, 2, pods(0, 0), quiet, (Recommendation(2, 0.0),), now=299.0))
+    gone = decide(Inputs(policy, 2, pods(0, 0), quiet, (Recommendation(2, 0.0),), now=300.0))
+    assert (held.desired_replicas, gone.desired_replicas) == (2, 0)
+    # A replica coming up for held requests is not scaled away before they complete.
+    starting = decide(Inputs(policy, 1, pods(0, ready=False), {"requestDuration": 0.0, "concurrency": 3.0}))
+    assert (starting.desired_replicas, starting.recommendation) == (1, 1)
