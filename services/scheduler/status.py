@@ -111,7 +111,10 @@ def not_acted_on(spec: DeploymentSpec) -> list[str]:
     autoscaling = spec.resources.autoscaling
     if autoscaling is not None and autoscaling.enabled:
         if any(m.metric == "gpu" for m in autoscaling.metrics):
-            missing.append("resources.autoscaling gpu metric (GPU utilisation is not sampled: the metric is missing)")
+            missing.append(
+                "resources.autoscaling gpu metric where no GPU is visible through NVML (the `gpu` extra): the "
+                "metric is then missing, and a missing metric blocks scaling down, as in the HPA"
+            )
     if spec.integrations:
         names = ", ".join(i.name for i in spec.integrations)
         missing.append(f"integrations {names} (not materialised yet: nothing is fetched into the replicas)")

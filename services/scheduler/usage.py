@@ -3,7 +3,8 @@ autoscaled deployment, with what the HPA reads of the replica besides (state, st
 and when it last changed), as one `ReplicaUsageReported` per deployment on BERTH_METRICS.
 
 Only the scheduler holds the runtime, so it samples; the autoscaler only reads the reports. GPU
-utilisation is not sampled yet (no NVML binding): it travels as missing (None), never as zero.
+utilisation comes from NVML where a GPU is visible (libs/runtime/gpu.py); elsewhere it travels as
+missing (None), never as zero.
 """
 
 from __future__ import annotations
@@ -71,4 +72,5 @@ class UsageReporter:
             ready_changed_at=changed_at,
             cpu_percent=None if usage is None else usage.cpu_percent,
             memory_percent=None if usage is None else usage.memory_percent,
+            gpu_percent=None if usage is None else usage.gpu_percent,
         )
