@@ -236,9 +236,8 @@ def resource_replicas(inputs: Inputs, metric: MetricTarget) -> MetricResult:
     values = {p.name: _milli(p.usage[metric.name]) for p in pods if metric.name in p.usage and p.name not in dropped}
     if not values:
         raise MetricUnavailable(f"no {metric.name} sample from a ready replica")
-    requests = {p.name: _milli(p.requests[metric.name]) for p in pods if p.requests.get(metric.name)}
-    missing_request = [p.name for p in pods if p.name not in requests and p.name not in groups.ignored]
-    if missing_request:  # calculatePodRequests fails when any pod has no request for the resource
+    requests = {p.name: _milli(p.requests[metric.name]) for p in pods if metric.name in p.requests}
+    if len(requests) < len(pods):  # calculatePodRequests fails when any pod has no request for the resource
         raise MetricUnavailable(f"missing request for {metric.name}")
     target = int(metric.value)
     ratio, utilization = _utilization_ratio(values, requests, target)

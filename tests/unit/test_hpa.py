@@ -381,3 +381,11 @@ def test_idle_replicas_scale_to_zero_after_the_window() -> None:
     # A replica coming up for held requests is not scaled away before they complete.
     starting = decide(Inputs(policy, 1, pods(0, ready=False), {"requestDuration": 0.0, "concurrency": 3.0}))
     assert (starting.desired_replicas, starting.recommendation) == (1, 1)
+
+
+def test_a_replica_without_a_request_makes_utilisation_unavailable() -> None:
+    # calculatePodRequests: "missing request for cpu" for any pod, even one being deleted.
+    replicas = pods(1.0, 1.0) + (Replica("d", deleting=True, usage={"cpu": 1.0}),)
+    decision = decide(Inputs(Policy(1, 10, (CPU50,), FREE), current_replicas=2, replicas=replicas))
+    assert (decision.desired_replicas, decision.scaling_active) == (2, "FailedGetMetric")
+    assert "missing request" in decision.reason
