@@ -32,6 +32,7 @@ class Desired:
     revision_id: str
     replicas: int
     source: ReplicasSource
+    reason: str | None = None  # the decision's, when one is in force
     pinned: Mapping[str, Pinned] = field(default_factory=dict)  # revision -> why and how it keeps running
 
 
@@ -47,8 +48,8 @@ def compose(
     source: ReplicasSource = "autoscaler" if autoscaling is not None and autoscaling.enabled else "user"
     decision = decisions.get(source)
     if decision is not None and decision.spec_replicas == spec.resources.replicas:
-        return Desired(applied, revision, decision.replicas, source, pinned)
-    return Desired(applied, revision, spec.resources.replicas, "spec", pinned)
+        return Desired(applied, revision, decision.replicas, source, decision.reason or None, pinned=pinned)
+    return Desired(applied, revision, spec.resources.replicas, "spec", pinned=pinned)
 
 
 def pin(applied: SpecApplied, current: str, aliased: Iterable[AliasTarget]) -> dict[str, Pinned]:

@@ -111,7 +111,11 @@ def not_acted_on(spec: DeploymentSpec) -> list[str]:
     missing = []
     autoscaling = spec.resources.autoscaling
     if autoscaling is not None and autoscaling.enabled:
-        missing.append("resources.autoscaling (no autoscaler acts on it yet; replicas stay as set)")
+        if any(m.metric == "gpu" for m in autoscaling.metrics):
+            missing.append(
+                "resources.autoscaling gpu metric where no GPU is visible through NVML (the `gpu` extra): the "
+                "metric is then missing, and a missing metric blocks scaling down, as in the HPA"
+            )
     if spec.integrations:
         names = ", ".join(i.name for i in spec.integrations)
         missing.append(f"integrations {names} (not materialised yet: nothing is fetched into the replicas)")
@@ -142,6 +146,7 @@ def compute_status(
         ready_replicas=sum(r.ready for r in replicas),
         replicas=[r.status() for r in sorted(replicas, key=lambda r: r.replica.replica_id)],
         not_provided=not_provided or [],
+        scale_reason=desired.reason,
     )
 
 
@@ -177,6 +182,8 @@ def _phase(want: Desired, replicas: list[ObservedReplica], error: str | None) ->
     if desired == 0:
         if replicas:
             return "Provisioning", f"stopping {_replicas(len(replicas))}"
+        if want.applied.spec.enabled and want.source == "autoscaler":
+            return "ScaledToZero", "scaled to zero by the autoscaler; the next request brings a replica up"
         return "Stopped", "stopped (enabled: false)" if not want.applied.spec.enabled else "scaled to 0 replicas"
     troubled = [r for r in current if r.crashed] or [r for r in current if r.failing_probe]
     progress = f"{ready}/{desired} replicas ready"

@@ -72,6 +72,16 @@ TABLE: dict[str, tuple[Edit, str]] = {
     "resources.autoscaling.minReplicas": (setter("resources.autoscaling.minReplicas", 1), "live"),
     "resources.autoscaling.maxReplicas": (setter("resources.autoscaling.maxReplicas", 9), "live"),
     "resources.autoscaling.metrics": (setter("resources.autoscaling.metrics", [{"metric": "memory", "value": 70}]), "live"),
+    **{
+        f"resources.autoscaling.behavior.{direction}.{name}": (
+            setter(f"resources.autoscaling.behavior.{direction}.{name}", value), "live"
+        )
+        for direction in ("scaleUp", "scaleDown")
+        for name, value in (
+            ("stabilizationWindowSeconds", 120), ("selectPolicy", "Min"), ("tolerance", 0.2),
+            ("policies", [{"type": "Pods", "value": 2, "periodSeconds": 30}]),
+        )
+    },
     "resources.cpu": (setter("resources.cpu", 2), "replace"),
     "resources.memory": (setter("resources.memory", 4), "replace"),
     "resources.gpuCount": (setter("resources.gpuCount", 2), "replace"),
