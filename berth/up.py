@@ -3,7 +3,7 @@
 It starts nats-server with JetStream (unless BERTH_NATS_URL names one) and then each service as its own
 process (`python -m services.<name>`), restarts any that dies, and on Ctrl-C or SIGTERM stops the
 services in reverse order and nats-server last. All state lives in the data directory (SQLite file,
-JetStream store, token, logs), so the next `up` on it finds every deployment again; a lock file keeps
+JetStream store, token, logs, the key sealing secret values), so the next `up` on it finds every deployment again; a lock file keeps
 two `up`s off one data directory. Everything in it is readable by its owner only (umask 077).
 
 The nats-server it starts admits only berth's services, each as a user of its own with the
@@ -46,6 +46,7 @@ from rich.text import Text
 from libs.bus import ensure_streams, make_broker
 from libs.config import Settings
 from libs.natsd import service_passwords, start_nats_server
+from libs.sealing import ensure_key_file
 from libs.secrets import SecretStore
 
 SERVICES = ("spec_registry", "scheduler", "health_monitor", "router")
@@ -141,6 +142,8 @@ class Launcher:
         os.umask(PRIVATE_UMASK)  # the children inherit it: database, logs, replicas, JetStream store
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)  # also one made before berth kept its files private
+        if self.settings.secrets_key is None and ensure_key_file(self.settings.resolved_secrets_key_file):
+            self.console.print(f"made the secrets key {escape(str(self.settings.resolved_secrets_key_file))} (owner-only)")
         lock = DataDirLock(self.data_dir)
         lock.acquire()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}

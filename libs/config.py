@@ -26,6 +26,13 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL; SQLite in the data directory when unset."
     )
     runtime: Literal["local", "kubernetes"] = "local"
+    # Keys that seal secret values (libs/sealing.py), newest first: the variable, else the file.
+    secrets_key: SecretStr | None = Field(
+        default=None, description="Fernet keys sealing secret values, comma-separated, newest first."
+    )
+    secrets_key_file: Path | None = Field(
+        default=None, description="File of sealing keys, one a line, newest first; <data dir>/secrets.key when unset."
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = 8080
@@ -66,6 +73,10 @@ class Settings(BaseSettings):
         if self.token:
             return self.token
         return self.token_file.read_text().strip() if self.token_file.exists() else None
+
+    @property
+    def resolved_secrets_key_file(self) -> Path:
+        return self.secrets_key_file or self.data_dir / "secrets.key"
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -19,6 +19,7 @@ from libs.config import Settings
 from libs.kit import Service
 from libs.logging import get_logger
 from libs.runtime import Runtime, make_runtime
+from libs.sealing import Sealer
 from libs.secrets import SecretStore
 from services.scheduler.handlers import register_handlers
 from services.scheduler.reconcile import Reconciler
@@ -49,7 +50,7 @@ async def start_scheduler(settings: Settings, runtime: Runtime | None = None) ->
     service = Service("scheduler", settings)
     js = await service.connect()
     runtime = runtime or make_runtime(settings)
-    reconciler = Reconciler(runtime, await SecretStore.open(js), service.publish)
+    reconciler = Reconciler(runtime, await SecretStore.open(js, Sealer.from_settings(settings)), service.publish)
     reconciler.rebuild(
         specs=await latest_per_subject(js, SPEC_EVENTS),
         scales=await latest_per_subject(js, SCALE_EVENTS),
