@@ -43,7 +43,7 @@ class Registry:
         if refs:
             existing = await asyncio.to_thread(self.repo.secret_names, project)
             missing = [
-                SpecError(field, "names a secret that does not exist in the project")
+                SpecError(field, f"names the secret '{name}', which does not exist in the project")
                 for field, name in refs
                 if name not in existing
             ]

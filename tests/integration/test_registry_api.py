@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from libs.bus import LOGS_RPC, all_events
+from libs.bus import LOGS_RPC, SECRETS_BUCKET, all_events
 from libs.config import Settings
 from libs.logcursor import encode_cursor
 from libs.events import (
@@ -461,8 +461,8 @@ async def test_secret_refs_are_checked_and_values_never_shown(
     missing = await api.post("/v1/deployments", json=document)
     assert missing.status_code == 422
     assert missing.json()["errors"] == [
-        {"field": "env[1].value", "rule": "names a secret that does not exist in the project"},
-        {"field": "basicAuthKey", "rule": "names a secret that does not exist in the project"},
+        {"field": "env[1].value", "rule": "names the secret 'hf_token', which does not exist in the project"},
+        {"field": "basicAuthKey", "rule": "names the secret 'gate', which does not exist in the project"},
     ]
     assert (await api.get("/v1/deployments")).json()["items"] == []
 
@@ -484,6 +484,9 @@ async def test_secret_refs_are_checked_and_values_never_shown(
         [r.text for r in responses] + [e.model_dump_json() for e in events] + [output.out, output.err, caplog.text]
     ):
         assert value not in text
+    bucket = await js.key_value(SECRETS_BUCKET)  # read raw, as any client of the bus could
+    stored = (await bucket.get("default.hf_token")).value or b""
+    assert stored and value.encode() not in stored, "the bucket holds only the sealed value"
 
 
 async def test_every_version_and_deletion_reaches_the_spec_stream_once(
