@@ -32,6 +32,7 @@ from libs.bus import (
     CONTROL,
     DEAD_LETTERS,
     HEALTH,
+    INTEGRATIONS,
     LOGS_RPC,
     METRICS,
     REPLICAS,
@@ -75,9 +76,17 @@ PERMISSIONS: dict[str, Grant] = {
     ),
     "scheduler": Grant(
         publishes=(*_subjects(REPLICAS), *_subjects(STATUS), *_subjects(TRAFFIC), dead_letters("scheduler")),
-        consumes=(SPECS.name, REPLICAS.name, HEALTH.name, CONTROL.name, STATUS.name, SCALE.name, TRAFFIC.name),
+        consumes=(
+            SPECS.name, REPLICAS.name, HEALTH.name, CONTROL.name, STATUS.name, SCALE.name, TRAFFIC.name,
+            INTEGRATIONS.name,
+        ),
         secrets="read",
         serves=(LOGS_RPC,),
+    ),
+    "integrations": Grant(
+        publishes=(*_subjects(INTEGRATIONS), dead_letters("integrations")),
+        consumes=(SPECS.name, INTEGRATIONS.name),
+        secrets="read",  # s3 credentials
     ),
     "health-monitor": Grant(
         publishes=(*_subjects(HEALTH), "berth.control.v1.restart.>", dead_letters("health-monitor")),

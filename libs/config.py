@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     ops_host: str = Field(default="127.0.0.1", description="Interface of /healthz and /metrics (0.0.0.0 in a container).")
     scheduler_ops_port: int = Field(default=8091, description="/healthz and /metrics of the scheduler.")
     health_monitor_ops_port: int = Field(default=8092, description="/healthz and /metrics of the health-monitor.")
+    integrations_ops_port: int = Field(default=8093, description="/healthz and /metrics of the integrations service.")
+    integrations_dir: Path | None = Field(
+        default=None, description="Cache of fetched integrations; <data dir>/integrations when unset."
+    )
     router_metrics_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often the router publishes RequestMetricsReported."
     )
@@ -73,6 +77,10 @@ class Settings(BaseSettings):
         if self.token:
             return self.token
         return self.token_file.read_text().strip() if self.token_file.exists() else None
+
+    @property
+    def resolved_integrations_dir(self) -> Path:
+        return self.integrations_dir or self.data_dir / "integrations"
 
     @property
     def resolved_secrets_key_file(self) -> Path:

@@ -220,6 +220,48 @@ class TrafficAssigned(Event, DeploymentRef):
     aliases: dict[str, int] = Field(default_factory=dict, description="Alias -> spec version.")
 
 
+# -- integrations ----------------------------------------------------------------------------------
+
+
+class MaterialisedIntegration(BaseModel):
+    """One integration of a revision, fetched: what it is (its content identity) and where it lies."""
+
+    name: str
+    type: Literal["git-lfs", "s3"]
+    mount: str = Field(description="Where the replica sees it: `<path>/<name>`, e.g. /models/falcon.")
+    identity: str = Field(description="Content identity: the commit (git-lfs), a hash of keys and ETags (s3).")
+    local_path: str = Field(description="The cached content on the machine that fetched it (shared by identity).")
+    files: int = 0
+    bytes: int = 0
+    fetched_files: int = Field(default=0, description="Files this materialisation downloaded (0: all cached).")
+    fetched_bytes: int = 0
+
+
+class IntegrationsReady(Event, DeploymentRef):
+    """Every integration of a revision is materialised: its replicas may start."""
+
+    type: ClassVar[str] = "integrations.ready"
+    subject_template: ClassVar[str] = "berth.integrations.v1.{deployment_id}.{revision_id}"
+    kind: Literal["integrations.ready"] = "integrations.ready"
+    revision_id: str
+    spec_version: int
+    integrations: list[MaterialisedIntegration]
+
+
+class IntegrationsFailed(Event, DeploymentRef):
+    """An integration of a revision could not be materialised: its replicas do not start. Never holds
+    a credential; `reason` says what failed (authentication, not found, unreachable, disk full)."""
+
+    type: ClassVar[str] = "integrations.failed"
+    subject_template: ClassVar[str] = "berth.integrations.v1.{deployment_id}.{revision_id}"
+    kind: Literal["integrations.failed"] = "integrations.failed"
+    revision_id: str
+    spec_version: int
+    integration: str = Field(description="The name of the integration that failed.")
+    reason: str
+    retry_in_seconds: float | None = Field(default=None, description="When the next attempt is made.")
+
+
 # -- scheduler: status read model ------------------------------------------------------------------
 
 Phase = Literal["Provisioning", "Ready", "Degraded", "Stopped", "Failed", "CrashLoopBackOff", "Deleted"]
@@ -295,6 +337,8 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     TrafficAssigned,
     DeploymentStatusChanged,
     RequestMetricsReported,
+    IntegrationsReady,
+    IntegrationsFailed,
 )
 _BY_KIND: dict[str, type[Event]] = {cls.type: cls for cls in ALL_EVENTS}
 

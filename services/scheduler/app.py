@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from libs.bus import (
     HEALTH_EVENTS,
+    INTEGRATIONS_EVENTS,
     REPLICA_EVENTS,
     SCALE_EVENTS,
     SPEC_EVENTS,
@@ -58,6 +59,7 @@ async def start_scheduler(settings: Settings, runtime: Runtime | None = None) ->
         health=await latest_per_subject(js, HEALTH_EVENTS),
         statuses=await latest_per_subject(js, STATUS_EVENTS),
         assignments=await latest_per_subject(js, TRAFFIC_EVENTS),
+        integrations=await latest_per_subject(js, INTEGRATIONS_EVENTS),
     )
     runtime.on_replica_event = reconciler.on_replica_event
     await runtime.start()  # adopts the replicas a previous scheduler left running

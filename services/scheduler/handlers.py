@@ -6,6 +6,8 @@ reconcile never raises into a handler: a failed one is requeued by the reconcile
 - scale decisions (SCALE, durable scheduler-scale): compose the desired count again, reconcile.
 - health (HEALTH, durable scheduler-health): readiness moves rollouts on and changes the assignment.
 - restart requests (CONTROL, durable scheduler-restarts): restart the replica through the runtime.
+- integrations (INTEGRATIONS, durable scheduler-integrations): a revision's integrations are ready
+  (its replicas may start) or failed (they stay unstarted, status says why).
 - logs RPC (core NATS request/reply, queue group: several schedulers would share it; not a stream).
 """
 
@@ -19,11 +21,14 @@ from pydantic import ValidationError
 from libs.bus import (
     CONTROL,
     DURABLE_SCHEDULER_HEALTH,
+    DURABLE_SCHEDULER_INTEGRATIONS,
     DURABLE_SCHEDULER_RESTARTS,
     DURABLE_SCHEDULER_SCALE,
     DURABLE_SCHEDULER_SPECS,
     HEALTH,
     HEALTH_EVENTS,
+    INTEGRATIONS,
+    INTEGRATIONS_EVENTS,
     LOGS_RPC,
     RESTART_REQUESTS,
     SCALE,
@@ -34,6 +39,8 @@ from libs.bus import (
 from libs.events import (
     DeploymentDeleted,
     DeploymentScaled,
+    IntegrationsFailed,
+    IntegrationsReady,
     ReplicaHealthChanged,
     ReplicaRestartRequested,
     SpecApplied,
@@ -65,6 +72,11 @@ def register_handlers(service: Service, reconciler: Reconciler, runtime: Runtime
         if reconciler.health_changed(event):
             reconciler.kick(event.deployment_id)
 
+    async def on_integrations(event: IntegrationsReady | IntegrationsFailed) -> None:
+        bind(deployment_id=event.deployment_id)
+        if reconciler.integrations_event(event):
+            await reconciler.reconcile_logged(event.deployment_id)
+
     async def on_restart_requested(event: ReplicaRestartRequested) -> None:
         bind(deployment_id=event.deployment_id, replica_id=event.replica_id)
         await reconciler.restart(event)
@@ -84,6 +96,10 @@ def register_handlers(service: Service, reconciler: Reconciler, runtime: Runtime
     service.subscribe(
         HEALTH_EVENTS, stream=HEALTH, durable=DURABLE_SCHEDULER_HEALTH, events=(ReplicaHealthChanged,),
         handler=on_health_changed, deliver_policy=latest,
+    )  # fmt: skip
+    service.subscribe(
+        INTEGRATIONS_EVENTS, stream=INTEGRATIONS, durable=DURABLE_SCHEDULER_INTEGRATIONS,
+        events=(IntegrationsReady, IntegrationsFailed), handler=on_integrations, deliver_policy=latest,
     )  # fmt: skip
     service.subscribe(  # when first created, only new ones: old requests are about processes long gone
         RESTART_REQUESTS, stream=CONTROL, durable=DURABLE_SCHEDULER_RESTARTS, events=(ReplicaRestartRequested,),

@@ -35,6 +35,8 @@ from libs.events import (
     DeploymentScaled,
     DeploymentStatusChanged,
     Event,
+    IntegrationsFailed,
+    IntegrationsReady,
     ReplicaExited,
     ReplicaHealthChanged,
     ReplicaRestartRequested,
@@ -76,6 +78,7 @@ from services.scheduler.status import (
     not_acted_on,
     restart_reason,
     same_status,
+    waiting_for_integrations,
 )
 
 Publish = Callable[[Event], Awaitable[None]]
@@ -130,6 +133,7 @@ class Reconciler:
         health: Iterable[Event] = (),
         statuses: Iterable[Event] = (),
         assignments: Iterable[Event] = (),
+        integrations: Iterable[Event] = (),
     ) -> None:
         """Load the state snapshot read from the streams on start (latest event per subject)."""
         for event in specs:
@@ -152,6 +156,9 @@ class Reconciler:
             # are not loaded (their ids never come back).
             if isinstance(event, TrafficAssigned) and (not event.deleted or event.deployment_id in self._states):
                 self._state(event.deployment_id).learn_assignment(event)
+        for event in integrations:
+            if isinstance(event, IntegrationsReady | IntegrationsFailed):
+                self.integrations_event(event)
 
     def spec_event(self, event: SpecApplied | DeploymentDeleted) -> bool:
         """Take a new desired state; False when the event is older than what is known (redelivery)."""
@@ -177,6 +184,17 @@ class Reconciler:
         if state.deleted is not None or not newer_decision(state.decisions.get(event.source), event):
             return False
         state.decisions[event.source] = event
+        return True
+
+    def integrations_event(self, event: IntegrationsReady | IntegrationsFailed) -> bool:
+        """Take a revision's integrations outcome; False when it changes nothing here."""
+        state = self._states.get(event.deployment_id)
+        if state is None or state.deleted is not None:
+            return False
+        known = state.integrations.get(event.revision_id)
+        if known is not None and known.occurred_at > event.occurred_at:
+            return False
+        state.integrations[event.revision_id] = event
         return True
 
     def health_changed(self, event: ReplicaHealthChanged) -> bool:
@@ -328,22 +346,25 @@ class Reconciler:
         ready = self._ready(state, observed)
         plans = plan_revisions(desired, observed, ready)  # 2. revisions
         state.keep_revisions(p.revision_id for p in plans)
-        target, error = await self._target(desired)
+        target, error = await self._target(state, desired)
         error = await self._grow(plans[0], target) or error  # 3. workloads
         await self._assign(state, traffic.assignment(desired, serving(plans, ready, state.versions), state.generation + 1))  # 4.
         await self._retire(state, desired, plans, target)  # 5.
         return error
 
-    async def _target(self, desired: Desired) -> tuple[Workload | None, str | None]:
+    async def _target(self, state: DeploymentState, desired: Desired) -> tuple[Workload | None, str | None]:
         """The desired revision's workload, or why the spec cannot run. Nothing to render while no
-        replica should run (stopping needs no secret)."""
+        replica should run (stopping needs no secret), nor while its integrations are not ready."""
         if desired.replicas == 0:
             return None, None
+        integrations = state.integrations.get(desired.revision_id)
+        if desired.applied.spec.integrations and not isinstance(integrations, IntegrationsReady):
+            return None, integrations.reason if isinstance(integrations, IntegrationsFailed) else None
         try:
             env = await resolve_env(desired.applied.spec, desired.applied.project, self._secrets)
         except RenderError as exc:
             return None, str(exc)
-        return render(desired.applied, env, desired.replicas), None
+        return render(desired.applied, env, desired.replicas, integrations), None
 
     async def _grow(self, plan: RevisionPlan, target: Workload | None) -> str | None:
         """Create the desired revision's workload, or bring it up to its count (never down: that waits
@@ -483,7 +504,8 @@ class Reconciler:
         # What the runtime cannot give is a property of the workload, whether or not it runs yet.
         shape = render(desired.applied, ResolvedEnv({}, frozenset()), desired.replicas)
         not_provided = self._runtime.not_provided(shape) + not_acted_on(desired.applied.spec)
-        await self._set_status(state, compute_status(desired, replicas, error, not_provided))
+        pending = waiting_for_integrations(desired, state.integrations.get(desired.revision_id))
+        await self._set_status(state, compute_status(desired, replicas, error, not_provided, pending))
 
     def _forget_if_gone(self, deployment_id: str, state: DeploymentState, observed: list[ObservedWorkload]) -> None:
         """Drop everything held about a deployment that is deleted and gone (or was never ours)."""

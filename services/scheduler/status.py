@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from libs.events import (
     DeploymentRef,
     DeploymentStatusChanged,
+    IntegrationsFailed,
+    IntegrationsReady,
     Phase,
     ReplicaExited,
     ReplicaHealthChanged,
@@ -111,9 +113,6 @@ def not_acted_on(spec: DeploymentSpec) -> list[str]:
     autoscaling = spec.resources.autoscaling
     if autoscaling is not None and autoscaling.enabled:
         missing.append("resources.autoscaling (no autoscaler acts on it yet; replicas stay as set)")
-    if spec.integrations:
-        names = ", ".join(i.name for i in spec.integrations)
-        missing.append(f"integrations {names} (not materialised yet: nothing is fetched into the replicas)")
     if spec.updateStrategy != UpdateStrategy():
         missing.append(
             f"updateStrategy {spec.updateStrategy.type} (updates roll out by readiness: new replicas take "
@@ -124,15 +123,27 @@ def not_acted_on(spec: DeploymentSpec) -> list[str]:
     return missing
 
 
+def waiting_for_integrations(desired: Desired, outcome: IntegrationsReady | IntegrationsFailed | None) -> str | None:
+    """What replicas of the desired revision wait for: its integrations, while none is ready."""
+    if desired.replicas == 0 or not desired.applied.spec.integrations or outcome is not None:
+        return None
+    names = ", ".join(i.name for i in desired.applied.spec.integrations)
+    return f"waiting for integrations {names} to be fetched"
+
+
 def compute_status(
     desired: Desired,
     replicas: list[ObservedReplica],
     error: str | None = None,
     not_provided: list[str] | None = None,
+    pending: str | None = None,
 ) -> DeploymentStatusChanged:
-    """The status of a deployment whose desired state is `desired`."""
+    """The status of a deployment whose desired state is `desired`; `pending` says what its replicas
+    wait for before they may start (its integrations)."""
     applied = desired.applied
     phase, reason = _phase(desired, replicas, error)
+    if pending and phase == "Provisioning":
+        reason = f"{pending}; {reason}"
     return DeploymentStatusChanged(
         deployment_id=applied.deployment_id,
         project=applied.project,
