@@ -188,8 +188,10 @@ class Reconciler:
 
     def integrations_event(self, event: IntegrationsReady | IntegrationsFailed) -> bool:
         """Take a revision's integrations outcome; False when it changes nothing here."""
-        state = self._states.get(event.deployment_id)
-        if state is None or state.deleted is not None:
+        if event.deployment_id in self._gone:
+            return False
+        state = self._state(event.deployment_id)  # it may arrive before the spec event it answers
+        if state.deleted is not None:
             return False
         known = state.integrations.get(event.revision_id)
         if known is not None and known.occurred_at > event.occurred_at:
@@ -516,7 +518,7 @@ class Reconciler:
             if not tombstoned or state.status is None or state.status.phase != "Deleted":
                 return  # the tombstone or the Deleted status is still to be published
             self._gone[deployment_id] = time.monotonic() + self._deleted_retention
-        elif state.applied is not None or state.decisions:
+        elif state.applied is not None or state.decisions or state.integrations:
             return
         state.cancel_requeue()
         del self._states[deployment_id]
