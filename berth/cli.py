@@ -355,10 +355,11 @@ def secret_set(
 @secrets_app.command("list")
 @calls_api
 def secret_list(ctx: typer.Context, output: OutputOpt = Output.table) -> None:
-    """Names of the project's secrets."""
+    """Names of the project's secrets, and which deployments use each."""
     with ctx.obj.client() as client:
-        names = client.list_secrets()
-    render.emit({"names": names}, output, lambda: render.names_table("NAME", names))
+        used_by = client.list_secrets()
+    report = {"names": list(used_by), "used_by": used_by}
+    render.emit(report, output, lambda: render.secrets_table(used_by))
 
 
 @secrets_app.command("delete")

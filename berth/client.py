@@ -218,8 +218,10 @@ class BerthClient:
     def set_secret(self, name: str, value: str) -> None:
         self._request("PUT", f"/v1/secrets/{name}", json={"value": value})
 
-    def list_secrets(self) -> list[str]:
-        return self._request("GET", "/v1/secrets")["names"]  # type: ignore[no-any-return]
+    def list_secrets(self) -> dict[str, list[str]]:
+        """Secret name -> the deployments that use it."""
+        answer = self._request("GET", "/v1/secrets")
+        return {name: answer.get("used_by", {}).get(name, []) for name in answer["names"]}
 
     def delete_secret(self, name: str) -> None:
         self._request("DELETE", f"/v1/secrets/{name}")

@@ -287,13 +287,13 @@ def history_table(items: list[SpecVersion]) -> None:
     show(listing)
 
 
-def names_table(title: str, names: list[str]) -> None:
-    if not names:
+def secrets_table(used_by: dict[str, list[str]]) -> None:
+    if not used_by:
         out.print("None.")
         return
-    listing = table(title)
-    for name in names:
-        listing.add_row(escape(name))
+    listing = table("NAME", "USED BY")
+    for name, deployments in used_by.items():
+        listing.add_row(escape(name), escape(", ".join(deployments)) or "-")
     show(listing)
 
 

@@ -303,6 +303,20 @@ class Repository:
             query = select(SecretNameRow.name).where(SecretNameRow.project == project)
             return set(session.exec(query).all())
 
+    def secret_users(self, project: str) -> dict[str, list[str]]:
+        """Secret name -> names of the deployments whose current spec refers to it (sorted)."""
+        query = (
+            select(DeploymentRow.name, SpecVersionRow.spec)
+            .join(SpecVersionRow, col(SpecVersionRow.spec_id) == DeploymentRow.spec_id)
+            .where(DeploymentRow.project == project)
+        )
+        users: dict[str, set[str]] = {}
+        with self._read() as session:
+            for name, spec in session.exec(query).all():
+                for _, secret in DeploymentSpec.model_validate(spec).secret_ref_fields():
+                    users.setdefault(secret, set()).add(name)
+        return {secret: sorted(names) for secret, names in users.items()}
+
     def has_secret(self, project: str, name: str) -> bool:
         with self._read() as session:
             return session.get(SecretNameRow, (project, name)) is not None

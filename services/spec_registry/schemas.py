@@ -139,6 +139,9 @@ class SecretPut(Request):
 
 class SecretNames(BaseModel):
     names: list[str]
+    used_by: dict[str, list[str]] = Field(
+        default_factory=dict, description="Secret name -> the deployments whose current spec refers to it."
+    )
 
 
 class LogLine(BaseModel):

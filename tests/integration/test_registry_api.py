@@ -471,12 +471,14 @@ async def test_secret_refs_are_checked_and_values_never_shown(
     responses.append(await api.get("/v1/secrets"))
     responses.append(created := await api.post("/v1/deployments", json=document))
     responses.append(await api.get("/v1/deployments/my-cool-deployment"))
+    responses.append(used := await api.get("/v1/secrets"))
     responses.append(await api.delete("/v1/secrets/gate"))
     responses.append(await put(api, "my-cool-deployment", document, created.json()["spec_id"]))
 
     statuses = [r.status_code for r in responses]
-    assert statuses == [204, 204, 422, 200, 201, 200, 204, 422]
-    assert responses[3].json() == {"names": ["gate", "hf_token"]}
+    assert statuses == [204, 204, 422, 200, 201, 200, 200, 204, 422]
+    assert used.json()["used_by"] == {"gate": ["my cool deployment"], "hf_token": ["my cool deployment"]}
+    assert responses[3].json() == {"names": ["gate", "hf_token"], "used_by": {"gate": [], "hf_token": []}}
     assert created.json()["spec"]["env"][1]["value"] == "secret:hf_token"
     events = await all_events(js, "berth.spec.v1.*")
     output = capfd.readouterr()

@@ -205,6 +205,8 @@ async def test_up_runs_private_with_a_user_per_service_and_json_logs(
     (tmp_path / "private.yaml").write_text(yaml.safe_dump(spec))
     applied = berth.cli("apply", "-f", str(tmp_path / "private.yaml"))
     assert applied.exit_code == 0, applied.output
+    assert berth.cli_json("secrets", "list")["used_by"] == {"gate": ["Echo Server"], "hf_token": ["Echo Server"]}
+    assert "Echo Server" in berth.cli("secrets", "list").stdout
 
     url = f"http://127.0.0.1:{berth.env['BERTH_ROUTER_PORT']}/default/echo-server/?env=HF_TOKEN"
 
