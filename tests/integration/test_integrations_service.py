@@ -40,7 +40,9 @@ from tests.servers.s3 import S3Server, s3_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not git.lfs_available(), reason="needs git-lfs")]
 WEIGHTS = os.urandom(2048)
-SERVE_CWD = ["sh", "-c", 'ln -sfn "$BERTH_INTEGRATION_FALCON" via-env && exec python -m http.server --bind 127.0.0.1 "$PORT"']
+SERVE_CWD = ["sh", "-c", 'exec python -m http.server --bind 127.0.0.1 "$PORT"']
+# Also serves the integration found through its variable, at /via-env/.
+SERVE_FALCON = ["sh", "-c", 'ln -sfn "$BERTH_INTEGRATION_FALCON" via-env && exec python -m http.server --bind 127.0.0.1 "$PORT"']
 
 
 @pytest.fixture
@@ -99,19 +101,19 @@ async def broker(nats_url: str) -> AsyncIterator[NatsBroker]:
     await broker.stop()
 
 
-async def apply(broker: NatsBroker, deployment_id: str, document: dict[str, Any]) -> SpecApplied:
+async def apply(broker: NatsBroker, deployment_id: str, document: dict[str, Any], version: int = 1) -> SpecApplied:
     spec = validate_spec(document)
     event = SpecApplied(
         deployment_id=deployment_id, project="default", slug=spec.slug, name=spec.name,
-        spec_id=new_id(), spec_version=1, spec=spec,
+        spec_id=new_id(), spec_version=version, spec=spec,
     )  # fmt: skip
     await publish(broker, event)
     return event
 
 
-def served_spec(integrations: list[dict[str, Any]]) -> dict[str, Any]:
+def served_spec(integrations: list[dict[str, Any]], command: list[str] = SERVE_CWD) -> dict[str, Any]:
     return {
-        "name": "falcon server", "image": "python:3.11", "command": SERVE_CWD,
+        "name": "falcon server", "image": "python:3.11", "command": command,
         "resources": {"ports": [8000], "replicas": 1},
         "healthChecks": {"readiness": {"path": "/", "periodSeconds": 1}},
         "integrations": integrations,
@@ -128,11 +130,12 @@ async def test_a_replica_serves_its_integrations_and_a_failed_one_never_starts(
     await (await SecretStore.open(nc.jetstream())).put("default", "secretAccessKey", s3.secret_access_key)
 
     # seeds/000's integrations, pointed at local equivalents.
-    await apply(broker, "dep-falcon", served_spec([
+    falcon_integrations = [
         {"type": "git-lfs", "name": "falcon", "path": "/models/", "url": f"file://{tmp_path / 'falcon-7b'}"},
         {"type": "s3", "name": "my-s3", "path": "/data", "url": "s3://my-integration-bucket/", "region": "us-east-1",
          "endpointUrl": s3.endpoint, "accessKeyId": s3.access_key_id, "secretAccessKey": "secret:secretAccessKey"},
-    ]))  # fmt: skip
+    ]  # fmt: skip
+    await apply(broker, "dep-falcon", served_spec(falcon_integrations, SERVE_FALCON))
     await apply(broker, "dep-broken", served_spec([
         {"type": "s3", "name": "gone", "path": "/data", "url": "s3://nowhere/", "region": "us-east-1",
          "endpointUrl": s3.endpoint, "accessKeyId": s3.access_key_id, "secretAccessKey": "secret:secretAccessKey"},
@@ -156,6 +159,24 @@ async def test_a_replica_serves_its_integrations_and_a_failed_one_never_starts(
     )
     assert broken.reason == "integration gone: s3 bucket 'nowhere' not found"
     assert [r for r in await platform.runtime.replicas() if r.deployment_id == "dep-broken"] == []
+
+    # A new version of dep-falcon with another template but the same integrations: a new revision whose
+    # integrations come from the cache (nothing downloaded again).
+    document = served_spec(falcon_integrations, SERVE_FALCON)
+    document["env"] = [{"name": "MODE", "value": "second"}]
+    await apply(broker, "dep-falcon", document, version=2)
+    second = await eventually(
+        lambda: [e for e in recorder.of(IntegrationsReady) if e.spec_version == 2], timeout=60, what="v2 ready"
+    )
+    assert [(i.identity, i.fetched_files) for i in second[0].integrations] == [
+        (i.identity, 0) for i in ready[0].integrations
+    ]
+
+    # The bucket appears: the retry (after its back-off) fetches it and the replica starts.
+    s3.client().create_bucket(Bucket="nowhere")
+    await eventually(
+        lambda: (s := recorder.status("dep-broken")) and s.phase == "Ready", timeout=60, what="dep-broken Ready after a retry"
+    )
 
     # The secret's value: in no event, no file under the test's directory (data dir, JetStream store,
     # the replicas' logs and state).
