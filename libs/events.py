@@ -223,18 +223,23 @@ class TrafficAssigned(Event, DeploymentRef):
 # -- integrations ----------------------------------------------------------------------------------
 
 
-class MaterialisedIntegration(BaseModel):
-    """One integration of a revision, fetched: what it is (its content identity) and where it lies."""
+class IntegrationStatus(BaseModel):
+    """One integration of a revision, fetched: what it is (its content identity) and its size."""
 
     name: str
     type: Literal["git-lfs", "s3"]
     mount: str = Field(description="Where the replica sees it: `<path>/<name>`, e.g. /models/falcon.")
     identity: str = Field(description="Content identity: the commit (git-lfs), a hash of keys and ETags (s3).")
-    local_path: str = Field(description="The cached content on the machine that fetched it (shared by identity).")
     files: int = 0
     bytes: int = 0
     fetched_files: int = Field(default=0, description="Files this materialisation downloaded (0: all cached).")
     fetched_bytes: int = 0
+
+
+class MaterialisedIntegration(IntegrationStatus):
+    """An integration as the integrations service reports it to the scheduler: also where it lies."""
+
+    local_path: str = Field(description="The cached content on the machine that fetched it (shared by identity).")
 
 
 class IntegrationsReady(Event, DeploymentRef):
@@ -302,6 +307,9 @@ class DeploymentStatusChanged(Event, DeploymentRef):
     ready_replicas: int
     replicas: list[ReplicaStatus] = Field(default_factory=list)
     not_provided: list[str] = Field(default_factory=list, description="What this runtime could not give.")
+    integrations: list[IntegrationStatus] = Field(
+        default_factory=list, description="The desired revision's integrations, once fetched."
+    )
 
 
 # -- router ----------------------------------------------------------------------------------------

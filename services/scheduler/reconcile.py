@@ -506,8 +506,9 @@ class Reconciler:
         # What the runtime cannot give is a property of the workload, whether or not it runs yet.
         shape = render(desired.applied, ResolvedEnv({}, frozenset()), desired.replicas)
         not_provided = self._runtime.not_provided(shape) + not_acted_on(desired.applied.spec)
-        pending = waiting_for_integrations(desired, state.integrations.get(desired.revision_id))
-        await self._set_status(state, compute_status(desired, replicas, error, not_provided, pending))
+        outcome = state.integrations.get(desired.revision_id)
+        pending = waiting_for_integrations(desired, outcome)
+        await self._set_status(state, compute_status(desired, replicas, error, not_provided, pending, outcome))
 
     def _forget_if_gone(self, deployment_id: str, state: DeploymentState, observed: list[ObservedWorkload]) -> None:
         """Drop everything held about a deployment that is deleted and gone (or was never ours)."""

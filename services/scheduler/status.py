@@ -20,6 +20,7 @@ from libs.events import (
     DeploymentStatusChanged,
     IntegrationsFailed,
     IntegrationsReady,
+    IntegrationStatus,
     Phase,
     ReplicaExited,
     ReplicaHealthChanged,
@@ -137,6 +138,7 @@ def compute_status(
     error: str | None = None,
     not_provided: list[str] | None = None,
     pending: str | None = None,
+    integrations: IntegrationsReady | IntegrationsFailed | None = None,
 ) -> DeploymentStatusChanged:
     """The status of a deployment whose desired state is `desired`; `pending` says what its replicas
     wait for before they may start (its integrations)."""
@@ -157,6 +159,10 @@ def compute_status(
         ready_replicas=sum(r.ready for r in replicas),
         replicas=[r.status() for r in sorted(replicas, key=lambda r: r.replica.replica_id)],
         not_provided=not_provided or [],
+        integrations=[
+            IntegrationStatus.model_validate(i.model_dump(exclude={"local_path"}))
+            for i in (integrations.integrations if isinstance(integrations, IntegrationsReady) else ())
+        ],
     )
 
 

@@ -146,6 +146,7 @@ async def test_a_replica_serves_its_integrations_and_a_failed_one_never_starts(
     status = await eventually(
         lambda: (s := recorder.status("dep-falcon")) and s.phase == "Ready" and s, timeout=60, what="dep-falcon Ready"
     )
+    assert [(i.name, i.identity) for i in status.integrations] == [(i.name, i.identity) for i in ready[0].integrations]
     address = status.replicas[0].address
     async with httpx.AsyncClient(base_url=f"http://{address}", timeout=5) as http:
         assert (await http.get("/models/falcon/weights.bin")).content == WEIGHTS

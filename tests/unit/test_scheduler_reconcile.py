@@ -449,6 +449,7 @@ async def test_replicas_wait_for_their_integrations_and_then_see_them(world: Wor
     await world.reconcile()
     (workload,) = await world.runtime.workloads()
     assert workload.mounts == (Mount("weights", "/models/weights", "/cache/git-c0ffee"),)
+    assert [(i.name, i.identity, i.mount) for i in world.status().integrations] == [("weights", "c0ffee", "/models/weights")]
 
 
 async def test_failed_integrations_leave_replicas_unstarted_with_the_reason_then_a_ready_retry_starts_them(world: World) -> None:
