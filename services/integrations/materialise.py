@@ -62,6 +62,7 @@ class Materialiser:
         self._running: dict[str, asyncio.Task[None]] = {}
         # One fetch at a time: two revisions with the same source must not write its mirror at once.
         self._fetching = asyncio.Lock()
+        self._closing = False
 
     def rebuild(self, specs: Iterable[Event], outcomes: Iterable[Event]) -> None:
         for event in specs:
@@ -90,12 +91,19 @@ class Materialiser:
             return
         task = asyncio.create_task(self._materialise(held), name=f"integrations:{deployment_id}")
         self._running[deployment_id] = task
-        task.add_done_callback(lambda _: self._running.pop(deployment_id, None))
+        task.add_done_callback(lambda _: self._finished(deployment_id))
+
+    def _finished(self, deployment_id: str) -> None:
+        """A newer revision that arrived during the fetch is started now (not at the next resync)."""
+        self._running.pop(deployment_id, None)
+        if not self._closing:
+            self.kick(deployment_id)
 
     def held(self) -> dict[str, int]:
         return {"deployments": len(self._held), "running": len(self._running)}
 
     async def close(self) -> None:
+        self._closing = True
         await cancel_and_wait(list(self._running.values()))
 
     def _take(self, event: SpecApplied | DeploymentDeleted) -> bool:
