@@ -242,6 +242,16 @@ def scale(
     render.emit(deployment, output, lambda: render.scaled(deployment))
 
 
+@deployments_app.command("retry")
+@calls_api
+def retry(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -> None:
+    """Fetch the deployment's failed integrations again now, not after the back-off."""
+    with ctx.obj.client() as client:
+        deployment = client.retry(ref_of(ref))
+    message = f"[green]✓[/] retrying the integrations of [bold]{escape(deployment['name'])}[/]; `berth deployments get` shows the outcome"
+    render.emit(deployment, output, lambda: render.out.print(message))
+
+
 @deployments_app.command("start")
 @calls_api
 def start(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -> None:

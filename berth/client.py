@@ -177,6 +177,9 @@ class BerthClient:
     def scale(self, ref: str, replicas: int) -> Deployment:
         return self._request("POST", f"/v1/deployments/{ref}/scale", json={"replicas": replicas})  # type: ignore[no-any-return]
 
+    def retry(self, ref: str) -> Deployment:
+        return self._request("POST", f"/v1/deployments/{ref}/retry")  # type: ignore[no-any-return]
+
     def start(self, ref: str) -> Deployment:
         return self._request("POST", f"/v1/deployments/{ref}/start")  # type: ignore[no-any-return]
 

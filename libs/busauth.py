@@ -68,7 +68,7 @@ def dead_letters(service: str) -> str:
 
 PERMISSIONS: dict[str, Grant] = {
     "spec-registry": Grant(
-        publishes=(*_subjects(SPECS), *_subjects(SCALE), dead_letters("spec-registry")),
+        publishes=(*_subjects(SPECS), *_subjects(SCALE), "berth.control.v1.retry.>", dead_letters("spec-registry")),
         consumes=(STATUS.name,),
         secrets="write",
         requests=(LOGS_RPC,),
@@ -85,7 +85,7 @@ PERMISSIONS: dict[str, Grant] = {
     ),
     "integrations": Grant(
         publishes=(*_subjects(INTEGRATIONS), dead_letters("integrations")),
-        consumes=(SPECS.name, INTEGRATIONS.name),
+        consumes=(SPECS.name, INTEGRATIONS.name, CONTROL.name),  # control: retry requests
         secrets="read",  # s3 credentials
     ),
     "health-monitor": Grant(

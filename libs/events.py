@@ -267,6 +267,15 @@ class IntegrationsFailed(Event, DeploymentRef):
     retry_in_seconds: float | None = Field(default=None, description="When the next attempt is made.")
 
 
+class IntegrationsRetryRequested(Event, DeploymentRef):
+    """The user asked to fetch the deployment's failed integrations again now, not after the back-off
+    (`berth deployments retry`)."""
+
+    type: ClassVar[str] = "integrations.retry_requested"
+    subject_template: ClassVar[str] = "berth.control.v1.retry.{deployment_id}"
+    kind: Literal["integrations.retry_requested"] = "integrations.retry_requested"
+
+
 # -- scheduler: status read model ------------------------------------------------------------------
 
 Phase = Literal["Provisioning", "Ready", "Degraded", "Stopped", "Failed", "CrashLoopBackOff", "Deleted"]
@@ -347,6 +356,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     RequestMetricsReported,
     IntegrationsReady,
     IntegrationsFailed,
+    IntegrationsRetryRequested,
 )
 _BY_KIND: dict[str, type[Event]] = {cls.type: cls for cls in ALL_EVENTS}
 

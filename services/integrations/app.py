@@ -6,9 +6,20 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from libs.bus import DURABLE_INTEGRATIONS_SPECS, INTEGRATIONS_EVENTS, SPEC_EVENTS, SPECS, latest_per_subject
+from nats.js.api import DeliverPolicy
+
+from libs.bus import (
+    CONTROL,
+    DURABLE_INTEGRATIONS_RETRIES,
+    DURABLE_INTEGRATIONS_SPECS,
+    INTEGRATIONS_EVENTS,
+    RETRY_REQUESTS,
+    SPEC_EVENTS,
+    SPECS,
+    latest_per_subject,
+)
 from libs.config import Settings
-from libs.events import DeploymentDeleted, SpecApplied
+from libs.events import DeploymentDeleted, IntegrationsRetryRequested, SpecApplied
 from libs.kit import Service
 from libs.logging import get_logger
 from libs.sealing import Sealer
@@ -41,6 +52,10 @@ async def start_integrations(settings: Settings) -> IntegrationsHandle:
         events=(SpecApplied, DeploymentDeleted),
         handler=materialiser.on_spec,
     )
+    service.subscribe(  # when first created, only new ones: an old request has had its answer
+        RETRY_REQUESTS, stream=CONTROL, durable=DURABLE_INTEGRATIONS_RETRIES, events=(IntegrationsRetryRequested,),
+        handler=materialiser.retry_now, deliver_policy=DeliverPolicy.NEW,
+    )  # fmt: skip
     service.every(settings.reconcile_interval_seconds, materialiser.resync, name="resync", at_start=True)
     service.on_stop(materialiser.close)
     await service.start(ops_port=settings.integrations_ops_port)

@@ -16,6 +16,7 @@ from libs.events import (
     Event,
     IntegrationsFailed,
     IntegrationsReady,
+    IntegrationsRetryRequested,
     MaterialisedIntegration,
     SpecApplied,
 )
@@ -76,6 +77,13 @@ class Materialiser:
     async def on_spec(self, event: SpecApplied | DeploymentDeleted) -> None:
         if self._take(event):
             self.kick(event.deployment_id)
+
+    async def retry_now(self, request: IntegrationsRetryRequested) -> None:
+        """Try a failed revision again at once (the user asked), whatever its back-off says."""
+        held = self._held.get(request.deployment_id)
+        if held is not None and isinstance(held.outcome, IntegrationsFailed):
+            held.retry_at = 0.0
+            self.kick(request.deployment_id)
 
     async def resync(self) -> None:
         for deployment_id in list(self._held):

@@ -77,6 +77,11 @@ class Registry:
         document = edit(copy.deepcopy(current.spec))
         return await self.update(project, current.row.id, document, [current.row.spec_id])
 
+    async def retry(self, project: str, ref: str) -> StoredDeployment:
+        stored = await asyncio.to_thread(self.repo.request_retry, project, ref)
+        self._relay.notify()
+        return stored
+
     async def delete(self, project: str, ref: str) -> None:
         await asyncio.to_thread(self.repo.delete_deployment, project, ref)
         self._relay.notify()

@@ -23,6 +23,7 @@ from libs.events import (
     DeploymentScaled,
     DeploymentStatusChanged,
     Event,
+    IntegrationsRetryRequested,
     SpecApplied,
     new_id,
 )
@@ -212,6 +213,15 @@ class Repository:
             row.updated_at = row.scaled_at
             session.add(row)
             self._add_scaled(session, row, replicas, spec.resources.replicas, f"scaled by the user to {replicas}")
+        return StoredDeployment(row, version.spec, status.status if status else None)
+
+    def request_retry(self, project: str, ref: str) -> StoredDeployment:
+        """Publish the user's request to fetch the deployment's integrations again now."""
+        with self._write_with_event() as session:
+            row = self._find(session, project, ref)
+            version = self._version(session, row)
+            status = session.get(DeploymentStatusRow, row.id)
+            self._add_event(session, IntegrationsRetryRequested(deployment_id=row.id, project=project, slug=row.slug))
         return StoredDeployment(row, version.spec, status.status if status else None)
 
     def delete_deployment(self, project: str, ref: str) -> None:

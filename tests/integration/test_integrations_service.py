@@ -23,6 +23,7 @@ from libs.events import (
     DeploymentStatusChanged,
     IntegrationsFailed,
     IntegrationsReady,
+    IntegrationsRetryRequested,
     SpecApplied,
     decode_event,
     new_id,
@@ -173,8 +174,9 @@ async def test_a_replica_serves_its_integrations_and_a_failed_one_never_starts(
         (i.identity, 0) for i in ready[0].integrations
     ]
 
-    # The bucket appears: the retry (after its back-off) fetches it and the replica starts.
+    # The bucket appears; the user asks for a retry (`berth deployments retry`): fetched, the replica starts.
     s3.client().create_bucket(Bucket="nowhere")
+    await publish(broker, IntegrationsRetryRequested(deployment_id="dep-broken", project="default", slug="falcon-server"))
     await eventually(
         lambda: (s := recorder.status("dep-broken")) and s.phase == "Ready", timeout=60, what="dep-broken Ready after a retry"
     )

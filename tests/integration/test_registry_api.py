@@ -28,6 +28,7 @@ from libs.events import (
     DeploymentScaled,
     DeploymentStatusChanged,
     Event,
+    IntegrationsRetryRequested,
     ReplicaStatus,
     SpecApplied,
     decode_event,
@@ -638,3 +639,16 @@ async def test_health_and_metrics(api: httpx.AsyncClient) -> None:
     assert "berth_registry_spec_versions_accepted_total" in metrics.text
     assert 'berth_registry_requests_total{method="POST",route="/v1/deployments",status="201"}' in metrics.text
     assert "berth_registry_outbox_lag" in metrics.text
+
+
+async def test_a_retry_request_reaches_the_control_stream(api: httpx.AsyncClient, js: JetStreamContext) -> None:
+    created = await create(api, spec())
+    accepted = await api.post("/v1/deployments/my-cool-deployment/retry")
+    assert accepted.status_code == 202 and accepted.json()["deployment_id"] == created["deployment_id"]
+    assert (await api.post("/v1/deployments/nothing-here/retry")).status_code == 404
+
+    async def published() -> list[Event]:
+        return await all_events(js, f"berth.control.v1.retry.{created['deployment_id']}")
+
+    (request,) = await eventually(published, what="the retry request published")
+    assert isinstance(request, IntegrationsRetryRequested) and request.slug == "my-cool-deployment"

@@ -228,6 +228,11 @@ async def test_up_runs_private_with_a_user_per_service_and_json_logs(
     assert key_file.read_text() != key_before and key_file.stat().st_mode & 0o077 == 0
     assert berth.cli("secrets", "set", "gate", input=f"{gate_secret}\n").exit_code == 0  # sealed anew
     response = await eventually(answer, timeout=30, what="the router opens the value resealed under the new key")
+    # Every API answer about the deployment and its secrets, as scripts see them: no value in any.
+    answers = [berth.cli(*args, "-o", "json").output for args in (
+        ("deployments", "get", "echo-server"), ("deployments", "history", "echo-server"), ("secrets", "list"),
+    )]  # fmt: skip
+    assert all(env_secret not in text and gate_secret not in text for text in answers)
 
     running.send_signal(signal.SIGINT)
     assert running.wait(60) == 0

@@ -7,7 +7,15 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from libs.events import DeploymentDeleted, Event, IntegrationsFailed, IntegrationsReady, SpecApplied, new_id
+from libs.events import (
+    DeploymentDeleted,
+    Event,
+    IntegrationsFailed,
+    IntegrationsReady,
+    IntegrationsRetryRequested,
+    SpecApplied,
+    new_id,
+)
 from libs.kit import RetryPolicy
 from libs.spec import validate_spec
 from services.integrations.cache import Cache, Fetched, FetchFailed, Tally
@@ -88,3 +96,15 @@ async def test_a_revision_replaced_while_fetching_publishes_nothing_and_deletion
     await eventually(lambda: len(h.published) == 1 and h.published[0].spec_version == 2, what="only v2 published")
     await h.materialiser.on_spec(DeploymentDeleted(deployment_id="dep", project="default", slug="falcon"))
     assert h.materialiser.held() == {"deployments": 0, "running": 0}
+
+
+async def test_a_retry_request_tries_again_at_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path, retry=RetryPolicy(first_delay_seconds=3600.0))
+    h.fail_with = "git fetch: unreachable"
+    await h.materialiser.on_spec(applied(1, integrations=[GIT]))
+    await eventually(lambda: h.published, what="failed")
+    h.fail_with = None
+    await h.materialiser.resync()
+    assert len(h.fetches) == 1  # an hour of back-off
+    await h.materialiser.retry_now(IntegrationsRetryRequested(deployment_id="dep", project="default", slug="falcon"))
+    await eventually(lambda: isinstance(h.published[-1], IntegrationsReady), what="ready at once")
