@@ -6,9 +6,9 @@ when it needs it; the registry only seals. The keys come from configuration, new
 `BERTH_SECRETS_KEY` (comma-separated), else the key file (`BERTH_SECRETS_KEY_FILE`, by default
 `<data dir>/secrets.key`, one key per line) that `berth up` makes on its first start, owner-only.
 
-Rotation (`rotate_keys`): a new key goes first in the file, every value is sealed again under it, then
-the old key leaves the file. A process holding the old keys re-reads the file once when a value does not
-open (so it needs no restart).
+Rotation (`libs.secrets.rotate_key_file`): a new key goes first in the file, every value is sealed
+again under it, then the old key leaves the file. Every process reads the keys at each use, so each
+seals under the new key and opens the resealed values without a restart.
 """
 
 from __future__ import annotations
@@ -62,12 +62,14 @@ def ensure_key_file(path: Path) -> bool:
 
 
 class Sealer:
-    """Seals under the newest key; opens under any configured key."""
+    """Seals under the newest key; opens under any configured key. The keys are read at each use (a
+    small file, or the settings): after a rotation every process seals and opens with the new keys
+    without a restart."""
 
     def __init__(self, load_keys: Callable[[], list[bytes]]) -> None:
         self._load_keys = load_keys
         self._lock = threading.Lock()
-        self._fernet: MultiFernet | None = None
+        self._held: tuple[tuple[bytes, ...], MultiFernet] | None = None
 
     @classmethod
     def from_keys(cls, *keys: bytes) -> Sealer:
@@ -81,16 +83,14 @@ class Sealer:
         path = settings.resolved_secrets_key_file
         return cls(lambda: read_key_file(path))
 
-    def _keys(self, reload: bool = False) -> MultiFernet:
+    def _keys(self) -> MultiFernet:
+        keys = tuple(self._load_keys())
+        if not keys:
+            raise NoSecretsKey("no secrets key: set BERTH_SECRETS_KEY, or BERTH_SECRETS_KEY_FILE (`berth up` makes one)")
         with self._lock:
-            if self._fernet is None or reload:
-                keys = self._load_keys()
-                if not keys:
-                    raise NoSecretsKey(
-                        "no secrets key: set BERTH_SECRETS_KEY, or BERTH_SECRETS_KEY_FILE (`berth up` makes one)"
-                    )
-                self._fernet = MultiFernet([Fernet(key) for key in keys])
-            return self._fernet
+            if self._held is None or self._held[0] != keys:
+                self._held = (keys, MultiFernet([Fernet(key) for key in keys]))
+            return self._held[1]
 
     def seal(self, value: str) -> bytes:
         return self._keys().encrypt(value.encode())
@@ -99,15 +99,11 @@ class Sealer:
         try:
             return self._keys().decrypt(token).decode()
         except InvalidToken:
-            pass
-        try:  # sealed under a key this process has not read yet (rotated since it started)
-            return self._keys(reload=True).decrypt(token).decode()
-        except InvalidToken:
             raise Unsealable("a secret value does not open under the configured keys") from None
 
     def reseal(self, token: bytes) -> bytes:
         """The same value sealed under the newest key (MultiFernet.rotate)."""
         try:
-            return self._keys(reload=True).rotate(token)
+            return self._keys().rotate(token)
         except InvalidToken:
             raise Unsealable("a secret value does not open under the configured keys") from None

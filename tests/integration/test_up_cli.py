@@ -226,13 +226,17 @@ async def test_up_runs_private_with_a_user_per_service_and_json_logs(
     rotated = await asyncio.to_thread(berth.cli_json, "secrets", "rotate-key")  # the CLI runs its own loop
     assert rotated == {"resealed": 2, "key_file_rotated": True}
     assert key_file.read_text() != key_before and key_file.stat().st_mode & 0o077 == 0
-    assert berth.cli("secrets", "set", "gate", input=f"{gate_secret}\n").exit_code == 0  # sealed anew
     response = await eventually(answer, timeout=30, what="the router opens the value resealed under the new key")
+    # A value set after the rotation is sealed under the new key, and the router opens it.
+    first_gate, gate_secret = gate_secret, "gate-v4lue-after-rotation"
+    assert berth.cli("secrets", "set", "gate", input=f"{gate_secret}\n").exit_code == 0
+    response = await eventually(answer, timeout=30, what="the router opens the value set after the rotation")
     # Every API answer about the deployment and its secrets, as scripts see them: no value in any.
     answers = [berth.cli(*args, "-o", "json").output for args in (
         ("deployments", "get", "echo-server"), ("deployments", "history", "echo-server"), ("secrets", "list"),
     )]  # fmt: skip
-    assert all(env_secret not in text and gate_secret not in text for text in answers)
+    values = (env_secret, first_gate, gate_secret)
+    assert all(value not in text for text in answers for value in values)
 
     running.send_signal(signal.SIGINT)
     assert running.wait(60) == 0
@@ -243,7 +247,7 @@ async def test_up_runs_private_with_a_user_per_service_and_json_logs(
         # The secrets bucket's own store included: it holds only sealed values.
         if path.is_file():
             data = path.read_bytes()
-            assert env_secret.encode() not in data and gate_secret.encode() not in data, f"a secret in {path}"
+            assert not [v for v in values if v.encode() in data], f"a secret in {path}"
     for log in (berth.data_dir / "logs").glob("*.log"):
         if log.name != "nats-server.log":  # nats-server's own format
             for line in log.read_text().splitlines():

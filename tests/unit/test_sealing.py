@@ -41,14 +41,15 @@ def test_the_key_file_is_made_once_owner_only(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o077 == 0
 
 
-def test_a_process_holding_old_keys_rereads_the_file_after_a_rotation(tmp_path: Path) -> None:
+def test_a_running_process_seals_and_opens_with_the_keys_of_the_file_after_a_rotation(tmp_path: Path) -> None:
     path = tmp_path / "secrets.key"
     old, new = new_key(), new_key()
     write_key_file(path, [old])
-    reader = Sealer.from_settings(Settings(secrets_key=None, secrets_key_file=path, _env_file=None))
-    assert reader.unseal(Sealer.from_keys(old).seal("v1")) == "v1"  # loads [old]
+    process = Sealer.from_settings(Settings(secrets_key=None, secrets_key_file=path, _env_file=None))
+    assert process.unseal(Sealer.from_keys(old).seal("v1")) == "v1"
     write_key_file(path, [new])
-    assert reader.unseal(Sealer.from_keys(new).seal("v2")) == "v2"
+    assert process.unseal(Sealer.from_keys(new).seal("v2")) == "v2"
+    assert Sealer.from_keys(new).unseal(process.seal("v3")) == "v3"  # the writer seals under the new key
 
 
 def test_the_variable_takes_keys_newest_first() -> None:
