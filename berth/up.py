@@ -46,7 +46,7 @@ from rich.text import Text
 from libs.bus import ensure_streams, make_broker
 from libs.config import Settings
 from libs.natsd import service_passwords, start_nats_server
-from libs.sealing import ensure_key_file
+from libs.sealing import Sealer, ensure_key_file
 from libs.secrets import SecretStore
 
 SERVICES = ("spec_registry", "integrations", "scheduler", "health_monitor", "router")
@@ -159,7 +159,7 @@ class Launcher:
                     child.start()
                     if child.name == "nats-server":
                         registry = self._service_settings("spec_registry")
-                        asyncio.run(set_up_bus(self.nats_url, registry.nats_security()))
+                        asyncio.run(set_up_bus(self.nats_url, registry.nats_security(), Sealer.from_settings(self.settings)))
                 except (OSError, TimeoutError) as exc:
                     raise CannotStart(f"{child.name} did not start: {exc} (see {child.log_file})") from exc
             self._supervise()
@@ -393,14 +393,17 @@ class Launcher:
         self.console.print(Panel(body, title="berth is up", expand=False), soft_wrap=False)
 
 
-async def set_up_bus(url: str, registry: NatsSecurity | None) -> None:
-    """Streams and the secrets bucket, as the spec-registry: the other services may only read them."""
+async def set_up_bus(url: str, registry: NatsSecurity | None, sealer: Sealer | None = None) -> None:
+    """Streams and the secrets bucket, as the spec-registry: the other services may only read them;
+    with `sealer`, values stored in plain text by an older berth are sealed."""
     broker = make_broker(url, "spec-registry", registry)
     connection = await broker.connect()
     try:
         js = connection.jetstream()
         await ensure_streams(js)
-        await SecretStore.open(js)
+        store = await SecretStore.open(js, sealer)
+        if sealer is not None:  # values a berth from before sealing left in plain text
+            await store.seal_plaintext()
     finally:
         await broker.stop()
 

@@ -31,6 +31,12 @@ class Unsealable(ValueError):
     """A stored value does not open under any configured key (wrong key, or tampered with)."""
 
 
+def is_sealed(raw: bytes) -> bool:
+    """Whether a stored value is a Fernet token (version byte 0x80, base64url: `gAAAAA…`) rather than
+    a value stored in plain text before berth sealed them."""
+    return raw.startswith(b"gAAAAA")
+
+
 def new_key() -> bytes:
     return Fernet.generate_key()
 

@@ -10,7 +10,7 @@ it writes here.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from nats.js.kv import KeyValue
 from libs.bus import SECRETS_BUCKET
 from libs.config import get_settings
 from libs.logging import get_logger
-from libs.sealing import NoSecretsKey, Sealer, Unsealable, new_key, read_key_file, write_key_file
+from libs.sealing import NoSecretsKey, Sealer, Unsealable, is_sealed, new_key, read_key_file, write_key_file
 from libs.spec import is_secret_ref, secret_name
 
 
@@ -123,8 +123,16 @@ class SecretStore:
                 await watcher.stop()
 
     async def reseal_all(self) -> int:
-        """Seal every value again under the newest key (key rotation); how many were resealed. An
-        entry changed meanwhile is left as its writer sealed it (already under the newest key)."""
+        """Seal every value again under the newest key (key rotation); how many were rewritten."""
+        return await self._rewrite(lambda raw: self._sealer.reseal(raw) if is_sealed(raw) else self._sealer.seal(raw.decode()))
+
+    async def seal_plaintext(self) -> int:
+        """Seal the values a berth from before sealing stored in plain text (an upgrade); how many."""
+        return await self._rewrite(lambda raw: None if is_sealed(raw) else self._sealer.seal(raw.decode()))
+
+    async def _rewrite(self, change: Callable[[bytes], bytes | None]) -> int:
+        """Write `change(value)` over every value it does not map to None. An entry written meanwhile
+        is left as its writer made it (sealed under the newest key)."""
         try:
             keys = await self._kv.keys()
         except nats.js.errors.NoKeysError:
@@ -135,11 +143,11 @@ class SecretStore:
                 entry = await self._kv.get(key)
             except nats.js.errors.KeyNotFoundError:
                 continue
-            if entry.value is None:
+            changed = change(entry.value) if entry.value is not None else None
+            if changed is None:
                 continue
-            resealed = self._sealer.reseal(entry.value)
             try:
-                await self._kv.update(key, resealed, last=entry.revision)
+                await self._kv.update(key, changed, last=entry.revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 continue
             count += 1

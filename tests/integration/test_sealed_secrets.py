@@ -49,3 +49,14 @@ async def test_rotating_the_key_reseals_every_value_and_drops_the_old_key(js: Je
     old_only = await SecretStore.open(js, Sealer.from_keys(old))
     assert (await old_only.get_versioned("default", "b")).value is None
     assert key_file.stat().st_mode & 0o077 == 0
+
+
+async def test_values_left_in_plain_text_by_an_older_berth_are_sealed_on_start(js: JetStreamContext, tmp_path: Path) -> None:
+    kv = await js.create_key_value(bucket=SECRETS_BUCKET, history=1)
+    await kv.put("default.legacy", b"legacy-pl4in-value")
+    key = new_key()
+    store = await SecretStore.open(js, Sealer.from_keys(key))
+    assert await store.seal_plaintext() == 1
+    assert b"legacy-pl4in-value" not in (await raw_values(js))["default.legacy"]
+    assert await store.get("default", "legacy") == "legacy-pl4in-value"
+    assert await store.seal_plaintext() == 0  # sealed values are left alone
