@@ -118,10 +118,9 @@ class Materialiser:
         """Hold the newest spec; False when the event is not newer than what is held."""
         held = self._held.get(event.deployment_id)
         if isinstance(event, DeploymentDeleted):
+            # A fetch under way runs to its end (its thread cannot be stopped, and the next fetch of
+            # the same source must not overlap it); its outcome is not published.
             self._held.pop(event.deployment_id, None)
-            task = self._running.get(event.deployment_id)
-            if task is not None:
-                task.cancel()
             return False
         if held is not None and held.applied.spec_version >= event.spec_version:
             return False
