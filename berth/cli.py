@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import re
 import sys
 import time
@@ -42,6 +43,8 @@ secrets_app = typer.Typer(help="Secrets of the project, referenced in specs as `
 app.add_typer(deployments_app, name="deployments")
 app.add_typer(spec_app, name="spec")
 app.add_typer(secrets_app, name="secrets")
+autoscale_app = typer.Typer(help="Autoscaling decisions, offline (the HPA algorithm berth runs).", no_args_is_help=True)
+app.add_typer(autoscale_app, name="autoscale")
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table for people, json or yaml for scripts.")]
 RefArg = Annotated[str, typer.Argument(help="Deployment name, slug or id.")]
@@ -340,6 +343,68 @@ def spec_schema(output: OutputOpt = Output.json) -> None:
     """The JSON Schema of the deployment spec."""
     schema = spec_json_schema()
     render.emit(schema, Output.json if output is Output.table else output, lambda: None)
+
+
+# -- autoscale ------------------------------------------------------------------------------------
+
+
+@autoscale_app.command("explain")
+def autoscale_explain(
+    trace_file: Annotated[
+        Path, typer.Option("--input", "-i", exists=True, dir_okay=False, readable=True, help="Trace (JSON), see docs/autoscaling.md.")
+    ],
+    output: OutputOpt = Output.table,
+) -> None:
+    """Run the autoscaler's decision code on a trace and print each decision with its reason."""
+    from pydantic import ValidationError
+
+    from libs.autoscaling import hpa
+    from libs.autoscaling.trace import Trace, explain
+
+    try:
+        trace = Trace.model_validate_json(trace_file.read_text())
+    except ValidationError as exc:
+        for error in exc.errors(include_input=False):
+            where = ".".join(str(part) for part in error["loc"]) or "(trace)"
+            render.err.print(f"[red]✗[/] [bold]{escape(where)}[/]: {escape(error['msg'])}")
+        raise typer.Exit(1) from None
+    results = []
+    for entry in trace.decisions:
+        result = explain(hpa.decide(entry.inputs()))
+        result["deployment"] = entry.deployment
+        if entry.decided is not None:
+            result["recorded"] = entry.decided
+        results.append(result)
+    render.emit({"decisions": results}, output, lambda: render.decisions(results))
+
+
+@autoscale_app.command("record")
+@calls_api
+def autoscale_record(
+    ctx: typer.Context,
+    ref: RefArg,
+    seconds: Annotated[
+        float, typer.Option("--seconds", min=0, help="Keep collecting new decisions this long (0: only the newest).")
+    ] = 0,
+    file: Annotated[Path | None, typer.Option("--file", "-f", dir_okay=False, help="Write here, not to stdout.")] = None,
+) -> None:
+    """Write a trace of the autoscaler's decisions about a live deployment, for `explain` to replay."""
+    entries: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + seconds
+    with ctx.obj.client() as client:
+        while True:
+            decided = client.autoscaler_decision(ref_of(ref))
+            if decided.get("inputs") is not None and decided["event_id"] not in entries:
+                entries[decided["event_id"]] = {**decided["inputs"], "at": decided["decided_at"]}
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    text = json.dumps({"decisions": list(entries.values())}, indent=2)
+    if file is None:
+        typer.echo(text)
+    else:
+        file.write_text(text + "\n")
+        render.err.print(f"[green]✓[/] {len(entries)} decision(s) written to {escape(str(file))}")
 
 
 # -- secrets --------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ class Status(TypedDict, total=False):
     not_provided: list[str]
     observed_at: str | None
     desired_source: str  # spec, user, autoscaler or stopped
+    scale_reason: NotRequired[str | None]  # the autoscaler's last reason
 
 
 class UserScale(TypedDict):
@@ -204,6 +205,9 @@ class BerthClient:
             after = body.get("next")
             if not after:
                 return items
+
+    def autoscaler_decision(self, ref: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/deployments/{ref}/autoscaling/decision")  # type: ignore[no-any-return]
 
     def status(self, ref: str) -> Status:
         return self._request("GET", f"/v1/deployments/{ref}/status")  # type: ignore[no-any-return]

@@ -212,6 +212,8 @@ def _scaling(d: Deployment, status: Status) -> list[tuple[str, str]]:
         rows.append(("Auto-scaling", f"on, {low} to {autoscaling.get('maxReplicas')} replicas"))
         targets = ", ".join(f"{m['metric']} {m['value']:g}{_unit(m['metric'])}" for m in autoscaling.get("metrics", []))
         rows.append(("Targets", targets or "-"))
+        if status.get("scale_reason"):
+            rows.append(("Last decision", escape(str(status["scale_reason"]))))
     else:
         rows.append(("Auto-scaling", "off"))
     return rows
@@ -243,7 +245,7 @@ def _or_dash(value: object) -> str:
 
 
 def _unit(metric: str) -> str:
-    return " s" if metric == "requestDuration" else "%"
+    return {"requestDuration": " s", "concurrency": " in flight per replica", "rps": " req/s per replica"}.get(metric, "%")
 
 
 def replicas_table(replicas: list[ReplicaStatus]) -> Table:
@@ -340,3 +342,23 @@ def log_lines(lines: list[LogLine], output: Output, prefix: bool) -> None:
             text = line["line"].rstrip("\n")
             typer.echo(f"[{line['replica_id']}] {text}" if prefix else text)
     sys.stdout.flush()
+
+
+def decisions(results: list[dict[str, Any]]) -> None:
+    """`berth autoscale explain`: one block per decision."""
+    for number, result in enumerate(results, 1):
+        who = f" {escape(result['deployment'])}" if result.get("deployment") else ""
+        conditions = result["conditions"]
+        limited = conditions["ScalingLimited"]
+        out.print(f"[bold]#{number}{who}[/]: {result['currentReplicas']} → [bold]{result['desiredReplicas']}[/] replicas")
+        out.print(f"  reason: {escape(result['reason'])}")
+        if result["recommendation"] is not None and result["recommendation"] != result["desiredReplicas"]:
+            out.print(f"  metrics recommended {result['recommendation']}; {conditions['AbleToScale']}"
+                      + (f", {limited['reason']}" if limited["status"] else ""))
+        for metric in result["metrics"]:
+            said = f"{metric['replicas']} replicas" if metric["replicas"] is not None else f"missing ({metric.get('error', '')})"
+            usage = "" if metric["usage"] is None else f" at {metric['usage']:g}"
+            out.print(f"  {escape(metric['metric'])}{usage}: {escape(said)}")
+        if "recorded" in result:
+            same = result["recorded"] == result["desiredReplicas"]
+            out.print(f"  recorded decision: {result['recorded']} " + ("[green](same)[/]" if same else "[red](differs)[/]"))

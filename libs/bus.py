@@ -61,7 +61,7 @@ METRICS = JStream(
     "BERTH_METRICS",
     subjects=["berth.metrics.v1.>"],
     max_age=3600,
-    description="Request metrics from the router, for the autoscaler and monitoring.",
+    description="Request metrics from the router and replica usage from the scheduler, for the autoscaler.",
 )
 SCALE = JStream(
     "BERTH_SCALE",
@@ -106,6 +106,7 @@ RESTART_REQUESTS = "berth.control.v1.restart.*.*"
 RETRY_REQUESTS = "berth.control.v1.retry.*"
 STATUS_EVENTS = "berth.status.v1.*"
 REQUEST_METRICS = "berth.metrics.v1.requests.*"
+USAGE_METRICS = "berth.metrics.v1.usage.*"  # ReplicaUsageReported, from the scheduler
 SCALE_EVENTS = "berth.scale.v1.*.*"
 TRAFFIC_EVENTS = "berth.traffic.v1.*"
 INTEGRATIONS_EVENTS = "berth.integrations.v1.*.*"

@@ -178,6 +178,13 @@ class DeploymentScaled(Event, DeploymentRef):
     spec_version: int = Field(description="The spec version the decision was made against.")
     spec_replicas: int = Field(description="That version's resources.replicas.")
     reason: str = ""
+    # The autoscaler's decisions only (additive): what it read and how the HPA algorithm concluded.
+    decision: dict[str, Any] | None = Field(
+        default=None, description="Conditions and per-metric proposals (`berth autoscale explain -o json` shape)."
+    )
+    inputs: dict[str, Any] | None = Field(
+        default=None, description="Everything the decision read, as one trace entry (docs/autoscaling.md)."
+    )
 
 
 # -- scheduler: traffic assignment (the one owner of "who serves, at what weight") -----------------
@@ -218,6 +225,10 @@ class TrafficAssigned(Event, DeploymentRef):
     basic_auth_key: str | None = Field(default=None, description="A `secret:<name>` reference, never a value.")
     targets: list[RevisionTarget] = Field(default_factory=list)
     aliases: dict[str, int] = Field(default_factory=dict, description="Alias -> spec version.")
+    hold_seconds: float = Field(
+        default=0.0, ge=0, description="With no ready replica, how long the router holds a request for one to "
+        "come up (scale to zero: minReplicas 0); 0: answer 503 at once.",
+    )
 
 
 # -- integrations ----------------------------------------------------------------------------------
@@ -278,7 +289,9 @@ class IntegrationsRetryRequested(Event, DeploymentRef):
 
 # -- scheduler: status read model ------------------------------------------------------------------
 
-Phase = Literal["Provisioning", "Ready", "Degraded", "Stopped", "Failed", "CrashLoopBackOff", "Deleted"]
+Phase = Literal[
+    "Provisioning", "Ready", "Degraded", "Stopped", "ScaledToZero", "Failed", "CrashLoopBackOff", "Deleted"
+]
 
 
 class ReplicaStatus(BaseModel):
@@ -319,6 +332,35 @@ class DeploymentStatusChanged(Event, DeploymentRef):
     integrations: list[IntegrationStatus] = Field(
         default_factory=list, description="The desired revision's integrations, once fetched."
     )
+    scale_reason: str | None = Field(
+        default=None, description="Why the scale decision in force (autoscaler or user) chose desired_replicas."
+    )
+
+
+# -- scheduler: replica usage (for the autoscaler) ----------------------------------------------------
+
+
+class ReplicaUsage(BaseModel):
+    replica_id: str
+    revision_id: str = ""
+    state: Literal["starting", "running", "exited", "backoff", "stopping"]
+    started_at: datetime | None = None
+    ready: bool | None = Field(default=None, description="Readiness; None before the first health result.")
+    ready_changed_at: datetime | None = Field(default=None, description="When readiness last changed.")
+    cpu_percent: float | None = Field(default=None, description="Of the cores it was given; None: no sample.")
+    memory_percent: float | None = Field(default=None, description="Of the memory it was given; None: no sample.")
+    gpu_percent: float | None = Field(default=None, description="None where no GPU is visible (never zero).")
+
+
+class ReplicaUsageReported(Event, DeploymentRef):
+    """CPU, memory (and GPU) of every replica of one deployment, sampled by the runtime, with what the
+    HPA reads of each replica besides (state, start, readiness and when it last changed)."""
+
+    type: ClassVar[str] = "metrics.usage_reported"
+    subject_template: ClassVar[str] = "berth.metrics.v1.usage.{deployment_id}"
+    kind: Literal["metrics.usage_reported"] = "metrics.usage_reported"
+    window_seconds: float = Field(description="The span each CPU sample averages.")
+    replicas: list[ReplicaUsage] = Field(default_factory=list)
 
 
 # -- router ----------------------------------------------------------------------------------------
@@ -357,6 +399,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     IntegrationsReady,
     IntegrationsFailed,
     IntegrationsRetryRequested,
+    ReplicaUsageReported,
 )
 _BY_KIND: dict[str, type[Event]] = {cls.type: cls for cls in ALL_EVENTS}
 

@@ -196,16 +196,47 @@ class HealthChecks(SpecModel):
         return [(kind, probe) for kind, probe in kinds if probe is not None]
 
 
+UTILISATION_METRICS = ("cpu", "memory", "gpu")  # percent of what each replica was given
+REQUEST_METRICS = ("requestDuration", "concurrency", "rps")  # from the router, for the deployment
+
+
 class AutoscalingMetric(SpecModel):
-    metric: Literal["cpu", "memory", "requestDuration"]
+    metric: Literal["cpu", "memory", "gpu", "requestDuration", "concurrency", "rps"] = Field(
+        description="cpu, memory, gpu: utilisation %; requestDuration: seconds (average over the deployment); "
+        "concurrency: in-flight requests per replica; rps: requests per second per replica."
+    )
     summary: Literal["average"] = "average"
     value: Quantity
 
     @model_validator(mode="after")
     def _percent_bounds(self) -> AutoscalingMetric:
-        if self.metric in ("cpu", "memory") and self.value > 100:
+        if self.metric in UTILISATION_METRICS and self.value > 100:
             raise ValueError(f"{self.metric} value is a utilisation percentage: at most 100")
         return self
+
+
+class ScalingPolicy(SpecModel):
+    """autoscaling/v2 HPAScalingPolicy: at most `value` pods (or percent) of change per `periodSeconds`."""
+
+    type: Literal["Pods", "Percent"]
+    value: Int = Field(gt=0)
+    periodSeconds: Int = Field(gt=0, le=1800)
+
+
+class ScalingRules(SpecModel):
+    """autoscaling/v2 HPAScalingRules; unset fields take the HPA's defaults for the direction."""
+
+    stabilizationWindowSeconds: Int | None = Field(default=None, ge=0, le=3600)
+    selectPolicy: Literal["Max", "Min", "Disabled"] = "Max"
+    policies: list[ScalingPolicy] | None = Field(default=None, min_length=1, max_length=16)
+    tolerance: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
+
+
+class ScalingBehavior(SpecModel):
+    """autoscaling/v2 HorizontalPodAutoscalerBehavior."""
+
+    scaleUp: ScalingRules | None = None
+    scaleDown: ScalingRules | None = None
 
 
 class Autoscaling(SpecModel):
@@ -213,6 +244,9 @@ class Autoscaling(SpecModel):
     minReplicas: Int | None = Field(default=None, ge=0, description="Defaults to resources.replicas.")
     maxReplicas: Int = Field(ge=1)
     metrics: list[AutoscalingMetric] = Field(default_factory=list)
+    behavior: ScalingBehavior | None = Field(
+        default=None, description="Scale-up/scale-down rates and stabilisation, as in an autoscaling/v2 HPA."
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:
@@ -223,6 +257,10 @@ class Autoscaling(SpecModel):
         names = [m.metric for m in self.metrics]
         if len(names) != len(set(names)):
             raise ValueError("each metric may appear once")
+        # As the HPA (HPAScaleToZero): at zero replicas no replica reports cpu or memory, so only a
+        # request metric (from the router) can bring the first one back.
+        if self.enabled and self.minReplicas == 0 and not set(names) & set(REQUEST_METRICS):
+            raise ValueError("minReplicas 0 needs a requestDuration, concurrency or rps metric")
         return self
 
 

@@ -24,6 +24,7 @@ from libs.sealing import Sealer
 from libs.secrets import SecretStore
 from services.scheduler.handlers import register_handlers
 from services.scheduler.reconcile import Reconciler
+from services.scheduler.usage import UsageReporter
 
 log = get_logger(__name__)
 
@@ -65,6 +66,8 @@ async def start_scheduler(settings: Settings, runtime: Runtime | None = None) ->
     await runtime.start()  # adopts the replicas a previous scheduler left running
     register_handlers(service, reconciler, runtime)
     service.every(settings.reconcile_interval_seconds, reconciler.reconcile_all, name="resync", at_start=True)
+    usage = UsageReporter(runtime, reconciler, service.publish, settings.usage_report_interval_seconds)
+    service.every(settings.usage_report_interval_seconds, usage.report, name="usage-report")
     service.on_stop(reconciler.shutdown)  # leaves replicas running unless stop() stopped them already
     await service.start(ops_port=settings.scheduler_ops_port)
     log.info("scheduler started", deployments=len(reconciler.deployments()))

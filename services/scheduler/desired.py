@@ -22,6 +22,7 @@ class Desired:
     revision_id: str
     replicas: int
     source: ReplicasSource
+    reason: str | None = None  # the decision's, when one is in force
 
 
 def compose(applied: SpecApplied, decisions: Mapping[str, DeploymentScaled]) -> Desired:
@@ -33,7 +34,7 @@ def compose(applied: SpecApplied, decisions: Mapping[str, DeploymentScaled]) -> 
     source: ReplicasSource = "autoscaler" if autoscaling is not None and autoscaling.enabled else "user"
     decision = decisions.get(source)
     if decision is not None and decision.spec_replicas == spec.resources.replicas:
-        return Desired(applied, revision, decision.replicas, source)
+        return Desired(applied, revision, decision.replicas, source, decision.reason or None)
     return Desired(applied, revision, spec.resources.replicas, "spec")
 
 

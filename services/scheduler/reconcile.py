@@ -213,6 +213,15 @@ class Reconciler:
     def deployments(self) -> set[str]:
         return {d for d, s in self._states.items() if s.applied is not None}
 
+    def applied(self, deployment_id: str) -> SpecApplied | None:
+        state = self._states.get(deployment_id)
+        return None if state is None else state.applied
+
+    def replica_health(self, deployment_id: str, replica: Replica) -> ReplicaHealthChanged | None:
+        """The latest health of this very process of the replica (for the usage report)."""
+        state = self._states.get(deployment_id)
+        return None if state is None else self._health_of(state, replica)
+
     # -- running reconciles -----------------------------------------------------------------------
 
     async def reconcile(self, deployment_id: str) -> None:

@@ -113,7 +113,11 @@ def not_acted_on(spec: DeploymentSpec) -> list[str]:
     missing = []
     autoscaling = spec.resources.autoscaling
     if autoscaling is not None and autoscaling.enabled:
-        missing.append("resources.autoscaling (no autoscaler acts on it yet; replicas stay as set)")
+        if any(m.metric == "gpu" for m in autoscaling.metrics):
+            missing.append(
+                "resources.autoscaling gpu metric where no GPU is visible through NVML (the `gpu` extra): the "
+                "metric is then missing, and a missing metric blocks scaling down, as in the HPA"
+            )
     if spec.updateStrategy != UpdateStrategy():
         missing.append(
             f"updateStrategy {spec.updateStrategy.type} (updates roll out by readiness: new replicas take "
@@ -163,6 +167,7 @@ def compute_status(
             IntegrationStatus.model_validate(i.model_dump(exclude={"local_path"}))
             for i in (integrations.integrations if isinstance(integrations, IntegrationsReady) else ())
         ],
+        scale_reason=desired.reason,
     )
 
 
@@ -198,6 +203,8 @@ def _phase(want: Desired, replicas: list[ObservedReplica], error: str | None) ->
     if desired == 0:
         if replicas:
             return "Provisioning", f"stopping {_replicas(len(replicas))}"
+        if want.applied.spec.enabled and want.source == "autoscaler":
+            return "ScaledToZero", "scaled to zero by the autoscaler; the next request brings a replica up"
         return "Stopped", "stopped (enabled: false)" if not want.applied.spec.enabled else "scaled to 0 replicas"
     troubled = [r for r in current if r.crashed] or [r for r in current if r.failing_probe]
     progress = f"{ready}/{desired} replicas ready"

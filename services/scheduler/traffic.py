@@ -21,6 +21,9 @@ from libs.events import (
 from services.scheduler.desired import Desired
 
 FULL = 100
+# How long the router holds a request while a deployment that may scale to zero brings a replica up
+# (Knative's activator holds them likewise, bounded).
+ACTIVATION_HOLD_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,9 @@ def assignment(desired: Desired, revisions: Sequence[RevisionServing], generatio
     applied, spec = desired.applied, desired.applied.spec
     serving = revisions if spec.enabled else []
     shares = percents([len(r.replicas) for r in serving])
+    bounds = spec.resources.replica_bounds()
     return TrafficAssigned(
+        hold_seconds=ACTIVATION_HOLD_SECONDS if bounds is not None and bounds[0] == 0 else 0.0,
         **_ref(applied),
         name=applied.name,
         generation=generation,

@@ -15,7 +15,8 @@ import nats.errors
 from nats.aio.client import Client
 from pydantic import ValidationError
 
-from libs.bus import LOGS_RPC
+from libs.bus import LOGS_RPC, latest_per_subject
+from libs.events import DeploymentScaled
 from libs.secrets import SecretStore
 from libs.spec import DeploymentSpec, SpecError, SpecInvalid, validate_spec
 from services.spec_registry.metrics import SPEC_VERSIONS_ACCEPTED
@@ -102,6 +103,12 @@ class Registry:
             return LogPage.model_validate(answer)
         except (ValueError, AttributeError, ValidationError) as exc:
             raise BadGateway("the scheduler's answer to the logs request was not understood") from exc
+
+    async def autoscaler_decision(self, deployment_id: str) -> DeploymentScaled | None:
+        """The autoscaler's newest decision about the deployment (the SCALE stream keeps only it)."""
+        subject = DeploymentScaled.subject_template.format(deployment_id=deployment_id, source="autoscaler")
+        found = await latest_per_subject(self._nc.jetstream(), subject)
+        return next((e for e in reversed(found) if isinstance(e, DeploymentScaled)), None)
 
     def _accepted(self, stored: StoredDeployment) -> None:
         if stored.unchanged:

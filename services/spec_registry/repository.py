@@ -296,7 +296,7 @@ class Repository:
                 return False
             status = event.model_dump(
                 mode="json",
-                include={"phase", "reason", "desired_replicas", "ready_replicas", "replicas", "not_provided"},
+                include={"phase", "reason", "desired_replicas", "ready_replicas", "replicas", "not_provided", "scale_reason"},
             )
             status["observed_at"] = event.occurred_at.isoformat()
             row = row or DeploymentStatusRow(

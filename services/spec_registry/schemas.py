@@ -44,6 +44,22 @@ class Status(BaseModel):
         description="Where desired_replicas comes from: the spec's resources.replicas, the user's scale, "
         "the autoscaler (as the scheduler last reported it), or 0 because the deployment is stopped.",
     )
+    scale_reason: str | None = Field(
+        default=None, description="Why the scale decision in force chose its count (the autoscaler's last reason)."
+    )
+
+
+class AutoscalerDecision(BaseModel):
+    """The autoscaler's newest decision about a deployment, with everything it read (a trace entry,
+    docs/autoscaling.md): what `berth autoscale record` collects."""
+
+    event_id: str
+    decided_at: datetime
+    replicas: int
+    reason: str
+    spec_version: int
+    inputs: dict[str, Any] | None = None
+    decision: dict[str, Any] | None = None
 
 
 class SubmittedSpec(BaseModel):

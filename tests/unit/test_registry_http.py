@@ -29,6 +29,7 @@ CONTRACT = {
     "/v1/deployments/{ref}/rollback": {"post"},
     "/v1/deployments/{ref}/history": {"get"},
     "/v1/deployments/{ref}/status": {"get"},
+    "/v1/deployments/{ref}/autoscaling/decision": {"get"},
     "/v1/deployments/{ref}/logs": {"get"},
 }
 

@@ -41,6 +41,7 @@ from services.spec_registry.routes.deps import (
     SpecDocument,
 )
 from services.spec_registry.schemas import (
+    AutoscalerDecision,
     Deployment,
     DeploymentList,
     History,
@@ -208,6 +209,19 @@ async def deployment_history(
 async def deployment_status(ref: str, caller: Caller, registry: RegistryDep) -> Status:
     stored = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
     return _status(stored, _spec(stored.spec))
+
+
+@router.get("/deployments/{ref}/autoscaling/decision", tags=["deployments"], responses=READ)
+async def autoscaler_decision(ref: str, caller: Caller, registry: RegistryDep) -> AutoscalerDecision:
+    """The autoscaler's newest decision with its inputs; 404 while it has made none."""
+    stored = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
+    decided = await registry.autoscaler_decision(stored.row.id)
+    if decided is None:
+        raise NotFound(f"the autoscaler has made no decision about deployment {ref} yet")
+    return AutoscalerDecision(
+        event_id=decided.event_id, decided_at=decided.occurred_at, replicas=decided.replicas, reason=decided.reason,
+        spec_version=decided.spec_version, inputs=decided.inputs, decision=decided.decision,
+    )
 
 
 @router.get("/deployments/{ref}/logs", tags=["deployments"], responses={**READ, **responses(Unavailable)})
