@@ -48,6 +48,15 @@ def restart_backoff(consecutive_exits: int, initial: float = RESTART_BACKOFF_INI
 
 
 @dataclass(frozen=True)
+class Mount:
+    """An integration's content (`source`, on this machine) seen by each replica at `path`."""
+
+    name: str
+    path: str  # e.g. /models/falcon
+    source: str
+
+
+@dataclass(frozen=True)
 class Workload:
     """Desired state of one replica set: one revision of a deployment, with secrets resolved."""
 
@@ -71,6 +80,7 @@ class Workload:
     # Names of `env` entries whose values come from secrets: a runtime never writes those to disk.
     secret_env: frozenset[str] = frozenset()
     container_registry: str | None = None
+    mounts: tuple[Mount, ...] = ()  # integrations, read-only content
 
 
 @dataclass
