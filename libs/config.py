@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     log_json: bool = True
 
     reconcile_interval_seconds: float = 10.0
+    traffic_drain_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="Between publishing an assignment that removes replicas and stopping them: time for routers to apply it.",
+    )
     usage_report_interval_seconds: float = Field(
         default=10.0, gt=0, description="How often the scheduler publishes ReplicaUsageReported (autoscaled deployments)."
     )

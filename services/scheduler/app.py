@@ -54,7 +54,8 @@ async def start_scheduler(settings: Settings, runtime: Runtime | None = None) ->
     service = Service("scheduler", settings)
     js = await service.connect()
     runtime = runtime or make_runtime(settings)
-    reconciler = Reconciler(runtime, await SecretStore.open(js, Sealer.from_settings(settings)), service.publish)
+    secrets = await SecretStore.open(js, Sealer.from_settings(settings))
+    reconciler = Reconciler(runtime, secrets, service.publish, drain_seconds=settings.traffic_drain_seconds)
     reconciler.rebuild(
         specs=await latest_per_subject(js, SPEC_EVENTS),
         scales=await latest_per_subject(js, SCALE_EVENTS),

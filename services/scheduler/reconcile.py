@@ -123,8 +123,10 @@ class Reconciler:
         *,
         deleted_retention_seconds: float = DELETED_RETENTION_SECONDS,
         requeue: RetryPolicy = REQUEUE,
+        drain_seconds: float = 0.0,
     ) -> None:
         self._runtime = runtime
+        self._drain_seconds = drain_seconds
         self._secrets = secrets
         self._publish = publish
         self._deleted_retention = deleted_retention_seconds
@@ -538,6 +540,8 @@ class Reconciler:
         """Stop the replicas that left the assignment just published: scale down, previous revisions."""
         spec = desired.applied.spec
         scaled_down = f"scaled down to {desired.replicas}" if spec.enabled else "stopped (enabled: false)"
+        if any(plan.leaving and plan.workload is not None for plan in plans):
+            await self._drain()
         for plan in plans:
             if not plan.leaving or plan.workload is None:
                 continue
@@ -554,6 +558,14 @@ class Reconciler:
                 shrunk = targets.get(plan.revision_id) or plan.workload
                 await self._runtime.apply(replace(shrunk, name=plan.workload.name, replicas=plan.keep))
 
+    async def _drain(self) -> None:
+        """Give routers time to apply the assignment just published before replicas it removed are
+        stopped, as a Kubernetes preStop delay covers endpoint propagation: a request a router sends on
+        a kept-alive connection while the replica is closing would otherwise fail (a POST cannot be
+        retried). Routers apply an assignment within milliseconds (docs/benchmarks.md)."""
+        if self._drain_seconds > 0:
+            await asyncio.sleep(self._drain_seconds)
+
     async def _remove_everything(
         self, state: DeploymentState, deleted: DeploymentDeleted, observed: list[ObservedWorkload]
     ) -> None:
@@ -563,6 +575,8 @@ class Reconciler:
             state, traffic.tombstone(deleted, last.name if last else "", last.spec_version if last else 0, state.generation + 1)
         )
         state.stop_reason = "deployment deleted"
+        if observed:
+            await self._drain()
         for workload in observed:
             await self._announce_stopping(state, workload.replicas, state.stop_reason)
             log.info("removing workload", workload=workload.workload.name, reason=state.stop_reason)
