@@ -25,7 +25,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:
+    from libs.spec import HealthChecks
 
 ReplicaState = Literal["starting", "running", "exited", "backoff", "stopping"]
 
@@ -71,6 +74,9 @@ class Workload:
     # Names of `env` entries whose values come from secrets: a runtime never writes those to disk.
     secret_env: frozenset[str] = frozenset()
     container_registry: str | None = None
+    # The spec's probes: the kubernetes runtime makes them the Pod's probes (the kubelet probes);
+    # the local runtime leaves probing to the health-monitor.
+    health_checks: HealthChecks | None = None
 
 
 @dataclass
@@ -91,6 +97,10 @@ class Replica:
     next_restart_at: datetime | None = None
     revision_id: str = ""
     created_at: datetime | None = None  # scale down stops the newest first
+    # What a runtime that probes by itself (kubernetes: the Pod's Ready condition) observed; None when
+    # the runtime leaves readiness to the health-monitor (local).
+    ready: bool | None = None
+    reason: str | None = None  # why it is not running, e.g. CrashLoopBackOff, OOMKilled
 
 
 ReplicaEventKind = Literal["started", "exited", "stopped"]
