@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
+import kmock
 import pytest
 
 from libs.config import Settings
@@ -209,3 +210,32 @@ async def test_make_runtime_picks_kubernetes_from_settings(cluster: Cluster) -> 
         "machineType H100 is not in the machine type table (docs/kubernetes.md)"]
     assert rt.not_provided(workload(machine_type="A100-80G")) == []
     await asyncio.sleep(0)
+
+
+async def test_a_410_gone_watch_lists_again_and_sees_what_changed_meanwhile(cluster: Cluster) -> None:
+    # The first watch answers 410 Gone (its resourceVersion is too old); a Pod appears before the
+    # runtime lists again, and only the new list can show it.
+    w = workload()
+    gone = {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
+                                       "reason": "Expired", "message": "too old resource version"}}
+    cluster.emulator[kmock.action.WATCH, kmock.resource("v1/pods")][:1] << iter([gone])
+    rt = KubernetesRuntime(cluster.namespace, kubeconfig=cluster.kubeconfig)
+    started: list[str] = []
+
+    async def hook(kind: str, replica: Replica, code: int | None) -> None:
+        if kind == "started":
+            started.append(replica.replica_id)
+
+    rt.on_replica_event = hook
+    await rt.start()
+    try:
+        await rt.apply(w)
+        (pod,) = await Kubelet(cluster).run(w.name)
+        await eventually(lambda: pod in started, what="the pod seen after the re-list")
+        watch_requests = [r for r in cluster.requests() if r.params.get("watch") == "true"]
+        lists = [r for r in cluster.requests() if r.url.path.endswith("/pods") and "watch" not in r.params
+                 and r.method.value == "GET"]
+        # replicas() in start(), the watch's first list, and the list after 410 (not a bare re-watch)
+        assert len(watch_requests) >= 2 and len(lists) >= 3
+    finally:
+        await rt.close()
