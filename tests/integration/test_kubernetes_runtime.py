@@ -239,3 +239,21 @@ async def test_a_410_gone_watch_lists_again_and_sees_what_changed_meanwhile(clus
         assert len(watch_requests) >= 2 and len(lists) >= 3
     finally:
         await rt.close()
+
+
+async def test_usage_comes_from_metrics_k8s_io_and_is_none_without_it(
+    cluster: Cluster, runtime: KubernetesRuntime, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = workload(cpu=0.5, memory_gb=1.0)
+    await runtime.apply(w)
+    with_metrics, without = await Kubelet(cluster).run(w.name, 2)
+    cluster.emulator[f"get /apis/metrics.k8s.io/v1beta1/namespaces/models/pods/{with_metrics}"] << {
+        "kind": "PodMetrics", "apiVersion": "metrics.k8s.io/v1beta1",
+        "metadata": {"name": with_metrics, "namespace": "models"}, "timestamp": "2026-01-01T00:00:00Z",
+        "window": "15s", "containers": [{"name": "model", "usage": {"cpu": "250m", "memory": "250M"}}],
+    }
+    usage = await runtime.usage(with_metrics)
+    assert usage is not None
+    # of what the Pod requests: 250m of 500m cores, 250 MB of 1 GB
+    assert (usage.cpu_percent, usage.memory_percent, usage.memory_bytes) == (50.0, 25.0, 250_000_000)
+    assert await runtime.usage(without) is None

@@ -246,41 +246,29 @@ class KubernetesRuntime:
     async def replicas(self, name: str | None = None) -> list[Replica]:
         return [rep for pod in await self._pods(name) if (rep := self._replica(pod)) is not None]
 
-    async def restart(self, replica_id: str) -> None:
+    async def _pod_call(self, fn: Callable[..., T], replica_id: str, **kwargs: Any) -> T:
+        """A call about one Pod; a Pod that is not there is ReplicaNotFound."""
         try:
-            await self._call(self.core.delete_namespaced_pod, replica_id, self.namespace, _preload_content=False)
+            return await self._call(fn, replica_id, self.namespace, _preload_content=False, **kwargs)
         except ApiException as exc:
             if exc.status == NOT_FOUND:
                 raise ReplicaNotFound(replica_id) from None
             raise
 
+    async def restart(self, replica_id: str) -> None:
+        await self._pod_call(self.core.delete_namespaced_pod, replica_id)
+
     async def logs(self, replica_id: str, tail: int = 100) -> list[str]:
-        try:
-            text = await self._call(
-                self.core.read_namespaced_pod_log,
-                replica_id,
-                self.namespace,
-                container=r.CONTAINER_NAME,
-                tail_lines=tail,
-                _preload_content=False,
-            )
-        except ApiException as exc:
-            if exc.status == NOT_FOUND:
-                raise ReplicaNotFound(replica_id) from None
-            raise
-        return text.data.decode(errors="replace").splitlines()[-tail:]
+        response = await self._pod_call(
+            self.core.read_namespaced_pod_log, replica_id, container=r.CONTAINER_NAME, tail_lines=tail
+        )
+        return response.data.decode(errors="replace").splitlines()[-tail:]
 
     async def follow_logs(self, replica_id: str) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         lines: asyncio.Queue[str | None] = asyncio.Queue()
-        response = await self._call(
-            self.core.read_namespaced_pod_log,
-            replica_id,
-            self.namespace,
-            container=r.CONTAINER_NAME,
-            follow=True,
-            tail_lines=0,
-            _preload_content=False,
+        response = await self._pod_call(
+            self.core.read_namespaced_pod_log, replica_id, container=r.CONTAINER_NAME, follow=True, tail_lines=0
         )
 
         def pump() -> None:
