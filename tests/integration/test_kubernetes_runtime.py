@@ -257,3 +257,15 @@ async def test_usage_comes_from_metrics_k8s_io_and_is_none_without_it(
     # of what the Pod requests: 250m of 500m cores, 250 MB of 1 GB
     assert (usage.cpu_percent, usage.memory_percent, usage.memory_bytes) == (50.0, 25.0, 250_000_000)
     assert await runtime.usage(without) is None
+
+
+async def test_scale_down_marks_the_newest_pods_to_go_first(cluster: Cluster, runtime: KubernetesRuntime) -> None:
+    w = workload(replicas=3)
+    await runtime.apply(w)
+    oldest, middle, newest = await Kubelet(cluster).run(w.name, 3)  # created one second apart
+    await runtime.apply(replace(w, replicas=1))
+    pods = cluster.objects(PODS)
+    cost = {name: (pods[name]["metadata"].get("annotations") or {}).get("controller.kubernetes.io/pod-deletion-cost")
+            for name in (oldest, middle, newest)}
+    assert cost == {oldest: None, middle: "-1000", newest: "-1000"}
+    assert cluster.objects(DEPLOYMENTS)[w.name]["spec"]["replicas"] == 1

@@ -72,7 +72,7 @@ def test_the_role_grants_exactly_what_the_runtime_uses_in_the_runtime_namespace(
         ("apps", "deployments"): {"get", "list", "create", "patch", "delete"},
         ("apps", "deployments/scale"): {"patch"},
         ("", "secrets"): {"get", "create", "patch", "delete"},
-        ("", "pods"): {"get", "list", "watch", "delete"},
+        ("", "pods"): {"get", "list", "watch", "patch", "delete"},
         ("", "pods/log"): {"get"},
         ("metrics.k8s.io", "pods"): {"get"},
         ("coordination.k8s.io", "leases"): {"get", "create", "update"},

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import threading
+from datetime import UTC, datetime
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,6 +47,8 @@ APPLY = "application/apply-patch+yaml"
 MANAGED = f"{r.MANAGED_BY_LABEL}={r.MANAGED_BY}"
 GONE = 410
 NOT_FOUND = 404
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+LEAVING_COST = "-1000"
 
 
 def _json(response: Any) -> Any:
@@ -147,6 +150,8 @@ class KubernetesRuntime:
         desired = r.deployment(workload, self.namespace, self.machines)
         current = await self._read(self.apps.read_namespaced_deployment, workload.name)
         digest = r.APPLIED_ANNOTATION
+        if current is not None and workload.replicas < current["spec"].get("replicas", 0):
+            await self._mark_leaving(workload)
         if current is None or current["metadata"].get("annotations", {}).get(digest) != desired["metadata"][
             "annotations"
         ][digest]:
@@ -160,6 +165,17 @@ class KubernetesRuntime:
                 _preload_content=False,
             )
         self._spec_ids[workload.name] = workload.spec_id
+
+    async def _mark_leaving(self, workload: Workload) -> None:
+        """Before a scale down: the newest Pods go first, as the scheduler expects (it has taken them
+        out of traffic). The ReplicaSet deletes Pods of lower `pod-deletion-cost` first, among Pods of
+        equal readiness (a not-ready Pod still goes before a ready one)."""
+        alive = [rep for rep in await self.replicas(workload.name) if rep.state != "stopping"]
+        newest_first = sorted(alive, key=lambda rep: rep.created_at or datetime.min.replace(tzinfo=UTC), reverse=True)
+        for rep in newest_first[: max(len(alive) - workload.replicas, 0)]:
+            body = {"metadata": {"annotations": {DELETION_COST: LEAVING_COST}}}
+            with contextlib.suppress(ReplicaNotFound):  # gone already: nothing to order
+                await self._pod_call(self.core.patch_namespaced_pod, rep.replica_id, body=body)
 
     def _apply(self, patch: Callable[..., Any], manifest: dict[str, Any]) -> None:
         patch(
