@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     kubernetes_machine_types: Path | None = Field(
         default=None, description="YAML file adding to or replacing the machineType table (docs/kubernetes.md)."
     )
+    # Several schedulers: the one holding the Lease `berth-scheduler` (in kubernetes_namespace) acts.
+    scheduler_leader_election: bool = False
+    scheduler_lease_seconds: float = Field(default=15.0, gt=1, description="A dead leader is replaced after this.")
 
     @property
     def token_file(self) -> Path:

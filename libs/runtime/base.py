@@ -25,10 +25,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal, Protocol
-
-if TYPE_CHECKING:
-    from libs.spec import HealthChecks
+from typing import Any, Literal, Protocol
 
 ReplicaState = Literal["starting", "running", "exited", "backoff", "stopping"]
 
@@ -74,9 +71,10 @@ class Workload:
     # Names of `env` entries whose values come from secrets: a runtime never writes those to disk.
     secret_env: frozenset[str] = frozenset()
     container_registry: str | None = None
-    # The spec's probes: the kubernetes runtime makes them the Pod's probes (the kubelet probes);
-    # the local runtime leaves probing to the health-monitor.
-    health_checks: HealthChecks | None = None
+    # The spec's `healthChecks` as JSON (plain data, so a runtime can store the workload as is): the
+    # kubernetes runtime makes them the Pod's probes; the local runtime leaves probing to the
+    # health-monitor.
+    health_checks: dict[str, Any] | None = None
 
 
 @dataclass

@@ -91,5 +91,5 @@ def render(applied: SpecApplied, env: ResolvedEnv, replicas: int) -> Workload:
         revision_id=revision,
         secret_env=env.secret_names,
         container_registry=spec.containerRegistry,
-        health_checks=spec.healthChecks,
+        health_checks=spec.healthChecks.model_dump(exclude_defaults=True),
     )

@@ -16,7 +16,6 @@ from libs.config import Settings
 from libs.runtime import make_runtime
 from libs.runtime.base import Replica, ReplicaNotFound, Workload
 from libs.runtime.kubernetes.runtime import KubernetesRuntime
-from libs.spec import HealthChecks, Probe
 from tests.helpers import eventually
 from tests.kube import APPLY, Cluster, Kubelet, cluster, crash_looping, running, terminated  # noqa: F401
 
@@ -32,7 +31,7 @@ def workload(revision: str = "0123456789abcdef", **overrides: object) -> Workloa
         replicas=2, command=("python", "-m", "server"), image="ghcr.io/acme/model:1",
         env={"PLAIN": "1", "TOKEN": SECRET}, secret_env=frozenset({"TOKEN"}), ports=(8080,),
         revision_id=revision, labels={"berth.dev/revision": revision},
-        health_checks=HealthChecks(readiness=Probe(path="/ready")),
+        health_checks={"readiness": {"path": "/ready"}},
     )
     fields.update(overrides)
     return Workload(**fields)  # type: ignore[arg-type]

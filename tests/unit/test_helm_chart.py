@@ -55,6 +55,12 @@ def test_one_deployment_per_service_with_probes_on_its_ops_endpoint() -> None:
         env = {e["name"]: e.get("value") for e in c["env"]}
         assert env["BERTH_RUNTIME"] == "kubernetes" and env["BERTH_KUBERNETES_NAMESPACE"] == "berth-system"
     assert paths["rel-router"] == "/_berth/healthz" and paths["rel-scheduler"] == "/healthz"
+    # two schedulers, one acting: leader election on the Lease
+    assert deployments["rel-scheduler"]["spec"]["replicas"] == 2
+    scheduler_env = {e["name"]: e.get("value") for e in deployments["rel-scheduler"]["spec"]["template"]["spec"][
+        "containers"][0]["env"]}
+    assert scheduler_env["BERTH_SCHEDULER_LEADER_ELECTION"] == "true"
+    assert scheduler_env["BERTH_SCHEDULER_LEASE_SECONDS"] == "15"
     # only the scheduler has an API token
     specs = {n: d["spec"]["template"]["spec"] for n, d in deployments.items()}
     assert specs["rel-scheduler"]["serviceAccountName"] == "rel-scheduler"

@@ -104,7 +104,7 @@ healthChecks:
   startup: {path: /start, port: 7001, failureThreshold: 30}
   readiness: {path: /ready, successThreshold: 2}
 """)
-    c = deployment(workload(health_checks=spec.healthChecks, ports=(7000, 7001)), "ns", {})["spec"]["template"][
+    c = deployment(workload(health_checks=spec.healthChecks.model_dump(), ports=(7000, 7001)), "ns", {})["spec"]["template"][
         "spec"]["containers"][0]
     defaults = {"initialDelaySeconds": 0, "periodSeconds": 10, "timeoutSeconds": 1, "successThreshold": 1,
                 "failureThreshold": 3}

@@ -146,10 +146,12 @@ def probe(spec: Probe, default_port: int) -> dict[str, Any]:
     return {"httpGet": get, **{name: getattr(spec, name) for name in PROBE_FIELDS}}
 
 
-def probes(checks: HealthChecks | None, default_port: int) -> dict[str, Any]:
-    if checks is None:
+def probes(checks: dict[str, Any] | None, default_port: int) -> dict[str, Any]:
+    """The workload's health checks (the spec's JSON, validated again here for its defaults)."""
+    if not checks:
         return {}
-    return {f"{kind}Probe": probe(spec, default_port) for kind, spec in checks.probes()}
+    parsed = HealthChecks.model_validate(checks)
+    return {f"{kind}Probe": probe(spec, default_port) for kind, spec in parsed.probes()}
 
 
 def container(workload: Workload, machines: MachineTable) -> dict[str, Any]:
