@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     )
     # Several schedulers: the one holding the Lease `berth-scheduler` (in kubernetes_namespace) acts.
     scheduler_leader_election: bool = False
-    scheduler_lease_seconds: float = Field(default=15.0, gt=1, description="A dead leader is replaced after this.")
+    scheduler_lease_seconds: float = Field(default=10.0, gt=1, description="A dead leader is replaced after this.")
 
     @property
     def token_file(self) -> Path:

@@ -60,7 +60,7 @@ def test_one_deployment_per_service_with_probes_on_its_ops_endpoint() -> None:
     scheduler_env = {e["name"]: e.get("value") for e in deployments["rel-scheduler"]["spec"]["template"]["spec"][
         "containers"][0]["env"]}
     assert scheduler_env["BERTH_SCHEDULER_LEADER_ELECTION"] == "true"
-    assert scheduler_env["BERTH_SCHEDULER_LEASE_SECONDS"] == "15"
+    assert scheduler_env["BERTH_SCHEDULER_LEASE_SECONDS"] == "10"
     # only the scheduler has an API token
     specs = {n: d["spec"]["template"]["spec"] for n, d in deployments.items()}
     assert specs["rel-scheduler"]["serviceAccountName"] == "rel-scheduler"
