@@ -6,12 +6,16 @@ health-monitor's part: docs/kubernetes.md, "Not done yet")."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import AsyncIterator
 
 import pytest
+from nats.js import JetStreamContext
 
 from libs.config import Settings
 from libs.runtime.kubernetes.runtime import KubernetesRuntime
+from libs.secrets import SecretStore
 from services.scheduler import SchedulerHandle, start_scheduler
 from tests.helpers import eventually
 from tests.integration.test_scheduler_replicas import DEPLOYMENT, Bus, bus, echo_spec, scheduler_settings  # noqa: F401
@@ -75,3 +79,24 @@ async def test_spec_to_deployment_pod_status_to_deployment_status(
                      what="stopped: 0 replicas")
     await bus.delete()
     await eventually(lambda: not berth_deployments(cluster), what="every Deployment deleted")
+
+
+async def test_a_secret_value_is_only_in_the_secret_object(
+    k8s_scheduler: SchedulerHandle, bus: Bus, cluster: Cluster, js: JetStreamContext,  # noqa: F811
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    value = "s3cr3t-" + "x" * 24
+    await (await SecretStore.open(js)).put("default", "apiKey", value)
+    await bus.apply(echo_spec(replicas=1, env=[{"name": "API_KEY", "value": "secret:apiKey"}]))
+    (name,) = (await eventually(lambda: berth_deployments(cluster), what="a Deployment")).keys()
+    secret = await eventually(lambda: cluster.objects("v1/secrets").get(name), what="the Secret")
+    assert base64.b64decode(secret["data"]["API_KEY"]).decode() == value
+    (pod,) = await Kubelet(cluster).run(name, 1)
+    await eventually(lambda: bus.status() is not None and bus.status().replicas, what="a status with the Pod")
+    encoded = base64.b64encode(value.encode()).decode()
+    everything_else = json.dumps([cluster.objects(p) for p in ("apps/v1/deployments", "v1/pods")])
+    everything_else += json.dumps([e.model_dump(mode="json") for e in bus.events])
+    everything_else += "".join(r.text for r in cluster.requests() if "/secrets/" not in r.url.path)
+    out = capsys.readouterr()
+    everything_else += caplog.text + out.out + out.err
+    assert value not in everything_else and encoded not in everything_else
