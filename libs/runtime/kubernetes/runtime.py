@@ -392,25 +392,27 @@ class KubernetesRuntime:
         """Turn Pod changes into replica events, in the order the watch saw them (event loop)."""
         while True:
             kind, payload = await self._events.get()
-            if kind == "relist":
-                now = {rep.replica_id: rep for pod in payload if (rep := self._replica(pod)) is not None}
-                changes = [(self._seen.get(n), now.get(n)) for n in self._seen.keys() | now.keys()]
-                self._seen = now
+            try:
+                await self._dispatch_one(kind, payload)
+            except Exception:  # a malformed object or a failing hook must not end the consumer
+                log.exception("pod event not handled", kind=kind)
+
+    async def _dispatch_one(self, kind: str, payload: Any) -> None:
+        if kind == "relist":
+            now = {rep.replica_id: rep for pod in payload if (rep := self._replica(pod)) is not None}
+            changes = [(self._seen.get(n), now.get(n)) for n in self._seen.keys() | now.keys()]
+            self._seen = now
+        else:
+            rep = self._replica(payload)
+            if rep is None:
+                return
+            before, after = self._seen.get(rep.replica_id), None if kind == "DELETED" else rep
+            if after is None:
+                self._seen.pop(rep.replica_id, None)
             else:
-                rep = self._replica(payload)
-                if rep is None:
-                    continue
-                before = self._seen.get(rep.replica_id)
-                after = None if kind == "DELETED" else rep
-                if after is None:
-                    self._seen.pop(rep.replica_id, None)
-                else:
-                    self._seen[rep.replica_id] = after
-                changes = [(before, after)]
-            for before, after in changes:
-                for event_kind, replica, code in transitions(before, after):
-                    if self.on_replica_event is not None:
-                        try:
-                            await self.on_replica_event(event_kind, replica, code)
-                        except Exception:  # a failing hook must not stop the watch
-                            log.exception("replica event hook failed", replica_id=replica.replica_id)
+                self._seen[rep.replica_id] = after
+            changes = [(before, after)]
+        for before, after in changes:
+            for event_kind, replica, code in transitions(before, after):
+                if self.on_replica_event is not None:
+                    await self.on_replica_event(event_kind, replica, code)
