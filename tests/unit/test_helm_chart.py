@@ -94,3 +94,8 @@ def test_machine_types_reach_the_scheduler_from_a_config_map() -> None:
     env = {e["name"]: e.get("value") for e in scheduler["containers"][0]["env"]}
     assert env["BERTH_KUBERNETES_MACHINE_TYPES"] == "/etc/berth/machine-types.yaml"
     assert scheduler["volumes"] == [{"name": "machine-types", "configMap": {"name": "rel-machine-types"}}]
+
+
+def test_helm_lint_passes() -> None:
+    result = subprocess.run([str(HELM), "lint", "--strict", str(CHART)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
