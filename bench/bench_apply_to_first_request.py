@@ -38,11 +38,12 @@ UP_TIMEOUT_SECONDS = 60.0
 READINESS = {"readiness": {"path": "/", "periodSeconds": 1}}
 
 
-def start_berth_up(work: Path) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    ports = {k: free_port() for k in ("API", "ROUTER", "NATS", "SCHEDULER_OPS", "HEALTH_MONITOR_OPS")}
+def start_berth_up(work: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    ports = {k: free_port() for k in ("API", "ROUTER", "NATS", "SCHEDULER_OPS", "HEALTH_MONITOR_OPS", "AUTOSCALER_OPS")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     env |= {f"BERTH_{k}_PORT": str(v) for k, v in ports.items()}
     env |= {"BERTH_DATA_DIR": str(work / "berth"), "BERTH_STOP_GRACE_SECONDS": "3", "BERTH_LOG_LEVEL": "WARNING"}
+    env |= extra_env or {}
     with (work / "up.out").open("ab") as log:
         process = subprocess.Popen([sys.executable, "-m", "berth", "up"], env=env, cwd=REPO, stdout=log, stderr=log)
     deadline = time.monotonic() + UP_TIMEOUT_SECONDS

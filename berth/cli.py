@@ -4,7 +4,9 @@ API address and token come from: berth.credentials."""
 
 from __future__ import annotations
 
+import enum
 import functools
+import json
 import re
 import sys
 import time
@@ -23,6 +25,12 @@ from berth.render import Output
 from libs.config import Settings
 from libs.spec import DeploymentSpec, SpecInvalid, parse_document, slugify, spec_json_schema, validate_spec
 
+
+class Strategy(enum.StrEnum):
+    rolling = "rolling"
+    blue_green = "blue-green"
+    canary = "canary"
+
 app = typer.Typer(
     name="berth",
     help="Run model servers from a declarative deployment spec.",
@@ -35,6 +43,8 @@ secrets_app = typer.Typer(help="Secrets of the project, referenced in specs as `
 app.add_typer(deployments_app, name="deployments")
 app.add_typer(spec_app, name="spec")
 app.add_typer(secrets_app, name="secrets")
+autoscale_app = typer.Typer(help="Autoscaling decisions, offline (the HPA algorithm berth runs).", no_args_is_help=True)
+app.add_typer(autoscale_app, name="autoscale")
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table for people, json or yaml for scripts.")]
 RefArg = Annotated[str, typer.Argument(help="Deployment name, slug or id.")]
@@ -144,11 +154,29 @@ def up(
 
 @app.command()
 @calls_api
-def apply(ctx: typer.Context, file: SpecFile, output: OutputOpt = Output.table) -> None:
+def apply(
+    ctx: typer.Context,
+    file: SpecFile,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Store nothing: show each changed field, live or replacing replicas.")
+    ] = False,
+    strategy: Annotated[
+        Strategy | None,
+        typer.Option("--strategy", help="Roll this update out so (sets updateStrategy.type in the new version)."),
+    ] = None,
+    output: OutputOpt = Output.table,
+) -> None:
     """Create the deployment of a spec, or update it to a new spec version."""
     document, spec = read_spec(file)
+    if strategy is not None and spec.updateStrategy.type != strategy.value:
+        document["updateStrategy"] = {"type": strategy.value}  # the file's other settings belong to its type
+        spec = validate_spec(document)
     with ctx.obj.client() as client:
         current = client.find_deployment(spec.slug)
+        if dry_run:
+            answer = client.dry_run(document, current)
+            render.emit(answer, output, lambda: render.dry_run(answer))
+            return
         if current is None:
             deployment, verb = client.create_deployment(document), "created"
         else:
@@ -186,10 +214,15 @@ def get_deployment(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.t
 
 @deployments_app.command("history")
 @calls_api
-def history(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -> None:
-    """Spec versions of a deployment, newest first."""
+def history(
+    ctx: typer.Context,
+    ref: RefArg,
+    diff: Annotated[bool, typer.Option("--diff", help="Each version's field changes from the one before.")] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Spec versions of a deployment, newest first, with the token that created each."""
     with ctx.obj.client() as client:
-        items = client.history(ref_of(ref))
+        items = client.history(ref_of(ref), diff=diff)
     render.emit({"items": items}, output, lambda: render.history_table(items))
 
 
@@ -239,18 +272,21 @@ def scale(
 @calls_api
 def start(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -> None:
     """Enable a stopped deployment (a new spec version with enabled: true)."""
+    _act(ctx, ref, output, BerthClient.start, "started")
+
+
+def _act(ctx: typer.Context, ref: str, output: Output, call: Callable[[BerthClient, str], Any], verb: str) -> None:
+    """A write on one deployment that answers the Deployment (start, stop, promote)."""
     with ctx.obj.client() as client:
-        deployment = client.start(ref_of(ref))
-    render.emit(deployment, output, lambda: render.changed("started", deployment))
+        deployment = call(client, ref_of(ref))
+    render.emit(deployment, output, lambda: render.changed(verb, deployment))
 
 
 @deployments_app.command("stop")
 @calls_api
 def stop(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -> None:
     """Stop every replica, keeping the deployment (a new spec version with enabled: false)."""
-    with ctx.obj.client() as client:
-        deployment = client.stop(ref_of(ref))
-    render.emit(deployment, output, lambda: render.changed("stopped", deployment))
+    _act(ctx, ref, output, BerthClient.stop, "stopped")
 
 
 @deployments_app.command("rollback")
@@ -265,6 +301,65 @@ def rollback(
     with ctx.obj.client() as client:
         deployment = client.rollback(ref_of(ref), spec_version)
     render.emit(deployment, output, lambda: render.changed(f"rolled back to version {spec_version}:", deployment))
+
+
+@deployments_app.command("promote")
+@calls_api
+def promote(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -> None:
+    """End the current update now: a canary takes all traffic (its remaining steps are skipped), a
+    blue-green's old set stops (its hold is cut short). Not a new version."""
+    _act(ctx, ref, output, BerthClient.promote, "promoted")
+
+
+@deployments_app.command("abort")
+@calls_api
+def abort(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -> None:
+    """Abort an update (a canary, a blue-green switch, a rollout): roll back to the newest earlier
+    version that runs another revision. All traffic returns to it at once while its replicas run."""
+    with ctx.obj.client() as client:
+        versions = client.history(ref_of(ref))
+        current = versions[0]
+        stable = next((v for v in versions[1:] if v.get("revision_id") != current.get("revision_id")), None)
+        if stable is None:
+            render.failure("nothing to abort: no earlier version runs another revision")
+            raise typer.Exit(1)
+        deployment = client.rollback(ref_of(ref), stable["spec_version"])
+    render.emit(deployment, output, lambda: render.changed(f"aborted; back to version {stable['spec_version']}:", deployment))
+
+
+@deployments_app.command("alias")
+@calls_api
+def alias(
+    ctx: typer.Context,
+    ref: RefArg,
+    name: Annotated[str, typer.Argument(help="The alias: a DNS-1123 label, not all digits (e.g. production).")],
+    spec_version: Annotated[int, typer.Argument(min=1, help="The version it points at (see `history`).")],
+    output: OutputOpt = Output.table,
+) -> None:
+    """Point an alias at a version (create or move it); reach it at /<project>/<deployment>@<alias>/.
+    The aliased version's replicas keep running while an alias names it."""
+    with ctx.obj.client() as client:
+        answer = client.set_alias(ref_of(ref), name, spec_version)
+    render.emit(answer, output, lambda: render.aliased(answer))
+
+
+@deployments_app.command("unalias")
+@calls_api
+def unalias(ctx: typer.Context, ref: RefArg, name: str, output: OutputOpt = Output.table) -> None:
+    """Remove an alias: `@<alias>` answers 404; a version no alias names any more stops running (unless current)."""
+    with ctx.obj.client() as client:
+        client.remove_alias(ref_of(ref), name)
+    gone = {"removed": True, "alias": name}
+    render.emit(gone, output, lambda: render.out.print(f"[green]✓[/] removed alias {escape(name)}"))
+
+
+@deployments_app.command("aliases")
+@calls_api
+def aliases(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -> None:
+    """The aliases of a deployment and the versions they point at."""
+    with ctx.obj.client() as client:
+        items = client.aliases(ref_of(ref))
+    render.emit({"items": items}, output, lambda: render.aliases_table(items))
 
 
 # -- logs -----------------------------------------------------------------------------------------
@@ -353,6 +448,68 @@ def spec_schema(output: OutputOpt = Output.json) -> None:
     """The JSON Schema of the deployment spec."""
     schema = spec_json_schema()
     render.emit(schema, Output.json if output is Output.table else output, lambda: None)
+
+
+# -- autoscale ------------------------------------------------------------------------------------
+
+
+@autoscale_app.command("explain")
+def autoscale_explain(
+    trace_file: Annotated[
+        Path, typer.Option("--input", "-i", exists=True, dir_okay=False, readable=True, help="Trace (JSON), see docs/autoscaling.md.")
+    ],
+    output: OutputOpt = Output.table,
+) -> None:
+    """Run the autoscaler's decision code on a trace and print each decision with its reason."""
+    from pydantic import ValidationError
+
+    from libs.autoscaling import hpa
+    from libs.autoscaling.trace import Trace, explain
+
+    try:
+        trace = Trace.model_validate_json(trace_file.read_text())
+    except ValidationError as exc:
+        for error in exc.errors(include_input=False):
+            where = ".".join(str(part) for part in error["loc"]) or "(trace)"
+            render.err.print(f"[red]✗[/] [bold]{escape(where)}[/]: {escape(error['msg'])}")
+        raise typer.Exit(1) from None
+    results = []
+    for entry in trace.decisions:
+        result = explain(hpa.decide(entry.inputs()))
+        result["deployment"] = entry.deployment
+        if entry.decided is not None:
+            result["recorded"] = entry.decided
+        results.append(result)
+    render.emit({"decisions": results}, output, lambda: render.decisions(results))
+
+
+@autoscale_app.command("record")
+@calls_api
+def autoscale_record(
+    ctx: typer.Context,
+    ref: RefArg,
+    seconds: Annotated[
+        float, typer.Option("--seconds", min=0, help="Keep collecting new decisions this long (0: only the newest).")
+    ] = 0,
+    file: Annotated[Path | None, typer.Option("--file", "-f", dir_okay=False, help="Write here, not to stdout.")] = None,
+) -> None:
+    """Write a trace of the autoscaler's decisions about a live deployment, for `explain` to replay."""
+    entries: dict[str, dict[str, Any]] = {}
+    deadline = time.monotonic() + seconds
+    with ctx.obj.client() as client:
+        while True:
+            decided = client.autoscaler_decision(ref_of(ref))
+            if decided.get("inputs") is not None and decided["event_id"] not in entries:
+                entries[decided["event_id"]] = {**decided["inputs"], "at": decided["decided_at"]}
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    text = json.dumps({"decisions": list(entries.values())}, indent=2)
+    if file is None:
+        typer.echo(text)
+    else:
+        file.write_text(text + "\n")
+        render.err.print(f"[green]✓[/] {len(entries)} decision(s) written to {escape(str(file))}")
 
 
 # -- secrets --------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ class Status(TypedDict, total=False):
     not_provided: list[str]
     observed_at: str | None
     desired_source: str  # spec, user, autoscaler or stopped
+    scale_reason: NotRequired[str | None]  # the autoscaler's last reason
 
 
 class UserScale(TypedDict):
@@ -70,12 +71,41 @@ class Deployment(TypedDict):
     unchanged: NotRequired[bool]  # a write that changed nothing
 
 
+class FieldChange(TypedDict):
+    field: str
+    before: Any
+    after: Any
+    effect: str  # live, replace, refused
+    note: str
+
+
 class SpecVersion(TypedDict):
     spec_id: str
     spec_version: int
     revision_id: NotRequired[str]
     created_at: str
+    created_by: NotRequired[int | None]
+    changes: NotRequired[list[FieldChange] | None]
     spec: dict[str, Any]
+
+
+class DryRun(TypedDict):
+    dry_run: bool
+    deployment_id: str | None
+    spec_version: int | None
+    unchanged: bool
+    changes: list[FieldChange]
+    replaces_replicas: bool
+    strategy: str
+    rollout: str
+
+
+class Alias(TypedDict):
+    alias: str
+    spec_version: int
+    updated_at: str
+    endpoint: str
+    unchanged: NotRequired[bool]
 
 
 class LogLine(TypedDict):
@@ -183,12 +213,34 @@ class BerthClient:
     def stop(self, ref: str) -> Deployment:
         return self._request("POST", f"/v1/deployments/{ref}/stop")  # type: ignore[no-any-return]
 
+    def promote(self, ref: str) -> Deployment:
+        return self._request("POST", f"/v1/deployments/{ref}/promote")  # type: ignore[no-any-return]
+
     def rollback(self, ref: str, spec_version: int) -> Deployment:
         body = {"spec_version": spec_version}
         return self._request("POST", f"/v1/deployments/{ref}/rollback", json=body)  # type: ignore[no-any-return]
 
-    def history(self, ref: str) -> list[SpecVersion]:
-        return self._every_page(f"/v1/deployments/{ref}/history", {})
+    def aliases(self, ref: str) -> list[Alias]:
+        return self._request("GET", f"/v1/deployments/{ref}/aliases")["items"]  # type: ignore[no-any-return]
+
+    def set_alias(self, ref: str, alias: str, spec_version: int) -> Alias:
+        body = {"spec_version": spec_version}
+        return self._request("PUT", f"/v1/deployments/{ref}/aliases/{alias}", json=body)  # type: ignore[no-any-return]
+
+    def remove_alias(self, ref: str, alias: str) -> None:
+        self._request("DELETE", f"/v1/deployments/{ref}/aliases/{alias}")
+
+    def history(self, ref: str, diff: bool = False) -> list[SpecVersion]:
+        return self._every_page(f"/v1/deployments/{ref}/history", {"diff": "true"} if diff else {})
+
+    def dry_run(self, spec: dict[str, Any], current: Deployment | None) -> DryRun:
+        """What applying `spec` would do (against `current`, or as a new deployment); nothing is stored."""
+        params = {"dryRun": "true"}
+        if current is None:
+            return self._request("POST", "/v1/deployments", json=spec, params=params)  # type: ignore[no-any-return]
+        headers = {"If-Match": f'"{current["spec_id"]}"'}
+        path = f"/v1/deployments/{current['slug']}"
+        return self._request("PUT", path, json=spec, headers=headers, params=params)  # type: ignore[no-any-return]
 
     def _every_page(self, path: str, params: dict[str, Any]) -> list[Any]:
         """The items of every page of a list, following its `next` cursors."""
@@ -201,6 +253,9 @@ class BerthClient:
             after = body.get("next")
             if not after:
                 return items
+
+    def autoscaler_decision(self, ref: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/deployments/{ref}/autoscaling/decision")  # type: ignore[no-any-return]
 
     def status(self, ref: str) -> Status:
         return self._request("GET", f"/v1/deployments/{ref}/status")  # type: ignore[no-any-return]

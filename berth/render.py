@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.measure import Measurement
 from rich.table import Table
 
-from berth.client import ApiError, Deployment, LogLine, ReplicaStatus, SpecVersion, Status
+from berth.client import Alias, ApiError, Deployment, DryRun, FieldChange, LogLine, ReplicaStatus, SpecVersion, Status
 from libs.spec import SpecError
 
 SHORT_ID = 12
@@ -209,6 +209,8 @@ def _scaling(d: Deployment, status: Status) -> list[tuple[str, str]]:
         rows.append(("Auto-scaling", f"on, {low} to {autoscaling.get('maxReplicas')} replicas"))
         targets = ", ".join(f"{m['metric']} {m['value']:g}{_unit(m['metric'])}" for m in autoscaling.get("metrics", []))
         rows.append(("Targets", targets or "-"))
+        if status.get("scale_reason"):
+            rows.append(("Last decision", escape(str(status["scale_reason"]))))
     else:
         rows.append(("Auto-scaling", "off"))
     return rows
@@ -240,7 +242,7 @@ def _or_dash(value: object) -> str:
 
 
 def _unit(metric: str) -> str:
-    return " s" if metric == "requestDuration" else "%"
+    return {"requestDuration": " s", "concurrency": " in flight per replica", "rps": " req/s per replica"}.get(metric, "%")
 
 
 def replicas_table(replicas: list[ReplicaStatus]) -> Table:
@@ -272,19 +274,68 @@ def _health(replica: ReplicaStatus) -> str:
 def history_table(items: list[SpecVersion]) -> None:
     """Spec versions; versions with the same REVISION run the same template (only replicas, enabled,
     the load balancer or health checks differ)."""
-    listing = table("VERSION", "SPEC ID", "REVISION", "CREATED", "IMAGE", "REPLICAS", "ENABLED")
+    listing = table("VERSION", "SPEC ID", "REVISION", "CREATED", "BY", "IMAGE", "REPLICAS", "ENABLED")
     for v in items:
         spec = v["spec"]
+        by = v.get("created_by")
         listing.add_row(
             str(v["spec_version"]),
             escape(short_id(v["spec_id"])),
             escape(v.get("revision_id", "")),
             when(v["created_at"]),
+            f"token {by}" if by is not None else "-",
             escape(str(spec.get("image", ""))),
             str((spec.get("resources") or {}).get("replicas", "")),
             str(spec.get("enabled", True)).lower(),
         )
     show(listing)
+    for v in items:
+        changes = v.get("changes")
+        if changes is not None:
+            out.print(f"version {v['spec_version']}: {len(changes)} field(s) changed from the version before")
+            show(changes_table(changes))
+
+
+def changes_table(changes: list[FieldChange]) -> Table:
+    listing = table("FIELD", "BEFORE", "AFTER", "EFFECT")
+    for c in changes:
+        listing.add_row(escape(c["field"]), _value(c["before"]), _value(c["after"]), c["effect"])
+    return listing
+
+
+def _value(value: object) -> str:
+    return "-" if value is None else escape(json.dumps(value) if not isinstance(value, str) else value)
+
+
+def dry_run(answer: DryRun) -> None:
+    if answer["deployment_id"] is None:
+        out.print("[bold]dry run:[/] would create the deployment (nothing was stored)")
+    elif answer["unchanged"]:
+        out.print(f"[bold]dry run:[/] unchanged: version {answer['spec_version']} is this spec")
+        return
+    else:
+        out.print(f"[bold]dry run:[/] changes against version {answer['spec_version']} (nothing was stored)")
+    show(changes_table(answer["changes"]))
+    out.print(answer["rollout"])
+
+
+def aliases_table(items: list[Alias]) -> None:
+    if not items:
+        out.print("No aliases.")
+        return
+    listing = table("ALIAS", "VERSION", "UPDATED", "ENDPOINT")
+    for a in items:
+        listing.add_row(escape(a["alias"]), str(a["spec_version"]), when(a["updated_at"]), escape(a["endpoint"]))
+    show(listing)
+
+
+def aliased(a: Alias) -> None:
+    verb = "unchanged: alias" if a.get("unchanged") else "alias"
+    out.print(
+        f"[green]✓[/] {verb} [bold]{escape(a['alias'])}[/] -> version {a['spec_version']}\n"
+        f"  endpoint  {escape(a['endpoint'])}\n"
+        "  requests switch once that version has a ready replica; until then the alias keeps its previous version"
+    )
 
 
 def names_table(title: str, names: list[str]) -> None:
@@ -337,3 +388,23 @@ def log_lines(lines: list[LogLine], output: Output, prefix: bool) -> None:
             text = line["line"].rstrip("\n")
             typer.echo(f"[{line['replica_id']}] {text}" if prefix else text)
     sys.stdout.flush()
+
+
+def decisions(results: list[dict[str, Any]]) -> None:
+    """`berth autoscale explain`: one block per decision."""
+    for number, result in enumerate(results, 1):
+        who = f" {escape(result['deployment'])}" if result.get("deployment") else ""
+        conditions = result["conditions"]
+        limited = conditions["ScalingLimited"]
+        out.print(f"[bold]#{number}{who}[/]: {result['currentReplicas']} → [bold]{result['desiredReplicas']}[/] replicas")
+        out.print(f"  reason: {escape(result['reason'])}")
+        if result["recommendation"] is not None and result["recommendation"] != result["desiredReplicas"]:
+            out.print(f"  metrics recommended {result['recommendation']}; {conditions['AbleToScale']}"
+                      + (f", {limited['reason']}" if limited["status"] else ""))
+        for metric in result["metrics"]:
+            said = f"{metric['replicas']} replicas" if metric["replicas"] is not None else f"missing ({metric.get('error', '')})"
+            usage = "" if metric["usage"] is None else f" at {metric['usage']:g}"
+            out.print(f"  {escape(metric['metric'])}{usage}: {escape(said)}")
+        if "recorded" in result:
+            same = result["recorded"] == result["desiredReplicas"]
+            out.print(f"  recorded decision: {result['recorded']} " + ("[green](same)[/]" if same else "[red](differs)[/]"))

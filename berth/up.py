@@ -48,7 +48,7 @@ from libs.config import Settings
 from libs.natsd import service_passwords, start_nats_server
 from libs.secrets import SecretStore
 
-SERVICES = ("spec_registry", "scheduler", "health_monitor", "router")
+SERVICES = ("spec_registry", "scheduler", "health_monitor", "router", "autoscaler")
 CHECKOUT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_SECONDS = 60.0
 TICK_SECONDS = 0.25
@@ -231,6 +231,7 @@ class Launcher:
             BERTH_ROUTER_PORT=str(s.router_port),
             BERTH_SCHEDULER_OPS_PORT=str(s.scheduler_ops_port),
             BERTH_HEALTH_MONITOR_OPS_PORT=str(s.health_monitor_ops_port),
+            BERTH_AUTOSCALER_OPS_PORT=str(s.autoscaler_ops_port),
             BERTH_STOP_REPLICAS_ON_EXIT="true",
             PYTHONUNBUFFERED="1",
         )
@@ -245,6 +246,7 @@ class Launcher:
             "BERTH_ROUTER_PORT": s.router_port,
             "BERTH_SCHEDULER_OPS_PORT": s.scheduler_ops_port,
             "BERTH_HEALTH_MONITOR_OPS_PORT": s.health_monitor_ops_port,
+            "BERTH_AUTOSCALER_OPS_PORT": s.autoscaler_ops_port,
         }
         if s.nats_url is None:
             wanted["BERTH_NATS_PORT"] = s.nats_port

@@ -28,7 +28,7 @@ SPECS = JStream(
     "BERTH_SPECS",
     subjects=["berth.spec.v1.>"],
     duplicate_window=DUPLICATE_WINDOW_SECONDS,
-    description="Desired state: SpecApplied and DeploymentDeleted, by deployment id.",
+    description="Desired state: SpecApplied and DeploymentDeleted, by deployment id; aliases at <id>.alias.<alias>.",
 )
 REPLICAS = JStream(
     "BERTH_REPLICAS",
@@ -61,7 +61,7 @@ METRICS = JStream(
     "BERTH_METRICS",
     subjects=["berth.metrics.v1.>"],
     max_age=3600,
-    description="Request metrics from the router, for the autoscaler and monitoring.",
+    description="Request metrics from the router and replica usage from the scheduler, for the autoscaler.",
 )
 SCALE = JStream(
     "BERTH_SCALE",
@@ -91,11 +91,14 @@ for _stream in ALL_STREAMS:
 
 # Subject filters.
 SPEC_EVENTS = "berth.spec.v1.*"
+ALIAS_EVENTS = "berth.spec.v1.*.alias.*"  # in BERTH_SPECS, apart from the spec events
+PROMOTE_EVENTS = "berth.spec.v1.*.promote"
 REPLICA_EVENTS = "berth.replica.v1.*.*"
 HEALTH_EVENTS = "berth.health.v1.*.*"
 RESTART_REQUESTS = "berth.control.v1.restart.*.*"
 STATUS_EVENTS = "berth.status.v1.*"
 REQUEST_METRICS = "berth.metrics.v1.requests.*"
+USAGE_METRICS = "berth.metrics.v1.usage.*"  # ReplicaUsageReported, from the scheduler
 SCALE_EVENTS = "berth.scale.v1.*.*"
 TRAFFIC_EVENTS = "berth.traffic.v1.*"
 DEAD_LETTERS = "berth.dead.v1.{service}.{durable}"  # where a service's consumer sets aside poison messages
@@ -108,6 +111,8 @@ DURABLE_SCHEDULER_SPECS = "scheduler-specs"
 DURABLE_SCHEDULER_HEALTH = "scheduler-health"
 DURABLE_SCHEDULER_RESTARTS = "scheduler-restarts"
 DURABLE_SCHEDULER_SCALE = "scheduler-scale"
+DURABLE_SCHEDULER_ALIASES = "scheduler-aliases"
+DURABLE_SCHEDULER_PROMOTIONS = "scheduler-promotions"
 DURABLE_HEALTH_REPLICAS = "health-monitor-replicas"
 DURABLE_REGISTRY_STATUS = "registry-status"
 

@@ -40,6 +40,7 @@ from libs.bus import (
     SPECS,
     STATUS,
     TRAFFIC,
+    USAGE_METRICS,
     inbox_prefix,
 )
 
@@ -68,13 +69,15 @@ def dead_letters(service: str) -> str:
 PERMISSIONS: dict[str, Grant] = {
     "spec-registry": Grant(
         publishes=(*_subjects(SPECS), *_subjects(SCALE), dead_letters("spec-registry")),
-        consumes=(STATUS.name,),
+        consumes=(STATUS.name, SCALE.name),  # SCALE: the autoscaler's newest decision, for `autoscale record`
         secrets="write",
         requests=(LOGS_RPC,),
         manages_streams=True,
     ),
     "scheduler": Grant(
-        publishes=(*_subjects(REPLICAS), *_subjects(STATUS), *_subjects(TRAFFIC), dead_letters("scheduler")),
+        publishes=(
+            *_subjects(REPLICAS), *_subjects(STATUS), *_subjects(TRAFFIC), USAGE_METRICS, dead_letters("scheduler")
+        ),
         consumes=(SPECS.name, REPLICAS.name, HEALTH.name, CONTROL.name, STATUS.name, SCALE.name, TRAFFIC.name),
         secrets="read",
         serves=(LOGS_RPC,),
@@ -90,7 +93,7 @@ PERMISSIONS: dict[str, Grant] = {
     ),
     "autoscaler": Grant(
         publishes=(*_subjects(SCALE), dead_letters("autoscaler")),
-        consumes=(SPECS.name, METRICS.name, STATUS.name),
+        consumes=(SPECS.name, METRICS.name, STATUS.name, SCALE.name),  # SCALE: its own last decisions
     ),
 }
 

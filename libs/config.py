@@ -56,6 +56,16 @@ class Settings(BaseSettings):
     log_json: bool = True
 
     reconcile_interval_seconds: float = 10.0
+    usage_report_interval_seconds: float = Field(
+        default=10.0, gt=0, description="How often the scheduler publishes ReplicaUsageReported (autoscaled deployments)."
+    )
+    autoscaler_ops_port: int = Field(default=8093, description="/healthz and /metrics of the autoscaler.")
+    autoscaler_interval_seconds: float = Field(
+        default=15.0, gt=0, description="How often the autoscaler decides (the HPA's --horizontal-pod-autoscaler-sync-period)."
+    )
+    autoscaler_metrics_window_seconds: float = Field(
+        default=15.0, gt=0, description="Router reports within this span are combined into one sample."
+    )
     stop_grace_seconds: float = 10.0
 
     # runtime: kubernetes (docs/kubernetes.md). No kubeconfig: in-cluster config, else ~/.kube/config.

@@ -178,6 +178,43 @@ class DeploymentScaled(Event, DeploymentRef):
     spec_version: int = Field(description="The spec version the decision was made against.")
     spec_replicas: int = Field(description="That version's resources.replicas.")
     reason: str = ""
+    # The autoscaler's decisions only (additive): what it read and how the HPA algorithm concluded.
+    decision: dict[str, Any] | None = Field(
+        default=None, description="Conditions and per-metric proposals (`berth autoscale explain -o json` shape)."
+    )
+    inputs: dict[str, Any] | None = Field(
+        default=None, description="Everything the decision read, as one trace entry (docs/autoscaling.md)."
+    )
+
+
+class AliasTarget(BaseModel):
+    """The spec version an alias points at, with its spec: the scheduler runs it from this alone (it
+    may never have seen that version's SpecApplied, or have forgotten it)."""
+
+    spec_version: int = Field(ge=1)
+    spec_id: str
+    spec: DeploymentSpec
+
+
+class DeploymentAliasSet(Event, DeploymentRef):
+    """An alias of a deployment was set or moved (`target`), or removed (`target` null). One subject
+    per alias: the stream keeps each alias's newest, and each event carries one spec at most."""
+
+    type: ClassVar[str] = "deployment.alias_set"
+    subject_template: ClassVar[str] = "berth.spec.v1.{deployment_id}.alias.{alias}"
+    kind: Literal["deployment.alias_set"] = "deployment.alias_set"
+    alias: str
+    target: AliasTarget | None = Field(default=None, description="The version it names; null: removed.")
+
+
+class DeploymentPromoted(Event, DeploymentRef):
+    """The user promoted the update to `spec_version`: a canary takes all traffic now (its remaining
+    steps are skipped), a blue-green's old set stops now (its hold is cut short)."""
+
+    type: ClassVar[str] = "deployment.promoted"
+    subject_template: ClassVar[str] = "berth.spec.v1.{deployment_id}.promote"
+    kind: Literal["deployment.promoted"] = "deployment.promoted"
+    spec_version: int = Field(ge=1)
 
 
 # -- scheduler: traffic assignment (the one owner of "who serves, at what weight") -----------------
@@ -218,11 +255,17 @@ class TrafficAssigned(Event, DeploymentRef):
     basic_auth_key: str | None = Field(default=None, description="A `secret:<name>` reference, never a value.")
     targets: list[RevisionTarget] = Field(default_factory=list)
     aliases: dict[str, int] = Field(default_factory=dict, description="Alias -> spec version.")
+    hold_seconds: float = Field(
+        default=0.0, ge=0, description="With no ready replica, how long the router holds a request for one to "
+        "come up (scale to zero: minReplicas 0); 0: answer 503 at once.",
+    )
 
 
 # -- scheduler: status read model ------------------------------------------------------------------
 
-Phase = Literal["Provisioning", "Ready", "Degraded", "Stopped", "Failed", "CrashLoopBackOff", "Deleted"]
+Phase = Literal[
+    "Provisioning", "Ready", "Degraded", "Stopped", "ScaledToZero", "Failed", "CrashLoopBackOff", "Deleted"
+]
 
 
 class ReplicaStatus(BaseModel):
@@ -260,6 +303,35 @@ class DeploymentStatusChanged(Event, DeploymentRef):
     ready_replicas: int
     replicas: list[ReplicaStatus] = Field(default_factory=list)
     not_provided: list[str] = Field(default_factory=list, description="What this runtime could not give.")
+    scale_reason: str | None = Field(
+        default=None, description="Why the scale decision in force (autoscaler or user) chose desired_replicas."
+    )
+
+
+# -- scheduler: replica usage (for the autoscaler) ----------------------------------------------------
+
+
+class ReplicaUsage(BaseModel):
+    replica_id: str
+    revision_id: str = ""
+    state: Literal["starting", "running", "exited", "backoff", "stopping"]
+    started_at: datetime | None = None
+    ready: bool | None = Field(default=None, description="Readiness; None before the first health result.")
+    ready_changed_at: datetime | None = Field(default=None, description="When readiness last changed.")
+    cpu_percent: float | None = Field(default=None, description="Of the cores it was given; None: no sample.")
+    memory_percent: float | None = Field(default=None, description="Of the memory it was given; None: no sample.")
+    gpu_percent: float | None = Field(default=None, description="None where no GPU is visible (never zero).")
+
+
+class ReplicaUsageReported(Event, DeploymentRef):
+    """CPU, memory (and GPU) of every replica of one deployment, sampled by the runtime, with what the
+    HPA reads of each replica besides (state, start, readiness and when it last changed)."""
+
+    type: ClassVar[str] = "metrics.usage_reported"
+    subject_template: ClassVar[str] = "berth.metrics.v1.usage.{deployment_id}"
+    kind: Literal["metrics.usage_reported"] = "metrics.usage_reported"
+    window_seconds: float = Field(description="The span each CPU sample averages.")
+    replicas: list[ReplicaUsage] = Field(default_factory=list)
 
 
 # -- router ----------------------------------------------------------------------------------------
@@ -292,9 +364,12 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ReplicaHealthChanged,
     ReplicaRestartRequested,
     DeploymentScaled,
+    DeploymentAliasSet,
+    DeploymentPromoted,
     TrafficAssigned,
     DeploymentStatusChanged,
     RequestMetricsReported,
+    ReplicaUsageReported,
 )
 _BY_KIND: dict[str, type[Event]] = {cls.type: cls for cls in ALL_EVENTS}
 

@@ -15,6 +15,10 @@ import json
 from libs.spec import DeploymentSpec
 
 REVISION_ID_LENGTH = 16
+# The spec fields a revision is made of (what `revision_id` hashes), and the parts of `resources` that
+# are not: a change to a template field replaces replicas, any other applies live (libs/changes.py).
+TEMPLATE_FIELDS = ("image", "containerRegistry", "command", "env", "model", "integrations", "resources")
+LIVE_RESOURCES = ("replicas", "autoscaling")
 
 
 def revision_id(spec: DeploymentSpec) -> str:
@@ -29,3 +33,12 @@ def revision_id(spec: DeploymentSpec) -> str:
         "resources": spec.resources.model_dump(exclude={"replicas", "autoscaling"}),
     }
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:REVISION_ID_LENGTH]
+
+
+def is_template_field(path: str) -> bool:
+    """Whether the spec field at dotted `path` (e.g. `resources.cpu`, `env.TOKEN`) is part of the
+    revision: changing it makes a new revision."""
+    top, _, rest = path.partition(".")
+    if top == "resources":
+        return rest.split(".")[0] not in LIVE_RESOURCES
+    return top in TEMPLATE_FIELDS

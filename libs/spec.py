@@ -196,16 +196,47 @@ class HealthChecks(SpecModel):
         return [(kind, probe) for kind, probe in kinds if probe is not None]
 
 
+UTILISATION_METRICS = ("cpu", "memory", "gpu")  # percent of what each replica was given
+REQUEST_METRICS = ("requestDuration", "concurrency", "rps")  # from the router, for the deployment
+
+
 class AutoscalingMetric(SpecModel):
-    metric: Literal["cpu", "memory", "requestDuration"]
+    metric: Literal["cpu", "memory", "gpu", "requestDuration", "concurrency", "rps"] = Field(
+        description="cpu, memory, gpu: utilisation %; requestDuration: seconds (average over the deployment); "
+        "concurrency: in-flight requests per replica; rps: requests per second per replica."
+    )
     summary: Literal["average"] = "average"
     value: Quantity
 
     @model_validator(mode="after")
     def _percent_bounds(self) -> AutoscalingMetric:
-        if self.metric in ("cpu", "memory") and self.value > 100:
+        if self.metric in UTILISATION_METRICS and self.value > 100:
             raise ValueError(f"{self.metric} value is a utilisation percentage: at most 100")
         return self
+
+
+class ScalingPolicy(SpecModel):
+    """autoscaling/v2 HPAScalingPolicy: at most `value` pods (or percent) of change per `periodSeconds`."""
+
+    type: Literal["Pods", "Percent"]
+    value: Int = Field(gt=0)
+    periodSeconds: Int = Field(gt=0, le=1800)
+
+
+class ScalingRules(SpecModel):
+    """autoscaling/v2 HPAScalingRules; unset fields take the HPA's defaults for the direction."""
+
+    stabilizationWindowSeconds: Int | None = Field(default=None, ge=0, le=3600)
+    selectPolicy: Literal["Max", "Min", "Disabled"] = "Max"
+    policies: list[ScalingPolicy] | None = Field(default=None, min_length=1, max_length=16)
+    tolerance: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
+
+
+class ScalingBehavior(SpecModel):
+    """autoscaling/v2 HorizontalPodAutoscalerBehavior."""
+
+    scaleUp: ScalingRules | None = None
+    scaleDown: ScalingRules | None = None
 
 
 class Autoscaling(SpecModel):
@@ -213,6 +244,9 @@ class Autoscaling(SpecModel):
     minReplicas: Int | None = Field(default=None, ge=0, description="Defaults to resources.replicas.")
     maxReplicas: Int = Field(ge=1)
     metrics: list[AutoscalingMetric] = Field(default_factory=list)
+    behavior: ScalingBehavior | None = Field(
+        default=None, description="Scale-up/scale-down rates and stabilisation, as in an autoscaling/v2 HPA."
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:
@@ -223,6 +257,10 @@ class Autoscaling(SpecModel):
         names = [m.metric for m in self.metrics]
         if len(names) != len(set(names)):
             raise ValueError("each metric may appear once")
+        # As the HPA (HPAScaleToZero): at zero replicas no replica reports cpu or memory, so only a
+        # request metric (from the router) can bring the first one back.
+        if self.enabled and self.minReplicas == 0 and not set(names) & set(REQUEST_METRICS):
+            raise ValueError("minReplicas 0 needs a requestDuration, concurrency or rps metric")
         return self
 
 
@@ -305,15 +343,77 @@ class LoadBalancer(SpecModel):
     healthCheckIntervalSeconds: int | None = Field(default=None, ge=1, le=INT32_MAX, strict=True)
 
 
+# An absolute count or a percent of the desired replicas, as Kubernetes' IntOrString ("25%").
+PERCENT = re.compile(r"^(100|[1-9]?[0-9])%$")
+
+
+def _int_or_percent(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= INT32_MAX:
+        return value
+    if isinstance(value, str) and PERCENT.match(value):
+        return value
+    raise ValueError('must be a count (0 or more) or a percent from "0%" to "100%"')
+
+
+IntOrPercent = Annotated[int | str, BeforeValidator(_int_or_percent)]
+DEFAULT_SURGE = DEFAULT_UNAVAILABLE = "25%"  # Kubernetes' RollingUpdateDeployment defaults
+DEFAULT_SCALE_DOWN_DELAY_SECONDS = 30  # Argo Rollouts' blue-green scaleDownDelaySeconds default
+DEFAULT_CANARY_PERCENT = 10
+DEFAULT_CANARY_STEP_SECONDS = 60
+DEFAULT_PROGRESS_DEADLINE_SECONDS = 600  # Kubernetes' Deployment progressDeadlineSeconds default
+
+
 class UpdateStrategy(SpecModel):
+    """How replicas of a new revision replace the running ones (seeds/002).
+
+    rolling: Kubernetes' RollingUpdate (maxSurge rounds up, maxUnavailable down; both 0 is refused);
+    blue-green: the new set comes up fully beside the old, traffic switches at once when all are ready,
+    the old set is kept scaleDownDelaySeconds for an instant switch back; canary: once the new set is
+    ready it takes canarySteps' weights (default [canaryPercent], 10), each for canaryStepSeconds, then
+    all traffic; applying the previous spec aborts it.
+    """
+
     type: Literal["rolling", "blue-green", "canary"] = "rolling"
     canaryPercent: Int | None = Field(default=None, ge=1, le=99)
+    maxSurge: IntOrPercent | None = Field(default=None, description='rolling: extra replicas, e.g. 1 or "25%" (default).')
+    maxUnavailable: IntOrPercent | None = Field(
+        default=None, description='rolling: replicas that may be unready, e.g. 0 or "25%" (default).'
+    )
+    scaleDownDelaySeconds: Int | None = Field(
+        default=None, ge=0, le=86_400, description="blue-green: how long the old set is kept after the switch (30)."
+    )
+    canarySteps: list[Annotated[int, Field(strict=True, ge=1, le=99)]] | None = Field(
+        default=None, max_length=20, description="canary: weights in percent, rising, one per step (default [canaryPercent])."
+    )
+    canaryStepSeconds: Int | None = Field(
+        default=None, ge=1, le=86_400, description="canary: seconds each step lasts before the next (60)."
+    )
+    progressDeadlineSeconds: Int = Field(
+        default=DEFAULT_PROGRESS_DEADLINE_SECONDS, ge=1, le=86_400,
+        description="Seconds an update may take to get its replicas ready before status says it is stuck.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
-    def _canary(self) -> UpdateStrategy:
-        if self.canaryPercent is not None and self.type != "canary":
-            raise ValueError("canaryPercent applies only to type 'canary'")
+    def _per_type(self) -> UpdateStrategy:
+        errors = [
+            spec_error_detail((name,), f"applies only to type '{kind}'", getattr(self, name))
+            for name, kind in (
+                ("canaryPercent", "canary"), ("maxSurge", "rolling"), ("maxUnavailable", "rolling"),
+                ("scaleDownDelaySeconds", "blue-green"), ("canarySteps", "canary"), ("canaryStepSeconds", "canary"),
+            )  # fmt: skip
+            if getattr(self, name) is not None and self.type != kind
+        ]
+        if self.type == "rolling" and _is_zero(self.maxSurge) and _is_zero(self.maxUnavailable):
+            errors.append(spec_error_detail(("maxUnavailable",), "may not be 0 when maxSurge is 0", 0))
+        steps = self.canarySteps or []
+        if any(later <= earlier for earlier, later in zip(steps, steps[1:], strict=False)):
+            errors.append(spec_error_detail(("canarySteps",), "must rise from step to step", steps))
+        raise_if(errors, type(self).__name__)
         return self
+
+
+def _is_zero(value: int | str | None) -> bool:
+    return value in (0, "0%")
 
 
 class Model(SpecModel):

@@ -120,6 +120,7 @@ class Usage:
     cpu_percent: float  # of the cores requested (or of one core when none were)
     memory_percent: float  # of the memory requested (or of the machine when none was)
     memory_bytes: int
+    gpu_percent: float | None = None  # of the GPUs it was given; None: no GPU visible (NVML)
 
 
 class Runtime(Protocol):

@@ -60,6 +60,7 @@ from libs.events import utcnow
 from libs.logging import get_logger
 from libs.natsd import free_port, write_private
 from libs.runtime import shim
+from libs.runtime.gpu import GpuMeter
 from libs.runtime.base import (
     RESTART_BACKOFF_INITIAL_SECONDS,
     RESTART_BACKOFF_RESET_SECONDS,
@@ -230,6 +231,7 @@ class LocalRuntime:
         self._secrets_known: dict[str, asyncio.Event] = {}  # set once the workload's env is whole
         self._replicas: dict[str, _Supervised] = {}
         self._gpus: int | None = None
+        self._gpu_meter: GpuMeter | None = None  # loaded at the first usage() of a replica given a GPU
         self._closing = False
 
     # -- lifecycle --
@@ -379,8 +381,13 @@ class LocalRuntime:
         memory_limit = (
             workload.memory_gb * GIB if workload and workload.memory_gb else psutil.virtual_memory().total
         )
+        gpu = None
+        if workload and workload.gpu_count > 0:
+            self._gpu_meter = self._gpu_meter or GpuMeter()
+            gpu = self._gpu_meter.percent([p.pid for p in tree], workload.gpu_count)
         return Usage(
-            cpu_percent=cpu / cores, memory_percent=100.0 * memory / memory_limit, memory_bytes=memory
+            cpu_percent=cpu / cores, memory_percent=100.0 * memory / memory_limit, memory_bytes=memory,
+            gpu_percent=gpu,
         )
 
     # -- supervision --

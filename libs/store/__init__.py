@@ -2,6 +2,7 @@
 
 from libs.store.engine import create_engine, migrate, reader
 from libs.store.tables import (
+    AliasRow,
     DeploymentRow,
     DeploymentStatusRow,
     OutboxRow,
@@ -13,6 +14,7 @@ from libs.store.tables import (
 )
 
 __all__ = [
+    "AliasRow",
     "DeploymentRow",
     "DeploymentStatusRow",
     "OutboxRow",

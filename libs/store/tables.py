@@ -93,6 +93,21 @@ class SpecVersionRow(SQLModel, table=True):
     version: int
     spec: dict[str, Any] = Field(sa_type=sa.JSON, nullable=False)
     created_at: datetime = _created_at()
+    # The id of the token whose request created the version (NULL: before 0006). Not a foreign key:
+    # the history outlives a revoked token.
+    created_by: int | None = None
+
+
+class AliasRow(SQLModel, table=True):
+    """A named pointer at one spec version of a deployment (`staging` -> 7); reached at
+    `/<project>/<deployment>@<alias>/` (0006)."""
+
+    __tablename__ = "aliases"
+
+    deployment_id: str = Field(primary_key=True, foreign_key="deployments.id", ondelete="CASCADE", max_length=32)
+    name: str = Field(primary_key=True, max_length=63)
+    spec_version: int
+    updated_at: datetime = _created_at()
 
 
 class DeploymentStatusRow(SQLModel, table=True):

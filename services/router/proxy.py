@@ -10,6 +10,8 @@ travel as the bytes they arrived as: the request's to the replica, the replica's
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -47,6 +49,7 @@ REPLICA_HEADER = "X-Berth-Replica"
 STOPPED_RETRY_AFTER = "30"
 MAX_ALIAS_SHOWN = 63  # a longer `@<alias>` is not echoed whole in the 404
 NOT_READY_RETRY_AFTER = "2"
+MAX_HELD_PER_DEPLOYMENT = 1000  # requests held while a scaled-to-zero deployment brings a replica up
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,8 @@ class Proxy:
                     status = pinned.send(request)
                     return
                 replicas, balancer = pinned, route.inner
+            if not replicas and pin is None and route.hold_seconds > 0:
+                replicas, balancer = await _held(route), route.balancer  # scale to zero: wait for one
             if not replicas:
                 status = NO_READY_REPLICA.send(request)
                 return
@@ -360,6 +365,29 @@ async def _send_body(chunks: AsyncIterator[bytes], upstream: Connection, chunked
         await upstream.drain()
     if chunked:
         upstream.write(b"0\r\n\r\n")
+
+
+async def _held(route: Route) -> tuple[Replica, ...]:
+    """Hold a request while the deployment has no serving replica (scaled to zero, one coming up), at
+    most `route.hold_seconds` and with at most MAX_HELD_PER_DEPLOYMENT waiting; the replicas serving
+    when it wakes (none: answered 503 as before). The held request counts as in flight, which is what
+    tells the autoscaler to bring a replica up."""
+    if route.held >= MAX_HELD_PER_DEPLOYMENT:
+        return ()
+    route.held += 1
+    deadline = time.monotonic() + route.hold_seconds
+    try:
+        while not route.serving and route.enabled and route.hold_seconds > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if route.serving_again is None:
+                route.serving_again = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(route.serving_again.wait(), remaining)
+        return route.serving
+    finally:
+        route.held -= 1
 
 
 def _bad_gateway(replica: Replica, exc: Exception) -> Reply:

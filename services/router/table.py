@@ -18,6 +18,7 @@ an address no route uses any more is handed to `on_address_gone` (the connection
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ class Route:
     serving: tuple[Replica, ...] = ()  # replicas of the revisions with a percent, ordered by id
     by_version: dict[int, tuple[Replica, ...]] = field(default_factory=dict)  # running versions only
     aliases: dict[str, int] = field(default_factory=dict)
+    hold_seconds: float = 0.0  # with no serving replica, how long a request waits for one (scale to zero)
+    held: int = 0  # requests waiting now
+    serving_again: asyncio.Event | None = None  # set when replicas serve again (held requests wake)
     applied_at: float = 0.0  # wall clock when this generation was applied
     applied_monotonic: float = 0.0
     stats: Stats = field(default_factory=Stats)
@@ -66,6 +70,13 @@ class Route:
     @property
     def key(self) -> str:
         return f"{self.project}/{self.slug}"
+
+
+def wake(route: Route) -> None:
+    """Let the requests held for the route look again."""
+    if route.serving_again is not None:
+        route.serving_again.set()
+        route.serving_again = None
 
 
 class RoutingTable:
@@ -123,7 +134,10 @@ class RoutingTable:
         if route.load_balancer != event.load_balancer:  # unchanged settings keep the balancer's turn
             route.load_balancer, route.inner = event.load_balancer, balancer_for(event.load_balancer)
         route.sticky = event.load_balancer.stickySessions
+        route.hold_seconds = event.hold_seconds
         self._replace_replicas(route, event)
+        if route.serving or not route.enabled:
+            wake(route)
         route.applied_at, route.applied_monotonic = time.time(), self._clock()
         self.by_key[route.key] = route
         return [previous_auth] if previous_auth is not None else []
@@ -136,6 +150,8 @@ class RoutingTable:
         if self.by_key.get(route.key) is route:
             del self.by_key[route.key]
         self._count_addresses((), [r.base_url for r in route.replicas.values()])
+        route.serving, route.hold_seconds = (), 0.0
+        wake(route)  # held requests answer at once: the deployment is gone
         return route
 
     def forget(self, present: Collection[str], read_since: float) -> list[Route]:

@@ -7,7 +7,9 @@ import asyncio
 from dataclasses import dataclass
 
 from libs.bus import (
+    ALIAS_EVENTS,
     HEALTH_EVENTS,
+    PROMOTE_EVENTS,
     REPLICA_EVENTS,
     SCALE_EVENTS,
     SPEC_EVENTS,
@@ -22,6 +24,7 @@ from libs.runtime import Runtime, make_runtime
 from libs.secrets import SecretStore
 from services.scheduler.handlers import register_handlers
 from services.scheduler.reconcile import Reconciler
+from services.scheduler.usage import UsageReporter
 
 log = get_logger(__name__)
 
@@ -57,11 +60,15 @@ async def start_scheduler(settings: Settings, runtime: Runtime | None = None) ->
         health=await latest_per_subject(js, HEALTH_EVENTS),
         statuses=await latest_per_subject(js, STATUS_EVENTS),
         assignments=await latest_per_subject(js, TRAFFIC_EVENTS),
+        aliases=await latest_per_subject(js, ALIAS_EVENTS),
+        promotions=await latest_per_subject(js, PROMOTE_EVENTS),
     )
     runtime.on_replica_event = reconciler.on_replica_event
     await runtime.start()  # adopts the replicas a previous scheduler left running
     register_handlers(service, reconciler, runtime)
     service.every(settings.reconcile_interval_seconds, reconciler.reconcile_all, name="resync", at_start=True)
+    usage = UsageReporter(runtime, reconciler, service.publish, settings.usage_report_interval_seconds)
+    service.every(settings.usage_report_interval_seconds, usage.report, name="usage-report")
     service.on_stop(reconciler.shutdown)  # leaves replicas running unless stop() stopped them already
     await service.start(ops_port=settings.scheduler_ops_port)
     log.info("scheduler started", deployments=len(reconciler.deployments()))

@@ -9,11 +9,21 @@ counts: the autoscaler's while the spec enables autoscaling, else the user's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
-from libs.events import DeploymentScaled, ReplicasSource, SpecApplied
+from libs.events import AliasTarget, DeploymentScaled, ReplicasSource, SpecApplied
 from libs.revision import revision_id
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A revision other than the desired one that keeps running because an alias names one of its
+    versions: it runs that version's `resources.replicas` (at least 1), takes no share of the
+    endpoint's traffic, and answers at `@<alias>` and `@<version>`."""
+
+    applied: SpecApplied  # the aliased version (the newest, when several aliases name the revision)
+    replicas: int
 
 
 @dataclass(frozen=True)
@@ -22,19 +32,45 @@ class Desired:
     revision_id: str
     replicas: int
     source: ReplicasSource
+    reason: str | None = None  # the decision's, when one is in force
+    pinned: Mapping[str, Pinned] = field(default_factory=dict)  # revision -> why and how it keeps running
 
 
-def compose(applied: SpecApplied, decisions: Mapping[str, DeploymentScaled]) -> Desired:
+def compose(
+    applied: SpecApplied, decisions: Mapping[str, DeploymentScaled], aliased: Iterable[AliasTarget] = ()
+) -> Desired:
     spec = applied.spec
     revision = revision_id(spec)
     if not spec.enabled:
-        return Desired(applied, revision, 0, "spec")
+        return Desired(applied, revision, 0, "spec")  # a stopped deployment runs nothing, aliases neither
+    pinned = pin(applied, revision, aliased)
     autoscaling = spec.resources.autoscaling
     source: ReplicasSource = "autoscaler" if autoscaling is not None and autoscaling.enabled else "user"
     decision = decisions.get(source)
     if decision is not None and decision.spec_replicas == spec.resources.replicas:
-        return Desired(applied, revision, decision.replicas, source)
-    return Desired(applied, revision, spec.resources.replicas, "spec")
+        return Desired(applied, revision, decision.replicas, source, decision.reason or None, pinned=pinned)
+    return Desired(applied, revision, spec.resources.replicas, "spec", pinned=pinned)
+
+
+def pin(applied: SpecApplied, current: str, aliased: Iterable[AliasTarget]) -> dict[str, Pinned]:
+    """The revisions aliased versions keep running, besides the current one."""
+    pinned: dict[str, Pinned] = {}
+    for target in sorted(aliased, key=lambda t: t.spec_version):
+        revision = revision_id(target.spec)
+        if revision == current:
+            continue
+        known = pinned.get(revision)
+        replicas = max(1, target.spec.resources.replicas, known.replicas if known else 0)
+        pinned[revision] = Pinned(as_applied(applied, target), replicas)
+    return pinned
+
+
+def as_applied(newest: SpecApplied, target: AliasTarget) -> SpecApplied:
+    """The aliased version as the SpecApplied it was (what rendering and announcing replicas take)."""
+    return SpecApplied(
+        deployment_id=newest.deployment_id, project=newest.project, slug=newest.slug, name=newest.name,
+        spec_id=target.spec_id, spec_version=target.spec_version, spec=target.spec,
+    )  # fmt: skip
 
 
 def newer_decision(known: DeploymentScaled | None, event: DeploymentScaled) -> bool:

@@ -4,6 +4,9 @@ reconcile never raises into a handler: a failed one is requeued by the reconcile
 
 - spec events (SPECS, durable scheduler-specs): take the new desired state, reconcile the deployment.
 - scale decisions (SCALE, durable scheduler-scale): compose the desired count again, reconcile.
+- aliases (SPECS `<id>.alias.<alias>`, durable scheduler-aliases): which versions keep running and
+  what `@<alias>` resolves to; reconcile.
+- promotions (SPECS `<id>.promote`, durable scheduler-promotions): a canary or blue-green update ends now.
 - health (HEALTH, durable scheduler-health): readiness moves rollouts on and changes the assignment.
 - restart requests (CONTROL, durable scheduler-restarts): restart the replica through the runtime.
 - logs RPC (core NATS request/reply, queue group: several schedulers would share it; not a stream).
@@ -17,7 +20,10 @@ from nats.js.api import DeliverPolicy
 from pydantic import ValidationError
 
 from libs.bus import (
+    ALIAS_EVENTS,
     CONTROL,
+    DURABLE_SCHEDULER_ALIASES,
+    DURABLE_SCHEDULER_PROMOTIONS,
     DURABLE_SCHEDULER_HEALTH,
     DURABLE_SCHEDULER_RESTARTS,
     DURABLE_SCHEDULER_SCALE,
@@ -25,6 +31,7 @@ from libs.bus import (
     HEALTH,
     HEALTH_EVENTS,
     LOGS_RPC,
+    PROMOTE_EVENTS,
     RESTART_REQUESTS,
     SCALE,
     SCALE_EVENTS,
@@ -32,7 +39,9 @@ from libs.bus import (
     SPECS,
 )
 from libs.events import (
+    DeploymentAliasSet,
     DeploymentDeleted,
+    DeploymentPromoted,
     DeploymentScaled,
     ReplicaHealthChanged,
     ReplicaRestartRequested,
@@ -61,6 +70,16 @@ def register_handlers(service: Service, reconciler: Reconciler, runtime: Runtime
         if reconciler.scale_decided(event):
             await reconciler.reconcile_logged(event.deployment_id)
 
+    async def on_alias_set(event: DeploymentAliasSet) -> None:
+        bind(deployment_id=event.deployment_id)
+        if reconciler.alias_set(event):
+            await reconciler.reconcile_logged(event.deployment_id)
+
+    async def on_promoted(event: DeploymentPromoted) -> None:
+        bind(deployment_id=event.deployment_id)
+        if reconciler.promoted(event):
+            await reconciler.reconcile_logged(event.deployment_id)
+
     async def on_health_changed(event: ReplicaHealthChanged) -> None:
         if reconciler.health_changed(event):
             reconciler.kick(event.deployment_id)
@@ -80,6 +99,14 @@ def register_handlers(service: Service, reconciler: Reconciler, runtime: Runtime
     service.subscribe(
         SCALE_EVENTS, stream=SCALE, durable=DURABLE_SCHEDULER_SCALE, events=(DeploymentScaled,),
         handler=on_scale_decided, deliver_policy=latest,
+    )  # fmt: skip
+    service.subscribe(
+        ALIAS_EVENTS, stream=SPECS, durable=DURABLE_SCHEDULER_ALIASES, events=(DeploymentAliasSet,),
+        handler=on_alias_set, deliver_policy=latest,
+    )  # fmt: skip
+    service.subscribe(
+        PROMOTE_EVENTS, stream=SPECS, durable=DURABLE_SCHEDULER_PROMOTIONS, events=(DeploymentPromoted,),
+        handler=on_promoted, deliver_policy=latest,
     )  # fmt: skip
     service.subscribe(
         HEALTH_EVENTS, stream=HEALTH, durable=DURABLE_SCHEDULER_HEALTH, events=(ReplicaHealthChanged,),

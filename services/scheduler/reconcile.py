@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 
 from libs.events import (
+    DeploymentAliasSet,
+    DeploymentPromoted,
     DeploymentDeleted,
     DeploymentRef,
     DeploymentScaled,
@@ -55,7 +57,7 @@ from libs.runtime.base import (
 )
 from libs.spec import DeploymentSpec, HealthChecks
 from libs.tasks import cancel_and_wait
-from services.scheduler import traffic
+from services.scheduler import aliases, traffic
 from services.scheduler.desired import Desired, compose, newer_decision
 from services.scheduler.lifecycle import LOG_TAIL_LINES, Serving, lifecycle_events, stopped_event
 from services.scheduler.metrics import DEPLOYMENTS, EVENTS_PUBLISHED, RECONCILE_ERRORS, RECONCILE_SECONDS
@@ -67,8 +69,16 @@ from services.scheduler.render import (
     resolve_env,
     revision_of,
 )
-from services.scheduler.revisions import ObservedWorkload, RevisionPlan, plan_revisions, serving
+from services.scheduler.revisions import (
+    ObservedWorkload,
+    RevisionPlan,
+    can_roll_back,
+    plan_revisions,
+    ready_revisions,
+    serving,
+)
 from services.scheduler.state import DeploymentState
+from services.scheduler.strategies import next_change
 from services.scheduler.status import (
     ObservedReplica,
     compute_status,
@@ -85,6 +95,9 @@ Publish = Callable[[Event], Awaitable[None]]
 REQUEUE = RetryPolicy(first_delay_seconds=0.25, factor=2.0, max_delay_seconds=30.0)
 # A deleted deployment, once gone, is remembered this long so that a late spec event cannot bring it back.
 DELETED_RETENTION_SECONDS = 600.0
+# A replica of an update restarted this often without getting ready is a crash loop: the update is
+# rolled back before its progress deadline.
+CRASH_LOOP_RESTARTS = 3
 
 log = get_logger(__name__)
 
@@ -130,6 +143,8 @@ class Reconciler:
         health: Iterable[Event] = (),
         statuses: Iterable[Event] = (),
         assignments: Iterable[Event] = (),
+        aliases: Iterable[Event] = (),
+        promotions: Iterable[Event] = (),
     ) -> None:
         """Load the state snapshot read from the streams on start (latest event per subject)."""
         for event in specs:
@@ -138,6 +153,12 @@ class Reconciler:
         for event in scales:
             if isinstance(event, DeploymentScaled):
                 self.scale_decided(event)
+        for event in aliases:
+            if isinstance(event, DeploymentAliasSet):
+                self.alias_set(event)
+        for event in promotions:
+            if isinstance(event, DeploymentPromoted):
+                self.promoted(event)
         for event in replicas:
             if isinstance(event, ReplicaStarted | ReplicaExited | ReplicaStopped):
                 self._state(event.deployment_id).ledger.record(event)
@@ -179,6 +200,27 @@ class Reconciler:
         state.decisions[event.source] = event
         return True
 
+    def alias_set(self, event: DeploymentAliasSet) -> bool:
+        """Take an alias's newest target (or its removal); False when older than what is known."""
+        if event.deployment_id in self._gone:
+            return False
+        state = self._state(event.deployment_id)
+        known = state.aliases.get(event.alias)
+        if state.deleted is not None or (known is not None and known.occurred_at >= event.occurred_at):
+            return False
+        state.aliases[event.alias] = event
+        if event.target is not None:
+            state.learn_version(event.target)
+        return True
+
+    def promoted(self, event: DeploymentPromoted) -> bool:
+        """The user promoted the update to `event.spec_version`; False when nothing newer is said."""
+        state = self._states.get(event.deployment_id)
+        if state is None or event.spec_version <= state.promoted:
+            return False
+        state.promoted = event.spec_version
+        return True
+
     def health_changed(self, event: ReplicaHealthChanged) -> bool:
         """Take a replica's health; False when older than what is known (an earlier process or time)."""
         state = self._states.get(event.deployment_id)
@@ -192,6 +234,15 @@ class Reconciler:
 
     def deployments(self) -> set[str]:
         return {d for d, s in self._states.items() if s.applied is not None}
+
+    def applied(self, deployment_id: str) -> SpecApplied | None:
+        state = self._states.get(deployment_id)
+        return None if state is None else state.applied
+
+    def replica_health(self, deployment_id: str, replica: Replica) -> ReplicaHealthChanged | None:
+        """The latest health of this very process of the replica (for the usage report)."""
+        state = self._states.get(deployment_id)
+        return None if state is None else self._health_of(state, replica)
 
     # -- running reconciles -----------------------------------------------------------------------
 
@@ -317,33 +368,123 @@ class Reconciler:
         if state.deleted is not None:
             await self._remove_everything(state, state.deleted, observed)
         elif state.applied is not None:
-            error = await self._converge(state, compose(state.applied, state.decisions), observed)
+            error = await self._converge(deployment_id, state, self._desired(state, state.applied), observed)
         observed = await self._observe(deployment_id)
         await self._announce(state, observed)
         await self._report(state, observed, error)
         self._forget_if_gone(deployment_id, state, observed)
 
-    async def _converge(self, state: DeploymentState, desired: Desired, observed: list[ObservedWorkload]) -> str | None:
+    def _desired(self, state: DeploymentState, applied: SpecApplied) -> Desired:
+        return compose(applied, state.decisions, state.aliased())
+
+    async def _converge(
+        self, deployment_id: str, state: DeploymentState, desired: Desired, observed: list[ObservedWorkload]
+    ) -> str | None:
         """Phases 2-5 for a deployment that should run; returns why it cannot (status Failed), or None."""
         ready = self._ready(state, observed)
-        plans = plan_revisions(desired, observed, ready)  # 2. revisions
+        now = time.monotonic()
+        held = state.complete_since
+        since = held[1] if held is not None and held[0] == desired.revision_id else None
+        if state.rolled_back not in (None, desired.revision_id):
+            state.rolled_back = None  # a newer spec: its own rollout
+        rolled_back = state.rolled_back == desired.revision_id
+        came_up = state.came_up == desired.revision_id
+        promoted = state.promoted >= desired.applied.spec_version
+        plans = plan_revisions(desired, observed, ready, now, since, rolled_back, came_up, promoted)  # 2. revisions
+        if not plans[0].complete:
+            state.came_up = desired.revision_id
+        fallback = not rolled_back and can_roll_back(desired, observed, ready)  # an update, not a first start
+        why = self._give_up(deployment_id, state, desired, plans[0], ready, now) if fallback else None
+        if why is not None:
+            state.rolled_back, state.rolled_back_why = desired.revision_id, why
+            log.warning("update rolled back", revision_id=desired.revision_id, reason=why)
+            plans = plan_revisions(desired, observed, ready, now, since, rolled_back=True, came_up=came_up)
+        self._wake_after_hold(deployment_id, state, desired, state.completed(desired.revision_id, plans[0].complete, now))
         state.keep_revisions(p.revision_id for p in plans)
-        target, error = await self._target(desired)
-        error = await self._grow(plans[0], target) or error  # 3. workloads
-        await self._assign(state, traffic.assignment(desired, serving(plans, ready, state.versions), state.generation + 1))  # 4.
-        await self._retire(state, desired, plans, target)  # 5.
+        state.standing_by = {p.revision_id for p in plans if not p.current and not p.weighted and not p.retire}
+        targets: dict[str, Workload | None] = {}
+        error = None
+        for plan in plans:  # 3. workloads: the desired revision, and pinned ones that must (still) run
+            target, why = await self._target(plan)
+            targets[plan.revision_id] = target
+            why = await self._grow(plan, target) or why
+            if plan.current:
+                error = why
+            elif why:
+                log.warning("aliased version cannot run", revision_id=plan.revision_id, reason=why)
+        before = state.alias_serving
+        state.alias_serving = aliases.resolve(state.wanted_aliases(), before, ready_revisions(plans, ready))
+        resolved = {alias: t.spec_version for alias, t in state.alias_serving.items()}
+        made = traffic.assignment(desired, serving(plans, ready, state.versions), state.generation + 1, resolved)
+        await self._assign(state, made)  # 4. traffic
+        await self._retire(state, desired, plans, targets)  # 5.
+        if state.alias_serving != before:
+            self.kick(deployment_id)  # a version no alias resolves to any more may retire now
         return error
 
-    async def _target(self, desired: Desired) -> tuple[Workload | None, str | None]:
-        """The desired revision's workload, or why the spec cannot run. Nothing to render while no
+    def _wake_after_hold(self, deployment_id: str, state: DeploymentState, desired: Desired, since: float | None) -> None:
+        """Blue-green's hold and a canary's steps end by time alone: look again when the next one does."""
+        if since is None or state.wake is not None or self._closing:
+            return
+        at = next_change(desired.applied.spec.updateStrategy, since, time.monotonic())
+        if at is not None:
+            state.wake = asyncio.get_running_loop().call_later(at - time.monotonic(), self._woken, deployment_id)
+
+    def _give_up(
+        self, deployment_id: str, state: DeploymentState, desired: Desired, plan: RevisionPlan, ready: set[str], now: float
+    ) -> str | None:
+        """Why the desired revision's rollout is given up (rolled back), or None: a replica of it in a
+        crash loop, or its progress deadline passed."""
+        version = desired.applied.spec_version
+        live = plan.observed.live if plan.observed is not None else []
+        looping = [r for r in live if r.restart_count >= CRASH_LOOP_RESTARTS and r.replica_id not in ready]
+        if looping and not plan.complete:
+            replica = looping[0]
+            return f"replica {replica.replica_id} of spec version {version} restarted {replica.restart_count} times without getting ready"
+        if self._past_deadline(deployment_id, state, desired, plan.complete, now):
+            deadline = desired.applied.spec.updateStrategy.progressDeadlineSeconds
+            return f"spec version {version} did not get ready within its progress deadline ({deadline} s)"
+        return None
+
+    def _past_deadline(
+        self, deployment_id: str, state: DeploymentState, desired: Desired, complete: bool, now: float
+    ) -> bool:
+        """Whether the desired revision's rollout has run past its progress deadline; until then a
+        reconcile is due at the deadline."""
+        began = state.progressing(desired.revision_id, complete, now)
+        if began is None:
+            return False
+        deadline = began + desired.applied.spec.updateStrategy.progressDeadlineSeconds
+        if now >= deadline:
+            return True
+        if state.deadline is None and not self._closing:
+            state.deadline = asyncio.get_running_loop().call_later(deadline - now, self._at_deadline, deployment_id)
+        return False
+
+    def _at_deadline(self, deployment_id: str) -> None:
+        state = self._states.get(deployment_id)
+        if state is not None:
+            state.deadline = None
+        self.kick(deployment_id)
+
+    def _woken(self, deployment_id: str) -> None:
+        state = self._states.get(deployment_id)
+        if state is not None:
+            state.wake = None
+        self.kick(deployment_id)
+
+    async def _target(self, plan: RevisionPlan) -> tuple[Workload | None, str | None]:
+        """The workload a revision's plan wants, or why its spec cannot run. Nothing to render while no
         replica should run (stopping needs no secret)."""
-        if desired.replicas == 0:
+        if plan.restore and plan.workload is not None:  # rolled back to: the workload as it runs, grown
+            return replace(plan.workload, replicas=plan.keep), None
+        if plan.keep == 0 or plan.applied is None:
             return None, None
         try:
-            env = await resolve_env(desired.applied.spec, desired.applied.project, self._secrets)
+            env = await resolve_env(plan.applied.spec, plan.applied.project, self._secrets)
         except RenderError as exc:
             return None, str(exc)
-        return render(desired.applied, env, desired.replicas), None
+        return render(plan.applied, env, plan.keep), None
 
     async def _grow(self, plan: RevisionPlan, target: Workload | None) -> str | None:
         """Create the desired revision's workload, or bring it up to its count (never down: that waits
@@ -369,7 +510,7 @@ class Reconciler:
         await self._emit(assignment)
 
     async def _retire(
-        self, state: DeploymentState, desired: Desired, plans: list[RevisionPlan], target: Workload | None
+        self, state: DeploymentState, desired: Desired, plans: list[RevisionPlan], targets: dict[str, Workload | None]
     ) -> None:
         """Stop the replicas that left the assignment just published: scale down, previous revisions."""
         spec = desired.applied.spec
@@ -377,14 +518,17 @@ class Reconciler:
         for plan in plans:
             if not plan.leaving or plan.workload is None:
                 continue
-            reason = f"replaced by spec version {desired.applied.spec_version}" if plan.retire and desired.replicas else scaled_down
+            replaced = not plan.current and desired.replicas > 0
+            reason = f"replaced by spec version {desired.applied.spec_version}" if replaced else scaled_down
+            if plan.current and state.rolled_back == desired.revision_id:
+                reason = f"rolled back: {state.rolled_back_why}"
             state.stop_reason = reason
             await self._announce_stopping(state, plan.leaving, reason)
             if plan.retire:
                 log.info("removing workload", workload=plan.workload.name, reason=reason)
                 await self._runtime.delete(plan.workload.name)
             else:
-                shrunk = target or plan.workload
+                shrunk = targets.get(plan.revision_id) or plan.workload
                 await self._runtime.apply(replace(shrunk, name=plan.workload.name, replicas=plan.keep))
 
     async def _remove_everything(
@@ -431,11 +575,11 @@ class Reconciler:
     async def _announce(self, state: DeploymentState, observed: list[ObservedWorkload]) -> None:
         """Publish the replica lifecycle events the bus misses (level-triggered)."""
         present: set[str] = set()
-        desired = compose(state.applied, state.decisions).revision_id if state.applied else None
+        running = self._running_versions(state)
         for o in observed:
             for replica in o.replicas:
                 present.add(replica.replica_id)
-                serving_as = self._serving(state, o, replica, desired)
+                serving_as = self._serving(state, o, replica, running.get(o.revision_id))
                 last = state.ledger.last(replica.replica_id)
                 for event in await lifecycle_events(replica, last, serving_as, self._log_tail, state.stop_reason):
                     await self._emit(event)
@@ -444,14 +588,20 @@ class Reconciler:
                 await self._emit(stopped_event(last, state.stop_reason))
         state.forget_replicas(present)
 
+    def _running_versions(self, state: DeploymentState) -> dict[str, SpecApplied]:
+        """revision -> the version its replicas serve: the desired one, and those aliases pin."""
+        if state.applied is None:
+            return {}
+        desired = self._desired(state, state.applied)
+        return {desired.revision_id: desired.applied} | {r: p.applied for r, p in desired.pinned.items()}
+
     def _serving(
-        self, state: DeploymentState, observed: ObservedWorkload, replica: Replica, desired_revision: str | None
+        self, state: DeploymentState, observed: ObservedWorkload, replica: Replica, applied: SpecApplied | None
     ) -> Serving:
-        """What a replica serves: the desired spec when it runs the desired revision, else what it was
-        announced with."""
-        applied = state.applied
+        """What a replica serves: the version its revision runs for (the desired one, or an aliased
+        one), else what it was announced with."""
         revision = replica.revision_id or observed.revision_id
-        if applied is not None and observed.revision_id == desired_revision:
+        if applied is not None:
             spec = applied.spec
             return Serving(ref_of(applied), applied.spec_id, spec.resources.port, health_checks_of(spec), revision)
         started = state.ledger.started(replica.replica_id)
@@ -466,12 +616,13 @@ class Reconciler:
             if state.deleted is not None and not observed:
                 await self._set_status(state, deleted_status(state.deleted))
             return
-        desired = compose(state.applied, state.decisions)
+        desired = self._desired(state, state.applied)
         replicas = [
             ObservedReplica(
                 replica=replica,
                 spec_id=last.spec_id if (last := state.ledger.last(replica.replica_id)) else o.workload.spec_id,
                 current=o.revision_id == desired.revision_id,
+                pinned=o.revision_id in desired.pinned or o.revision_id in state.standing_by,
                 primary_port=o.workload.ports[0],
                 health=self._health_of(state, replica),
                 exit=last if isinstance(last, ReplicaExited) else None,
@@ -483,7 +634,11 @@ class Reconciler:
         # What the runtime cannot give is a property of the workload, whether or not it runs yet.
         shape = render(desired.applied, ResolvedEnv({}, frozenset()), desired.replicas)
         not_provided = self._runtime.not_provided(shape) + not_acted_on(desired.applied.spec)
-        await self._set_status(state, compute_status(desired, replicas, error, not_provided))
+        status = compute_status(desired, replicas, error, not_provided)
+        if state.rolled_back == desired.revision_id and not error:
+            reason = f"rolled back: {state.rolled_back_why}; the previous revision serves ({status.ready_replicas} ready)"
+            status = status.model_copy(update={"phase": "Degraded", "reason": reason})
+        await self._set_status(state, status)
 
     def _forget_if_gone(self, deployment_id: str, state: DeploymentState, observed: list[ObservedWorkload]) -> None:
         """Drop everything held about a deployment that is deleted and gone (or was never ours)."""
@@ -494,7 +649,7 @@ class Reconciler:
             if not tombstoned or state.status is None or state.status.phase != "Deleted":
                 return  # the tombstone or the Deleted status is still to be published
             self._gone[deployment_id] = time.monotonic() + self._deleted_retention
-        elif state.applied is not None or state.decisions:
+        elif state.applied is not None or state.decisions or state.aliases:
             return
         state.cancel_requeue()
         del self._states[deployment_id]

@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from libs.events import (
+    AliasTarget,
+    DeploymentAliasSet,
     DeploymentDeleted,
     DeploymentScaled,
     DeploymentStatusChanged,
@@ -28,6 +30,8 @@ class DeploymentState:
     applied: SpecApplied | None = None  # the newest spec version
     deleted: DeploymentDeleted | None = None
     decisions: dict[str, DeploymentScaled] = field(default_factory=dict)  # newest per source
+    aliases: dict[str, DeploymentAliasSet] = field(default_factory=dict)  # newest per alias (removals too)
+    alias_serving: dict[str, AliasTarget] = field(default_factory=dict)  # what each alias resolved to last
     versions: dict[str, list[int]] = field(default_factory=dict)  # revision -> spec versions running it
     health: dict[str, ReplicaHealthChanged] = field(default_factory=dict)  # by replica id
     restarts: dict[str, tuple[int, str]] = field(default_factory=dict)  # replica -> (restart count, why)
@@ -38,13 +42,29 @@ class DeploymentState:
     stop_reason: str = "scaled down"
     failures: int = 0  # reconciles failed in a row: the requeue back-off
     requeue: asyncio.TimerHandle | None = None
+    complete_since: tuple[str, float] | None = None  # (revision, monotonic time) it first had all ready
+    wake: asyncio.TimerHandle | None = None  # a reconcile when a blue-green hold ends
+    standing_by: set[str] = field(default_factory=set)  # revisions kept without traffic (aliased, blue-green's old set)
+    progress_since: tuple[str, float] | None = None  # (revision, monotonic time) its rollout began, until complete
+    rolled_back: str | None = None  # a desired revision given up on (progress deadline, crash loop)
+    rolled_back_why: str = ""
+    came_up: str | None = None  # the last desired revision seen without all its replicas ready
+    promoted: int = 0  # the newest spec version the user promoted (canary: all traffic; blue-green: no hold)
+    deadline: asyncio.TimerHandle | None = None  # a reconcile at the progress deadline
 
-    def learn_version(self, applied: SpecApplied) -> None:
+    def learn_version(self, applied: SpecApplied | AliasTarget) -> None:
         versions = self.versions.setdefault(revision_id(applied.spec), [])
         if applied.spec_version not in versions:
             versions.append(applied.spec_version)
             versions.sort()
             del versions[:-MAX_VERSIONS_PER_REVISION]
+
+    def wanted_aliases(self) -> dict[str, AliasTarget]:
+        return {alias: e.target for alias, e in self.aliases.items() if e.target is not None}
+
+    def aliased(self) -> list[AliasTarget]:
+        """Every version an alias names or still resolves to: each keeps its revision running."""
+        return [*self.wanted_aliases().values(), *self.alias_serving.values()]
 
     def learn_assignment(self, assignment: TrafficAssigned) -> None:
         self.traffic = assignment
@@ -65,6 +85,23 @@ class DeploymentState:
                 del held[replica_id]
 
     def cancel_requeue(self) -> None:
-        if self.requeue is not None:
-            self.requeue.cancel()
-            self.requeue = None
+        for handle in (self.requeue, self.wake, self.deadline):
+            if handle is not None:
+                handle.cancel()
+        self.requeue = self.wake = self.deadline = None
+
+    def progressing(self, revision: str, complete: bool, now: float) -> float | None:
+        """When the rollout of `revision` began (None: it is complete)."""
+        if complete:
+            self.progress_since = None
+        elif self.progress_since is None or self.progress_since[0] != revision:
+            self.progress_since = (revision, now)
+        return self.progress_since[1] if self.progress_since else None
+
+    def completed(self, revision: str, complete: bool, now: float) -> float | None:
+        """When `revision` first had all its replicas ready (None: not yet)."""
+        if not complete:
+            self.complete_since = None
+        elif self.complete_since is None or self.complete_since[0] != revision:
+            self.complete_since = (revision, now)
+        return self.complete_since[1] if self.complete_since else None

@@ -24,7 +24,7 @@ from libs.events import (
     ReplicaStatus,
 )
 from libs.runtime.base import Replica
-from libs.spec import DeploymentSpec, UpdateStrategy
+from libs.spec import DeploymentSpec
 from services.scheduler.desired import Desired
 
 CRASHED_STATES = ("exited", "backoff")
@@ -39,6 +39,7 @@ class ObservedReplica:
     health: ReplicaHealthChanged | None = None
     exit: ReplicaExited | None = None  # the last exit, while the replica waits to restart
     restart_reason: str | None = None  # why it was last restarted
+    pinned: bool = False  # runs a revision an alias keeps (not "previous": it stays)
 
     @property
     def serving(self) -> bool:
@@ -110,15 +111,14 @@ def not_acted_on(spec: DeploymentSpec) -> list[str]:
     missing = []
     autoscaling = spec.resources.autoscaling
     if autoscaling is not None and autoscaling.enabled:
-        missing.append("resources.autoscaling (no autoscaler acts on it yet; replicas stay as set)")
+        if any(m.metric == "gpu" for m in autoscaling.metrics):
+            missing.append(
+                "resources.autoscaling gpu metric where no GPU is visible through NVML (the `gpu` extra): the "
+                "metric is then missing, and a missing metric blocks scaling down, as in the HPA"
+            )
     if spec.integrations:
         names = ", ".join(i.name for i in spec.integrations)
         missing.append(f"integrations {names} (not materialised yet: nothing is fetched into the replicas)")
-    if spec.updateStrategy != UpdateStrategy():
-        missing.append(
-            f"updateStrategy {spec.updateStrategy.type} (updates roll out by readiness: new replicas take "
-            "traffic as they get ready, the previous ones stop once all are ready)"
-        )
     if not spec.loadBalancer.enabled:
         missing.append("loadBalancer.enabled: false (the router still balances requests over every ready replica)")
     return missing
@@ -146,6 +146,7 @@ def compute_status(
         ready_replicas=sum(r.ready for r in replicas),
         replicas=[r.status() for r in sorted(replicas, key=lambda r: r.replica.replica_id)],
         not_provided=not_provided or [],
+        scale_reason=desired.reason,
     )
 
 
@@ -173,7 +174,7 @@ def _comparable(status: DeploymentStatusChanged) -> dict[str, object]:
 def _phase(want: Desired, replicas: list[ObservedReplica], error: str | None) -> tuple[Phase, str]:
     desired = want.replicas
     current = [r for r in replicas if r.current]
-    previous_ready = sum(r.ready for r in replicas if not r.current)
+    previous_ready = sum(r.ready for r in replicas if not r.current and not r.pinned)
     ready = sum(r.ready for r in current)
     keep_serving = f"{_replicas(previous_ready)} of the previous version keep{'s' if previous_ready == 1 else ''} serving"
     if error:
@@ -181,6 +182,8 @@ def _phase(want: Desired, replicas: list[ObservedReplica], error: str | None) ->
     if desired == 0:
         if replicas:
             return "Provisioning", f"stopping {_replicas(len(replicas))}"
+        if want.applied.spec.enabled and want.source == "autoscaler":
+            return "ScaledToZero", "scaled to zero by the autoscaler; the next request brings a replica up"
         return "Stopped", "stopped (enabled: false)" if not want.applied.spec.enabled else "scaled to 0 replicas"
     troubled = [r for r in current if r.crashed] or [r for r in current if r.failing_probe]
     progress = f"{ready}/{desired} replicas ready"

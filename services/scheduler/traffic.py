@@ -9,7 +9,7 @@ revision without a ready replica is listed at 0 so that its spec versions stay r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from libs.events import (
@@ -21,6 +21,9 @@ from libs.events import (
 from services.scheduler.desired import Desired
 
 FULL = 100
+# How long the router holds a request while a deployment that may scale to zero brings a replica up
+# (Knative's activator holds them likewise, bounded).
+ACTIVATION_HOLD_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class RevisionServing:
     revision_id: str
     spec_versions: tuple[int, ...]
     replicas: tuple[ServingReplica, ...]
+    weighted: bool = True  # takes a share of the endpoint's requests; else only pinned ones (@alias)
+    share: int | None = None  # its explicit percent (a canary's steps); None: by ready replicas
 
 
 def percents(ready_counts: Sequence[int]) -> list[int]:
@@ -45,12 +50,17 @@ def percents(ready_counts: Sequence[int]) -> list[int]:
     return shares
 
 
-def assignment(desired: Desired, revisions: Sequence[RevisionServing], generation: int) -> TrafficAssigned:
-    """What serves `desired`: the given revisions (newest first), none while the deployment is stopped."""
+def assignment(
+    desired: Desired, revisions: Sequence[RevisionServing], generation: int, aliases: Mapping[str, int] | None = None
+) -> TrafficAssigned:
+    """What serves `desired`: the given revisions (newest first), none while the deployment is stopped;
+    `aliases` (alias -> spec version) as they are to resolve now."""
     applied, spec = desired.applied, desired.applied.spec
     serving = revisions if spec.enabled else []
-    shares = percents([len(r.replicas) for r in serving])
+    shares = percents(_weights(serving))
+    bounds = spec.resources.replica_bounds()
     return TrafficAssigned(
+        hold_seconds=ACTIVATION_HOLD_SECONDS if bounds is not None and bounds[0] == 0 else 0.0,
         **_ref(applied),
         name=applied.name,
         generation=generation,
@@ -67,7 +77,19 @@ def assignment(desired: Desired, revisions: Sequence[RevisionServing], generatio
             )
             for r, share in zip(serving, shares, strict=True)
         ],
+        aliases=dict(aliases or {}),
     )
+
+
+def _weights(serving: Sequence[RevisionServing]) -> list[int]:
+    """What the percents are proportional to: explicit shares when the serving revisions have them
+    (a canary: its weight and the stable revision's rest), else ready replicas. A revision without a
+    ready replica gets nothing either way."""
+    taking = [r for r in serving if r.weighted and r.replicas]
+    explicit = bool(taking) and all(r.share is not None for r in taking)
+    return [
+        ((r.share or 0) if explicit else len(r.replicas)) if r.weighted and r.replicas else 0 for r in serving
+    ]
 
 
 def tombstone(ref: DeploymentRef, name: str, spec_version: int, generation: int) -> TrafficAssigned:

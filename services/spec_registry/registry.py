@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -15,16 +16,22 @@ import nats.errors
 from nats.aio.client import Client
 from pydantic import ValidationError
 
-from libs.bus import LOGS_RPC
+from libs.bus import LOGS_RPC, latest_per_subject
+from libs.changes import field_changes, replaces_replicas, rollout
+from libs.events import DeploymentScaled
 from libs.secrets import SecretStore
 from libs.spec import DeploymentSpec, SpecError, SpecInvalid, validate_spec
 from services.spec_registry.metrics import SPEC_VERSIONS_ACCEPTED
 from services.spec_registry.outbox import OutboxRelay
-from services.spec_registry.problems import BadGateway, Unavailable
+from libs.store import AliasRow
+from services.spec_registry.problems import BadGateway, Invalid, Unavailable
 from services.spec_registry.repository import Repository, StoredDeployment
-from services.spec_registry.schemas import LogPage
+from services.spec_registry.schemas import ALIAS_NAME, DryRun, FieldChange, LogPage
 
 LOGS_TIMEOUT_SECONDS = 5.0
+# Aliases per deployment. Each aliased version keeps replicas running (docs/api.md): a bound on cost too.
+MAX_ALIASES = 16
+ALIAS_RULE = "must be a DNS-1123 label (a-z, 0-9 and '-', at most 63, starting and ending alphanumeric) and not all digits"
 SpecEdit = Callable[[dict[str, Any]], dict[str, Any]]
 
 
@@ -51,18 +58,29 @@ class Registry:
                 raise SpecInvalid(missing)
         return spec
 
-    async def create(self, project: str, document: Any) -> StoredDeployment:
+    async def create(self, project: str, document: Any, by: int | None = None) -> StoredDeployment:
         spec = await self.check(project, document)
-        stored = await asyncio.to_thread(self.repo.create_deployment, project, spec)
+        stored = await asyncio.to_thread(self.repo.create_deployment, project, spec, by)
         self._accepted(stored)
         return stored
 
-    async def update(self, project: str, ref: str, document: Any, if_match: list[str]) -> StoredDeployment:
+    async def update(
+        self, project: str, ref: str, document: Any, if_match: list[str], by: int | None = None
+    ) -> StoredDeployment:
         """A new spec version, based on the version whose spec_id is in `if_match`."""
         spec = await self.check(project, document)
-        stored = await asyncio.to_thread(self.repo.update_deployment, project, ref, spec, if_match)
+        stored = await asyncio.to_thread(self.repo.update_deployment, project, ref, spec, if_match, by)
         self._accepted(stored)
         return stored
+
+    async def dry_run(self, project: str, ref: str | None, document: Any, if_match: list[str]) -> DryRun:
+        """What creating (`ref` None) or updating would do; the same checks, nothing stored."""
+        spec = await self.check(project, document)
+        if ref is None:
+            await asyncio.to_thread(self.repo.preview_create, project, spec)
+            return dry_run_answer(None, spec)
+        current = await asyncio.to_thread(self.repo.preview_update, project, ref, spec, if_match)
+        return dry_run_answer(current, spec)
 
     async def scale(self, project: str, ref: str, replicas: int) -> StoredDeployment:
         """The user's scale decision: kept with the deployment and published, no new spec version."""
@@ -71,11 +89,29 @@ class Registry:
             self._relay.notify()
         return stored
 
-    async def change(self, project: str, ref: str, edit: SpecEdit) -> StoredDeployment:
+    async def change(self, project: str, ref: str, edit: SpecEdit, by: int | None = None) -> StoredDeployment:
         """A new version made from the current one by `edit` (stop, start, rollback)."""
         current = await asyncio.to_thread(self.repo.get_deployment, project, ref)
         document = edit(copy.deepcopy(current.spec))
-        return await self.update(project, current.row.id, document, [current.row.spec_id])
+        return await self.update(project, current.row.id, document, [current.row.spec_id], by)
+
+    async def promote(self, project: str, ref: str) -> StoredDeployment:
+        stored = await asyncio.to_thread(self.repo.promote, project, ref)
+        self._relay.notify()
+        return stored
+
+    async def set_alias(self, project: str, ref: str, alias: str, version: int) -> tuple[AliasRow, bool]:
+        """Point `alias` at `version`; the row, and whether anything changed (then it is published)."""
+        check_alias(alias)
+        row, changed = await asyncio.to_thread(self.repo.set_alias, project, ref, alias, version, MAX_ALIASES)
+        if changed:
+            self._relay.notify()
+        return row, changed
+
+    async def remove_alias(self, project: str, ref: str, alias: str) -> None:
+        check_alias(alias)
+        await asyncio.to_thread(self.repo.remove_alias, project, ref, alias)
+        self._relay.notify()
 
     async def delete(self, project: str, ref: str) -> None:
         await asyncio.to_thread(self.repo.delete_deployment, project, ref)
@@ -98,11 +134,37 @@ class Registry:
         except (ValueError, AttributeError, ValidationError) as exc:
             raise BadGateway("the scheduler's answer to the logs request was not understood") from exc
 
+    async def autoscaler_decision(self, deployment_id: str) -> DeploymentScaled | None:
+        """The autoscaler's newest decision about the deployment (the SCALE stream keeps only it)."""
+        subject = DeploymentScaled.subject_template.format(deployment_id=deployment_id, source="autoscaler")
+        found = await latest_per_subject(self._nc.jetstream(), subject)
+        return next((e for e in reversed(found) if isinstance(e, DeploymentScaled)), None)
+
     def _accepted(self, stored: StoredDeployment) -> None:
         if stored.unchanged:
             return
         SPEC_VERSIONS_ACCEPTED.inc()
         self._relay.notify()
+
+
+def dry_run_answer(current: StoredDeployment | None, spec: DeploymentSpec) -> DryRun:
+    before = DeploymentSpec.model_validate(current.spec) if current is not None else None
+    changes = field_changes(before, spec)
+    return DryRun(
+        deployment_id=current.row.id if current else None,
+        spec_version=current.row.spec_version if current else None,
+        unchanged=current is not None and not changes,
+        changes=[FieldChange(**vars(c)) for c in changes],
+        replaces_replicas=replaces_replicas(changes),
+        strategy=spec.updateStrategy.type,
+        rollout=rollout(spec, changes) if current else "creates the deployment and starts its replicas",
+    )
+
+
+def check_alias(alias: str) -> None:
+    """422 naming the field and the rule, never the value."""
+    if not re.fullmatch(ALIAS_NAME, alias):
+        raise Invalid("bad alias", [SpecError("alias", ALIAS_RULE)])
 
 
 def with_enabled(enabled: bool) -> SpecEdit:

@@ -20,6 +20,9 @@ from sqlmodel import Session, col, select
 
 from libs.events import (
     DeploymentDeleted,
+    AliasTarget,
+    DeploymentAliasSet,
+    DeploymentPromoted,
     DeploymentScaled,
     DeploymentStatusChanged,
     Event,
@@ -28,6 +31,7 @@ from libs.events import (
 )
 from libs.spec import DeploymentSpec, SpecError
 from libs.store import (
+    AliasRow,
     DeploymentRow,
     DeploymentStatusRow,
     OutboxRow,
@@ -44,6 +48,10 @@ from services.spec_registry.problems import Conflict, Invalid, NotFound, StaleVe
 from services.spec_registry.scale import holds, wanted
 
 DEFAULT_PROJECT = "default"
+RENAME_RULE = (
+    "deployment name cannot be edited: create a deployment with the new name, move traffic to it "
+    "(or an alias), then delete this one"
+)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class Principal:
 
     project: str
     is_admin: bool
+    token_id: int | None = None  # recorded as the author of the spec versions it creates
 
 
 @dataclass(frozen=True)
@@ -121,7 +130,7 @@ class Repository:
         # check free of timing differences anyway.
         if row is None or not hmac.compare_digest(row.token_hash, token_hash):
             return None
-        return Principal(project=row.project, is_admin=row.is_admin)
+        return Principal(project=row.project, is_admin=row.is_admin, token_id=row.id)
 
     def create_project(self, name: str, token_hash: str) -> None:
         try:
@@ -142,7 +151,7 @@ class Repository:
 
     # -- deployments ----------------------------------------------------------------------------------
 
-    def create_deployment(self, project: str, spec: DeploymentSpec) -> StoredDeployment:
+    def create_deployment(self, project: str, spec: DeploymentSpec, by: int | None = None) -> StoredDeployment:
         try:
             with self._write_with_event() as session:
                 taken = self._taken(session, project, spec, exclude_id=None)
@@ -162,28 +171,19 @@ class Repository:
                 )
                 session.add(row)
                 session.flush()
-                self._add_version(session, row, spec)
+                self._add_version(session, row, spec, by)
         except IntegrityError as exc:
             raise Conflict("a deployment with this name, or one with the same slug, exists in the project") from exc
         return StoredDeployment(row, submitted(spec), None)
 
-    def update_deployment(self, project: str, ref: str, spec: DeploymentSpec, if_match: list[str]) -> StoredDeployment:
+    def update_deployment(
+        self, project: str, ref: str, spec: DeploymentSpec, if_match: list[str], by: int | None = None
+    ) -> StoredDeployment:
         """A new spec version based on the one `if_match` names."""
         try:
             with self._write_with_event() as session:
                 row = self._find(session, project, ref, for_update=True)
-                if row.spec_id not in if_match:
-                    raise StaleVersion(
-                        f"the deployment is at spec version {row.spec_version} (spec_id {row.spec_id}); "
-                        "read it again and apply your change to that version"
-                    )
-                if spec.name != row.name:
-                    taken = self._taken(session, project, spec, exclude_id=row.id)
-                    if taken is not None:
-                        raise _name_taken(taken)
-                    raise Invalid(
-                        "a deployment cannot be renamed", [SpecError("name", "deployment name cannot be edited")]
-                    )
+                self._check_update(session, project, row, spec, if_match)
                 status = session.get(DeploymentStatusRow, row.id)
                 current = self._version(session, row)
                 if canonical(current.spec) == canonical(spec):
@@ -192,10 +192,25 @@ class Repository:
                 row.environment, row.updated_at = spec.environment, utcnow()
                 self._supersede_scale(session, row, spec)
                 session.add(row)
-                self._add_version(session, row, spec)
+                self._add_version(session, row, spec, by)
         except IntegrityError as exc:  # another update based on the same version committed first
             raise StaleVersion("the deployment changed meanwhile; read it again") from exc
         return StoredDeployment(row, submitted(spec), status.status if status else None)
+
+    def preview_update(self, project: str, ref: str, spec: DeploymentSpec, if_match: list[str]) -> StoredDeployment:
+        """The current version, after the checks the update would make (a dry run stores nothing)."""
+        with self._read() as session:
+            row = self._find(session, project, ref)
+            self._check_update(session, project, row, spec, if_match)
+            version = self._version(session, row)
+        return StoredDeployment(row, version.spec, None)
+
+    def preview_create(self, project: str, spec: DeploymentSpec) -> None:
+        """Raise what creating `spec` would raise (409 when the name is taken)."""
+        with self._read() as session:
+            taken = self._taken(session, project, spec, exclude_id=None)
+        if taken is not None:
+            raise _name_taken(taken)
 
     def scale_deployment(self, project: str, ref: str, replicas: int) -> StoredDeployment:
         """Record the user's decision to run `replicas` (no new spec version) and publish it as
@@ -217,7 +232,7 @@ class Repository:
     def delete_deployment(self, project: str, ref: str) -> None:
         with self._write_with_event() as session:
             row = self._find(session, project, ref, for_update=True)
-            for table in (DeploymentStatusRow, SpecVersionRow):
+            for table in (DeploymentStatusRow, AliasRow, SpecVersionRow):
                 session.execute(sa.delete(table).where(col(table.deployment_id) == row.id))
             session.delete(row)
             self._add_event(session, DeploymentDeleted(deployment_id=row.id, project=project, slug=row.slug))
@@ -265,14 +280,55 @@ class Repository:
 
     def spec_version(self, project: str, ref: str, version: int) -> SpecVersionRow:
         with self._read() as session:
+            return self._version_row(session, self._find(session, project, ref), version)
+
+    # -- aliases --------------------------------------------------------------------------------------
+
+    def aliases(self, project: str, ref: str) -> list[AliasRow]:
+        with self._read() as session:
             row = self._find(session, project, ref)
-            query = select(SpecVersionRow).where(
-                SpecVersionRow.deployment_id == row.id, SpecVersionRow.version == version
+            return self._aliases(session, row.id)
+
+    def set_alias(self, project: str, ref: str, alias: str, version: int, limit: int) -> tuple[AliasRow, bool]:
+        """Point `alias` at spec `version` (creating or moving it); the row and whether it changed.
+        Publishes it with its version's spec."""
+        with self._write_with_event() as session:
+            row = self._find(session, project, ref, for_update=True)
+            known = {a.name: a for a in self._aliases(session, row.id)}
+            current = known.get(alias)
+            if current is not None and current.spec_version == version:
+                return current, False
+            target = self._version_row(session, row, version)  # 404 naming spec_version when there is none
+            if current is None and len(known) >= limit:
+                raise Invalid(
+                    "too many aliases", [SpecError("alias", f"a deployment has at most {limit} aliases")]
+                )
+            current = current or AliasRow(deployment_id=row.id, name=alias, spec_version=version)
+            current.spec_version, current.updated_at = version, utcnow()
+            session.add(current)
+            self._add_alias_event(session, row, alias, target)
+        return current, True
+
+    def remove_alias(self, project: str, ref: str, alias: str) -> None:
+        with self._write_with_event() as session:
+            row = self._find(session, project, ref, for_update=True)
+            found = session.get(AliasRow, (row.id, alias))
+            if found is None:
+                raise NotFound("the deployment has no alias of this name", field="alias")
+            session.delete(found)
+            self._add_alias_event(session, row, alias, None)
+
+    def promote(self, project: str, ref: str) -> StoredDeployment:
+        """Publish that the current version's update is promoted (no new version: nothing in the spec changes)."""
+        with self._write_with_event() as session:
+            row = self._find(session, project, ref, for_update=True)
+            version = self._version(session, row)
+            status = session.get(DeploymentStatusRow, row.id)
+            event = DeploymentPromoted(
+                deployment_id=row.id, project=row.project, slug=row.slug, spec_version=row.spec_version
             )
-            found = session.exec(query).first()
-        if found is None:
-            raise NotFound("the deployment has no spec version of this number", field="spec_version")
-        return found
+            self._add_event(session, event)
+        return StoredDeployment(row, version.spec, status.status if status else None)
 
     # -- status read model ------------------------------------------------------------------------------
 
@@ -286,7 +342,7 @@ class Repository:
                 return False
             status = event.model_dump(
                 mode="json",
-                include={"phase", "reason", "desired_replicas", "ready_replicas", "replicas", "not_provided"},
+                include={"phase", "reason", "desired_replicas", "ready_replicas", "replicas", "not_provided", "scale_reason"},
             )
             status["observed_at"] = event.occurred_at.isoformat()
             row = row or DeploymentStatusRow(
@@ -388,6 +444,41 @@ class Repository:
         assert version is not None, "a deployment always points at one of its versions"
         return version
 
+    def _check_update(
+        self, session: Session, project: str, row: DeploymentRow, spec: DeploymentSpec, if_match: list[str]
+    ) -> None:
+        if row.spec_id not in if_match:
+            raise StaleVersion(
+                f"the deployment is at spec version {row.spec_version} (spec_id {row.spec_id}); "
+                "read it again and apply your change to that version"
+            )
+        if spec.name != row.name:
+            taken = self._taken(session, project, spec, exclude_id=row.id)
+            if taken is not None:
+                raise _name_taken(taken)
+            raise Invalid("a deployment cannot be renamed", [SpecError("name", RENAME_RULE)])
+
+    @staticmethod
+    def _version_row(session: Session, row: DeploymentRow, version: int) -> SpecVersionRow:
+        query = select(SpecVersionRow).where(SpecVersionRow.deployment_id == row.id, SpecVersionRow.version == version)
+        found = session.exec(query).first()
+        if found is None:
+            raise NotFound("the deployment has no spec version of this number", field="spec_version")
+        return found
+
+    @staticmethod
+    def _aliases(session: Session, deployment_id: str) -> list[AliasRow]:
+        query = select(AliasRow).where(AliasRow.deployment_id == deployment_id).order_by(col(AliasRow.name))
+        return list(session.exec(query).all())
+
+    def _add_alias_event(self, session: Session, row: DeploymentRow, alias: str, version: SpecVersionRow | None) -> None:
+        target = None
+        if version is not None:
+            spec = DeploymentSpec.model_validate(version.spec)
+            target = AliasTarget(spec_version=version.version, spec_id=version.spec_id, spec=spec)
+        event = DeploymentAliasSet(deployment_id=row.id, project=row.project, slug=row.slug, alias=alias, target=target)
+        self._add_event(session, event)
+
     def _supersede_scale(self, session: Session, row: DeploymentRow, spec: DeploymentSpec) -> None:
         """A spec that sets another `resources.replicas` than the user's scale was made against ends
         that decision. The decision is also replaced on the bus by one that follows the new spec, so
@@ -423,7 +514,7 @@ class Repository:
             query = query.where(DeploymentRow.id != exclude_id)
         return session.exec(query).first()
 
-    def _add_version(self, session: Session, row: DeploymentRow, spec: DeploymentSpec) -> None:
+    def _add_version(self, session: Session, row: DeploymentRow, spec: DeploymentSpec, by: int | None) -> None:
         session.add(
             SpecVersionRow(
                 spec_id=row.spec_id,
@@ -431,6 +522,7 @@ class Repository:
                 version=row.spec_version,
                 spec=submitted(spec),
                 created_at=row.updated_at,
+                created_by=by,
             )
         )
         self._add_event(

@@ -41,6 +41,22 @@ class Status(BaseModel):
         description="Where desired_replicas comes from: the spec's resources.replicas, the user's scale, "
         "the autoscaler (as the scheduler last reported it), or 0 because the deployment is stopped.",
     )
+    scale_reason: str | None = Field(
+        default=None, description="Why the scale decision in force chose its count (the autoscaler's last reason)."
+    )
+
+
+class AutoscalerDecision(BaseModel):
+    """The autoscaler's newest decision about a deployment, with everything it read (a trace entry,
+    docs/autoscaling.md): what `berth autoscale record` collects."""
+
+    event_id: str
+    decided_at: datetime
+    replicas: int
+    reason: str
+    spec_version: int
+    inputs: dict[str, Any] | None = None
+    decision: dict[str, Any] | None = None
 
 
 class SubmittedSpec(BaseModel):
@@ -93,11 +109,39 @@ class DeploymentList(BaseModel):
     next: str | None = NEXT_PAGE
 
 
+class FieldChange(BaseModel):
+    field: str = Field(description="Dotted path: resources.cpu, env.<NAME>, healthChecks.readiness.path.")
+    before: Any = Field(default=None, description="null: not set before (defaults count as set).")
+    after: Any = Field(default=None, description="null: not set any more.")
+    effect: Literal["live", "replace", "refused"] = Field(
+        description="live: applies to the running replicas; replace: new replicas through the update "
+        "strategy; refused: the update would be refused (the name)."
+    )
+    note: str = ""
+
+
 class SpecVersion(SubmittedSpec):
     spec_id: str
     spec_version: int
     revision_id: str = Field(description="Versions with the same revision_id run the same template.")
     created_at: datetime
+    created_by: int | None = Field(default=None, description="Id of the token that created it (never the token).")
+    changes: list[FieldChange] | None = Field(
+        default=None, description="With diff=true: the fields changed from the previous version (null for the first)."
+    )
+
+
+class DryRun(BaseModel):
+    """What an apply would do, without doing it (`?dryRun=true`)."""
+
+    dry_run: Literal[True] = True
+    deployment_id: str | None = Field(description="null: the deployment would be created.")
+    spec_version: int | None = Field(description="The current version the changes are against.")
+    unchanged: bool = Field(description="The spec is the current one: nothing would be stored.")
+    changes: list[FieldChange]
+    replaces_replicas: bool
+    strategy: str = Field(description="updateStrategy.type that replacing replicas would follow.")
+    rollout: str = Field(description="What will happen to the running replicas, in a sentence.")
 
 
 class History(BaseModel):
@@ -118,6 +162,25 @@ class RollbackRequest(Request):
     spec_version: int = Field(
         ge=1, strict=True, description="The version whose spec becomes the new version's spec."
     )
+
+
+ALIAS_NAME = r"^(?![0-9]+$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+class AliasRequest(Request):
+    spec_version: int = Field(ge=1, strict=True, description="The spec version the alias points at.")
+
+
+class Alias(BaseModel):
+    alias: str = Field(description="A DNS-1123 label, not all digits (digits name a version).")
+    spec_version: int
+    updated_at: datetime
+    endpoint: str = Field(description="http://<router>/<project>/<slug>@<alias>/")
+    unchanged: bool = Field(default=False, description="The alias already pointed at this version.")
+
+
+class AliasList(BaseModel):
+    items: list[Alias] = Field(description="By name.")
 
 
 class ProjectCreate(Request):

@@ -72,10 +72,25 @@ class Platform:
 
 
 @pytest.fixture
-def platform(tmp_path: Path, nats_url: str) -> Iterator[Platform]:
+def extra_services() -> tuple[str, ...]:
+    """Services a test module starts beside SERVICES (override the fixture), e.g. the autoscaler."""
+    return ()
+
+
+@pytest.fixture
+def extra_env() -> dict[str, str]:
+    """Settings a test module gives every service (override the fixture), e.g. shorter intervals."""
+    return {}
+
+
+@pytest.fixture
+def platform(
+    tmp_path: Path, nats_url: str, extra_services: tuple[str, ...], extra_env: dict[str, str]
+) -> Iterator[Platform]:
     data_dir = tmp_path / "berth"
     data_dir.mkdir()
-    ports = {name: free_port() for name in ("API_PORT", "ROUTER_PORT", "SCHEDULER_OPS_PORT", "HEALTH_MONITOR_OPS_PORT")}
+    ports = {name: free_port() for name in ("API_PORT", "ROUTER_PORT", "SCHEDULER_OPS_PORT", "HEALTH_MONITOR_OPS_PORT",
+                                            "AUTOSCALER_OPS_PORT")}
     env = {
         **os.environ,
         "BERTH_DATA_DIR": str(data_dir),
@@ -88,6 +103,7 @@ def platform(tmp_path: Path, nats_url: str) -> Iterator[Platform]:
         # Replicas run `python ...`: it must be this interpreter (with scikit-learn), as under `berth up`.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         **{f"BERTH_{k}": str(v) for k, v in ports.items()},
+        **extra_env,
     }
     env.pop("BERTH_TOKEN", None)
     settings = Settings(
@@ -98,7 +114,7 @@ def platform(tmp_path: Path, nats_url: str) -> Iterator[Platform]:
     logs.mkdir()
     platform = Platform(settings, env, logs)
     try:
-        for service in SERVICES:
+        for service in (*SERVICES, *extra_services):
             platform.start(service)
         wait_for_port("127.0.0.1", ports["API_PORT"], timeout=30)
         wait_for_port("127.0.0.1", ports["ROUTER_PORT"], timeout=30)

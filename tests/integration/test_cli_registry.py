@@ -64,8 +64,17 @@ async def test_every_command_answers_json(registry: RegistryProcess, tmp_path: P
     spec_file = tmp_path / "iris.yaml"
     spec_file.write_text(yaml.safe_dump(SPEC))
 
+    would = await cli.json("apply", "--dry-run", "-f", str(spec_file))
+    assert (would["dry_run"], would["deployment_id"]) == (True, None)
     created = await cli.json("apply", "-f", str(spec_file))
     assert (created["name"], created["slug"], created["spec_version"]) == ("My Iris", "my-iris", 1)
+    changed_file = tmp_path / "iris-2.yaml"
+    changed_file.write_text(yaml.safe_dump({**SPEC, "image": "python:3.12", "description": "v2"}))
+    dry = await cli.json("apply", "--dry-run", "-f", str(changed_file))
+    assert [(c["field"], c["effect"]) for c in dry["changes"]] == [("description", "live"), ("image", "replace")]
+    shown = await cli.run("apply", "--dry-run", "-f", str(changed_file))
+    assert "replace" in shown.stdout and "rolling" in shown.stdout and "nothing was stored" in shown.stdout
+    assert (await cli.json("deployments", "get", "my-iris"))["spec_version"] == 1
     again = await cli.json("apply", "-f", str(spec_file))
     assert (again["unchanged"], again["spec_id"]) == (True, created["spec_id"])
 
@@ -84,6 +93,32 @@ async def test_every_command_answers_json(registry: RegistryProcess, tmp_path: P
     history = await cli.json("deployments", "history", "my-iris")
     assert [v["spec_version"] for v in history["items"]] == [3, 2, 1]
     assert len({v["revision_id"] for v in history["items"]}) == 1  # only `enabled` changed
+    diffed = await cli.json("deployments", "history", "my-iris", "--diff")
+    assert [[c["field"] for c in v["changes"] or []] for v in diffed["items"]] == [["enabled"], ["enabled"], []]
+    table = await cli.run("deployments", "history", "my-iris", "--diff")
+    assert "enabled" in table.stdout and "live" in table.stdout and "token" in table.stdout
+
+    aliased = await cli.json("deployments", "alias", "my-iris", "production", "2")
+    assert (aliased["alias"], aliased["spec_version"]) == ("production", 2)
+    assert aliased["endpoint"].endswith("/default/my-iris@production/")
+    assert (await cli.json("deployments", "alias", "my-iris", "production", "3"))["spec_version"] == 3
+    assert [(a["alias"], a["spec_version"]) for a in (await cli.json("deployments", "aliases", "my-iris"))["items"]] == [
+        ("production", 3)
+    ]
+    table = await cli.run("deployments", "aliases", "my-iris")
+    assert "production" in table.stdout and "@production" in table.stdout
+    assert await cli.json("deployments", "unalias", "my-iris", "production") == {"removed": True, "alias": "production"}
+    assert (await cli.json("deployments", "aliases", "my-iris"))["items"] == []
+    bad = await cli.run("deployments", "alias", "my-iris", "Production", "1")
+    assert bad.exit_code == 1 and "alias" in bad.output and "DNS-1123" in bad.output
+
+    canary = await cli.json("apply", "--strategy", "canary", "-f", str(changed_file))
+    assert (canary["spec_version"], canary["spec"]["updateStrategy"]) == (4, {"type": "canary"})
+    promoted = await cli.json("deployments", "promote", "my-iris")
+    assert promoted["spec_version"] == 4  # not a new version
+    aborted = await cli.json("deployments", "abort", "my-iris")
+    assert aborted["spec_version"] == 5 and aborted["revision_id"] == history["items"][0]["revision_id"]
+    assert "updateStrategy" not in aborted["spec"]  # version 3's spec again
 
     async def scheduler(msg: Msg) -> None:
         await msg.respond(json.dumps({"lines": [{"replica_id": "r1", "offset": 3, "line": "hi\n"}], "next": 4}).encode())

@@ -64,16 +64,16 @@ async def test_spec_to_deployment_pod_status_to_deployment_status(
                      what="scaled to 3")
     assert list(berth_deployments(cluster)) == [name]
 
-    # A new template is a Deployment of its own; the old revision has no ready replica (no health-monitor
-    # here) to keep serving, so it is removed at once (services/scheduler/revisions.py).
+    # A new template is a Deployment of its own (whether the old one stays while the new one has no
+    # ready replica is the update strategy's business: services/scheduler/revisions.py).
     await bus.apply(echo_spec(replicas=3, image="python:3.12"))
-    replaced = await eventually(lambda: (d := berth_deployments(cluster)) and name not in d and d,
-                                what="the new revision's Deployment, the old one gone")
-    (new,) = replaced
-    assert replaced[new]["spec"]["template"]["spec"]["containers"][0]["image"] == "python:3.12"
-    assert replaced[new]["spec"]["replicas"] == 3
+    grown = await eventually(lambda: (d := berth_deployments(cluster)) and set(d) - {name} and d,
+                             what="the new revision's Deployment")
+    (new,) = set(grown) - {name}
+    assert grown[new]["spec"]["template"]["spec"]["containers"][0]["image"] == "python:3.12"
+    assert grown[new]["spec"]["replicas"] >= 1  # how fast it grows is the strategy's business too
 
-    await kubelet.run(new, 3)  # its ReplicaSet's Pods
+    await kubelet.run(new, berth_deployments(cluster)[new]["spec"]["replicas"])  # its ReplicaSet's Pods
     await bus.apply(echo_spec(replicas=3, image="python:3.12", enabled=False))  # stop
     await eventually(lambda: berth_deployments(cluster).get(new, {}).get("spec", {}).get("replicas") == 0,
                      what="stopped: 0 replicas")

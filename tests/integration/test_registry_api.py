@@ -24,7 +24,9 @@ from libs.bus import LOGS_RPC, all_events
 from libs.config import Settings
 from libs.logcursor import encode_cursor
 from libs.events import (
+    DeploymentAliasSet,
     DeploymentDeleted,
+    DeploymentPromoted,
     DeploymentScaled,
     DeploymentStatusChanged,
     Event,
@@ -365,7 +367,8 @@ async def test_name_is_unique_in_project_and_cannot_be_edited(api: httpx.AsyncCl
 
     assert same_slug.status_code == 409
     assert renamed.status_code == 422
-    assert renamed.json()["errors"] == [{"field": "name", "rule": "deployment name cannot be edited"}]
+    (error,) = renamed.json()["errors"]
+    assert error["field"] == "name" and error["rule"].startswith("deployment name cannot be edited: create a deployment")
     assert taken.status_code == 409
     assert (await api.get(f"/v1/deployments/{other['deployment_id']}")).json()["name"] == "other"
 
@@ -633,3 +636,158 @@ async def test_health_and_metrics(api: httpx.AsyncClient) -> None:
     assert "berth_registry_spec_versions_accepted_total" in metrics.text
     assert 'berth_registry_requests_total{method="POST",route="/v1/deployments",status="201"}' in metrics.text
     assert "berth_registry_outbox_lag" in metrics.text
+
+
+# -- aliases ---------------------------------------------------------------------------------------------
+
+
+async def test_aliases_are_set_moved_listed_and_removed(api: httpx.AsyncClient, nc: Client) -> None:
+    published: list[Event] = []
+
+    async def record(msg: Msg) -> None:
+        published.append(decode_event(msg.data))
+
+    subscription = await nc.subscribe("berth.spec.v1.*.alias.*", cb=record)
+    created = await create(api, spec())
+    await put(api, "my-cool-deployment", spec(image="python:3.12"), created["spec_id"])
+    base = "/v1/deployments/my-cool-deployment/aliases"
+
+    first = await api.put(f"{base}/prod", json={"spec_version": 1})
+    assert first.status_code == 200, first.text
+    assert first.json()["endpoint"].endswith("/default/my-cool-deployment@prod/")
+    assert (first.json()["spec_version"], first.json()["unchanged"]) == (1, False)
+    assert (await api.put(f"{base}/prod", json={"spec_version": 1})).json()["unchanged"] is True
+    assert (await api.put(f"{base}/staging", json={"spec_version": 2})).status_code == 200
+    moved = await api.put(f"{base}/prod", json={"spec_version": 2})
+    assert (moved.json()["spec_version"], moved.json()["unchanged"]) == (2, False)
+    listed = (await api.get(base)).json()["items"]
+    assert [(a["alias"], a["spec_version"]) for a in listed] == [("prod", 2), ("staging", 2)]
+
+    assert (await api.delete(f"{base}/staging")).status_code == 204
+    gone = await api.delete(f"{base}/staging")
+    assert gone.status_code == 404 and gone.json()["errors"][0]["field"] == "alias"
+    assert [a["alias"] for a in (await api.get(base)).json()["items"]] == ["prod"]
+
+    # Every change is published once, with the spec of the version it names (null: removed).
+    await eventually(lambda: len(published) == 4, what="four alias events")
+    await subscription.unsubscribe()
+    assert [(e.alias, e.target and e.target.spec_version) for e in published] == [  # type: ignore[attr-defined]
+        ("prod", 1), ("staging", 2), ("prod", 2), ("staging", None)
+    ]
+    prod = published[2]
+    assert isinstance(prod, DeploymentAliasSet) and prod.target is not None
+    assert prod.target.spec.image == "python:3.12"
+    assert prod.subject() == f"berth.spec.v1.{created['deployment_id']}.alias.prod"
+
+
+async def test_promote_publishes_the_current_version_and_adds_none(api: httpx.AsyncClient, js: JetStreamContext) -> None:
+    created = await create(api, spec())
+    answer = await api.post("/v1/deployments/my-cool-deployment/promote")
+    assert answer.status_code == 200 and answer.json()["spec_version"] == 1
+    subject = f"berth.spec.v1.{created['deployment_id']}.promote"
+
+    async def published() -> list[Event]:
+        return await all_events(js, subject)
+
+    (event,) = await eventually(published, what="the promotion published")
+    assert isinstance(event, DeploymentPromoted) and event.spec_version == 1
+    assert len((await api.get("/v1/deployments/my-cool-deployment/history")).json()["items"]) == 1
+    assert (await api.post("/v1/deployments/nope/promote")).status_code == 404
+
+
+@pytest.mark.parametrize("name", ["Prod", "98765", "a" * 64, "-prod", "prod-", "pr_od", "pr.od"])
+async def test_a_bad_alias_name_is_refused_naming_the_field_and_the_rule(api: httpx.AsyncClient, name: str) -> None:
+    await create(api, spec())
+    response = await api.put(f"/v1/deployments/my-cool-deployment/aliases/{name}", json={"spec_version": 1})
+    assert response.status_code == 422 and response.headers["content-type"] == "application/problem+json"
+    (error,) = response.json()["errors"]
+    assert error["field"] == "alias" and "DNS-1123" in error["rule"] and "digits" in error["rule"]
+    assert name not in response.text
+    assert (await api.get("/v1/deployments/my-cool-deployment/aliases")).json()["items"] == []
+
+
+async def test_an_alias_needs_an_existing_version_and_there_are_at_most_16(api: httpx.AsyncClient) -> None:
+    await create(api, spec())
+    base = "/v1/deployments/my-cool-deployment/aliases"
+    missing = await api.put(f"{base}/prod", json={"spec_version": 2})
+    assert missing.status_code == 404 and missing.json()["errors"][0]["field"] == "spec_version"
+    not_int = await api.put(f"{base}/prod", json={"spec_version": "1"})
+    assert not_int.status_code == 422 and not_int.json()["errors"][0]["field"] == "spec_version"
+    for i in range(16):
+        assert (await api.put(f"{base}/a{i}", json={"spec_version": 1})).status_code == 200
+    too_many = await api.put(f"{base}/one-more", json={"spec_version": 1})
+    assert too_many.status_code == 422 and too_many.json()["errors"] == [
+        {"field": "alias", "rule": "a deployment has at most 16 aliases"}
+    ]
+    assert (await api.put(f"{base}/a0", json={"spec_version": 1})).json()["unchanged"] is True  # moving is fine
+    assert (await api.delete("/v1/deployments/my-cool-deployment")).status_code == 204
+    await create(api, spec())  # the name again: a new deployment, without the old one's aliases
+    assert (await api.get(base)).json()["items"] == []
+
+
+# -- dry run, history diff and authors ----------------------------------------------------------------
+
+
+async def test_dry_run_answers_the_changes_and_stores_nothing(api: httpx.AsyncClient, registry: Registry, nc: Client) -> None:
+    published: list[Msg] = []
+
+    async def record(msg: Msg) -> None:
+        published.append(msg)
+
+    subscription = await nc.subscribe("berth.spec.v1.>", cb=record)
+    new = await api.post("/v1/deployments?dryRun=true", json=spec())
+    assert new.status_code == 200 and new.json()["deployment_id"] is None
+    assert (await api.get("/v1/deployments")).json()["items"] == []
+    created = await create(api, spec())
+    before = await snapshot(api, "my-cool-deployment")
+
+    changed = spec(image="python:3.12", description="now with 3.12", resources={"ports": [8000], "replicas": 3})
+    answer = await api.put("/v1/deployments/my-cool-deployment?dryRun=true", json=changed, headers={"If-Match": f'"{created["spec_id"]}"'})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert (body["dry_run"], body["spec_version"], body["unchanged"], body["replaces_replicas"]) == (True, 1, False, True)
+    assert {c["field"]: (c["before"], c["after"], c["effect"]) for c in body["changes"]} == {
+        "image": ("python:3.11", "python:3.12", "replace"),
+        "description": (None, "now with 3.12", "live"),
+        "resources.replicas": (2, 3, "live"),
+    }
+    assert body["strategy"] == "rolling" and "rolling" in body["rollout"]
+    same = await api.put("/v1/deployments/my-cool-deployment?dryRun=true", json=spec(), headers={"If-Match": f'"{created["spec_id"]}"'})
+    assert (same.json()["unchanged"], same.json()["changes"]) == (True, [])
+    live_only = await api.put(
+        "/v1/deployments/my-cool-deployment?dryRun=true", json=spec(description="x"), headers={"If-Match": f'"{created["spec_id"]}"'}
+    )
+    assert live_only.json()["replaces_replicas"] is False and "live" in live_only.json()["rollout"]
+    # The same checks as the real update: a stale If-Match, a rename, an invalid spec.
+    stale = await api.put("/v1/deployments/my-cool-deployment?dryRun=true", json=changed, headers={"If-Match": '"nope"'})
+    assert stale.status_code == 409
+    renamed = await api.put("/v1/deployments/my-cool-deployment?dryRun=true", json=spec(name="other"), headers={"If-Match": f'"{created["spec_id"]}"'})
+    assert renamed.status_code == 422 and renamed.json()["errors"][0]["field"] == "name"
+    assert (await api.post("/v1/deployments?dryRun=true", json=spec())).status_code == 409  # the name is taken
+
+    assert await snapshot(api, "my-cool-deployment") == before
+    await put(api, "my-cool-deployment", spec(image="marker"), created["spec_id"])
+    await eventually(lambda: len(published) == 2, what="the create and the marker version")
+    await subscription.unsubscribe()
+    assert len(published) == 2  # no dry run published anything
+
+
+async def test_history_diff_and_who_created_each_version(api: httpx.AsyncClient, registry: Registry) -> None:
+    created = await create(api, spec())
+    second = (await put(api, "my-cool-deployment", spec(image="python:3.12"), created["spec_id"])).json()
+    token = (await api.post("/v1/projects/default/tokens")).json()["token"]
+    async with registry.client(token) as colleague:  # another token of the same project
+        third = spec(image="python:3.12", env=[{"name": "A", "value": "1"}])
+        assert (await put(colleague, "my-cool-deployment", third, second["spec_id"])).status_code == 200
+    plain = (await api.get("/v1/deployments/my-cool-deployment/history")).json()["items"]
+    assert [v["changes"] for v in plain] == [None, None, None]
+    by = [v["created_by"] for v in plain]
+    assert by[1] == by[2] and by[0] != by[1] and None not in by
+    assert token not in json.dumps(plain)
+
+    page = (await api.get("/v1/deployments/my-cool-deployment/history?diff=true&limit=2")).json()
+    assert [[(c["field"], c["effect"]) for c in v["changes"]] for v in page["items"]] == [
+        [("env.A", "replace")], [("image", "replace")]
+    ]
+    rest = (await api.get(f"/v1/deployments/my-cool-deployment/history?diff=true&limit=2&after={page['next']}")).json()
+    assert [v["changes"] for v in rest["items"]] == [None]  # the first version has no predecessor

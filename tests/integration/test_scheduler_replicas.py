@@ -244,7 +244,10 @@ async def test_command_change_starts_new_replicas_ready_before_old_stop(
     old = await serving(scheduler, 2)
     await bus.phase("Ready", ready_replicas=2)
 
-    await bus.apply(echo_spec(replicas=2, command=[sys.executable, ECHO, "--version-two"]))
+    # Blue-green (no hold): the whole new set is ready before the first old replica stops. The default
+    # rolling update steps within maxSurge/maxUnavailable instead (tests/unit/test_scheduler_strategies.py).
+    blue_green = {"type": "blue-green", "scaleDownDelaySeconds": 0}
+    await bus.apply(echo_spec(replicas=2, command=[sys.executable, ECHO, "--version-two"], updateStrategy=blue_green))
     await eventually(lambda: len(bus.of(ReplicaStopped)) == 2, what="old replicas stopped")
     new = await serving(scheduler, 2)
     assert not {r.replica_id for r in new} & {r.replica_id for r in old}

@@ -28,7 +28,11 @@ CONTRACT = {
     "/v1/deployments/{ref}/rollback": {"post"},
     "/v1/deployments/{ref}/history": {"get"},
     "/v1/deployments/{ref}/status": {"get"},
+    "/v1/deployments/{ref}/autoscaling/decision": {"get"},
     "/v1/deployments/{ref}/logs": {"get"},
+    "/v1/deployments/{ref}/aliases": {"get"},
+    "/v1/deployments/{ref}/promote": {"post"},
+    "/v1/deployments/{ref}/aliases/{alias}": {"put", "delete"},
 }
 
 

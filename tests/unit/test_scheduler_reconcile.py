@@ -268,7 +268,10 @@ async def test_template_change_old_serves_until_new_is_ready_and_leaves_traffic_
     old_rev = revision_id(spec(replicas=2))
     world.clear()
 
-    second = world.apply(spec(replicas=2, command=["python", "serve.py", "--v2"]))
+    # Rolling with maxSurge 100 % and maxUnavailable 0: every new replica starts at once, and an old
+    # one goes for each new one ready (the default 25 %/25 % steps: test_scheduler_strategies.py).
+    surge_all = {"type": "rolling", "maxSurge": "100%", "maxUnavailable": 0}
+    second = world.apply(spec(replicas=2, command=["python", "serve.py", "--v2"], updateStrategy=surge_all))
     new_rev = revision_id(second.spec)
     await world.reconcile()
     assert world.calls() == [Call("apply", f"default-iris-{new_rev}", 2)]
@@ -278,8 +281,8 @@ async def test_template_change_old_serves_until_new_is_ready_and_leaves_traffic_
 
     await world.ready(new[0])
     await world.reconcile()
-    assert world.serving() == {new_rev: (33, [new[0]]), old_rev: (67, old)}  # by ready replicas
-    assert world.of(ReplicaStopped) == []
+    assert world.serving() == {new_rev: (50, [new[0]]), old_rev: (50, [old[0]])}  # by ready replicas
+    assert [e.replica_id for e in world.of(ReplicaStopped)] == [old[1]]  # after the assignment without it
 
     await world.ready(new[1])
     await world.reconcile()
@@ -421,7 +424,8 @@ async def test_model_env_and_what_is_not_acted_on(world: World) -> None:
     assert (workload.env["BERTH_MODEL_ID"], workload.env["BERTH_MODEL_VERSION"]) == ("iris", "3")
     not_provided = world.status().not_provided
     assert not_provided[0].startswith("image python:3.11")
-    assert [item.split(" ")[0] for item in not_provided[1:]] == ["integrations", "updateStrategy", "loadBalancer.enabled:"]
+    # updateStrategy is acted on (rolling, blue-green, canary: test_scheduler_strategies.py): not listed
+    assert [item.split(" ")[0] for item in not_provided[1:]] == ["integrations", "loadBalancer.enabled:"]
 
 
 async def test_a_failed_reconcile_is_requeued_with_back_off(world: World) -> None:

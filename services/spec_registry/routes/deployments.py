@@ -10,11 +10,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
+from libs.changes import field_changes
 from libs.config import Settings
 from libs.logcursor import MAX_CURSOR_CHARS, CursorInvalid, read_cursor
 from libs.revision import revision_id
 from libs.spec import DeploymentSpec, SpecError, scale_errors
-from libs.store import SpecVersionRow
+from libs.store import AliasRow, SpecVersionRow
 from services.spec_registry.auth import Caller
 from services.spec_registry.pagination import DEFAULT_LIMIT, After, Limit, decode_cursor, paginate
 from services.spec_registry.problems import (
@@ -41,6 +42,12 @@ from services.spec_registry.routes.deps import (
     SpecDocument,
 )
 from services.spec_registry.schemas import (
+    Alias,
+    AliasList,
+    AliasRequest,
+    AutoscalerDecision,
+    DryRun,
+    FieldChange,
     Deployment,
     DeploymentList,
     History,
@@ -53,6 +60,14 @@ from services.spec_registry.schemas import (
     Validation,
 )
 
+DryRunQuery = Annotated[
+    bool,
+    Query(
+        alias="dryRun",
+        description="Store nothing: answer the field changes against the current version, whether each "
+        "applies live or replaces replicas, and with which strategy.",
+    ),
+]
 router = APIRouter(prefix="/v1", responses=responses(Unauthorized, PayloadTooLarge, Invalid))
 READ = responses(NotFound)
 WRITE = responses(NotFound, StaleVersion, Invalid)
@@ -76,9 +91,17 @@ async def validate_spec(caller: Caller, registry: RegistryDep, document: SpecDoc
     responses=responses(Conflict, Invalid, UnsupportedMediaType),
 )
 async def create_deployment(
-    caller: Caller, registry: RegistryDep, settings: SettingsDep, document: SpecDocument, response: Response
-) -> Deployment:
-    stored = await registry.create(caller.project, document)
+    caller: Caller,
+    registry: RegistryDep,
+    settings: SettingsDep,
+    document: SpecDocument,
+    response: Response,
+    dry_run: DryRunQuery = False,
+) -> Deployment | DryRun:
+    if dry_run:
+        response.status_code = 200
+        return await registry.dry_run(caller.project, None, document, [])
+    stored = await registry.create(caller.project, document, by=caller.token_id)
     response.headers["Location"] = f"/v1/deployments/{stored.row.id}"
     return _answer(stored, settings, response)
 
@@ -128,10 +151,13 @@ async def update_deployment(
     response: Response,
     # Required (428 without it: problems.py); the OpenAPI document says so too.
     if_match: Annotated[str, Header(description='"<spec_id>" of the version this update is based on')],
-) -> Deployment:
+    dry_run: DryRunQuery = False,
+) -> Deployment | DryRun:
     if not if_match.strip():
         raise PreconditionRequired()
-    stored = await registry.update(caller.project, ref, document, _etags(if_match))
+    if dry_run:
+        return await registry.dry_run(caller.project, ref, document, _etags(if_match))
+    stored = await registry.update(caller.project, ref, document, _etags(if_match), by=caller.token_id)
     return _answer(stored, settings, response)
 
 
@@ -152,7 +178,7 @@ async def scale_deployment(
 async def stop_deployment(
     ref: str, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
 ) -> Deployment:
-    stored = await registry.change(caller.project, ref, with_enabled(False))
+    stored = await registry.change(caller.project, ref, with_enabled(False), by=caller.token_id)
     return _answer(stored, settings, response)
 
 
@@ -160,7 +186,7 @@ async def stop_deployment(
 async def start_deployment(
     ref: str, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
 ) -> Deployment:
-    stored = await registry.change(caller.project, ref, with_enabled(True))
+    stored = await registry.change(caller.project, ref, with_enabled(True), by=caller.token_id)
     return _answer(stored, settings, response)
 
 
@@ -170,7 +196,17 @@ async def rollback_deployment(
 ) -> Deployment:
     """A new version whose spec is that of `spec_version` (unchanged when it is the current spec)."""
     old = await asyncio.to_thread(registry.repo.spec_version, caller.project, ref, body.spec_version)
-    stored = await registry.change(caller.project, ref, replaced_by(old.spec))
+    stored = await registry.change(caller.project, ref, replaced_by(old.spec), by=caller.token_id)
+    return _answer(stored, settings, response)
+
+
+@router.post("/deployments/{ref}/promote", tags=["deployments"], responses=WRITE)
+async def promote_deployment(
+    ref: str, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
+) -> Deployment:
+    """Promote the current version's update: a canary takes all traffic at once (its remaining steps
+    are skipped), a blue-green's old set stops at once. Not a new version; no effect on a rolling update."""
+    stored = await registry.promote(caller.project, ref)
     return _answer(stored, settings, response)
 
 
@@ -182,22 +218,70 @@ async def delete_deployment(ref: str, caller: Caller, registry: RegistryDep) -> 
 
 @router.get("/deployments/{ref}/history", tags=["deployments"], responses=READ)
 async def deployment_history(
-    ref: str, caller: Caller, registry: RegistryDep, limit: Limit = DEFAULT_LIMIT, after: After = None
+    ref: str,
+    caller: Caller,
+    registry: RegistryDep,
+    limit: Limit = DEFAULT_LIMIT,
+    after: After = None,
+    diff: Annotated[bool, Query(description="Add each version's field changes from the one before.")] = False,
 ) -> History:
     """Newest first; `next` is the cursor of the following page, null on the last."""
     before_version = decode_cursor(after, int)
-    rows = await asyncio.to_thread(registry.repo.history, caller.project, ref, limit + 1, before_version)
-    versions, next_cursor = paginate(rows, limit, lambda version: version.version)
-    return History(
-        items=[_spec_version(v) for v in versions],
-        next=next_cursor,
-    )
+    # One more row than the page and its next-page probe: the predecessor of the page's oldest version.
+    rows = await asyncio.to_thread(registry.repo.history, caller.project, ref, limit + 2, before_version)
+    versions, next_cursor = paginate(rows[: limit + 1], limit, lambda version: version.version)
+    items = [_spec_version(v) for v in versions]
+    if diff:
+        for item, row in zip(items, versions, strict=True):
+            previous = next((r for r in rows if r.version < row.version), None)
+            if previous is not None:
+                changes = field_changes(_spec(previous.spec), item.spec)
+                item.changes = [FieldChange(**vars(c)) for c in changes]
+    return History(items=items, next=next_cursor)
+
+
+@router.get("/deployments/{ref}/aliases", tags=["aliases"], responses=READ)
+async def list_aliases(ref: str, caller: Caller, registry: RegistryDep, settings: SettingsDep) -> AliasList:
+    """Every alias of the deployment, by name."""
+    stored = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
+    rows = await asyncio.to_thread(registry.repo.aliases, caller.project, stored.row.id)
+    return AliasList(items=[_alias(stored, row, settings) for row in rows])
+
+
+@router.put("/deployments/{ref}/aliases/{alias}", tags=["aliases"], responses=JSON_WRITE)
+async def set_alias(
+    ref: str, alias: str, body: AliasRequest, caller: Caller, registry: RegistryDep, settings: SettingsDep
+) -> Alias:
+    """Create the alias or move it to another spec version. Its version's replicas are started if
+    they do not run; moving it switches `@<alias>` requests once they are ready."""
+    row, changed = await registry.set_alias(caller.project, ref, alias, body.spec_version)
+    stored = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
+    return _alias(stored, row, settings, unchanged=not changed)
+
+
+@router.delete("/deployments/{ref}/aliases/{alias}", status_code=204, tags=["aliases"], responses=WRITE)
+async def remove_alias(ref: str, alias: str, caller: Caller, registry: RegistryDep) -> Response:
+    await registry.remove_alias(caller.project, ref, alias)
+    return Response(status_code=204)
 
 
 @router.get("/deployments/{ref}/status", tags=["deployments"], responses=READ)
 async def deployment_status(ref: str, caller: Caller, registry: RegistryDep) -> Status:
     stored = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
     return _status(stored, _spec(stored.spec))
+
+
+@router.get("/deployments/{ref}/autoscaling/decision", tags=["deployments"], responses=READ)
+async def autoscaler_decision(ref: str, caller: Caller, registry: RegistryDep) -> AutoscalerDecision:
+    """The autoscaler's newest decision with its inputs; 404 while it has made none."""
+    stored = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
+    decided = await registry.autoscaler_decision(stored.row.id)
+    if decided is None:
+        raise NotFound(f"the autoscaler has made no decision about deployment {ref} yet")
+    return AutoscalerDecision(
+        event_id=decided.event_id, decided_at=decided.occurred_at, replicas=decided.replicas, reason=decided.reason,
+        spec_version=decided.spec_version, inputs=decided.inputs, decision=decided.decision,
+    )
 
 
 @router.get("/deployments/{ref}/logs", tags=["deployments"], responses={**READ, **responses(Unavailable)})
@@ -241,6 +325,17 @@ def present(stored: StoredDeployment, settings: Settings) -> Deployment:
     )
 
 
+def _alias(stored: StoredDeployment, row: AliasRow, settings: Settings, unchanged: bool = False) -> Alias:
+    d = stored.row
+    return Alias(
+        alias=row.name,
+        spec_version=row.spec_version,
+        updated_at=row.updated_at,
+        endpoint=f"http://{settings.router_host}:{settings.router_port}/{d.project}/{d.slug}@{row.name}/",
+        unchanged=unchanged,
+    )
+
+
 def _spec_version(row: SpecVersionRow) -> SpecVersion:
     spec = _spec(row.spec)
     return SpecVersion(
@@ -248,6 +343,7 @@ def _spec_version(row: SpecVersionRow) -> SpecVersion:
         spec_version=row.version,
         revision_id=revision_id(spec),
         created_at=row.created_at,
+        created_by=row.created_by,
         spec=spec,
     )
 
