@@ -39,7 +39,8 @@ READINESS = {"readiness": {"path": "/", "periodSeconds": 1}}
 
 
 def start_berth_up(work: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    ports = {k: free_port() for k in ("API", "ROUTER", "NATS", "SCHEDULER_OPS", "HEALTH_MONITOR_OPS", "AUTOSCALER_OPS")}
+    names = ("API", "ROUTER", "NATS", "SCHEDULER_OPS", "HEALTH_MONITOR_OPS", "AUTOSCALER_OPS", "INTEGRATIONS_OPS")
+    ports = {k: free_port() for k in names}
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     env |= {f"BERTH_{k}_PORT": str(v) for k, v in ports.items()}
     env |= {"BERTH_DATA_DIR": str(work / "berth"), "BERTH_STOP_GRACE_SECONDS": "3", "BERTH_LOG_LEVEL": "WARNING"}

@@ -4,6 +4,7 @@ API address and token come from: berth.credentials."""
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import functools
 import json
@@ -15,14 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import nats.errors
 import typer
+from faststream.nats import NatsUserPassword
 from rich.markup import escape
 
 from berth import credentials, render
 from berth.client import ApiError, BerthClient, NotRunning
 from berth.credentials import ConfigError, Credentials
 from berth.render import Output
+from libs.bus import make_broker
 from libs.config import Settings
+from libs.natsd import CREDENTIALS_FILE, service_passwords
+from libs.sealing import NoSecretsKey, Sealer
+from libs.secrets import SecretStore, rotate_key_file
 from libs.spec import DeploymentSpec, SpecInvalid, parse_document, slugify, spec_json_schema, validate_spec
 
 
@@ -266,6 +273,16 @@ def scale(
     with ctx.obj.client() as client:
         deployment = client.scale(ref_of(ref), replicas)
     render.emit(deployment, output, lambda: render.scaled(deployment))
+
+
+@deployments_app.command("retry")
+@calls_api
+def retry(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -> None:
+    """Fetch the deployment's failed integrations again now, not after the back-off."""
+    with ctx.obj.client() as client:
+        deployment = client.retry(ref_of(ref))
+    message = f"[green]✓[/] retrying the integrations of [bold]{escape(deployment['name'])}[/]; `berth deployments get` shows the outcome"
+    render.emit(deployment, output, lambda: render.out.print(message))
 
 
 @deployments_app.command("start")
@@ -535,10 +552,11 @@ def secret_set(
 @secrets_app.command("list")
 @calls_api
 def secret_list(ctx: typer.Context, output: OutputOpt = Output.table) -> None:
-    """Names of the project's secrets."""
+    """Names of the project's secrets, and which deployments use each."""
     with ctx.obj.client() as client:
-        names = client.list_secrets()
-    render.emit({"names": names}, output, lambda: render.names_table("NAME", names))
+        used_by = client.list_secrets()
+    report = {"names": list(used_by), "used_by": used_by}
+    render.emit(report, output, lambda: render.secrets_table(used_by))
 
 
 @secrets_app.command("delete")
@@ -549,6 +567,41 @@ def secret_delete(ctx: typer.Context, name: str, output: OutputOpt = Output.tabl
         client.delete_secret(name)
     message = f"[green]✓[/] secret {escape(name)} deleted"
     render.emit({"name": name, "deleted": True}, output, lambda: render.out.print(message))
+
+
+@secrets_app.command("rotate-key")
+def secret_rotate_key(output: OutputOpt = Output.table) -> None:
+    """Rotate the key that seals secret values: every value is sealed again under a new key.
+
+    Works on the bus directly (as the spec-registry), on this machine's data dir: run it where `berth up`
+    runs. With BERTH_SECRETS_KEY set, keys are yours to manage: put the new key first, run this to
+    reseal, then drop the old key."""
+    settings = Settings()
+    try:
+        count, rotated = asyncio.run(_rotate_key(settings))
+    except (NoSecretsKey, OSError, TimeoutError, nats.errors.Error) as exc:
+        render.failure(f"cannot rotate the secrets key: {exc}")
+        raise typer.Exit(1) from None
+    where = "the key file" if rotated else "the newest key of BERTH_SECRETS_KEY"
+    message = f"[green]✓[/] {count} secret value(s) sealed again under {where}"
+    render.emit({"resealed": count, "key_file_rotated": rotated}, output, lambda: render.out.print(message))
+
+
+async def _rotate_key(settings: Settings) -> tuple[int, bool]:
+    security = settings.nats_security()
+    auth_dir = settings.data_dir / "nats"
+    if security is None and (auth_dir / CREDENTIALS_FILE).exists():
+        security = NatsUserPassword("spec-registry", service_passwords(auth_dir)["spec-registry"])
+    broker = make_broker(settings.resolved_nats_url, "spec-registry", security)
+    connection = await broker.connect()
+    try:
+        js = connection.jetstream()
+        if settings.secrets_key is not None:
+            store = await SecretStore.open(js, Sealer.from_settings(settings))
+            return await store.reseal_all(), False
+        return await rotate_key_file(js, settings.resolved_secrets_key_file), True
+    finally:
+        await broker.stop()
 
 
 def _read_hidden(prompt: str) -> str:

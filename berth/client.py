@@ -207,6 +207,9 @@ class BerthClient:
     def scale(self, ref: str, replicas: int) -> Deployment:
         return self._request("POST", f"/v1/deployments/{ref}/scale", json={"replicas": replicas})  # type: ignore[no-any-return]
 
+    def retry(self, ref: str) -> Deployment:
+        return self._request("POST", f"/v1/deployments/{ref}/retry")  # type: ignore[no-any-return]
+
     def start(self, ref: str) -> Deployment:
         return self._request("POST", f"/v1/deployments/{ref}/start")  # type: ignore[no-any-return]
 
@@ -273,8 +276,10 @@ class BerthClient:
     def set_secret(self, name: str, value: str) -> None:
         self._request("PUT", f"/v1/secrets/{name}", json={"value": value})
 
-    def list_secrets(self) -> list[str]:
-        return self._request("GET", "/v1/secrets")["names"]  # type: ignore[no-any-return]
+    def list_secrets(self) -> dict[str, list[str]]:
+        """Secret name -> the deployments that use it."""
+        answer = self._request("GET", "/v1/secrets")
+        return {name: answer.get("used_by", {}).get(name, []) for name in answer["names"]}
 
     def delete_secret(self, name: str) -> None:
         self._request("DELETE", f"/v1/secrets/{name}")

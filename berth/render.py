@@ -178,6 +178,9 @@ def _sections(d: Deployment, status: Status) -> list[Section]:
     state = [("Phase", _phase(status) + (f" — {escape(reason)}" if reason else ""))]
     if status.get("not_provided"):
         state.append(("Not provided", escape(", ".join(status.get("not_provided", [])))))
+    for integration in status.get("integrations") or []:
+        content = f"{integration['type']} {integration['identity'][:12]}, {integration['files']} files, {integration['bytes']} bytes"
+        state.append((f"Integration {escape(integration['name'])}", escape(f"{integration['mount']} ({content})")))
     return [
         ("Basic information", _escaped(basic)),
         ("Resources (per replica)", _escaped(machine)),
@@ -338,13 +341,13 @@ def aliased(a: Alias) -> None:
     )
 
 
-def names_table(title: str, names: list[str]) -> None:
-    if not names:
+def secrets_table(used_by: dict[str, list[str]]) -> None:
+    if not used_by:
         out.print("None.")
         return
-    listing = table(title)
-    for name in names:
-        listing.add_row(escape(name))
+    listing = table("NAME", "USED BY")
+    for name, deployments in used_by.items():
+        listing.add_row(escape(name), escape(", ".join(deployments)) or "-")
     show(listing)
 
 

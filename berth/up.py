@@ -3,7 +3,7 @@
 It starts nats-server with JetStream (unless BERTH_NATS_URL names one) and then each service as its own
 process (`python -m services.<name>`), restarts any that dies, and on Ctrl-C or SIGTERM stops the
 services in reverse order and nats-server last. All state lives in the data directory (SQLite file,
-JetStream store, token, logs), so the next `up` on it finds every deployment again; a lock file keeps
+JetStream store, token, logs, the key sealing secret values), so the next `up` on it finds every deployment again; a lock file keeps
 two `up`s off one data directory. Everything in it is readable by its owner only (umask 077).
 
 The nats-server it starts admits only berth's services, each as a user of its own with the
@@ -46,9 +46,10 @@ from rich.text import Text
 from libs.bus import ensure_streams, make_broker
 from libs.config import Settings
 from libs.natsd import service_passwords, start_nats_server
+from libs.sealing import Sealer, ensure_key_file
 from libs.secrets import SecretStore
 
-SERVICES = ("spec_registry", "scheduler", "health_monitor", "router", "autoscaler")
+SERVICES = ("spec_registry", "integrations", "scheduler", "health_monitor", "router", "autoscaler")
 CHECKOUT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_SECONDS = 60.0
 TICK_SECONDS = 0.25
@@ -141,6 +142,8 @@ class Launcher:
         os.umask(PRIVATE_UMASK)  # the children inherit it: database, logs, replicas, JetStream store
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)  # also one made before berth kept its files private
+        if self.settings.secrets_key is None and ensure_key_file(self.settings.resolved_secrets_key_file):
+            self.console.print(f"made the secrets key {escape(str(self.settings.resolved_secrets_key_file))} (owner-only)")
         lock = DataDirLock(self.data_dir)
         lock.acquire()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -156,7 +159,7 @@ class Launcher:
                     child.start()
                     if child.name == "nats-server":
                         registry = self._service_settings("spec_registry")
-                        asyncio.run(set_up_bus(self.nats_url, registry.nats_security()))
+                        asyncio.run(set_up_bus(self.nats_url, registry.nats_security(), Sealer.from_settings(self.settings)))
                 except (OSError, TimeoutError) as exc:
                     raise CannotStart(f"{child.name} did not start: {exc} (see {child.log_file})") from exc
             self._supervise()
@@ -231,6 +234,7 @@ class Launcher:
             BERTH_ROUTER_PORT=str(s.router_port),
             BERTH_SCHEDULER_OPS_PORT=str(s.scheduler_ops_port),
             BERTH_HEALTH_MONITOR_OPS_PORT=str(s.health_monitor_ops_port),
+            BERTH_INTEGRATIONS_OPS_PORT=str(s.integrations_ops_port),
             BERTH_AUTOSCALER_OPS_PORT=str(s.autoscaler_ops_port),
             BERTH_STOP_REPLICAS_ON_EXIT="true",
             PYTHONUNBUFFERED="1",
@@ -246,6 +250,7 @@ class Launcher:
             "BERTH_ROUTER_PORT": s.router_port,
             "BERTH_SCHEDULER_OPS_PORT": s.scheduler_ops_port,
             "BERTH_HEALTH_MONITOR_OPS_PORT": s.health_monitor_ops_port,
+            "BERTH_INTEGRATIONS_OPS_PORT": s.integrations_ops_port,
             "BERTH_AUTOSCALER_OPS_PORT": s.autoscaler_ops_port,
         }
         if s.nats_url is None:
@@ -390,14 +395,17 @@ class Launcher:
         self.console.print(Panel(body, title="berth is up", expand=False), soft_wrap=False)
 
 
-async def set_up_bus(url: str, registry: NatsSecurity | None) -> None:
-    """Streams and the secrets bucket, as the spec-registry: the other services may only read them."""
+async def set_up_bus(url: str, registry: NatsSecurity | None, sealer: Sealer | None = None) -> None:
+    """Streams and the secrets bucket, as the spec-registry: the other services may only read them;
+    with `sealer`, values stored in plain text by an older berth are sealed."""
     broker = make_broker(url, "spec-registry", registry)
     connection = await broker.connect()
     try:
         js = connection.jetstream()
         await ensure_streams(js)
-        await SecretStore.open(js)
+        store = await SecretStore.open(js, sealer)
+        if sealer is not None:  # values a berth from before sealing left in plain text
+            await store.seal_plaintext()
     finally:
         await broker.stop()
 

@@ -77,13 +77,22 @@ TRAFFIC = JStream(
     max_msgs_per_subject=1,
     description="The scheduler's traffic assignment, newest per deployment: what the router applies.",
 )
+INTEGRATIONS = JStream(
+    "BERTH_INTEGRATIONS",
+    subjects=["berth.integrations.v1.>"],
+    duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    max_msgs_per_subject=1,
+    description="Integrations of each revision: ready (with content identities) or failed, newest per revision.",
+)
 DEAD = JStream(
     "BERTH_DEAD",
     subjects=["berth.dead.v1.>"],
     max_age=7 * 24 * 3600,
     description="Dead letters: messages a service could not handle after its retries, with the reason.",
 )
-ALL_STREAMS: tuple[JStream, ...] = (SPECS, REPLICAS, HEALTH, CONTROL, STATUS, METRICS, SCALE, TRAFFIC, DEAD)
+ALL_STREAMS: tuple[JStream, ...] = (
+    SPECS, REPLICAS, HEALTH, CONTROL, STATUS, METRICS, SCALE, TRAFFIC, INTEGRATIONS, DEAD,
+)
 # `ensure_streams` sets the streams up; FastStream must not try it again as each subscriber starts:
 # a service other than the spec-registry may not create or update streams (libs/busauth.py).
 for _stream in ALL_STREAMS:
@@ -96,11 +105,13 @@ PROMOTE_EVENTS = "berth.spec.v1.*.promote"
 REPLICA_EVENTS = "berth.replica.v1.*.*"
 HEALTH_EVENTS = "berth.health.v1.*.*"
 RESTART_REQUESTS = "berth.control.v1.restart.*.*"
+RETRY_REQUESTS = "berth.control.v1.retry.*"
 STATUS_EVENTS = "berth.status.v1.*"
 REQUEST_METRICS = "berth.metrics.v1.requests.*"
 USAGE_METRICS = "berth.metrics.v1.usage.*"  # ReplicaUsageReported, from the scheduler
 SCALE_EVENTS = "berth.scale.v1.*.*"
 TRAFFIC_EVENTS = "berth.traffic.v1.*"
+INTEGRATIONS_EVENTS = "berth.integrations.v1.*.*"
 DEAD_LETTERS = "berth.dead.v1.{service}.{durable}"  # where a service's consumer sets aside poison messages
 # Request/reply (core NATS, no stream): the registry asks the scheduler for replica logs.
 # Payload {"deployment_id", "replica_id", "tail", "since"}; reply {"lines": [{"replica_id", "offset", "line"}], "next"}.
@@ -115,6 +126,9 @@ DURABLE_SCHEDULER_ALIASES = "scheduler-aliases"
 DURABLE_SCHEDULER_PROMOTIONS = "scheduler-promotions"
 DURABLE_HEALTH_REPLICAS = "health-monitor-replicas"
 DURABLE_REGISTRY_STATUS = "registry-status"
+DURABLE_SCHEDULER_INTEGRATIONS = "scheduler-integrations"
+DURABLE_INTEGRATIONS_SPECS = "integrations-specs"
+DURABLE_INTEGRATIONS_RETRIES = "integrations-retries"
 
 SECRETS_BUCKET = "berth_secrets"
 

@@ -32,6 +32,7 @@ from libs.bus import (
     CONTROL,
     DEAD_LETTERS,
     HEALTH,
+    INTEGRATIONS,
     LOGS_RPC,
     METRICS,
     REPLICAS,
@@ -68,7 +69,7 @@ def dead_letters(service: str) -> str:
 
 PERMISSIONS: dict[str, Grant] = {
     "spec-registry": Grant(
-        publishes=(*_subjects(SPECS), *_subjects(SCALE), dead_letters("spec-registry")),
+        publishes=(*_subjects(SPECS), *_subjects(SCALE), "berth.control.v1.retry.>", dead_letters("spec-registry")),
         consumes=(STATUS.name, SCALE.name),  # SCALE: the autoscaler's newest decision, for `autoscale record`
         secrets="write",
         requests=(LOGS_RPC,),
@@ -78,9 +79,17 @@ PERMISSIONS: dict[str, Grant] = {
         publishes=(
             *_subjects(REPLICAS), *_subjects(STATUS), *_subjects(TRAFFIC), USAGE_METRICS, dead_letters("scheduler")
         ),
-        consumes=(SPECS.name, REPLICAS.name, HEALTH.name, CONTROL.name, STATUS.name, SCALE.name, TRAFFIC.name),
+        consumes=(
+            SPECS.name, REPLICAS.name, HEALTH.name, CONTROL.name, STATUS.name, SCALE.name, TRAFFIC.name,
+            INTEGRATIONS.name,
+        ),
         secrets="read",
         serves=(LOGS_RPC,),
+    ),
+    "integrations": Grant(
+        publishes=(*_subjects(INTEGRATIONS), dead_letters("integrations")),
+        consumes=(SPECS.name, INTEGRATIONS.name, CONTROL.name),  # control: retry requests
+        secrets="read",  # s3 credentials
     ),
     "health-monitor": Grant(
         publishes=(*_subjects(HEALTH), "berth.control.v1.restart.>", dead_letters("health-monitor")),

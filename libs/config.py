@@ -26,6 +26,13 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL; SQLite in the data directory when unset."
     )
     runtime: Literal["local", "kubernetes"] = "local"
+    # Keys that seal secret values (libs/sealing.py), newest first: the variable, else the file.
+    secrets_key: SecretStr | None = Field(
+        default=None, description="Fernet keys sealing secret values, comma-separated, newest first."
+    )
+    secrets_key_file: Path | None = Field(
+        default=None, description="File of sealing keys, one a line, newest first; <data dir>/secrets.key when unset."
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = 8080
@@ -34,6 +41,10 @@ class Settings(BaseSettings):
     ops_host: str = Field(default="127.0.0.1", description="Interface of /healthz and /metrics (0.0.0.0 in a container).")
     scheduler_ops_port: int = Field(default=8091, description="/healthz and /metrics of the scheduler.")
     health_monitor_ops_port: int = Field(default=8092, description="/healthz and /metrics of the health-monitor.")
+    integrations_ops_port: int = Field(default=8093, description="/healthz and /metrics of the integrations service.")
+    integrations_dir: Path | None = Field(
+        default=None, description="Cache of fetched integrations; <data dir>/integrations when unset."
+    )
     router_metrics_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often the router publishes RequestMetricsReported."
     )
@@ -87,6 +98,14 @@ class Settings(BaseSettings):
         if self.token:
             return self.token
         return self.token_file.read_text().strip() if self.token_file.exists() else None
+
+    @property
+    def resolved_integrations_dir(self) -> Path:
+        return self.integrations_dir or self.data_dir / "integrations"
+
+    @property
+    def resolved_secrets_key_file(self) -> Path:
+        return self.secrets_key_file or self.data_dir / "secrets.key"
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -261,6 +261,62 @@ class TrafficAssigned(Event, DeploymentRef):
     )
 
 
+# -- integrations ----------------------------------------------------------------------------------
+
+
+class IntegrationStatus(BaseModel):
+    """One integration of a revision, fetched: what it is (its content identity) and its size."""
+
+    name: str
+    type: Literal["git-lfs", "s3"]
+    mount: str = Field(description="Where the replica sees it: `<path>/<name>`, e.g. /models/falcon.")
+    identity: str = Field(description="Content identity: the commit (git-lfs), a hash of keys and ETags (s3).")
+    files: int = 0
+    bytes: int = 0
+    fetched_files: int = Field(default=0, description="Files this materialisation downloaded (0: all cached).")
+    fetched_bytes: int = 0
+
+
+class MaterialisedIntegration(IntegrationStatus):
+    """An integration as the integrations service reports it to the scheduler: also where it lies."""
+
+    local_path: str = Field(description="The cached content on the machine that fetched it (shared by identity).")
+
+
+class IntegrationsReady(Event, DeploymentRef):
+    """Every integration of a revision is materialised: its replicas may start."""
+
+    type: ClassVar[str] = "integrations.ready"
+    subject_template: ClassVar[str] = "berth.integrations.v1.{deployment_id}.{revision_id}"
+    kind: Literal["integrations.ready"] = "integrations.ready"
+    revision_id: str
+    spec_version: int
+    integrations: list[MaterialisedIntegration]
+
+
+class IntegrationsFailed(Event, DeploymentRef):
+    """An integration of a revision could not be materialised: its replicas do not start. Never holds
+    a credential; `reason` says what failed (authentication, not found, unreachable, disk full)."""
+
+    type: ClassVar[str] = "integrations.failed"
+    subject_template: ClassVar[str] = "berth.integrations.v1.{deployment_id}.{revision_id}"
+    kind: Literal["integrations.failed"] = "integrations.failed"
+    revision_id: str
+    spec_version: int
+    integration: str = Field(description="The name of the integration that failed.")
+    reason: str
+    retry_in_seconds: float | None = Field(default=None, description="When the next attempt is made.")
+
+
+class IntegrationsRetryRequested(Event, DeploymentRef):
+    """The user asked to fetch the deployment's failed integrations again now, not after the back-off
+    (`berth deployments retry`)."""
+
+    type: ClassVar[str] = "integrations.retry_requested"
+    subject_template: ClassVar[str] = "berth.control.v1.retry.{deployment_id}"
+    kind: Literal["integrations.retry_requested"] = "integrations.retry_requested"
+
+
 # -- scheduler: status read model ------------------------------------------------------------------
 
 Phase = Literal[
@@ -303,6 +359,9 @@ class DeploymentStatusChanged(Event, DeploymentRef):
     ready_replicas: int
     replicas: list[ReplicaStatus] = Field(default_factory=list)
     not_provided: list[str] = Field(default_factory=list, description="What this runtime could not give.")
+    integrations: list[IntegrationStatus] = Field(
+        default_factory=list, description="The desired revision's integrations, once fetched."
+    )
     scale_reason: str | None = Field(
         default=None, description="Why the scale decision in force (autoscaler or user) chose desired_replicas."
     )
@@ -369,6 +428,9 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     TrafficAssigned,
     DeploymentStatusChanged,
     RequestMetricsReported,
+    IntegrationsReady,
+    IntegrationsFailed,
+    IntegrationsRetryRequested,
     ReplicaUsageReported,
 )
 _BY_KIND: dict[str, type[Event]] = {cls.type: cls for cls in ALL_EVENTS}

@@ -298,21 +298,42 @@ class Resources(SpecModel):
         return self.ports[0]
 
 
-class GitLfsIntegration(SpecModel):
+def _mount_path(path: str) -> str:
+    """An absolute path that stays where it says: no `.`/`..` segment (which would put the content
+    outside the directory it names, or on top of another one), no backslash or control character."""
+    if any(segment in (".", "..") for segment in path.split("/")):
+        raise ValueError("must not contain '.' or '..' segments")
+    if "\\" in path or any(unicodedata.category(char) == "Cc" for char in path):
+        raise ValueError("must not contain backslashes or control characters")
+    return path
+
+
+MountPath = Annotated[str, Field(pattern=r"^/", max_length=1024), AfterValidator(_mount_path)]
+IntegrationName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+
+
+class _Mounted(SpecModel):
+    """An integration's content appears at `<path>/<name>` (seeds/000: `falcon` at `/models/`)."""
+
+    name: IntegrationName
+    path: MountPath
+
+    @property
+    def mount(self) -> str:
+        return self.path.rstrip("/") + "/" + self.name
+
+
+class GitLfsIntegration(_Mounted):
     type: Literal["git-lfs"]
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    path: str = Field(pattern=r"^/")
     url: str = Field(pattern=r"^(https?|ssh|git|file)://")
     ref: Text | None = Field(default=None, description="Branch, tag or commit; the default branch when unset.")
 
 
-class S3Integration(SpecModel):
+class S3Integration(_Mounted):
     type: Literal["s3"]
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    path: str = Field(pattern=r"^/")
     url: str = Field(pattern=r"^s3://[^/]+")
     region: str | None = None
-    endpointUrl: str | None = None
+    endpointUrl: str | None = Field(default=None, pattern=r"^https?://[^/]+", description="An S3-compatible store.")
     accessKeyId: str | None = None
     secretAccessKey: str | None = None
 
@@ -459,7 +480,8 @@ class DeploymentSpec(SpecModel):
     @field_validator("integrations")
     @classmethod
     def _unique_integrations(cls, items: list[Integration]) -> list[Integration]:
-        raise_if([*_repeats("integrations", items, "name"), *_repeats("integrations", items, "path")], "integrations")
+        repeats = [*_repeats("integrations", items, "name"), *_repeats("integrations", items, "path")]
+        raise_if(repeats or _nested_mounts(items), "integrations")
         return items
 
     @field_validator("env")
@@ -533,6 +555,20 @@ def _repeats(field: str, items: Sequence[BaseModel], attr: str) -> list[InitErro
             found.append(InitErrorDetails(type=rule, loc=(index, attr), input=value))
         else:
             first[value] = index
+    return found
+
+
+def _nested_mounts(items: Sequence[GitLfsIntegration | S3Integration]) -> list[InitErrorDetails]:
+    """An error at every integration whose content would land inside another's (or over it)."""
+    found: list[InitErrorDetails] = []
+    for index, item in enumerate(items):
+        for other_index, other in enumerate(items):
+            if other_index != index and (item.mount + "/").startswith(other.mount + "/"):
+                rule = PydanticCustomError(
+                    "nested", f"must not put content inside integrations[{other_index}]'s mount"
+                )
+                found.append(InitErrorDetails(type=rule, loc=(index, "path"), input=item.path))
+                break
     return found
 
 

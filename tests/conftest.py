@@ -22,6 +22,10 @@ from libs.config import Settings
 from libs.natsd import free_port, start_nats_server
 from tests.servers.switchable import Switch, SwitchableServer
 
+# Secret values are sealed (libs/sealing.py): the services and the tests that write secrets share a key.
+# Tests of `berth up` drop BERTH_* variables and so exercise the key file it makes.
+os.environ.setdefault("BERTH_SECRETS_KEY", "m6Vd0S3HbIYqK0c1vJx1zPpYtBfQm3cFQ9y2n8rL0Ws=")
+
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:

@@ -48,6 +48,15 @@ def restart_backoff(consecutive_exits: int, initial: float = RESTART_BACKOFF_INI
 
 
 @dataclass(frozen=True)
+class Mount:
+    """An integration's content (`source`, on this machine) seen by each replica at `path`."""
+
+    name: str
+    path: str  # e.g. /models/falcon
+    source: str
+
+
+@dataclass(frozen=True)
 class Workload:
     """Desired state of one replica set: one revision of a deployment, with secrets resolved."""
 
@@ -75,6 +84,7 @@ class Workload:
     # kubernetes runtime makes them the Pod's probes; the local runtime leaves probing to the
     # health-monitor.
     health_checks: dict[str, Any] | None = None
+    mounts: tuple[Mount, ...] = ()  # integrations, read-only content
 
 
 @dataclass

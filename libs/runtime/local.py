@@ -65,6 +65,7 @@ from libs.runtime.base import (
     RESTART_BACKOFF_INITIAL_SECONDS,
     RESTART_BACKOFF_RESET_SECONDS,
     InvalidWorkload,
+    Mount,
     Replica,
     ReplicaEventHook,
     ReplicaEventKind,
@@ -74,6 +75,7 @@ from libs.runtime.base import (
     restart_backoff,
 )
 from libs.runtime.logfiles import follow, tail_lines
+from libs.runtime.mounts import link_mounts
 from libs.runtime.processes import alive, detect_gpus, find_process, send_signal, wait_exited
 from libs.tasks import cancel_and_wait
 
@@ -474,6 +476,7 @@ class LocalRuntime:
         for name in (shim.EXIT_CODE_FILE, shim.PID_FILE):
             (s.dir / name).unlink(missing_ok=True)
         ports = port_env(s.replica.ports)
+        env = self._environment(workload, s.replica, ports) | link_mounts(s.dir, workload.mounts)  # see mounts.py
         command = [
             sys.executable, "-I", shim.__file__,  # -I: the workload's PYTHON* env must not touch the shim
             "--dir", str(s.dir),
@@ -486,7 +489,7 @@ class LocalRuntime:
             s.popen = subprocess.Popen(
                 command,
                 cwd=s.dir,
-                env=self._environment(workload, s.replica, ports),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=shim_log,
                 stderr=subprocess.STDOUT,
@@ -651,6 +654,7 @@ class LocalRuntime:
             data = json.loads(path.read_text())
             data["command"], data["ports"] = tuple(data["command"]), tuple(data["ports"])
             data["secret_env"] = frozenset(data.get("secret_env", ()))
+            data["mounts"] = tuple(Mount(**m) for m in data.get("mounts", ()))
             workloads.append(Workload(**data))
         return workloads
 

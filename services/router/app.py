@@ -15,6 +15,7 @@ from libs.bus import TRAFFIC_EVENTS
 from libs.config import Settings
 from libs.kit import STOP_STEP_TIMEOUT_SECONDS, Service
 from libs.logging import get_logger
+from libs.sealing import Sealer
 from libs.secrets import SecretStore
 from services.router.auth import AuthSecrets
 from services.router.handlers import RESYNC_SECONDS, Feed
@@ -61,7 +62,7 @@ async def start_router(settings: Settings) -> RouterHandle:
 async def _wire(service: Service, js: JetStreamContext, settings: Settings) -> RouterHandle:
     pools = UpstreamPools(CONNECT_TIMEOUT_SECONDS, KEEPALIVE_SECONDS, settings.router_response_timeout_seconds)
     table = RoutingTable(on_address_gone=pools.retire)
-    secrets = await AuthSecrets.open(await SecretStore.open(js))
+    secrets = await AuthSecrets.open(await SecretStore.open(js, Sealer.from_settings(settings)))
     service.on_stop(pools.close)
     service.on_stop(secrets.close)
     feed = Feed(table, secrets, js)

@@ -10,6 +10,7 @@ from libs.bus import (
     ALIAS_EVENTS,
     HEALTH_EVENTS,
     PROMOTE_EVENTS,
+    INTEGRATIONS_EVENTS,
     REPLICA_EVENTS,
     SCALE_EVENTS,
     SPEC_EVENTS,
@@ -21,6 +22,7 @@ from libs.config import Settings
 from libs.kit import Service
 from libs.logging import get_logger
 from libs.runtime import Runtime, make_runtime
+from libs.sealing import Sealer
 from libs.secrets import SecretStore
 from services.scheduler.handlers import register_handlers
 from services.scheduler.reconcile import Reconciler
@@ -52,7 +54,7 @@ async def start_scheduler(settings: Settings, runtime: Runtime | None = None) ->
     service = Service("scheduler", settings)
     js = await service.connect()
     runtime = runtime or make_runtime(settings)
-    reconciler = Reconciler(runtime, await SecretStore.open(js), service.publish)
+    reconciler = Reconciler(runtime, await SecretStore.open(js, Sealer.from_settings(settings)), service.publish)
     reconciler.rebuild(
         specs=await latest_per_subject(js, SPEC_EVENTS),
         scales=await latest_per_subject(js, SCALE_EVENTS),
@@ -62,6 +64,7 @@ async def start_scheduler(settings: Settings, runtime: Runtime | None = None) ->
         assignments=await latest_per_subject(js, TRAFFIC_EVENTS),
         aliases=await latest_per_subject(js, ALIAS_EVENTS),
         promotions=await latest_per_subject(js, PROMOTE_EVENTS),
+        integrations=await latest_per_subject(js, INTEGRATIONS_EVENTS),
     )
     runtime.on_replica_event = reconciler.on_replica_event
     await runtime.start()  # adopts the replicas a previous scheduler left running

@@ -9,6 +9,8 @@ reconcile never raises into a handler: a failed one is requeued by the reconcile
 - promotions (SPECS `<id>.promote`, durable scheduler-promotions): a canary or blue-green update ends now.
 - health (HEALTH, durable scheduler-health): readiness moves rollouts on and changes the assignment.
 - restart requests (CONTROL, durable scheduler-restarts): restart the replica through the runtime.
+- integrations (INTEGRATIONS, durable scheduler-integrations): a revision's integrations are ready
+  (its replicas may start) or failed (they stay unstarted, status says why).
 - logs RPC (core NATS request/reply, queue group: several schedulers would share it; not a stream).
 """
 
@@ -25,11 +27,14 @@ from libs.bus import (
     DURABLE_SCHEDULER_ALIASES,
     DURABLE_SCHEDULER_PROMOTIONS,
     DURABLE_SCHEDULER_HEALTH,
+    DURABLE_SCHEDULER_INTEGRATIONS,
     DURABLE_SCHEDULER_RESTARTS,
     DURABLE_SCHEDULER_SCALE,
     DURABLE_SCHEDULER_SPECS,
     HEALTH,
     HEALTH_EVENTS,
+    INTEGRATIONS,
+    INTEGRATIONS_EVENTS,
     LOGS_RPC,
     PROMOTE_EVENTS,
     RESTART_REQUESTS,
@@ -43,6 +48,8 @@ from libs.events import (
     DeploymentDeleted,
     DeploymentPromoted,
     DeploymentScaled,
+    IntegrationsFailed,
+    IntegrationsReady,
     ReplicaHealthChanged,
     ReplicaRestartRequested,
     SpecApplied,
@@ -84,6 +91,11 @@ def register_handlers(service: Service, reconciler: Reconciler, runtime: Runtime
         if reconciler.health_changed(event):
             reconciler.kick(event.deployment_id)
 
+    async def on_integrations(event: IntegrationsReady | IntegrationsFailed) -> None:
+        bind(deployment_id=event.deployment_id)
+        if reconciler.integrations_event(event):
+            await reconciler.reconcile_logged(event.deployment_id)
+
     async def on_restart_requested(event: ReplicaRestartRequested) -> None:
         bind(deployment_id=event.deployment_id, replica_id=event.replica_id)
         await reconciler.restart(event)
@@ -111,6 +123,10 @@ def register_handlers(service: Service, reconciler: Reconciler, runtime: Runtime
     service.subscribe(
         HEALTH_EVENTS, stream=HEALTH, durable=DURABLE_SCHEDULER_HEALTH, events=(ReplicaHealthChanged,),
         handler=on_health_changed, deliver_policy=latest,
+    )  # fmt: skip
+    service.subscribe(
+        INTEGRATIONS_EVENTS, stream=INTEGRATIONS, durable=DURABLE_SCHEDULER_INTEGRATIONS,
+        events=(IntegrationsReady, IntegrationsFailed), handler=on_integrations, deliver_policy=latest,
     )  # fmt: skip
     service.subscribe(  # when first created, only new ones: old requests are about processes long gone
         RESTART_REQUESTS, stream=CONTROL, durable=DURABLE_SCHEDULER_RESTARTS, events=(ReplicaRestartRequested,),

@@ -37,6 +37,8 @@ from libs.events import (
     DeploymentScaled,
     DeploymentStatusChanged,
     Event,
+    IntegrationsFailed,
+    IntegrationsReady,
     ReplicaExited,
     ReplicaHealthChanged,
     ReplicaRestartRequested,
@@ -86,6 +88,7 @@ from services.scheduler.status import (
     not_acted_on,
     restart_reason,
     same_status,
+    waiting_for_integrations,
 )
 
 Publish = Callable[[Event], Awaitable[None]]
@@ -145,6 +148,7 @@ class Reconciler:
         assignments: Iterable[Event] = (),
         aliases: Iterable[Event] = (),
         promotions: Iterable[Event] = (),
+        integrations: Iterable[Event] = (),
     ) -> None:
         """Load the state snapshot read from the streams on start (latest event per subject)."""
         for event in specs:
@@ -173,6 +177,9 @@ class Reconciler:
             # are not loaded (their ids never come back).
             if isinstance(event, TrafficAssigned) and (not event.deleted or event.deployment_id in self._states):
                 self._state(event.deployment_id).learn_assignment(event)
+        for event in integrations:
+            if isinstance(event, IntegrationsReady | IntegrationsFailed):
+                self.integrations_event(event)
 
     def spec_event(self, event: SpecApplied | DeploymentDeleted) -> bool:
         """Take a new desired state; False when the event is older than what is known (redelivery)."""
@@ -219,6 +226,19 @@ class Reconciler:
         if state is None or event.spec_version <= state.promoted:
             return False
         state.promoted = event.spec_version
+        return True
+
+    def integrations_event(self, event: IntegrationsReady | IntegrationsFailed) -> bool:
+        """Take a revision's integrations outcome; False when it changes nothing here."""
+        if event.deployment_id in self._gone:
+            return False
+        state = self._state(event.deployment_id)  # it may arrive before the spec event it answers
+        if state.deleted is not None:
+            return False
+        known = state.integrations.get(event.revision_id)
+        if known is not None and known.occurred_at > event.occurred_at:
+            return False
+        state.integrations[event.revision_id] = event
         return True
 
     def health_changed(self, event: ReplicaHealthChanged) -> bool:
@@ -405,7 +425,7 @@ class Reconciler:
         targets: dict[str, Workload | None] = {}
         error = None
         for plan in plans:  # 3. workloads: the desired revision, and pinned ones that must (still) run
-            target, why = await self._target(plan)
+            target, why = await self._target(state, plan)
             targets[plan.revision_id] = target
             why = await self._grow(plan, target) or why
             if plan.current:
@@ -473,18 +493,21 @@ class Reconciler:
             state.wake = None
         self.kick(deployment_id)
 
-    async def _target(self, plan: RevisionPlan) -> tuple[Workload | None, str | None]:
+    async def _target(self, state: DeploymentState, plan: RevisionPlan) -> tuple[Workload | None, str | None]:
         """The workload a revision's plan wants, or why its spec cannot run. Nothing to render while no
-        replica should run (stopping needs no secret)."""
+        replica should run (stopping needs no secret), nor while its integrations are not ready."""
         if plan.restore and plan.workload is not None:  # rolled back to: the workload as it runs, grown
             return replace(plan.workload, replicas=plan.keep), None
         if plan.keep == 0 or plan.applied is None:
             return None, None
+        integrations = state.integrations.get(plan.revision_id)
+        if plan.applied.spec.integrations and not isinstance(integrations, IntegrationsReady):
+            return None, integrations.reason if isinstance(integrations, IntegrationsFailed) else None
         try:
             env = await resolve_env(plan.applied.spec, plan.applied.project, self._secrets)
         except RenderError as exc:
             return None, str(exc)
-        return render(plan.applied, env, plan.keep), None
+        return render(plan.applied, env, plan.keep, integrations), None
 
     async def _grow(self, plan: RevisionPlan, target: Workload | None) -> str | None:
         """Create the desired revision's workload, or bring it up to its count (never down: that waits
@@ -634,7 +657,9 @@ class Reconciler:
         # What the runtime cannot give is a property of the workload, whether or not it runs yet.
         shape = render(desired.applied, ResolvedEnv({}, frozenset()), desired.replicas)
         not_provided = self._runtime.not_provided(shape) + not_acted_on(desired.applied.spec)
-        status = compute_status(desired, replicas, error, not_provided)
+        outcome = state.integrations.get(desired.revision_id)
+        pending = waiting_for_integrations(desired, outcome)
+        status = compute_status(desired, replicas, error, not_provided, pending, outcome)
         if state.rolled_back == desired.revision_id and not error:
             reason = f"rolled back: {state.rolled_back_why}; the previous revision serves ({status.ready_replicas} ready)"
             status = status.model_copy(update={"phase": "Degraded", "reason": reason})
@@ -649,7 +674,7 @@ class Reconciler:
             if not tombstoned or state.status is None or state.status.phase != "Deleted":
                 return  # the tombstone or the Deleted status is still to be published
             self._gone[deployment_id] = time.monotonic() + self._deleted_retention
-        elif state.applied is not None or state.decisions or state.aliases:
+        elif state.applied is not None or state.decisions or state.aliases or state.integrations:
             return
         state.cancel_requeue()
         del self._states[deployment_id]

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from libs.events import SpecApplied
+from libs.events import IntegrationsReady, SpecApplied
 from libs.revision import revision_id
-from libs.runtime.base import Workload
+from libs.runtime.base import Mount, Workload
 from libs.secrets import SecretNotFound
 from libs.spec import DeploymentSpec, is_secret_ref, secret_name
 
@@ -66,8 +66,11 @@ async def resolve_env(spec: DeploymentSpec, project: str, secrets: SecretResolve
     return ResolvedEnv(env, frozenset(v.name for v in spec.env if is_secret_ref(v.value)))
 
 
-def render(applied: SpecApplied, env: ResolvedEnv, replicas: int) -> Workload:
-    """The workload of the revision `applied` runs, at `replicas` (the composed desired count)."""
+def render(
+    applied: SpecApplied, env: ResolvedEnv, replicas: int, integrations: IntegrationsReady | None = None
+) -> Workload:
+    """The workload of the revision `applied` runs, at `replicas` (the composed desired count), with
+    its integrations' content where the integrations service put it."""
     spec = applied.spec
     resources = spec.resources
     revision = revision_id(spec)
@@ -92,4 +95,7 @@ def render(applied: SpecApplied, env: ResolvedEnv, replicas: int) -> Workload:
         secret_env=env.secret_names,
         container_registry=spec.containerRegistry,
         health_checks=spec.healthChecks.model_dump(exclude_defaults=True),
+        mounts=tuple(
+            Mount(i.name, i.mount, i.local_path) for i in (integrations.integrations if integrations else ())
+        ),
     )

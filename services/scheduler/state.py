@@ -14,6 +14,8 @@ from libs.events import (
     DeploymentDeleted,
     DeploymentScaled,
     DeploymentStatusChanged,
+    IntegrationsFailed,
+    IntegrationsReady,
     ReplicaHealthChanged,
     SpecApplied,
     TrafficAssigned,
@@ -34,6 +36,8 @@ class DeploymentState:
     alias_serving: dict[str, AliasTarget] = field(default_factory=dict)  # what each alias resolved to last
     versions: dict[str, list[int]] = field(default_factory=dict)  # revision -> spec versions running it
     health: dict[str, ReplicaHealthChanged] = field(default_factory=dict)  # by replica id
+    # The newest integrations outcome per revision (only revisions with integrations have one).
+    integrations: dict[str, IntegrationsReady | IntegrationsFailed] = field(default_factory=dict)
     restarts: dict[str, tuple[int, str]] = field(default_factory=dict)  # replica -> (restart count, why)
     ledger: Ledger = field(default_factory=Ledger)
     status: DeploymentStatusChanged | None = None  # the last one published
@@ -77,6 +81,8 @@ class DeploymentState:
         keep = set(revisions)
         for revision in [r for r in self.versions if r not in keep]:
             del self.versions[revision]
+        for revision in [r for r in self.integrations if r not in keep]:
+            del self.integrations[revision]
 
     def forget_replicas(self, present: set[str]) -> None:
         """Drop what is held about replicas that no longer run here."""

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from libs.events import (
     DeploymentRef,
     DeploymentStatusChanged,
+    IntegrationsFailed,
+    IntegrationsReady,
+    IntegrationStatus,
     Phase,
     ReplicaExited,
     ReplicaHealthChanged,
@@ -116,12 +119,17 @@ def not_acted_on(spec: DeploymentSpec) -> list[str]:
                 "resources.autoscaling gpu metric where no GPU is visible through NVML (the `gpu` extra): the "
                 "metric is then missing, and a missing metric blocks scaling down, as in the HPA"
             )
-    if spec.integrations:
-        names = ", ".join(i.name for i in spec.integrations)
-        missing.append(f"integrations {names} (not materialised yet: nothing is fetched into the replicas)")
     if not spec.loadBalancer.enabled:
         missing.append("loadBalancer.enabled: false (the router still balances requests over every ready replica)")
     return missing
+
+
+def waiting_for_integrations(desired: Desired, outcome: IntegrationsReady | IntegrationsFailed | None) -> str | None:
+    """What replicas of the desired revision wait for: its integrations, while none is ready."""
+    if desired.replicas == 0 or not desired.applied.spec.integrations or outcome is not None:
+        return None
+    names = ", ".join(i.name for i in desired.applied.spec.integrations)
+    return f"waiting for integrations {names} to be fetched"
 
 
 def compute_status(
@@ -129,10 +137,15 @@ def compute_status(
     replicas: list[ObservedReplica],
     error: str | None = None,
     not_provided: list[str] | None = None,
+    pending: str | None = None,
+    integrations: IntegrationsReady | IntegrationsFailed | None = None,
 ) -> DeploymentStatusChanged:
-    """The status of a deployment whose desired state is `desired`."""
+    """The status of a deployment whose desired state is `desired`; `pending` says what its replicas
+    wait for before they may start (its integrations)."""
     applied = desired.applied
     phase, reason = _phase(desired, replicas, error)
+    if pending and phase == "Provisioning":
+        reason = f"{pending}; {reason}"
     return DeploymentStatusChanged(
         deployment_id=applied.deployment_id,
         project=applied.project,
@@ -146,6 +159,10 @@ def compute_status(
         ready_replicas=sum(r.ready for r in replicas),
         replicas=[r.status() for r in sorted(replicas, key=lambda r: r.replica.replica_id)],
         not_provided=not_provided or [],
+        integrations=[
+            IntegrationStatus.model_validate(i.model_dump(exclude={"local_path"}))
+            for i in (integrations.integrations if isinstance(integrations, IntegrationsReady) else ())
+        ],
         scale_reason=desired.reason,
     )
 

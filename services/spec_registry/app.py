@@ -21,6 +21,7 @@ from libs.config import Settings
 from libs.events import DeploymentStatusChanged
 from libs.kit import Service
 from libs.logging import get_logger
+from libs.sealing import Sealer
 from libs.secrets import SecretStore
 from libs.store import create_engine, migrate
 from services.spec_registry.auth import TokenCache, bootstrap_admin
@@ -97,7 +98,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         await service.start()
 
-        secrets = await SecretStore.open(js)
+        secrets = await SecretStore.open(js, Sealer.from_settings(settings))  # it only seals
         if indexed := await asyncio.to_thread(repo.backfill_secret_names, await secrets.stored_names()):
             log.info("secret names indexed", secrets=indexed)
         app.state.registry = Registry(repo, secrets, relay, connection)

@@ -50,7 +50,7 @@ class Registry:
         if refs:
             existing = await asyncio.to_thread(self.repo.secret_names, project)
             missing = [
-                SpecError(field, "names a secret that does not exist in the project")
+                SpecError(field, f"names the secret '{name}', which does not exist in the project")
                 for field, name in refs
                 if name not in existing
             ]
@@ -112,6 +112,11 @@ class Registry:
         check_alias(alias)
         await asyncio.to_thread(self.repo.remove_alias, project, ref, alias)
         self._relay.notify()
+
+    async def retry(self, project: str, ref: str) -> StoredDeployment:
+        stored = await asyncio.to_thread(self.repo.request_retry, project, ref)
+        self._relay.notify()
+        return stored
 
     async def delete(self, project: str, ref: str) -> None:
         await asyncio.to_thread(self.repo.delete_deployment, project, ref)

@@ -26,6 +26,7 @@ from libs.events import (
     DeploymentScaled,
     DeploymentStatusChanged,
     Event,
+    IntegrationsRetryRequested,
     SpecApplied,
     new_id,
 )
@@ -229,6 +230,15 @@ class Repository:
             self._add_scaled(session, row, replicas, spec.resources.replicas, f"scaled by the user to {replicas}")
         return StoredDeployment(row, version.spec, status.status if status else None)
 
+    def request_retry(self, project: str, ref: str) -> StoredDeployment:
+        """Publish the user's request to fetch the deployment's integrations again now."""
+        with self._write_with_event() as session:
+            row = self._find(session, project, ref)
+            version = self._version(session, row)
+            status = session.get(DeploymentStatusRow, row.id)
+            self._add_event(session, IntegrationsRetryRequested(deployment_id=row.id, project=project, slug=row.slug))
+        return StoredDeployment(row, version.spec, status.status if status else None)
+
     def delete_deployment(self, project: str, ref: str) -> None:
         with self._write_with_event() as session:
             row = self._find(session, project, ref, for_update=True)
@@ -358,6 +368,20 @@ class Repository:
         with self._read() as session:
             query = select(SecretNameRow.name).where(SecretNameRow.project == project)
             return set(session.exec(query).all())
+
+    def secret_users(self, project: str) -> dict[str, list[str]]:
+        """Secret name -> names of the deployments whose current spec refers to it (sorted)."""
+        query = (
+            select(DeploymentRow.name, SpecVersionRow.spec)
+            .join(SpecVersionRow, col(SpecVersionRow.spec_id) == DeploymentRow.spec_id)
+            .where(DeploymentRow.project == project)
+        )
+        users: dict[str, set[str]] = {}
+        with self._read() as session:
+            for name, spec in session.exec(query).all():
+                for _, secret in DeploymentSpec.model_validate(spec).secret_ref_fields():
+                    users.setdefault(secret, set()).add(name)
+        return {secret: sorted(names) for secret, names in users.items()}
 
     def has_secret(self, project: str, name: str) -> bool:
         with self._read() as session:

@@ -15,7 +15,7 @@ from pydantic import (
     field_serializer,
 )
 
-from libs.events import Phase, ReplicaStatus
+from libs.events import IntegrationStatus, Phase, ReplicaStatus
 from libs.spec import DeploymentSpec
 from services.spec_registry.limits import MAX_SECRET_CHARS
 
@@ -35,6 +35,9 @@ class Status(BaseModel):
     ready_replicas: int = 0
     replicas: list[ReplicaStatus] = Field(default_factory=list)
     not_provided: list[str] = Field(default_factory=list, description="What this runtime could not give.")
+    integrations: list[IntegrationStatus] = Field(
+        default_factory=list, description="The integrations of the running revision: content identity and size."
+    )
     observed_at: datetime | None = None
     desired_source: Literal["spec", "user", "autoscaler", "stopped"] = Field(
         default="spec",
@@ -202,6 +205,9 @@ class SecretPut(Request):
 
 class SecretNames(BaseModel):
     names: list[str]
+    used_by: dict[str, list[str]] = Field(
+        default_factory=dict, description="Secret name -> the deployments whose current spec refers to it."
+    )
 
 
 class LogLine(BaseModel):

@@ -136,7 +136,7 @@ async def test_every_command_answers_json(registry: RegistryProcess, tmp_path: P
     secret = await cli.run("secrets", "set", "hf_token", "-o", "json", input="s3cr3t\n")
     assert json.loads(secret.stdout) == {"name": "hf_token", "reference": "secret:hf_token"}
     assert "s3cr3t" not in secret.output
-    assert await cli.json("secrets", "list") == {"names": ["hf_token"]}
+    assert await cli.json("secrets", "list") == {"names": ["hf_token"], "used_by": {"hf_token": []}}
     assert await cli.json("secrets", "delete", "hf_token") == {"name": "hf_token", "deleted": True}
 
     deleted = await cli.json("deployments", "delete", "My Iris", "-y")

@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from libs.bus import LOGS_RPC, all_events
+from libs.bus import LOGS_RPC, SECRETS_BUCKET, all_events
 from libs.config import Settings
 from libs.logcursor import encode_cursor
 from libs.events import (
@@ -30,6 +30,7 @@ from libs.events import (
     DeploymentScaled,
     DeploymentStatusChanged,
     Event,
+    IntegrationsRetryRequested,
     ReplicaStatus,
     SpecApplied,
     decode_event,
@@ -464,8 +465,8 @@ async def test_secret_refs_are_checked_and_values_never_shown(
     missing = await api.post("/v1/deployments", json=document)
     assert missing.status_code == 422
     assert missing.json()["errors"] == [
-        {"field": "env[1].value", "rule": "names a secret that does not exist in the project"},
-        {"field": "basicAuthKey", "rule": "names a secret that does not exist in the project"},
+        {"field": "env[1].value", "rule": "names the secret 'hf_token', which does not exist in the project"},
+        {"field": "basicAuthKey", "rule": "names the secret 'gate', which does not exist in the project"},
     ]
     assert (await api.get("/v1/deployments")).json()["items"] == []
 
@@ -474,12 +475,14 @@ async def test_secret_refs_are_checked_and_values_never_shown(
     responses.append(await api.get("/v1/secrets"))
     responses.append(created := await api.post("/v1/deployments", json=document))
     responses.append(await api.get("/v1/deployments/my-cool-deployment"))
+    responses.append(used := await api.get("/v1/secrets"))
     responses.append(await api.delete("/v1/secrets/gate"))
     responses.append(await put(api, "my-cool-deployment", document, created.json()["spec_id"]))
 
     statuses = [r.status_code for r in responses]
-    assert statuses == [204, 204, 422, 200, 201, 200, 204, 422]
-    assert responses[3].json() == {"names": ["gate", "hf_token"]}
+    assert statuses == [204, 204, 422, 200, 201, 200, 200, 204, 422]
+    assert used.json()["used_by"] == {"gate": ["my cool deployment"], "hf_token": ["my cool deployment"]}
+    assert responses[3].json() == {"names": ["gate", "hf_token"], "used_by": {"gate": [], "hf_token": []}}
     assert created.json()["spec"]["env"][1]["value"] == "secret:hf_token"
     events = await all_events(js, "berth.spec.v1.*")
     output = capfd.readouterr()
@@ -487,6 +490,9 @@ async def test_secret_refs_are_checked_and_values_never_shown(
         [r.text for r in responses] + [e.model_dump_json() for e in events] + [output.out, output.err, caplog.text]
     ):
         assert value not in text
+    bucket = await js.key_value(SECRETS_BUCKET)  # read raw, as any client of the bus could
+    stored = (await bucket.get("default.hf_token")).value or b""
+    assert stored and value.encode() not in stored, "the bucket holds only the sealed value"
 
 
 async def test_every_version_and_deletion_reaches_the_spec_stream_once(
@@ -791,3 +797,16 @@ async def test_history_diff_and_who_created_each_version(api: httpx.AsyncClient,
     ]
     rest = (await api.get(f"/v1/deployments/my-cool-deployment/history?diff=true&limit=2&after={page['next']}")).json()
     assert [v["changes"] for v in rest["items"]] == [None]  # the first version has no predecessor
+
+
+async def test_a_retry_request_reaches_the_control_stream(api: httpx.AsyncClient, js: JetStreamContext) -> None:
+    created = await create(api, spec())
+    accepted = await api.post("/v1/deployments/my-cool-deployment/retry")
+    assert accepted.status_code == 202 and accepted.json()["deployment_id"] == created["deployment_id"]
+    assert (await api.post("/v1/deployments/nothing-here/retry")).status_code == 404
+
+    async def published() -> list[Event]:
+        return await all_events(js, f"berth.control.v1.retry.{created['deployment_id']}")
+
+    (request,) = await eventually(published, what="the retry request published")
+    assert isinstance(request, IntegrationsRetryRequested) and request.slug == "my-cool-deployment"

@@ -3,6 +3,7 @@ own, driven by the CLI; Ctrl-C leaves no process behind and the next `up` finds 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -61,7 +62,8 @@ class Berth:
         return (self.data_dir.parent / "up.out").read_text(errors="replace")
 
     def cli(self, *args: str, input: str | None = None) -> Result:
-        return self.runner.invoke(app, list(args), env=self.env, input=input)
+        unset = {k: None for k in os.environ if k.startswith("BERTH_")}  # as for `up`: only this berth's
+        return self.runner.invoke(app, list(args), env={**unset, **self.env}, input=input)
 
     def cli_json(self, *args: str) -> dict:  # type: ignore[type-arg]
         result = self.cli(*args, "-o", "json")
@@ -78,7 +80,7 @@ class Berth:
 
 @pytest.fixture
 def berth(tmp_path: Path) -> Berth:
-    ports = {k: free_port() for k in ("API", "ROUTER", "NATS", "SCHEDULER_OPS", "HEALTH_MONITOR_OPS")}
+    ports = {k: free_port() for k in ("API", "ROUTER", "NATS", "SCHEDULER_OPS", "HEALTH_MONITOR_OPS", "INTEGRATIONS_OPS")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     env |= {f"BERTH_{k}_PORT": str(v) for k, v in ports.items()}
     env |= {
@@ -203,6 +205,8 @@ async def test_up_runs_private_with_a_user_per_service_and_json_logs(
     (tmp_path / "private.yaml").write_text(yaml.safe_dump(spec))
     applied = berth.cli("apply", "-f", str(tmp_path / "private.yaml"))
     assert applied.exit_code == 0, applied.output
+    assert berth.cli_json("secrets", "list")["used_by"] == {"gate": ["Echo Server"], "hf_token": ["Echo Server"]}
+    assert "Echo Server" in berth.cli("secrets", "list").stdout
 
     url = f"http://127.0.0.1:{berth.env['BERTH_ROUTER_PORT']}/default/echo-server/?env=HF_TOKEN"
 
@@ -216,16 +220,34 @@ async def test_up_runs_private_with_a_user_per_service_and_json_logs(
     async with httpx.AsyncClient(timeout=2) as http:
         assert (await http.get(url)).status_code == 401
 
+    # Rotating the sealing key while berth runs: the router opens the resealed value without a restart.
+    key_file = berth.data_dir / "secrets.key"
+    key_before = key_file.read_text()
+    rotated = await asyncio.to_thread(berth.cli_json, "secrets", "rotate-key")  # the CLI runs its own loop
+    assert rotated == {"resealed": 2, "key_file_rotated": True}
+    assert key_file.read_text() != key_before and key_file.stat().st_mode & 0o077 == 0
+    response = await eventually(answer, timeout=30, what="the router opens the value resealed under the new key")
+    # A value set after the rotation is sealed under the new key, and the router opens it.
+    first_gate, gate_secret = gate_secret, "gate-v4lue-after-rotation"
+    assert berth.cli("secrets", "set", "gate", input=f"{gate_secret}\n").exit_code == 0
+    response = await eventually(answer, timeout=30, what="the router opens the value set after the rotation")
+    # Every API answer about the deployment and its secrets, as scripts see them: no value in any.
+    answers = [berth.cli(*args, "-o", "json").output for args in (
+        ("deployments", "get", "echo-server"), ("deployments", "history", "echo-server"), ("secrets", "list"),
+    )]  # fmt: skip
+    values = (env_secret, first_gate, gate_secret)
+    assert all(value not in text for text in answers for value in values)
+
     running.send_signal(signal.SIGINT)
     assert running.wait(60) == 0
     files = [p for p in berth.data_dir.rglob("*") if p.is_file()]
     assert len(files) > 10
     for path in [berth.data_dir, *berth.data_dir.rglob("*")]:
         assert path.stat().st_mode & 0o077 == 0, f"{path} is open to others"
-        # The secrets bucket's own store holds them (sealing it at rest is an issue of its own).
-        if path.is_file() and "KV_berth_secrets" not in path.parts:
+        # The secrets bucket's own store included: it holds only sealed values.
+        if path.is_file():
             data = path.read_bytes()
-            assert env_secret.encode() not in data and gate_secret.encode() not in data, f"a secret in {path}"
+            assert not [v for v in values if v.encode() in data], f"a secret in {path}"
     for log in (berth.data_dir / "logs").glob("*.log"):
         if log.name != "nats-server.log":  # nats-server's own format
             for line in log.read_text().splitlines():

@@ -23,6 +23,7 @@ CONTRACT = {
     "/v1/deployments": {"get", "post"},
     "/v1/deployments/{ref}": {"get", "put", "delete"},
     "/v1/deployments/{ref}/scale": {"post"},
+    "/v1/deployments/{ref}/retry": {"post"},
     "/v1/deployments/{ref}/stop": {"post"},
     "/v1/deployments/{ref}/start": {"post"},
     "/v1/deployments/{ref}/rollback": {"post"},

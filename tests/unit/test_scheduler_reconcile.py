@@ -16,6 +16,9 @@ from libs.events import (
     DeploymentScaled,
     DeploymentStatusChanged,
     Event,
+    IntegrationsFailed,
+    IntegrationsReady,
+    MaterialisedIntegration,
     ReplicaExited,
     ReplicaHealthChanged,
     ReplicaRestartRequested,
@@ -25,7 +28,7 @@ from libs.events import (
     TrafficAssigned,
 )
 from libs.revision import revision_id
-from libs.runtime.base import Runtime
+from libs.runtime.base import Mount, Runtime
 from libs.spec import DeploymentSpec, validate_spec
 from services.scheduler.lifecycle import Serving, started_event
 from services.scheduler.reconcile import Reconciler, health_checks_of
@@ -417,15 +420,63 @@ async def test_model_env_and_what_is_not_acted_on(world: World) -> None:
     world.apply(spec(
         replicas=1, model={"id": "iris", "version": "3"}, updateStrategy={"type": "canary", "canaryPercent": 10},
         loadBalancer={"enabled": False},
-        integrations=[{"type": "git-lfs", "name": "weights", "path": "/models", "url": "https://hf.co/iris"}],
     ))  # fmt: skip
     await world.reconcile()
     (workload,) = await world.runtime.workloads()
     assert (workload.env["BERTH_MODEL_ID"], workload.env["BERTH_MODEL_VERSION"]) == ("iris", "3")
     not_provided = world.status().not_provided
     assert not_provided[0].startswith("image python:3.11")
-    # updateStrategy is acted on (rolling, blue-green, canary: test_scheduler_strategies.py): not listed
-    assert [item.split(" ")[0] for item in not_provided[1:]] == ["integrations", "loadBalancer.enabled:"]
+    # integrations and updateStrategy are acted on (test_scheduler_strategies.py, the tests below): not listed
+    assert [item.split(" ")[0] for item in not_provided[1:]] == ["loadBalancer.enabled:"]
+
+
+WEIGHTS = {"type": "git-lfs", "name": "weights", "path": "/models", "url": "https://hf.co/iris"}
+
+
+def integrations_outcome(applied: SpecApplied, ready: bool, reason: str = "") -> IntegrationsReady | IntegrationsFailed:
+    ref = {"deployment_id": applied.deployment_id, "project": applied.project, "slug": applied.slug}
+    revision = revision_id(applied.spec)
+    if not ready:
+        return IntegrationsFailed(**ref, revision_id=revision, spec_version=applied.spec_version, integration="weights", reason=reason)
+    weights = MaterialisedIntegration(name="weights", type="git-lfs", mount="/models/weights", identity="c0ffee", local_path="/cache/git-c0ffee")
+    return IntegrationsReady(**ref, revision_id=revision, spec_version=applied.spec_version, integrations=[weights])
+
+
+async def test_replicas_wait_for_their_integrations_and_then_see_them(world: World) -> None:
+    applied = world.apply(spec(replicas=1, integrations=[WEIGHTS]))
+    await world.reconcile()
+    assert world.calls() == [] and world.status().phase == "Provisioning"
+    assert "waiting for integrations weights" in world.status().reason
+    assert not any("integrations" in item for item in world.status().not_provided)
+
+    assert world.reconciler.integrations_event(integrations_outcome(applied, ready=True))
+    await world.reconcile()
+    (workload,) = await world.runtime.workloads()
+    assert workload.mounts == (Mount("weights", "/models/weights", "/cache/git-c0ffee"),)
+    assert [(i.name, i.identity, i.mount) for i in world.status().integrations] == [("weights", "c0ffee", "/models/weights")]
+
+
+async def test_failed_integrations_leave_replicas_unstarted_with_the_reason_then_a_ready_retry_starts_them(world: World) -> None:
+    applied = world.apply(spec(replicas=1, integrations=[WEIGHTS]))
+    world.reconciler.integrations_event(integrations_outcome(applied, ready=False, reason="integration weights: git fetch: authentication failed"))
+    await world.reconcile()
+    await world.reconcile()  # no crash loop, nothing started, however often it looks
+    assert world.calls() == []
+    assert (world.status().phase, world.status().reason) == ("Failed", "integration weights: git fetch: authentication failed")
+
+    world.reconciler.integrations_event(integrations_outcome(applied, ready=True))
+    await world.reconcile()
+    assert len(await world.runtime.workloads()) == 1
+
+
+async def test_a_new_revision_waiting_for_integrations_leaves_the_previous_one_serving(world: World) -> None:
+    (serving,) = await world.running(spec(replicas=1))
+    world.apply(spec(replicas=1, integrations=[WEIGHTS]))
+    await world.reconcile()
+    (workload,) = await world.runtime.workloads()
+    assert workload.mounts == () and await world.replica_ids() == [serving]  # the previous revision still runs
+    assert world.serving()[revision_id(spec(replicas=1))] == (100, [serving])
+    assert "waiting for integrations weights" in world.status().reason
 
 
 async def test_a_failed_reconcile_is_requeued_with_back_off(world: World) -> None:

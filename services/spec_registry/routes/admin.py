@@ -61,8 +61,10 @@ async def put_secret(name: SecretName, body: SecretPut, caller: Caller, registry
 
 @router.get("/secrets", tags=["secrets"])
 async def list_secrets(caller: Caller, registry: RegistryDep) -> SecretNames:
-    """Names only; values are never shown."""
-    return SecretNames(names=sorted(await asyncio.to_thread(registry.repo.secret_names, caller.project)))
+    """Names, and which deployments use each; values are never shown."""
+    names = sorted(await asyncio.to_thread(registry.repo.secret_names, caller.project))
+    users = await asyncio.to_thread(registry.repo.secret_users, caller.project)
+    return SecretNames(names=names, used_by={name: users.get(name, []) for name in names})
 
 
 @router.delete("/secrets/{name}", status_code=204, tags=["secrets"], responses=responses(NotFound))

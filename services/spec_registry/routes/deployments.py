@@ -210,6 +210,16 @@ async def promote_deployment(
     return _answer(stored, settings, response)
 
 
+@router.post("/deployments/{ref}/retry", status_code=202, tags=["deployments"], responses=READ)
+async def retry_deployment(
+    ref: str, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
+) -> Deployment:
+    """Fetch the deployment's failed integrations again now, not after the back-off (accepted: the
+    integrations service acts on it; the status shows the outcome)."""
+    stored = await registry.retry(caller.project, ref)
+    return _answer(stored, settings, response)
+
+
 @router.delete("/deployments/{ref}", status_code=204, tags=["deployments"], responses=READ)
 async def delete_deployment(ref: str, caller: Caller, registry: RegistryDep) -> Response:
     await registry.delete(caller.project, ref)

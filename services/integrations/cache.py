@@ -1,0 +1,104 @@
+"""The content cache of the integrations service, on this machine (`<data dir>/integrations`).
+
+- `sources/<key>/`: one working copy per source (a git mirror, an s3 mirror with its manifest), kept
+  between fetches so that a re-sync fetches only what changed.
+- `content/<identity>/`: one immutable copy per content identity (a commit, a set of ETags), made of
+  hard links to the source's files (no second copy of the bytes). Revisions whose integration has the
+  same identity share it; a replica links to it from its working directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class FetchFailed(Exception):
+    """An integration could not be fetched; the message is the status reason (never a credential)."""
+
+
+class Refused(Exception):
+    """Content berth will not serve to a replica (e.g. a symlink leading out of it); says why."""
+
+
+def digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Tally:
+    files: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Fetched:
+    identity: str
+    path: Path  # the immutable content
+    total: Tally
+    fetched: Tally  # what this fetch downloaded
+
+
+def os_error(exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return "disk full while fetching the integration"
+    return f"cannot write the integration's files: {exc.strerror or type(exc).__name__}"
+
+
+class Cache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def source_dir(self, *identifying: str) -> Path:
+        path = self.root / "sources" / digest(*identifying)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return path
+
+    def content_dir(self, kind: str, identity: str) -> Path:
+        return self.root / "content" / f"{kind}-{identity}"
+
+    def publish(self, kind: str, identity: str, tree: Path, skip: tuple[str, ...] = ()) -> tuple[Path, Tally]:
+        """The immutable copy of `tree` for `identity` (made once, by hard links; its own files when
+        the cache lies on another file system); a symlink leading out of `tree` refuses it."""
+        check_links(tree, skip)
+        target = self.content_dir(kind, identity)
+        if not target.exists():
+            staging = target.with_name(f".{target.name}.tmp")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(tree, staging, symlinks=True, copy_function=_link_or_copy,
+                            ignore=shutil.ignore_patterns(*skip))
+            os.replace(staging, target)
+        return target, tally(target)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def check_links(tree: Path, skip: tuple[str, ...] = ()) -> None:
+    """Every symlink in `tree` must resolve inside it: content must not reach into the host."""
+    root = tree.resolve()
+    for dirpath, dirnames, filenames in os.walk(tree):
+        dirnames[:] = [d for d in dirnames if d not in skip]
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
+                raise Refused(f"the symlink {path.relative_to(tree)} leads outside the integration")
+
+
+def tally(tree: Path) -> Tally:
+    files = size = 0
+    for dirpath, _, filenames in os.walk(tree):
+        for name in filenames:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                files += 1
+                size += path.stat().st_size
+    return Tally(files, size)

@@ -1,0 +1,92 @@
+"""git-lfs integrations: a shallow fetch of `ref` (the default branch when unset) into the source's
+repository with the git CLI, then its LFS objects (`git lfs pull`, which fetches only objects the
+repository does not hold yet). The content identity is the commit. URLs: file://, http(s)://, ssh://,
+git:// (the spec allows no other scheme)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from libs.spec import GitLfsIntegration
+from services.integrations.cache import Cache, Fetched, FetchFailed, Refused, Tally, os_error, tally
+
+GIT_TIMEOUT_SECONDS = 1800.0
+# Never prompt (no terminal), never run a credential helper the host may have.
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "true", "GCM_INTERACTIVE": "never"}
+_REASONS = (
+    (re.compile(r"authentication failed|could not read username|permission denied|403", re.I), "authentication failed"),
+    (re.compile(r"couldn't find remote ref|not our ref|invalid refspec", re.I), "ref not found"),
+    (re.compile(r"not found|does not appear to be a git repository|does not exist|404", re.I), "repository not found"),
+    (re.compile(r"could not resolve host|connection refused|unable to access|timed out|unreachable", re.I), "unreachable"),
+    (re.compile(r"no space left", re.I), "disk full while fetching the integration"),
+)
+
+
+def lfs_available() -> bool:
+    return shutil.which("git-lfs") is not None
+
+
+def fetch(integration: GitLfsIntegration, cache: Cache) -> Fetched:
+    if shutil.which("git") is None:
+        raise FetchFailed("git is not installed on this machine")
+    repo = cache.source_dir("git", integration.url) / "repo"
+    try:
+        before = tally(repo / ".git") if (repo / ".git").exists() else Tally(0, 0)
+        if not (repo / ".git").exists():
+            _git(repo.parent, "init", "-q", repo.name)
+        _git(repo, "remote", "remove", "origin", check=False)
+        _git(repo, "remote", "add", "origin", integration.url)
+        _git(repo, "fetch", "-q", "--depth", "1", "origin", integration.ref or "HEAD", what="fetch")
+        commit = _git(repo, "rev-parse", "FETCH_HEAD").strip()
+        target = cache.content_dir("git", commit)
+        if target.exists():
+            return Fetched(commit, target, tally(target), Tally(0, 0))
+        previous = _git(repo, "rev-parse", "--verify", "-q", "HEAD", check=False).strip()
+        _git(repo, "checkout", "-q", "--force", "--detach", commit, lfs_smudge=False)
+        if _uses_lfs(repo):
+            if not lfs_available():
+                raise FetchFailed("the repository has LFS files and git-lfs is not installed on this machine")
+            _git(repo, "lfs", "pull", "origin", what="fetch of LFS objects")
+        changed = _changed_files(repo, previous, commit)
+        grown = tally(repo / ".git")
+        path, total = cache.publish("git", commit, repo, skip=(".git",))
+    except Refused as exc:
+        raise FetchFailed(str(exc)) from None
+    except OSError as exc:
+        raise FetchFailed(os_error(exc)) from None
+    return Fetched(commit, path, total, Tally(changed if changed is not None else total.files, max(grown.bytes - before.bytes, 0)))
+
+
+def _uses_lfs(repo: Path) -> bool:
+    attributes = repo / ".gitattributes"
+    return attributes.is_file() and "filter=lfs" in attributes.read_text(errors="replace")
+
+
+def _changed_files(repo: Path, previous: str, commit: str) -> int | None:
+    """Files that differ from the previous checkout (None on the first: everything is new)."""
+    if not previous or previous == commit:
+        return None
+    # The previous commit may be gone from a shallow repository; then everything counts as new.
+    out = _git(repo, "diff", "--name-only", previous, commit, check=False)
+    return len(out.splitlines()) if out else None
+
+
+def _git(cwd: Path, *args: str, check: bool = True, lfs_smudge: bool = True, what: str = "") -> str:
+    env = {**os.environ, **GIT_ENV}
+    if not lfs_smudge:
+        env["GIT_LFS_SKIP_SMUDGE"] = "1"  # `git lfs pull` fetches the objects in one batch afterwards
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=GIT_TIMEOUT_SECONDS
+        )
+    except subprocess.TimeoutExpired:
+        raise FetchFailed(f"git {what or args[0]} timed out") from None
+    if check and done.returncode != 0:
+        # git's own message may hold the URL (and credentials in it): only a classified reason goes out.
+        reason = next((text for pattern, text in _REASONS if pattern.search(done.stderr)), "git failed")
+        raise FetchFailed(f"git {what or args[0]}: {reason}")
+    return done.stdout

@@ -1,0 +1,188 @@
+"""What the integrations service decides: for the newest spec of each deployment, materialise its
+revision's integrations (once per revision), publish IntegrationsReady or IntegrationsFailed, and
+retry failures with a growing delay. Level-triggered: the state is rebuilt from the newest spec and
+integrations events on start, and the periodic resync starts whatever has no outcome yet."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from libs.events import (
+    DeploymentDeleted,
+    Event,
+    IntegrationsFailed,
+    IntegrationsReady,
+    IntegrationsRetryRequested,
+    MaterialisedIntegration,
+    SpecApplied,
+)
+from libs.kit import RetryPolicy
+from libs.logging import get_logger
+from libs.revision import revision_id
+from libs.secrets import SecretNotFound
+from libs.spec import GitLfsIntegration, S3Integration
+from libs.tasks import cancel_and_wait
+from services.integrations import git, s3
+from services.integrations.cache import Cache, Fetched, FetchFailed
+
+log = get_logger(__name__)
+Publish = Callable[[Event], Awaitable[None]]
+# A failed fetch is tried again after 5 s, 10 s, 20 s ... up to 5 minutes.
+RETRY = RetryPolicy(first_delay_seconds=5.0, factor=2.0, max_delay_seconds=300.0)
+
+
+class SecretResolver(Protocol):
+    async def resolve(self, project: str, value: str) -> str: ...
+
+
+@dataclass
+class Held:
+    """One deployment: its newest spec and the outcome for that spec's revision."""
+
+    applied: SpecApplied
+    outcome: IntegrationsReady | IntegrationsFailed | None = None
+    failures: int = 0
+    retry_at: float = 0.0
+
+    @property
+    def revision(self) -> str:
+        return revision_id(self.applied.spec)
+
+
+class Materialiser:
+    def __init__(self, cache: Cache, secrets: SecretResolver, publish: Publish, retry: RetryPolicy = RETRY) -> None:
+        self._cache = cache
+        self._secrets = secrets
+        self._publish = publish
+        self._retry = retry
+        self._held: dict[str, Held] = {}
+        self._running: dict[str, asyncio.Task[None]] = {}
+        # One fetch at a time: two revisions with the same source must not write its mirror at once.
+        self._fetching = asyncio.Lock()
+        self._closing = False
+
+    def rebuild(self, specs: Iterable[Event], outcomes: Iterable[Event]) -> None:
+        for event in specs:
+            if isinstance(event, SpecApplied | DeploymentDeleted):
+                self._take(event)
+        for event in outcomes:
+            held = self._held.get(getattr(event, "deployment_id", ""))
+            if isinstance(event, IntegrationsReady | IntegrationsFailed) and held and event.revision_id == held.revision:
+                held.outcome = event
+
+    async def on_spec(self, event: SpecApplied | DeploymentDeleted) -> None:
+        if self._take(event):
+            self.kick(event.deployment_id)
+
+    async def retry_now(self, request: IntegrationsRetryRequested) -> None:
+        """Try a failed revision again at once (the user asked), whatever its back-off says."""
+        held = self._held.get(request.deployment_id)
+        if held is not None and isinstance(held.outcome, IntegrationsFailed):
+            held.retry_at = 0.0
+            self.kick(request.deployment_id)
+
+    async def resync(self) -> None:
+        for deployment_id in list(self._held):
+            self.kick(deployment_id)
+
+    def kick(self, deployment_id: str) -> None:
+        held = self._held.get(deployment_id)
+        if held is None or deployment_id in self._running or not held.applied.spec.integrations:
+            return
+        if isinstance(held.outcome, IntegrationsReady):
+            return
+        if isinstance(held.outcome, IntegrationsFailed) and time.monotonic() < held.retry_at:
+            return
+        task = asyncio.create_task(self._materialise(held), name=f"integrations:{deployment_id}")
+        self._running[deployment_id] = task
+        task.add_done_callback(lambda _: self._finished(deployment_id))
+
+    def _finished(self, deployment_id: str) -> None:
+        """A newer revision that arrived during the fetch is started now (not at the next resync)."""
+        self._running.pop(deployment_id, None)
+        if not self._closing:
+            self.kick(deployment_id)
+
+    def held(self) -> dict[str, int]:
+        return {"deployments": len(self._held), "running": len(self._running)}
+
+    async def close(self) -> None:
+        self._closing = True
+        await cancel_and_wait(list(self._running.values()))
+
+    def _take(self, event: SpecApplied | DeploymentDeleted) -> bool:
+        """Hold the newest spec; False when the event is not newer than what is held."""
+        held = self._held.get(event.deployment_id)
+        if isinstance(event, DeploymentDeleted):
+            # A fetch under way runs to its end (its thread cannot be stopped, and the next fetch of
+            # the same source must not overlap it); its outcome is not published.
+            self._held.pop(event.deployment_id, None)
+            return False
+        if held is not None and held.applied.spec_version >= event.spec_version:
+            return False
+        if held is not None and held.revision == revision_id(event.spec):
+            held.applied = event  # same revision: what was fetched for it holds
+            return False
+        self._held[event.deployment_id] = Held(event)
+        return True
+
+    async def _materialise(self, held: Held) -> None:
+        applied, revision = held.applied, held.revision
+        ref = {"deployment_id": applied.deployment_id, "project": applied.project, "slug": applied.slug}
+        done: list[MaterialisedIntegration] = []
+        outcome: IntegrationsReady | IntegrationsFailed
+        for integration in applied.spec.integrations:
+            try:
+                async with self._fetching:
+                    fetched = await self._fetch(applied.project, integration)
+            except FetchFailed as exc:
+                held.failures += 1
+                delay = self._retry.delay(held.failures)
+                held.retry_at = time.monotonic() + delay
+                outcome = IntegrationsFailed(
+                    **ref, revision_id=revision, spec_version=applied.spec_version,
+                    integration=integration.name, reason=f"integration {integration.name}: {exc}", retry_in_seconds=delay,
+                )  # fmt: skip
+                log.warning("integration failed", integration=integration.name, reason=str(exc), retry_in=delay, **ref)
+                break
+            done.append(_described(integration, fetched))
+            log.info(
+                "integration ready", integration=integration.name, identity=fetched.identity,
+                fetched_files=fetched.fetched.files, fetched_bytes=fetched.fetched.bytes, **ref,
+            )  # fmt: skip
+        else:
+            held.failures = 0
+            outcome = IntegrationsReady(**ref, revision_id=revision, spec_version=applied.spec_version, integrations=done)
+        if self._held.get(applied.deployment_id) is held:  # not replaced by a newer revision meanwhile
+            await self._publish(outcome)
+            held.outcome = outcome
+
+    async def _fetch(self, project: str, integration: GitLfsIntegration | S3Integration) -> Fetched:
+        if isinstance(integration, GitLfsIntegration):
+            return await asyncio.to_thread(git.fetch, integration, self._cache)
+        credentials = None
+        if integration.accessKeyId is not None and integration.secretAccessKey is not None:
+            try:  # unsealed here, just before the fetch; held only for its duration
+                secret = await self._secrets.resolve(project, integration.secretAccessKey)
+            except SecretNotFound:
+                raise FetchFailed("its secretAccessKey names a secret the project does not have") from None
+            credentials = s3.S3Credentials(integration.accessKeyId, secret)
+        return await asyncio.to_thread(s3.sync, integration, credentials, self._cache)
+
+
+def _described(integration: GitLfsIntegration | S3Integration, fetched: Fetched) -> MaterialisedIntegration:
+    return MaterialisedIntegration(
+        name=integration.name,
+        type=integration.type,
+        mount=integration.mount,
+        identity=fetched.identity,
+        local_path=str(fetched.path),
+        files=fetched.total.files,
+        bytes=fetched.total.bytes,
+        fetched_files=fetched.fetched.files,
+        fetched_bytes=fetched.fetched.bytes,
+    )

@@ -1,0 +1,110 @@
+"""The integrations service's decisions, without a bus or a network: once per revision, newest spec
+only, retries after a back-off, nothing published for a revision replaced meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from libs.events import (
+    DeploymentDeleted,
+    Event,
+    IntegrationsFailed,
+    IntegrationsReady,
+    IntegrationsRetryRequested,
+    SpecApplied,
+    new_id,
+)
+from libs.kit import RetryPolicy
+from libs.spec import validate_spec
+from services.integrations.cache import Cache, Fetched, FetchFailed, Tally
+from services.integrations.materialise import Materialiser
+from tests.fakes import FakeSecrets
+from tests.helpers import eventually
+
+GIT = {"type": "git-lfs", "name": "falcon", "path": "/models/", "url": "https://example.invalid/falcon"}
+
+
+def applied(version: int, **fields: Any) -> SpecApplied:
+    document = {"name": "falcon", "image": "python:3.11", "command": ["serve"], "resources": {"ports": [8000]}}
+    spec = validate_spec({**document, **fields})
+    return SpecApplied(deployment_id="dep", project="default", slug="falcon", name="falcon",
+                       spec_id=new_id(), spec_version=version, spec=spec)  # fmt: skip
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, retry: RetryPolicy = RetryPolicy(first_delay_seconds=0.05)) -> None:
+        self.published: list[Event] = []
+        self.fetches: list[str] = []
+        self.fail_with: str | None = None
+        self.gate: asyncio.Event | None = None
+        self.materialiser = Materialiser(Cache(tmp_path), FakeSecrets(), self._publish, retry)
+        self.materialiser._fetch = self._fetch  # type: ignore[method-assign]
+
+    async def _publish(self, event: Event) -> None:
+        self.published.append(event)
+
+    async def _fetch(self, project: str, integration: Any) -> Fetched:
+        self.fetches.append(integration.url)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_with:
+            raise FetchFailed(self.fail_with)
+        return Fetched("c0ffee", Path("/cache/git-c0ffee"), Tally(2, 10), Tally(2, 10))
+
+
+async def test_once_per_revision_and_not_for_specs_without_integrations(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    await h.materialiser.on_spec(applied(1))
+    await h.materialiser.on_spec(applied(2, integrations=[GIT]))
+    await eventually(lambda: h.published, what="ready")
+    await h.materialiser.on_spec(applied(3, integrations=[GIT], resources={"ports": [8000], "replicas": 3}))  # same revision
+    await h.materialiser.resync()
+    await asyncio.sleep(0)
+    assert h.fetches == [GIT["url"]]
+    (ready,) = h.published
+    assert isinstance(ready, IntegrationsReady) and ready.integrations[0].identity == "c0ffee"
+
+
+async def test_a_failure_is_retried_after_its_back_off(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.fail_with = "s3 bucket 'b' not found"
+    await h.materialiser.on_spec(applied(1, integrations=[GIT]))
+    failed = await eventually(lambda: h.published, what="failed")
+    assert isinstance(failed[0], IntegrationsFailed) and failed[0].reason == "integration falcon: s3 bucket 'b' not found"
+    await h.materialiser.resync()  # within the back-off: no new attempt
+    assert h.fetches == [GIT["url"]]
+    h.fail_with = None
+
+    async def retried() -> bool:
+        await h.materialiser.resync()
+        return isinstance(h.published[-1], IntegrationsReady)
+
+    await eventually(retried, what="ready after a retry")
+
+
+async def test_a_revision_replaced_while_fetching_publishes_nothing_and_deletion_forgets(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.gate = asyncio.Event()
+    await h.materialiser.on_spec(applied(1, integrations=[GIT]))
+    await eventually(lambda: h.fetches, what="fetch started")
+    await h.materialiser.on_spec(applied(2, integrations=[{**GIT, "ref": "v2"}]))
+    h.gate.set()
+    await eventually(lambda: h.published, what="the newer revision ready")
+    await h.materialiser.resync()
+    await eventually(lambda: len(h.published) == 1 and h.published[0].spec_version == 2, what="only v2 published")
+    await h.materialiser.on_spec(DeploymentDeleted(deployment_id="dep", project="default", slug="falcon"))
+    assert h.materialiser.held() == {"deployments": 0, "running": 0}
+
+
+async def test_a_retry_request_tries_again_at_once(tmp_path: Path) -> None:
+    h = Harness(tmp_path, retry=RetryPolicy(first_delay_seconds=3600.0))
+    h.fail_with = "git fetch: unreachable"
+    await h.materialiser.on_spec(applied(1, integrations=[GIT]))
+    await eventually(lambda: h.published, what="failed")
+    h.fail_with = None
+    await h.materialiser.resync()
+    assert len(h.fetches) == 1  # an hour of back-off
+    await h.materialiser.retry_now(IntegrationsRetryRequested(deployment_id="dep", project="default", slug="falcon"))
+    await eventually(lambda: isinstance(h.published[-1], IntegrationsReady), what="ready at once")
