@@ -55,6 +55,8 @@ def test_one_deployment_per_service_with_probes_on_its_ops_endpoint() -> None:
         paths[name] = c["livenessProbe"]["httpGet"]["path"]
         env = {e["name"]: e.get("value") for e in c["env"]}
         assert env["BERTH_RUNTIME"] == "kubernetes" and env["BERTH_KUBERNETES_NAMESPACE"] == "berth-system"
+        key = next(e for e in c["env"] if e["name"] == "BERTH_SECRETS_KEY")["valueFrom"]["secretKeyRef"]
+        assert key == {"name": "berth-secrets-key", "key": "BERTH_SECRETS_KEY"}  # the same key for every service
     assert paths["rel-router"] == "/_berth/healthz" and paths["rel-scheduler"] == "/healthz"
     # two schedulers, one acting: leader election on the Lease
     assert deployments["rel-scheduler"]["spec"]["replicas"] == 2
