@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     ops_host: str = Field(default="127.0.0.1", description="Interface of /healthz and /metrics (0.0.0.0 in a container).")
     scheduler_ops_port: int = Field(default=8091, description="/healthz and /metrics of the scheduler.")
     health_monitor_ops_port: int = Field(default=8092, description="/healthz and /metrics of the health-monitor.")
-    integrations_ops_port: int = Field(default=8093, description="/healthz and /metrics of the integrations service.")
+    integrations_ops_port: int = Field(default=8094, description="/healthz and /metrics of the integrations service.")
     integrations_dir: Path | None = Field(
         default=None, description="Cache of fetched integrations; <data dir>/integrations when unset."
     )
