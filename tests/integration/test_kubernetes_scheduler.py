@@ -1,8 +1,8 @@
 """The real scheduler (real nats-server) on the kubernetes runtime against the emulator: a spec applied
 on the bus becomes a Deployment; Pods the test reports (as the kubelet would) reach the deployment's
 status, the read model of `berth deployments get`; scale, a new template, stop and delete act on the
-Deployments. No health-monitor runs here, so no replica becomes ready for traffic (that is the
-health-monitor's part: docs/kubernetes.md, "Not done yet")."""
+Deployments. The Pods' Ready condition is the readiness: the scheduler turns it into health events and
+the traffic assignment (the health-monitor, running too, stays idle on this runtime)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,15 @@ from nats.js import JetStreamContext
 
 from libs.config import Settings
 from libs.runtime.kubernetes.runtime import KubernetesRuntime
+from libs.events import ReplicaHealthChanged, TrafficAssigned
 from libs.secrets import SecretStore
+from services.health_monitor.app import start_health_monitor
 from services.scheduler import SchedulerHandle, start_scheduler
 from tests.helpers import eventually
 from tests.integration.test_scheduler_replicas import DEPLOYMENT, Bus, bus, echo_spec, scheduler_settings  # noqa: F401
 from tests.kube import Cluster, Kubelet, cluster, crash_looping, running  # noqa: F401
+
+OOM = {"exitCode": 137, "reason": "OOMKilled"}
 
 DEPLOYMENTS = "apps/v1/deployments"
 
@@ -100,3 +104,45 @@ async def test_a_secret_value_is_only_in_the_secret_object(
     out = capsys.readouterr()
     everything_else += caplog.text + out.out + out.err
     assert value not in everything_else and encoded not in everything_else
+
+
+def serving(bus: Bus) -> set[str] | None:  # noqa: F811
+    """The replicas of the newest traffic assignment (what the router's table holds)."""
+    assignments = bus.of(TrafficAssigned)
+    if not assignments:
+        return None
+    return {r.replica_id for target in assignments[-1].targets for r in target.replicas}
+
+
+async def test_the_assignment_follows_the_pod_ready_condition(
+    k8s_scheduler: SchedulerHandle, bus: Bus, cluster: Cluster, scheduler_settings: Settings  # noqa: F811
+) -> None:
+    monitor = await start_health_monitor(scheduler_settings.model_copy(update={"runtime": "kubernetes"}))
+    try:
+        await bus.apply(echo_spec(replicas=2))
+        (name,) = (await eventually(lambda: berth_deployments(cluster), what="a Deployment")).keys()
+        kubelet = Kubelet(cluster)
+        first, second = await kubelet.run(name, 2)
+        await eventually(lambda: serving(bus) == {first, second}, what="both Pods in the assignment")
+        await bus.phase("Ready")
+
+        await kubelet.report(second, running(ready=False))  # its readiness probe fails
+        await eventually(lambda: serving(bus) == {first}, what="the not-ready Pod out of the assignment")
+        await kubelet.report(second, running(ready=True))
+        await eventually(lambda: serving(bus) == {first, second}, what="the Pod back in the assignment")
+
+        # The kubelet restarted the container after it was OOM-killed, and backs off.
+        await kubelet.report(second, crash_looping(restarts=3, exit_code=137, reason="OOMKilled"))
+        await eventually(lambda: serving(bus) == {first}, what="the crash-looping Pod out of the assignment")
+        status = await bus.phase("CrashLoopBackOff")
+        (crashing,) = [r for r in status.replicas if r.replica_id == second]
+        assert (crashing.state, crashing.restart_count, crashing.last_exit_code) == ("backoff", 3, 137)
+        assert "CrashLoopBackOff (OOMKilled)" in status.reason and second in status.reason
+
+        await kubelet.report(second, running(ready=True, restarts=3, last=OOM))  # up again after the back-off
+        await eventually(lambda: serving(bus) == {first, second}, what="the restarted Pod serving again")
+        await bus.phase("Ready")
+        # The kubelet probed; berth did not: every health event is the scheduler's reading of a Pod.
+        assert all(h.last_probe is None for h in bus.of(ReplicaHealthChanged))
+    finally:
+        await monitor.stop()
