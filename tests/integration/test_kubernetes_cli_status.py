@@ -9,9 +9,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -20,7 +19,7 @@ from libs.config import Settings
 from libs.runtime.kubernetes.runtime import KubernetesRuntime
 from services.scheduler import start_scheduler
 from tests.helpers import eventually
-from tests.integration.test_cli_registry import cli_env
+from tests.integration.test_cli_registry import cli_env, registry  # noqa: F401
 from tests.integration.test_scheduler_replicas import scheduler_settings  # noqa: F401
 from tests.kube import Cluster, Kubelet, cluster, crash_looping  # noqa: F401
 from tests.servers.registry import REPO, RegistryProcess
@@ -46,18 +45,8 @@ class Berth:
         return json.loads(done.stdout)
 
 
-@pytest.fixture
-async def registry(tmp_path: Path, nats_url: str) -> AsyncIterator[RegistryProcess]:
-    process = RegistryProcess(tmp_path, nats_url)
-    await asyncio.to_thread(process.start)
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
 async def test_berth_deployments_get_shows_the_kubelet_crash_loop_and_oom_kill(
-    registry: RegistryProcess, scheduler_settings: Settings, cluster: Cluster, tmp_path: Path  # noqa: F811
+    registry: RegistryProcess, scheduler_settings: Settings, cluster: Cluster, tmp_path: Path,  # noqa: F811
 ) -> None:
     scheduler = await start_scheduler(scheduler_settings, KubernetesRuntime(cluster.namespace, kubeconfig=cluster.kubeconfig))
     try:
