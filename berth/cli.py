@@ -430,6 +430,36 @@ def spec_validate(file: SpecFile, output: OutputOpt = Output.table) -> None:
     render.emit({"valid": True, "errors": []}, output, lambda: render.out.print("valid"))
 
 
+@app.command("render")
+def render_command(
+    file: SpecFile,
+    project: Annotated[str, typer.Option(help="Project the deployment belongs to.")] = "default",
+    namespace: Annotated[str | None, typer.Option(help="Namespace (default: BERTH_KUBERNETES_NAMESPACE).")] = None,
+    machine_types: Annotated[
+        Path | None, typer.Option(help="machineType table file (default: BERTH_KUBERNETES_MACHINE_TYPES).")
+    ] = None,
+) -> None:
+    """Print the Kubernetes objects the kubernetes runtime would apply for a spec (for review or
+    `kubectl diff -f -`), without a server. Secret values are not read: placeholders stand in."""
+    import asyncio
+
+    import yaml
+
+    from berth.manifests import render_manifests
+
+    _, spec = read_spec(file)
+    settings = Settings()
+    objects = asyncio.run(
+        render_manifests(
+            spec,
+            project=project,
+            namespace=namespace or settings.kubernetes_namespace,
+            machine_types=machine_types or settings.kubernetes_machine_types,
+        )
+    )
+    sys.stdout.write(yaml.safe_dump_all(objects, sort_keys=False))
+
+
 @spec_app.command("schema")
 def spec_schema(output: OutputOpt = Output.json) -> None:
     """The JSON Schema of the deployment spec."""

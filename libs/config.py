@@ -84,6 +84,17 @@ class Settings(BaseSettings):
     )
     stop_grace_seconds: float = 10.0
 
+    # runtime: kubernetes (docs/kubernetes.md). No kubeconfig: in-cluster config, else ~/.kube/config.
+    kubeconfig: Path | None = Field(default=None, description="Kubeconfig file of the kubernetes runtime.")
+    kubernetes_context: str | None = None
+    kubernetes_namespace: str = Field(default="berth", description="Namespace of every workload berth runs.")
+    kubernetes_machine_types: Path | None = Field(
+        default=None, description="YAML file adding to or replacing the machineType table (docs/kubernetes.md)."
+    )
+    # Several schedulers: the one holding the Lease `berth-scheduler` (in kubernetes_namespace) acts.
+    scheduler_leader_election: bool = False
+    scheduler_lease_seconds: float = Field(default=10.0, gt=1, description="A dead leader is replaced after this.")
+
     @property
     def token_file(self) -> Path:
         return self.data_dir / "token"

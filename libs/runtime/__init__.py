@@ -13,4 +13,12 @@ def make_runtime(settings: Settings) -> Runtime:
         from libs.runtime.local import LocalRuntime
 
         return LocalRuntime(settings.data_dir / "replicas", grace_seconds=settings.stop_grace_seconds)
-    raise NotImplementedError("the kubernetes runtime adapter is not built yet")
+    from libs.runtime.kubernetes.machines import load_machine_types
+    from libs.runtime.kubernetes.runtime import KubernetesRuntime
+
+    return KubernetesRuntime(
+        settings.kubernetes_namespace,
+        kubeconfig=settings.kubeconfig,
+        context=settings.kubernetes_context,
+        machines=load_machine_types(settings.kubernetes_machine_types),
+    )

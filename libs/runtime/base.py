@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 ReplicaState = Literal["starting", "running", "exited", "backoff", "stopping"]
 
@@ -80,6 +80,10 @@ class Workload:
     # Names of `env` entries whose values come from secrets: a runtime never writes those to disk.
     secret_env: frozenset[str] = frozenset()
     container_registry: str | None = None
+    # The spec's `healthChecks` as JSON (plain data, so a runtime can store the workload as is): the
+    # kubernetes runtime makes them the Pod's probes; the local runtime leaves probing to the
+    # health-monitor.
+    health_checks: dict[str, Any] | None = None
     mounts: tuple[Mount, ...] = ()  # integrations, read-only content
 
 
@@ -101,6 +105,10 @@ class Replica:
     next_restart_at: datetime | None = None
     revision_id: str = ""
     created_at: datetime | None = None  # scale down stops the newest first
+    # What a runtime that probes by itself (kubernetes: the Pod's Ready condition) observed; None when
+    # the runtime leaves readiness to the health-monitor (local).
+    ready: bool | None = None
+    reason: str | None = None  # why it is not running, e.g. CrashLoopBackOff, OOMKilled
 
 
 ReplicaEventKind = Literal["started", "exited", "stopped"]

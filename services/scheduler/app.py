@@ -80,6 +80,15 @@ async def start_scheduler(settings: Settings, runtime: Runtime | None = None) ->
 
 
 async def main(settings: Settings, stop: asyncio.Event) -> None:
+    if settings.scheduler_leader_election:
+        from services.scheduler.leader import lead
+
+        await lead(settings, stop, run)
+    else:
+        await run(settings, stop)
+
+
+async def run(settings: Settings, stop: asyncio.Event) -> None:
     handle = await start_scheduler(settings)
     try:
         await stop.wait()

@@ -61,6 +61,7 @@ from libs.spec import DeploymentSpec, HealthChecks
 from libs.tasks import cancel_and_wait
 from services.scheduler import aliases, traffic
 from services.scheduler.desired import Desired, compose, newer_decision
+from services.scheduler.kubelet_health import kubelet_health
 from services.scheduler.lifecycle import LOG_TAIL_LINES, Serving, lifecycle_events, stopped_event
 from services.scheduler.metrics import DEPLOYMENTS, EVENTS_PUBLISHED, RECONCILE_ERRORS, RECONCILE_SECONDS
 from services.scheduler.render import (
@@ -620,6 +621,10 @@ class Reconciler:
                 last = state.ledger.last(replica.replica_id)
                 for event in await lifecycle_events(replica, last, serving_as, self._log_tail, state.stop_reason):
                     await self._emit(event)
+                health = kubelet_health(replica, state.health.get(replica.replica_id), serving_as)
+                if health is not None and self.health_changed(health):
+                    await self._emit(health)
+                    self.kick(health.deployment_id)  # the assignment follows readiness
         for replica_id, last in state.ledger.replicas().items():
             if replica_id not in present:
                 await self._emit(stopped_event(last, state.stop_reason))

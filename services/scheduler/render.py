@@ -94,6 +94,7 @@ def render(
         revision_id=revision,
         secret_env=env.secret_names,
         container_registry=spec.containerRegistry,
+        health_checks=spec.healthChecks.model_dump(exclude_defaults=True),
         mounts=tuple(
             Mount(i.name, i.mount, i.local_path) for i in (integrations.integrations if integrations else ())
         ),

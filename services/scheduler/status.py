@@ -68,7 +68,9 @@ class ObservedReplica:
             code = self.replica.last_exit_code
             delay = self.exit.next_restart_in_seconds if self.exit else None
             when = f"restarting in {delay:.0f} s" if delay is not None else "exited"
-            return f"replica {rid} {when} (exit code {code})"
+            # The runtime's word for it when it has one (kubelet: CrashLoopBackOff (OOMKilled)).
+            why = f"; {self.replica.reason}" if self.replica.reason else ""
+            return f"replica {rid} {when} (exit code {code}{why})"
         probe = self.health.last_probe if self.health else None
         if probe is None:
             return f"replica {rid} not ready"

@@ -34,6 +34,7 @@ from services.spec_registry.problems import (
     unexpected_error_response,
 )
 from services.spec_registry.registry import Registry
+from services.spec_registry.relay_lock import RelayLock
 from services.spec_registry.repository import Repository
 from services.spec_registry.routes import admin, deployments, ops
 
@@ -82,7 +83,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         js = await service.connect()
         connection = await service.broker.connect()  # the same connection: for the logs request/reply
         _check_max_payload(connection.max_payload)
-        relay = OutboxRelay(repo, service.broker)
+        relay = OutboxRelay(repo, service.broker, lock=RelayLock(settings.sqlalchemy_url))
 
         async def on_status(event: DeploymentStatusChanged) -> None:
             await asyncio.to_thread(repo.save_status, event)

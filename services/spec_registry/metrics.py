@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Enum, Gauge
 
 REQUESTS = Counter(
     "berth_registry_requests", "HTTP requests answered, by route template and status.", ["method", "route", "status"]
@@ -15,4 +15,9 @@ OUTBOX_SET_ASIDE = Gauge(
 )
 EVENTS_SET_ASIDE = Counter(
     "berth_registry_events_set_aside", "Outbox events set aside since the start, by kind of reason.", ["kind"]
+)
+OUTBOX_RELAY = Enum(
+    "berth_registry_outbox_relay",
+    "Whether this registry relays the outbox or stands by (another one holds the relay lock).",
+    states=["starting", "relaying", "standby"],
 )

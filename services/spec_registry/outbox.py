@@ -16,6 +16,9 @@ refused by JetStream, no longer decodable), or that fails again and again while 
 *set aside*, with its reason, and the rows after it flow. Set-aside rows are counted in the metrics and
 in /healthz, and kept until an operator deals with them (docs/operations.md). Failures that come from
 the bus being away are never held against a row: every row would fail alike, and retrying is right.
+
+Among several registries sharing a PostgreSQL database only the one holding the relay lock relays
+(relay_lock.py); the others stand by and try to take it at every poll.
 """
 
 from __future__ import annotations
@@ -35,7 +38,14 @@ from libs.logging import get_logger
 from libs.store import OutboxRow, utcnow
 from libs.telemetry import continued_trace
 from services.spec_registry.faults import crash_point
-from services.spec_registry.metrics import EVENTS_PUBLISHED, EVENTS_SET_ASIDE, OUTBOX_LAG, OUTBOX_SET_ASIDE
+from services.spec_registry.metrics import (
+    EVENTS_PUBLISHED,
+    EVENTS_SET_ASIDE,
+    OUTBOX_LAG,
+    OUTBOX_RELAY,
+    OUTBOX_SET_ASIDE,
+)
+from services.spec_registry.relay_lock import RelayLock
 from services.spec_registry.repository import Repository
 
 log = get_logger("spec_registry")
@@ -67,8 +77,17 @@ class Unpublishable(Exception):
 
 
 class OutboxRelay:
-    def __init__(self, repo: Repository, broker: NatsBroker, poll_seconds: float = 1.0, batch: int = 100) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        broker: NatsBroker,
+        poll_seconds: float = 1.0,
+        batch: int = 100,
+        lock: RelayLock | None = None,
+    ) -> None:
         self._repo = repo
+        self._lock = lock  # None: this relay is the only one (SQLite, tests)
+        self._relaying: bool | None = None
         self._broker = broker
         self._poll_seconds = poll_seconds
         self._batch = batch
@@ -99,15 +118,26 @@ class OutboxRelay:
         while not self._stopping:
             self._wake.clear()  # before reading, so a commit during the pass triggers another one
             try:
-                while await self.relay_batch() == self._batch and not self._stopping:
-                    pass
-                if time.monotonic() >= self._next_prune:
-                    await self.prune()
+                if await self._holds_lock():
+                    while await self.relay_batch() == self._batch and not self._stopping:
+                        pass
+                    if time.monotonic() >= self._next_prune:
+                        await self.prune()
             except Exception:  # the bus or the database is away; the next pass retries
                 log.warning("outbox relay pass failed", exc_info=True)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll_seconds):
                     await self._wake.wait()
+        if self._lock is not None:
+            await asyncio.to_thread(self._lock.close)  # another registry takes over at its next poll
+
+    async def _holds_lock(self) -> bool:
+        relaying = True if self._lock is None else await asyncio.to_thread(self._lock.hold)
+        if relaying != self._relaying:
+            self._relaying = relaying
+            OUTBOX_RELAY.state("relaying" if relaying else "standby")
+            log.info("outbox relay: " + ("this registry relays" if relaying else "another registry relays; standing by"))
+        return relaying
 
     async def relay_batch(self) -> int:
         """Publish up to `batch` pending events in order, each acknowledged by the stream; mark those

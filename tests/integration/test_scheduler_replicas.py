@@ -393,9 +393,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class SchedulerProcess:
-    def __init__(self, settings: Settings, logs: Path) -> None:
+    def __init__(self, settings: Settings, logs: Path, env: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.logs = logs
+        self.env = env or {}  # more settings, e.g. the kubernetes runtime's
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, stop_replicas_on_exit: bool = False) -> None:
@@ -409,6 +410,7 @@ class SchedulerProcess:
             "BERTH_RECONCILE_INTERVAL_SECONDS": "1",
             "BERTH_STOP_GRACE_SECONDS": "2",
             "BERTH_STOP_REPLICAS_ON_EXIT": str(stop_replicas_on_exit).lower(),
+            **self.env,
         }
         with self.logs.open("ab") as log:
             self.process = subprocess.Popen(
