@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from libs.events import (
@@ -31,6 +32,7 @@ from services.integrations.cache import Cache, Fetched, FetchFailed
 
 log = get_logger(__name__)
 Publish = Callable[[Event], Awaitable[None]]
+InUse = Callable[[], Awaitable[set[Path]]]  # content paths of the revisions that run now
 # A failed fetch is tried again after 5 s, 10 s, 20 s ... up to 5 minutes.
 RETRY = RetryPolicy(first_delay_seconds=5.0, factor=2.0, max_delay_seconds=300.0)
 
@@ -54,8 +56,15 @@ class Held:
 
 
 class Materialiser:
-    def __init__(self, cache: Cache, secrets: SecretResolver, publish: Publish, retry: RetryPolicy = RETRY) -> None:
+    def __init__(
+        self, cache: Cache, secrets: SecretResolver, publish: Publish, retry: RetryPolicy = RETRY,
+        max_bytes: int | None = None, in_use: InUse | None = None,
+    ) -> None:  # fmt: skip
         self._cache = cache
+        self._max_bytes = max_bytes
+        self._in_use = in_use
+        # Contents fetched by a materialisation still under way (not published yet: not evictable).
+        self._fresh: dict[str, set[Path]] = {}
         self._secrets = secrets
         self._publish = publish
         self._retry = retry
@@ -150,6 +159,7 @@ class Materialiser:
                 log.warning("integration failed", integration=integration.name, reason=str(exc), retry_in=delay, **ref)
                 break
             done.append(_described(integration, fetched))
+            self._fresh.setdefault(applied.deployment_id, set()).add(fetched.path)
             log.info(
                 "integration ready", integration=integration.name, identity=fetched.identity,
                 fetched_files=fetched.fetched.files, fetched_bytes=fetched.fetched.bytes, **ref,
@@ -160,6 +170,27 @@ class Materialiser:
         if self._held.get(applied.deployment_id) is held:  # not replaced by a newer revision meanwhile
             await self._publish(outcome)
             held.outcome = outcome
+        self._fresh.pop(applied.deployment_id, None)
+        await self.evict()
+
+    async def evict(self) -> None:
+        """Fit the cache in its size limit, keeping what running revisions, the newest revision of
+        every deployment and fetches under way use."""
+        if self._max_bytes is None:
+            return
+        keep = {Path(i.local_path) for h in self._held.values() if isinstance(h.outcome, IntegrationsReady)
+                for i in h.outcome.integrations}  # fmt: skip
+        keep |= {path for paths in self._fresh.values() for path in paths}
+        if self._in_use is not None:
+            keep |= await self._in_use()
+        async with self._fetching:
+            outcome = await asyncio.to_thread(self._cache.evict, self._max_bytes, keep)
+        if outcome.removed:
+            log.info("integrations cache evicted", removed=len(outcome.removed), bytes_before=outcome.bytes_before,
+                     bytes_after=outcome.bytes_after)  # fmt: skip
+        if outcome.bytes_after > self._max_bytes:
+            log.warning("integrations cache above its limit: the rest is in use", bytes=outcome.bytes_after,
+                        max_bytes=self._max_bytes)  # fmt: skip
 
     async def _fetch(self, project: str, integration: GitLfsIntegration | S3Integration) -> Fetched:
         if isinstance(integration, GitLfsIntegration):

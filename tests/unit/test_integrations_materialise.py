@@ -108,3 +108,45 @@ async def test_a_retry_request_tries_again_at_once(tmp_path: Path) -> None:
     assert len(h.fetches) == 1  # an hour of back-off
     await h.materialiser.retry_now(IntegrationsRetryRequested(deployment_id="dep", project="default", slug="falcon"))
     await eventually(lambda: isinstance(h.published[-1], IntegrationsReady), what="ready at once")
+
+
+async def test_with_a_size_limit_content_no_running_revision_uses_is_evicted(tmp_path: Path) -> None:
+    """Three revisions with different content over a limit of one and a half: the newest revision's
+    content and the content the old revision still serving uses stay; the rest goes."""
+    cache = Cache(tmp_path / "cache")
+    running: set[Path] = set()
+
+    async def in_use() -> set[Path]:
+        return set(running)
+
+    published: list[Event] = []
+
+    async def publish(event: Event) -> None:
+        published.append(event)
+
+    materialiser = Materialiser(cache, FakeSecrets(), publish, max_bytes=1500, in_use=in_use)
+
+    async def fetch(project: str, integration: Any) -> Fetched:
+        source = tmp_path / "remote" / integration.url.rsplit("/", 1)[-1]
+        source.mkdir(parents=True)
+        (source / "weights.bin").write_bytes(b"w" * 1000)
+        path, total = cache.publish("git", source.name, source)
+        return Fetched(source.name, path, total, total)
+
+    materialiser._fetch = fetch  # type: ignore[method-assign]
+
+    async def ready(version: int, name: str) -> Path:
+        await materialiser.on_spec(applied(version, integrations=[{**GIT, "url": f"https://example.invalid/{name}"}]))
+        event = await eventually(lambda: next((e for e in published if e.spec_version == version), None), what=name)  # type: ignore[attr-defined]
+        assert isinstance(event, IntegrationsReady)
+        await eventually(lambda: "dep" not in materialiser._running, what="done")
+        return Path(event.integrations[0].local_path)
+
+    a = await ready(1, "a")
+    running.add(a)  # revision 1 keeps serving while revision 2 starts
+    b = await ready(2, "b")
+    assert a.exists() and b.exists()  # 2000 bytes, above the limit, but both in use
+    running.clear()
+    running.add(b)  # revision 2 serves; revision 1 has stopped
+    c = await ready(3, "c")
+    assert not a.exists() and b.exists() and c.exists()
