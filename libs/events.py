@@ -268,9 +268,12 @@ class IntegrationStatus(BaseModel):
     """One integration of a revision, fetched: what it is (its content identity) and its size."""
 
     name: str
-    type: Literal["git-lfs", "s3"]
+    type: Literal["git-lfs", "s3", "volume"]
     mount: str = Field(description="Where the replica sees it: `<path>/<name>`, e.g. /models/falcon.")
-    identity: str = Field(description="Content identity: the commit (git-lfs), a hash of keys and ETags (s3).")
+    read_only: bool = Field(default=True, description="False only for a volume whose spec says readOnly: false.")
+    identity: str = Field(
+        description="Content identity: the commit (git-lfs), a hash of keys and ETags (s3), of the host path (volume)."
+    )
     files: int = 0
     bytes: int = 0
     fetched_files: int = Field(default=0, description="Files this materialisation downloaded (0: all cached).")

@@ -25,9 +25,9 @@ from libs.kit import RetryPolicy
 from libs.logging import get_logger
 from libs.revision import revision_id
 from libs.secrets import SecretNotFound
-from libs.spec import GitLfsIntegration, S3Integration
+from libs.spec import GitLfsIntegration, Integration, S3Integration, VolumeIntegration
 from libs.tasks import cancel_and_wait
-from services.integrations import git, s3
+from services.integrations import git, s3, volume
 from services.integrations.cache import Cache, Fetched, FetchFailed
 
 log = get_logger(__name__)
@@ -192,7 +192,9 @@ class Materialiser:
             log.warning("integrations cache above its limit: the rest is in use", bytes=outcome.bytes_after,
                         max_bytes=self._max_bytes)  # fmt: skip
 
-    async def _fetch(self, project: str, integration: GitLfsIntegration | S3Integration) -> Fetched:
+    async def _fetch(self, project: str, integration: Integration) -> Fetched:
+        if isinstance(integration, VolumeIntegration):
+            return await asyncio.to_thread(volume.resolve, integration)
         if isinstance(integration, GitLfsIntegration):
             return await asyncio.to_thread(git.fetch, integration, self._cache)
         credentials = None
@@ -205,10 +207,11 @@ class Materialiser:
         return await asyncio.to_thread(s3.sync, integration, credentials, self._cache)
 
 
-def _described(integration: GitLfsIntegration | S3Integration, fetched: Fetched) -> MaterialisedIntegration:
+def _described(integration: Integration, fetched: Fetched) -> MaterialisedIntegration:
     return MaterialisedIntegration(
         name=integration.name,
         type=integration.type,
+        read_only=integration.readOnly if isinstance(integration, VolumeIntegration) else True,
         mount=integration.mount,
         identity=fetched.identity,
         local_path=str(fetched.path),
