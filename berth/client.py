@@ -44,6 +44,8 @@ class Status(TypedDict, total=False):
     observed_at: str | None
     desired_source: str  # spec, user, autoscaler or stopped
     scale_reason: NotRequired[str | None]  # the autoscaler's last reason
+    integrations: list[dict[str, Any]]  # the running revision's, once fetched
+    fetching: NotRequired[dict[str, Any] | None]  # integration, fetched_files, fetched_bytes while a fetch runs
 
 
 class UserScale(TypedDict):

@@ -286,6 +286,24 @@ class MaterialisedIntegration(IntegrationStatus):
     local_path: str = Field(description="The cached content on the machine that fetched it (shared by identity).")
 
 
+class FetchProgress(BaseModel):
+    """How far the fetch of one integration has come: what it has written to the cache so far."""
+
+    integration: str
+    fetched_files: int = 0
+    fetched_bytes: int = 0
+
+
+class IntegrationsProgress(Event, DeploymentRef, FetchProgress):
+    """A fetch under way (at most one a second); the revision's outcome replaces it on its subject."""
+
+    type: ClassVar[str] = "integrations.progress"
+    subject_template: ClassVar[str] = "berth.integrations.v1.{deployment_id}.{revision_id}"
+    kind: Literal["integrations.progress"] = "integrations.progress"
+    revision_id: str
+    spec_version: int
+
+
 class IntegrationsReady(Event, DeploymentRef):
     """Every integration of a revision is materialised: its replicas may start."""
 
@@ -309,6 +327,10 @@ class IntegrationsFailed(Event, DeploymentRef):
     integration: str = Field(description="The name of the integration that failed.")
     reason: str
     retry_in_seconds: float | None = Field(default=None, description="When the next attempt is made.")
+
+
+# What the scheduler holds per revision: the outcome, or the progress of the fetch before it.
+IntegrationsEvent = IntegrationsReady | IntegrationsFailed | IntegrationsProgress
 
 
 class IntegrationsRetryRequested(Event, DeploymentRef):
@@ -367,6 +389,9 @@ class DeploymentStatusChanged(Event, DeploymentRef):
     )
     scale_reason: str | None = Field(
         default=None, description="Why the scale decision in force (autoscaler or user) chose desired_replicas."
+    )
+    fetching: FetchProgress | None = Field(
+        default=None, description="While the desired revision's integrations are fetched: how far it has come."
     )
 
 

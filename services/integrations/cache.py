@@ -65,6 +65,10 @@ class Cache:
         used(path)
         return path
 
+    def written(self) -> Tally:
+        """Files and bytes in the sources' working copies (a fetch's progress is how this grows)."""
+        return tally(self.root / "sources")
+
     def content_dir(self, kind: str, identity: str) -> Path:
         return self.root / "content" / f"{kind}-{identity}"
 

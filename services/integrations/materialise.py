@@ -6,8 +6,9 @@ integrations events on start, and the periodic resync starts whatever has no out
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,6 +17,7 @@ from libs.events import (
     DeploymentDeleted,
     Event,
     IntegrationsFailed,
+    IntegrationsProgress,
     IntegrationsReady,
     IntegrationsRetryRequested,
     MaterialisedIntegration,
@@ -35,6 +37,7 @@ Publish = Callable[[Event], Awaitable[None]]
 InUse = Callable[[], Awaitable[set[Path]]]  # content paths of the revisions that run now
 # A failed fetch is tried again after 5 s, 10 s, 20 s ... up to 5 minutes.
 RETRY = RetryPolicy(first_delay_seconds=5.0, factor=2.0, max_delay_seconds=300.0)
+PROGRESS_INTERVAL_SECONDS = 1.0  # at most one progress event a second (fetches run one at a time)
 
 
 class SecretResolver(Protocol):
@@ -59,8 +62,10 @@ class Materialiser:
     def __init__(
         self, cache: Cache, secrets: SecretResolver, publish: Publish, retry: RetryPolicy = RETRY,
         max_bytes: int | None = None, in_use: InUse | None = None,
+        progress_interval_seconds: float = PROGRESS_INTERVAL_SECONDS,
     ) -> None:  # fmt: skip
         self._cache = cache
+        self._progress_interval = progress_interval_seconds
         self._max_bytes = max_bytes
         self._in_use = in_use
         # Contents fetched by a materialisation still under way (not published yet: not evictable).
@@ -146,7 +151,7 @@ class Materialiser:
         outcome: IntegrationsReady | IntegrationsFailed
         for integration in applied.spec.integrations:
             try:
-                async with self._fetching:
+                async with self._fetching, self._progress(held, integration):
                     fetched = await self._fetch(applied.project, integration)
             except FetchFailed as exc:
                 held.failures += 1
@@ -172,6 +177,36 @@ class Materialiser:
             held.outcome = outcome
         self._fresh.pop(applied.deployment_id, None)
         await self.evict()
+
+    @contextlib.asynccontextmanager
+    async def _progress(self, held: Held, integration: Integration) -> AsyncIterator[None]:
+        """While the fetch runs, publish what it has written so far, when that changed, at a bounded
+        rate. A volume fetches nothing."""
+        if isinstance(integration, VolumeIntegration):
+            yield
+            return
+        applied, revision = held.applied, held.revision
+        start = await asyncio.to_thread(self._cache.written)
+
+        async def report() -> None:
+            last = (0, 0)
+            while True:
+                await asyncio.sleep(self._progress_interval)
+                now = await asyncio.to_thread(self._cache.written)
+                so_far = (max(now.files - start.files, 0), max(now.bytes - start.bytes, 0))
+                if so_far != last and self._held.get(applied.deployment_id) is held:
+                    last = so_far
+                    await self._publish(IntegrationsProgress(
+                        deployment_id=applied.deployment_id, project=applied.project, slug=applied.slug,
+                        revision_id=revision, spec_version=applied.spec_version, integration=integration.name,
+                        fetched_files=so_far[0], fetched_bytes=so_far[1],
+                    ))  # fmt: skip
+
+        reporter = asyncio.create_task(report(), name=f"progress:{applied.deployment_id}")
+        try:
+            yield
+        finally:
+            await cancel_and_wait([reporter])
 
     async def evict(self) -> None:
         """Fit the cache in its size limit, keeping what running revisions, the newest revision of

@@ -11,6 +11,7 @@ from libs.events import (
     DeploymentDeleted,
     Event,
     IntegrationsFailed,
+    IntegrationsProgress,
     IntegrationsReady,
     IntegrationsRetryRequested,
     SpecApplied,
@@ -150,3 +151,36 @@ async def test_with_a_size_limit_content_no_running_revision_uses_is_evicted(tmp
     running.add(b)  # revision 2 serves; revision 1 has stopped
     c = await ready(3, "c")
     assert not a.exists() and b.exists() and c.exists()
+
+
+async def test_a_fetch_under_way_publishes_its_progress_then_the_outcome(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    published: list[Event] = []
+
+    async def publish(event: Event) -> None:
+        published.append(event)
+
+    materialiser = Materialiser(cache, FakeSecrets(), publish, progress_interval_seconds=0.01)
+    steps = [asyncio.Event(), asyncio.Event()]
+
+    async def fetch(project: str, integration: Any) -> Fetched:  # writes into its source, step by step
+        source = cache.source_dir("git", integration.url)
+        (source / "a.bin").write_bytes(b"a" * 1000)
+        await steps[0].wait()
+        (source / "b.bin").write_bytes(b"b" * 2000)
+        await steps[1].wait()
+        return Fetched("c0ffee", source, Tally(2, 3000), Tally(2, 3000))
+
+    materialiser._fetch = fetch  # type: ignore[method-assign]
+    await materialiser.on_spec(applied(1, integrations=[GIT]))
+
+    def progress() -> list[tuple[str, int, int]]:
+        return [(e.integration, e.fetched_files, e.fetched_bytes) for e in published if isinstance(e, IntegrationsProgress)]
+
+    await eventually(lambda: progress() == [("falcon", 1, 1000)], what="first progress")
+    steps[0].set()
+    await eventually(lambda: progress()[-1:] == [("falcon", 2, 3000)], what="second progress")
+    steps[1].set()
+    await eventually(lambda: isinstance(published[-1], IntegrationsReady), what="the outcome")
+    assert progress() == [("falcon", 1, 1000), ("falcon", 2, 3000)]  # only when it changed
+    assert all(isinstance(e, IntegrationsProgress) for e in published[:-1])
