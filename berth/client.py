@@ -278,6 +278,10 @@ class BerthClient:
     def set_secret(self, name: str, value: str) -> None:
         self._request("PUT", f"/v1/secrets/{name}", json={"value": value})
 
+    def restart_secret_users(self, name: str) -> list[str]:
+        """Restart the deployments that use the secret; their names."""
+        return list(self._request("POST", f"/v1/secrets/{name}/restart")["restarted"])
+
     def list_secrets(self) -> dict[str, list[str]]:
         """Secret name -> the deployments that use it."""
         answer = self._request("GET", "/v1/secrets")

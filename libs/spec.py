@@ -19,6 +19,7 @@ import slugify as python_slugify
 import yaml
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -470,6 +471,11 @@ class DeploymentSpec(SpecModel):
     environment: Literal["development", "staging", "production"] = "development"
     loadBalancer: LoadBalancer = Field(default_factory=LoadBalancer)
     updateStrategy: UpdateStrategy = Field(default_factory=UpdateStrategy)
+    restartedAt: AwareDatetime | None = Field(
+        default=None,
+        description="Changing it makes a new revision, so every replica is replaced through updateStrategy "
+        "(as kubectl rollout restart's restartedAt annotation); `berth secrets set --restart-users` sets it.",
+    )
 
     @field_validator("basicAuthKey")
     @classmethod

@@ -206,6 +206,12 @@ class SecretPut(Request):
     value: SecretStr = Field(max_length=MAX_SECRET_CHARS, description=f"At most {MAX_SECRET_CHARS} characters.")
 
 
+class SecretUsersRestarted(BaseModel):
+    restarted: list[str] = Field(
+        description="The deployments that use the secret: each has a new version (restartedAt now) rolling its replicas."
+    )
+
+
 class SecretNames(BaseModel):
     names: list[str]
     used_by: dict[str, list[str]] = Field(
