@@ -210,15 +210,19 @@ class Materialiser:
 
     async def evict(self) -> None:
         """Fit the cache in its size limit, keeping what running revisions, the newest revision of
-        every deployment and fetches under way use."""
+        every deployment and fetches under way use. Under the fetch lock: no fetch writes meanwhile,
+        and what is kept is read then (a fetch that just ended has added its content)."""
         if self._max_bytes is None:
             return
-        keep = {Path(i.local_path) for h in self._held.values() if isinstance(h.outcome, IntegrationsReady)
-                for i in h.outcome.integrations}  # fmt: skip
-        keep |= {path for paths in self._fresh.values() for path in paths}
-        if self._in_use is not None:
-            keep |= await self._in_use()
         async with self._fetching:
+            keep = {Path(i.local_path) for h in self._held.values() if isinstance(h.outcome, IntegrationsReady)
+                    for i in h.outcome.integrations}  # fmt: skip
+            keep |= {path for paths in self._fresh.values() for path in paths}
+            try:
+                keep |= await self._in_use() if self._in_use is not None else set()
+            except Exception as exc:  # not knowing what runs, remove nothing
+                log.warning("integrations cache not evicted: cannot read what runs", error=type(exc).__name__)
+                return
             outcome = await asyncio.to_thread(self._cache.evict, self._max_bytes, keep)
         if outcome.removed:
             log.info("integrations cache evicted", removed=len(outcome.removed), bytes_before=outcome.bytes_before,

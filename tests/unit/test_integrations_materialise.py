@@ -184,3 +184,19 @@ async def test_a_fetch_under_way_publishes_its_progress_then_the_outcome(tmp_pat
     await eventually(lambda: isinstance(published[-1], IntegrationsReady), what="the outcome")
     assert progress() == [("falcon", 1, 1000), ("falcon", 2, 3000)]  # only when it changed
     assert all(isinstance(e, IntegrationsProgress) for e in published[:-1])
+
+
+async def test_not_knowing_what_runs_evicts_nothing(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    tree = tmp_path / "old"
+    tree.mkdir()
+    (tree / "weights.bin").write_bytes(b"w" * 1000)
+    old, _ = cache.publish("s3", "old", tree)
+
+    async def in_use() -> set[Path]:
+        raise TimeoutError  # the bus did not answer
+
+    async def publish(event: Event) -> None: ...
+
+    await Materialiser(cache, FakeSecrets(), publish, max_bytes=1, in_use=in_use).evict()
+    assert old.exists()
