@@ -538,14 +538,21 @@ def secret_set(
     ctx: typer.Context,
     name: str,
     value: Annotated[str | None, typer.Option(help="The value; read from stdin when omitted.")] = None,
+    restart_users: Annotated[
+        bool, typer.Option("--restart-users", help="Then restart the deployments that use it (through their update strategy).")
+    ] = False,
     output: OutputOpt = Output.table,
 ) -> None:
     """Store a secret (the value is never printed)."""
     value = value if value is not None else _read_hidden(f"Value of {name}")
     with ctx.obj.client() as client:
         client.set_secret(name, value)
-    report = {"name": name, "reference": f"secret:{name}"}
+        restarted = client.restart_secret_users(name) if restart_users else None
+    report: dict[str, Any] = {"name": name, "reference": f"secret:{name}"}
     message = f"[green]✓[/] secret {escape(name)} set; reference it as secret:{escape(name)}"
+    if restarted is not None:
+        report["restarted"] = restarted
+        message += f"; restarting {escape(', '.join(restarted))}" if restarted else "; no deployment uses it"
     render.emit(report, output, lambda: render.out.print(message))
 
 

@@ -44,6 +44,8 @@ class Status(TypedDict, total=False):
     observed_at: str | None
     desired_source: str  # spec, user, autoscaler or stopped
     scale_reason: NotRequired[str | None]  # the autoscaler's last reason
+    integrations: list[dict[str, Any]]  # the running revision's, once fetched
+    fetching: NotRequired[dict[str, Any] | None]  # integration, fetched_files, fetched_bytes while a fetch runs
 
 
 class UserScale(TypedDict):
@@ -275,6 +277,10 @@ class BerthClient:
 
     def set_secret(self, name: str, value: str) -> None:
         self._request("PUT", f"/v1/secrets/{name}", json={"value": value})
+
+    def restart_secret_users(self, name: str) -> list[str]:
+        """Restart the deployments that use the secret; their names."""
+        return list(self._request("POST", f"/v1/secrets/{name}/restart")["restarted"])
 
     def list_secrets(self) -> dict[str, list[str]]:
         """Secret name -> the deployments that use it."""

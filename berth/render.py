@@ -178,6 +178,9 @@ def _sections(d: Deployment, status: Status) -> list[Section]:
     state = [("Phase", _phase(status) + (f" — {escape(reason)}" if reason else ""))]
     if status.get("not_provided"):
         state.append(("Not provided", escape(", ".join(status.get("not_provided", [])))))
+    if fetching := status.get("fetching"):
+        so_far = f"{fetching['fetched_files']} files, {fetching['fetched_bytes']} bytes so far"
+        state.append(("Fetching", escape(f"{fetching['integration']}: {so_far}")))
     for integration in status.get("integrations") or []:
         content = f"{integration['type']} {integration['identity'][:12]}, {integration['files']} files, {integration['bytes']} bytes"
         state.append((f"Integration {escape(integration['name'])}", escape(f"{integration['mount']} ({content})")))

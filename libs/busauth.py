@@ -88,7 +88,8 @@ PERMISSIONS: dict[str, Grant] = {
     ),
     "integrations": Grant(
         publishes=(*_subjects(INTEGRATIONS), dead_letters("integrations")),
-        consumes=(SPECS.name, INTEGRATIONS.name, CONTROL.name),  # control: retry requests
+        # control: retry requests; traffic: which revisions run (their cached content is not evicted)
+        consumes=(SPECS.name, INTEGRATIONS.name, CONTROL.name, TRAFFIC.name),
         secrets="read",  # s3 credentials
     ),
     "health-monitor": Grant(

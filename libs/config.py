@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     integrations_dir: Path | None = Field(
         default=None, description="Cache of fetched integrations; <data dir>/integrations when unset."
     )
+    integrations_cache_max_bytes: int | None = Field(
+        default=None, ge=1,
+        description="Size limit of the integrations cache; least recently used content not used by a running "
+        "revision is removed to fit. No limit when unset.",
+    )  # fmt: skip
     router_metrics_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often the router publishes RequestMetricsReported."
     )

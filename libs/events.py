@@ -268,9 +268,12 @@ class IntegrationStatus(BaseModel):
     """One integration of a revision, fetched: what it is (its content identity) and its size."""
 
     name: str
-    type: Literal["git-lfs", "s3"]
+    type: Literal["git-lfs", "s3", "volume"]
     mount: str = Field(description="Where the replica sees it: `<path>/<name>`, e.g. /models/falcon.")
-    identity: str = Field(description="Content identity: the commit (git-lfs), a hash of keys and ETags (s3).")
+    read_only: bool = Field(default=True, description="False only for a volume whose spec says readOnly: false.")
+    identity: str = Field(
+        description="Content identity: the commit (git-lfs), a hash of keys and ETags (s3), of the host path (volume)."
+    )
     files: int = 0
     bytes: int = 0
     fetched_files: int = Field(default=0, description="Files this materialisation downloaded (0: all cached).")
@@ -281,6 +284,24 @@ class MaterialisedIntegration(IntegrationStatus):
     """An integration as the integrations service reports it to the scheduler: also where it lies."""
 
     local_path: str = Field(description="The cached content on the machine that fetched it (shared by identity).")
+
+
+class FetchProgress(BaseModel):
+    """How far the fetch of one integration has come: what it has written to the cache so far."""
+
+    integration: str
+    fetched_files: int = 0
+    fetched_bytes: int = 0
+
+
+class IntegrationsProgress(Event, DeploymentRef, FetchProgress):
+    """A fetch under way (at most one a second); the revision's outcome replaces it on its subject."""
+
+    type: ClassVar[str] = "integrations.progress"
+    subject_template: ClassVar[str] = "berth.integrations.v1.{deployment_id}.{revision_id}"
+    kind: Literal["integrations.progress"] = "integrations.progress"
+    revision_id: str
+    spec_version: int
 
 
 class IntegrationsReady(Event, DeploymentRef):
@@ -306,6 +327,10 @@ class IntegrationsFailed(Event, DeploymentRef):
     integration: str = Field(description="The name of the integration that failed.")
     reason: str
     retry_in_seconds: float | None = Field(default=None, description="When the next attempt is made.")
+
+
+# What the scheduler holds per revision: the outcome, or the progress of the fetch before it.
+IntegrationsEvent = IntegrationsReady | IntegrationsFailed | IntegrationsProgress
 
 
 class IntegrationsRetryRequested(Event, DeploymentRef):
@@ -364,6 +389,9 @@ class DeploymentStatusChanged(Event, DeploymentRef):
     )
     scale_reason: str | None = Field(
         default=None, description="Why the scale decision in force (autoscaler or user) chose desired_replicas."
+    )
+    fetching: FetchProgress | None = Field(
+        default=None, description="While the desired revision's integrations are fetched: how far it has come."
     )
 
 

@@ -1,10 +1,10 @@
 """Revisions: the immutable unit of what runs, as a Knative Revision is.
 
 A revision is the part of a spec that changes the processes (image, registry, command, env, model,
-integrations, resources other than the replica count and autoscaling). Its id is a hash of exactly
-that, so it is a pure function of the spec: every service computes the same id, spec versions that
-change only replicas, `enabled`, the load balancer, health checks or the description share their
-revision, and rolling back to an earlier template finds the earlier revision again.
+integrations, resources other than the replica count and autoscaling; `restartedAt`, a restart). Its
+id is a hash of exactly that, so it is a pure function of the spec: every service computes the same
+id, spec versions that change only replicas, `enabled`, the load balancer, health checks or the
+description share their revision, and rolling back to an earlier template finds the earlier revision again.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from libs.spec import DeploymentSpec
 REVISION_ID_LENGTH = 16
 # The spec fields a revision is made of (what `revision_id` hashes), and the parts of `resources` that
 # are not: a change to a template field replaces replicas, any other applies live (libs/changes.py).
-TEMPLATE_FIELDS = ("image", "containerRegistry", "command", "env", "model", "integrations", "resources")
+TEMPLATE_FIELDS = ("image", "containerRegistry", "command", "env", "model", "integrations", "resources", "restartedAt")
 LIVE_RESOURCES = ("replicas", "autoscaling")
 
 
 def revision_id(spec: DeploymentSpec) -> str:
     """The id of the revision `spec` runs. Secret references count, never their values."""
-    template = {
+    template: dict[str, object] = {
         "image": spec.image,
         "containerRegistry": spec.containerRegistry,
         "command": spec.command,
@@ -32,6 +32,8 @@ def revision_id(spec: DeploymentSpec) -> str:
         "integrations": [i.model_dump() for i in spec.integrations],
         "resources": spec.resources.model_dump(exclude={"replicas", "autoscaling"}),
     }
+    if spec.restartedAt is not None:  # only when set: the revisions of specs without it keep their ids
+        template["restartedAt"] = spec.restartedAt.isoformat()
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:REVISION_ID_LENGTH]
 
 

@@ -19,6 +19,7 @@ import slugify as python_slugify
 import yaml
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -351,7 +352,17 @@ class S3Integration(_Mounted):
         return self
 
 
-Integration = Annotated[GitLfsIntegration | S3Integration, Field(discriminator="type")]
+class VolumeIntegration(_Mounted):
+    """An existing directory of the host (local runtime), given to the replicas as it is: not copied,
+    not cached. On Kubernetes this will map to a PersistentVolumeClaim (not implemented yet)."""
+
+    type: Literal["volume"]
+    hostPath: MountPath = Field(description="Absolute path of an existing directory on the machine that runs the replicas.")
+    readOnly: bool = Field(default=True, description="The replicas are not to write to it (see docs/integrations.md).")
+
+
+Integration = Annotated[GitLfsIntegration | S3Integration | VolumeIntegration, Field(discriminator="type")]
+INTEGRATION_TYPES = ("git-lfs", "s3", "volume")
 
 
 class LoadBalancer(SpecModel):
@@ -460,6 +471,11 @@ class DeploymentSpec(SpecModel):
     environment: Literal["development", "staging", "production"] = "development"
     loadBalancer: LoadBalancer = Field(default_factory=LoadBalancer)
     updateStrategy: UpdateStrategy = Field(default_factory=UpdateStrategy)
+    restartedAt: AwareDatetime | None = Field(
+        default=None,
+        description="Changing it makes a new revision, so every replica is replaced through updateStrategy "
+        "(as kubectl rollout restart's restartedAt annotation); `berth secrets set --restart-users` sets it.",
+    )
 
     @field_validator("basicAuthKey")
     @classmethod
@@ -558,7 +574,7 @@ def _repeats(field: str, items: Sequence[BaseModel], attr: str) -> list[InitErro
     return found
 
 
-def _nested_mounts(items: Sequence[GitLfsIntegration | S3Integration]) -> list[InitErrorDetails]:
+def _nested_mounts(items: Sequence[Integration]) -> list[InitErrorDetails]:
     """An error at every integration whose content would land inside another's (or over it)."""
     found: list[InitErrorDetails] = []
     for index, item in enumerate(items):
@@ -604,7 +620,7 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts[-1:] = [f"{parts[-1]}[{item}]"] if parts else [f"[{item}]"]
-        elif item in ("git-lfs", "s3") and parts and parts[-1].endswith("]"):
+        elif item in INTEGRATION_TYPES and parts and parts[-1].endswith("]"):
             continue  # the discriminated-union tag pydantic inserts; the user never wrote it
         else:
             parts.append(str(item))

@@ -26,6 +26,7 @@ from libs.sealing import Sealer
 from libs.secrets import SecretStore
 from services.integrations.cache import Cache
 from services.integrations.materialise import Materialiser
+from services.integrations.running import contents_in_use
 
 log = get_logger(__name__)
 
@@ -43,7 +44,10 @@ async def start_integrations(settings: Settings) -> IntegrationsHandle:
     service = Service("integrations", settings)
     js = await service.connect()
     secrets = await SecretStore.open(js, Sealer.from_settings(settings))
-    materialiser = Materialiser(Cache(settings.resolved_integrations_dir), secrets, service.publish)
+    materialiser = Materialiser(
+        Cache(settings.resolved_integrations_dir), secrets, service.publish,
+        max_bytes=settings.integrations_cache_max_bytes, in_use=lambda: contents_in_use(js),
+    )  # fmt: skip
     materialiser.rebuild(await latest_per_subject(js, SPEC_EVENTS), await latest_per_subject(js, INTEGRATIONS_EVENTS))
     service.subscribe(
         SPEC_EVENTS,

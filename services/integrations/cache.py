@@ -5,6 +5,9 @@
 - `content/<identity>/`: one immutable copy per content identity (a commit, a set of ETags), made of
   hard links to the source's files (no second copy of the bytes). Revisions whose integration has the
   same identity share it; a replica links to it from its working directory.
+
+With a size limit, the least recently used sources and contents are removed until the cache fits
+(`Cache.evict`); "used" is the directory's modification time, set whenever a fetch makes or reuses it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ import errno
 import hashlib
 import os
 import shutil
-from dataclasses import dataclass
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -56,7 +62,12 @@ class Cache:
     def source_dir(self, *identifying: str) -> Path:
         path = self.root / "sources" / digest(*identifying)
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        used(path)
         return path
+
+    def written(self) -> Tally:
+        """Files and bytes in the sources' working copies (a fetch's progress is how this grows)."""
+        return tally(self.root / "sources")
 
     def content_dir(self, kind: str, identity: str) -> Path:
         return self.root / "content" / f"{kind}-{identity}"
@@ -72,7 +83,65 @@ class Cache:
             shutil.copytree(tree, staging, symlinks=True, copy_function=_link_or_copy,
                             ignore=shutil.ignore_patterns(*skip))
             os.replace(staging, target)
+        used(target)
         return target, tally(target)
+
+    def evict(self, max_bytes: int, keep: Iterable[Path]) -> Eviction:
+        """Remove the least recently used sources and contents until the cache holds at most
+        `max_bytes` (a file linked from several places counts once); contents in `keep` (what running
+        revisions use) are never removed. Call it when no fetch is writing (the fetch lock)."""
+        kept = {Path(path).resolve() for path in keep}
+        units = [p for area in ("content", "sources") if (self.root / area).is_dir() for p in (self.root / area).iterdir()
+                 if not p.name.startswith(".")]  # fmt: skip
+        inodes = {unit: _inodes(unit) for unit in units}
+        links = Counter(inode for held in inodes.values() for inode in held)
+        sizes = {inode: size for held in inodes.values() for inode, size in held.items()}
+        total = sum(sizes.values())
+        outcome = Eviction(bytes_before=total, bytes_after=total)
+        for unit in sorted(units, key=_last_used):
+            if outcome.bytes_after <= max_bytes:
+                break
+            if unit.resolve() in kept:
+                continue
+            shutil.rmtree(unit, ignore_errors=True)
+            outcome.removed.append(unit.name)
+            for inode in inodes[unit]:
+                links[inode] -= 1
+                if links[inode] == 0:
+                    outcome.bytes_after -= sizes[inode]
+        return outcome
+
+
+@dataclass
+class Eviction:
+    bytes_before: int
+    bytes_after: int
+    removed: list[str] = field(default_factory=list)
+
+
+def used(path: Path) -> None:
+    """Mark a cache directory as used now (its modification time orders eviction)."""
+    now = time.time()
+    os.utime(path, (now, now))
+
+
+def _last_used(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _inodes(tree: Path) -> dict[tuple[int, int], int]:
+    found: dict[tuple[int, int], int] = {}
+    for dirpath, _, filenames in os.walk(tree):
+        for name in filenames:
+            try:
+                info = os.lstat(os.path.join(dirpath, name))
+            except FileNotFoundError:
+                continue
+            found[(info.st_dev, info.st_ino)] = info.st_size
+    return found
 
 
 def _link_or_copy(src: str, dst: str) -> None:

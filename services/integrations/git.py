@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from libs.spec import GitLfsIntegration
-from services.integrations.cache import Cache, Fetched, FetchFailed, Refused, Tally, os_error, tally
+from services.integrations.cache import Cache, Fetched, FetchFailed, Refused, Tally, os_error, tally, used
 
 GIT_TIMEOUT_SECONDS = 1800.0
 # Never prompt (no terminal), never run a credential helper the host may have.
@@ -44,6 +44,7 @@ def fetch(integration: GitLfsIntegration, cache: Cache) -> Fetched:
         commit = _git(repo, "rev-parse", "FETCH_HEAD").strip()
         target = cache.content_dir("git", commit)
         if target.exists():
+            used(target)
             return Fetched(commit, target, tally(target), Tally(0, 0))
         previous = _git(repo, "rev-parse", "--verify", "-q", "HEAD", check=False).strip()
         _git(repo, "checkout", "-q", "--force", "--detach", commit, lfs_smudge=False)

@@ -6,15 +6,18 @@ integrations events on start, and the periodic resync starts whatever has no out
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from libs.events import (
     DeploymentDeleted,
     Event,
     IntegrationsFailed,
+    IntegrationsProgress,
     IntegrationsReady,
     IntegrationsRetryRequested,
     MaterialisedIntegration,
@@ -24,15 +27,17 @@ from libs.kit import RetryPolicy
 from libs.logging import get_logger
 from libs.revision import revision_id
 from libs.secrets import SecretNotFound
-from libs.spec import GitLfsIntegration, S3Integration
+from libs.spec import GitLfsIntegration, Integration, S3Integration, VolumeIntegration
 from libs.tasks import cancel_and_wait
-from services.integrations import git, s3
+from services.integrations import git, s3, volume
 from services.integrations.cache import Cache, Fetched, FetchFailed
 
 log = get_logger(__name__)
 Publish = Callable[[Event], Awaitable[None]]
+InUse = Callable[[], Awaitable[set[Path]]]  # content paths of the revisions that run now
 # A failed fetch is tried again after 5 s, 10 s, 20 s ... up to 5 minutes.
 RETRY = RetryPolicy(first_delay_seconds=5.0, factor=2.0, max_delay_seconds=300.0)
+PROGRESS_INTERVAL_SECONDS = 1.0  # at most one progress event a second (fetches run one at a time)
 
 
 class SecretResolver(Protocol):
@@ -54,8 +59,17 @@ class Held:
 
 
 class Materialiser:
-    def __init__(self, cache: Cache, secrets: SecretResolver, publish: Publish, retry: RetryPolicy = RETRY) -> None:
+    def __init__(
+        self, cache: Cache, secrets: SecretResolver, publish: Publish, retry: RetryPolicy = RETRY,
+        max_bytes: int | None = None, in_use: InUse | None = None,
+        progress_interval_seconds: float = PROGRESS_INTERVAL_SECONDS,
+    ) -> None:  # fmt: skip
         self._cache = cache
+        self._progress_interval = progress_interval_seconds
+        self._max_bytes = max_bytes
+        self._in_use = in_use
+        # Contents fetched by a materialisation still under way (not published yet: not evictable).
+        self._fresh: dict[str, set[Path]] = {}
         self._secrets = secrets
         self._publish = publish
         self._retry = retry
@@ -137,7 +151,7 @@ class Materialiser:
         outcome: IntegrationsReady | IntegrationsFailed
         for integration in applied.spec.integrations:
             try:
-                async with self._fetching:
+                async with self._fetching, self._progress(held, integration):
                     fetched = await self._fetch(applied.project, integration)
             except FetchFailed as exc:
                 held.failures += 1
@@ -150,6 +164,7 @@ class Materialiser:
                 log.warning("integration failed", integration=integration.name, reason=str(exc), retry_in=delay, **ref)
                 break
             done.append(_described(integration, fetched))
+            self._fresh.setdefault(applied.deployment_id, set()).add(fetched.path)
             log.info(
                 "integration ready", integration=integration.name, identity=fetched.identity,
                 fetched_files=fetched.fetched.files, fetched_bytes=fetched.fetched.bytes, **ref,
@@ -160,8 +175,65 @@ class Materialiser:
         if self._held.get(applied.deployment_id) is held:  # not replaced by a newer revision meanwhile
             await self._publish(outcome)
             held.outcome = outcome
+        self._fresh.pop(applied.deployment_id, None)
+        await self.evict()
 
-    async def _fetch(self, project: str, integration: GitLfsIntegration | S3Integration) -> Fetched:
+    @contextlib.asynccontextmanager
+    async def _progress(self, held: Held, integration: Integration) -> AsyncIterator[None]:
+        """While the fetch runs, publish what it has written so far, when that changed, at a bounded
+        rate. A volume fetches nothing."""
+        if isinstance(integration, VolumeIntegration):
+            yield
+            return
+        applied, revision = held.applied, held.revision
+        start = await asyncio.to_thread(self._cache.written)
+
+        async def report() -> None:
+            last = (0, 0)
+            while True:
+                await asyncio.sleep(self._progress_interval)
+                now = await asyncio.to_thread(self._cache.written)
+                so_far = (max(now.files - start.files, 0), max(now.bytes - start.bytes, 0))
+                if so_far != last and self._held.get(applied.deployment_id) is held:
+                    last = so_far
+                    await self._publish(IntegrationsProgress(
+                        deployment_id=applied.deployment_id, project=applied.project, slug=applied.slug,
+                        revision_id=revision, spec_version=applied.spec_version, integration=integration.name,
+                        fetched_files=so_far[0], fetched_bytes=so_far[1],
+                    ))  # fmt: skip
+
+        reporter = asyncio.create_task(report(), name=f"progress:{applied.deployment_id}")
+        try:
+            yield
+        finally:
+            await cancel_and_wait([reporter])
+
+    async def evict(self) -> None:
+        """Fit the cache in its size limit, keeping what running revisions, the newest revision of
+        every deployment and fetches under way use. Under the fetch lock: no fetch writes meanwhile,
+        and what is kept is read then (a fetch that just ended has added its content)."""
+        if self._max_bytes is None:
+            return
+        async with self._fetching:
+            keep = {Path(i.local_path) for h in self._held.values() if isinstance(h.outcome, IntegrationsReady)
+                    for i in h.outcome.integrations}  # fmt: skip
+            keep |= {path for paths in self._fresh.values() for path in paths}
+            try:
+                keep |= await self._in_use() if self._in_use is not None else set()
+            except Exception as exc:  # not knowing what runs, remove nothing
+                log.warning("integrations cache not evicted: cannot read what runs", error=type(exc).__name__)
+                return
+            outcome = await asyncio.to_thread(self._cache.evict, self._max_bytes, keep)
+        if outcome.removed:
+            log.info("integrations cache evicted", removed=len(outcome.removed), bytes_before=outcome.bytes_before,
+                     bytes_after=outcome.bytes_after)  # fmt: skip
+        if outcome.bytes_after > self._max_bytes:
+            log.warning("integrations cache above its limit: the rest is in use", bytes=outcome.bytes_after,
+                        max_bytes=self._max_bytes)  # fmt: skip
+
+    async def _fetch(self, project: str, integration: Integration) -> Fetched:
+        if isinstance(integration, VolumeIntegration):
+            return await asyncio.to_thread(volume.resolve, integration)
         if isinstance(integration, GitLfsIntegration):
             return await asyncio.to_thread(git.fetch, integration, self._cache)
         credentials = None
@@ -174,10 +246,11 @@ class Materialiser:
         return await asyncio.to_thread(s3.sync, integration, credentials, self._cache)
 
 
-def _described(integration: GitLfsIntegration | S3Integration, fetched: Fetched) -> MaterialisedIntegration:
+def _described(integration: Integration, fetched: Fetched) -> MaterialisedIntegration:
     return MaterialisedIntegration(
         name=integration.name,
         type=integration.type,
+        read_only=integration.readOnly if isinstance(integration, VolumeIntegration) else True,
         mount=integration.mount,
         identity=fetched.identity,
         local_path=str(fetched.path),

@@ -48,7 +48,9 @@ from libs.events import (
     DeploymentDeleted,
     DeploymentPromoted,
     DeploymentScaled,
+    IntegrationsEvent,
     IntegrationsFailed,
+    IntegrationsProgress,
     IntegrationsReady,
     ReplicaHealthChanged,
     ReplicaRestartRequested,
@@ -91,7 +93,7 @@ def register_handlers(service: Service, reconciler: Reconciler, runtime: Runtime
         if reconciler.health_changed(event):
             reconciler.kick(event.deployment_id)
 
-    async def on_integrations(event: IntegrationsReady | IntegrationsFailed) -> None:
+    async def on_integrations(event: IntegrationsEvent) -> None:
         bind(deployment_id=event.deployment_id)
         if reconciler.integrations_event(event):
             await reconciler.reconcile_logged(event.deployment_id)
@@ -126,7 +128,7 @@ def register_handlers(service: Service, reconciler: Reconciler, runtime: Runtime
     )  # fmt: skip
     service.subscribe(
         INTEGRATIONS_EVENTS, stream=INTEGRATIONS, durable=DURABLE_SCHEDULER_INTEGRATIONS,
-        events=(IntegrationsReady, IntegrationsFailed), handler=on_integrations, deliver_policy=latest,
+        events=(IntegrationsReady, IntegrationsFailed, IntegrationsProgress), handler=on_integrations, deliver_policy=latest,
     )  # fmt: skip
     service.subscribe(  # when first created, only new ones: old requests are about processes long gone
         RESTART_REQUESTS, stream=CONTROL, durable=DURABLE_SCHEDULER_RESTARTS, events=(ReplicaRestartRequested,),

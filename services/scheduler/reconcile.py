@@ -31,13 +31,15 @@ from dataclasses import replace
 
 from libs.events import (
     DeploymentAliasSet,
-    DeploymentPromoted,
     DeploymentDeleted,
+    DeploymentPromoted,
     DeploymentRef,
     DeploymentScaled,
     DeploymentStatusChanged,
     Event,
+    IntegrationsEvent,
     IntegrationsFailed,
+    IntegrationsProgress,
     IntegrationsReady,
     ReplicaExited,
     ReplicaHealthChanged,
@@ -181,7 +183,7 @@ class Reconciler:
             if isinstance(event, TrafficAssigned) and (not event.deleted or event.deployment_id in self._states):
                 self._state(event.deployment_id).learn_assignment(event)
         for event in integrations:
-            if isinstance(event, IntegrationsReady | IntegrationsFailed):
+            if isinstance(event, IntegrationsReady | IntegrationsFailed | IntegrationsProgress):
                 self.integrations_event(event)
 
     def spec_event(self, event: SpecApplied | DeploymentDeleted) -> bool:
@@ -231,7 +233,7 @@ class Reconciler:
         state.promoted = event.spec_version
         return True
 
-    def integrations_event(self, event: IntegrationsReady | IntegrationsFailed) -> bool:
+    def integrations_event(self, event: IntegrationsEvent) -> bool:
         """Take a revision's integrations outcome; False when it changes nothing here."""
         if event.deployment_id in self._gone:
             return False

@@ -14,6 +14,7 @@ from libs.events import (
     DeploymentDeleted,
     DeploymentScaled,
     DeploymentStatusChanged,
+    IntegrationsEvent,
     IntegrationsFailed,
     IntegrationsReady,
     ReplicaHealthChanged,
@@ -37,7 +38,7 @@ class DeploymentState:
     versions: dict[str, list[int]] = field(default_factory=dict)  # revision -> spec versions running it
     health: dict[str, ReplicaHealthChanged] = field(default_factory=dict)  # by replica id
     # The newest integrations outcome per revision (only revisions with integrations have one).
-    integrations: dict[str, IntegrationsReady | IntegrationsFailed] = field(default_factory=dict)
+    integrations: dict[str, IntegrationsEvent] = field(default_factory=dict)
     restarts: dict[str, tuple[int, str]] = field(default_factory=dict)  # replica -> (restart count, why)
     ledger: Ledger = field(default_factory=Ledger)
     status: DeploymentStatusChanged | None = None  # the last one published

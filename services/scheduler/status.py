@@ -18,9 +18,12 @@ from dataclasses import dataclass
 from libs.events import (
     DeploymentRef,
     DeploymentStatusChanged,
-    IntegrationsFailed,
-    IntegrationsReady,
+    FetchProgress,
     IntegrationStatus,
+    IntegrationsEvent,
+    IntegrationsFailed,
+    IntegrationsProgress,
+    IntegrationsReady,
     Phase,
     ReplicaExited,
     ReplicaHealthChanged,
@@ -126,11 +129,14 @@ def not_acted_on(spec: DeploymentSpec) -> list[str]:
     return missing
 
 
-def waiting_for_integrations(desired: Desired, outcome: IntegrationsReady | IntegrationsFailed | None) -> str | None:
+def waiting_for_integrations(desired: Desired, outcome: IntegrationsEvent | None) -> str | None:
     """What replicas of the desired revision wait for: its integrations, while none is ready."""
-    if desired.replicas == 0 or not desired.applied.spec.integrations or outcome is not None:
+    if desired.replicas == 0 or not desired.applied.spec.integrations or isinstance(outcome, IntegrationsReady | IntegrationsFailed):
         return None
     names = ", ".join(i.name for i in desired.applied.spec.integrations)
+    if isinstance(outcome, IntegrationsProgress):
+        so_far = f"{outcome.integration}: {outcome.fetched_files} files, {outcome.fetched_bytes} bytes so far"
+        return f"waiting for integrations {names} to be fetched ({so_far})"
     return f"waiting for integrations {names} to be fetched"
 
 
@@ -140,7 +146,7 @@ def compute_status(
     error: str | None = None,
     not_provided: list[str] | None = None,
     pending: str | None = None,
-    integrations: IntegrationsReady | IntegrationsFailed | None = None,
+    integrations: IntegrationsEvent | None = None,
 ) -> DeploymentStatusChanged:
     """The status of a deployment whose desired state is `desired`; `pending` says what its replicas
     wait for before they may start (its integrations)."""
@@ -166,7 +172,14 @@ def compute_status(
             for i in (integrations.integrations if isinstance(integrations, IntegrationsReady) else ())
         ],
         scale_reason=desired.reason,
+        fetching=_fetching(integrations) if pending else None,
     )
+
+
+def _fetching(integrations: IntegrationsEvent | None) -> FetchProgress | None:
+    if not isinstance(integrations, IntegrationsProgress):
+        return None
+    return FetchProgress(**integrations.model_dump(include=set(FetchProgress.model_fields)))
 
 
 def deleted_status(ref: DeploymentRef) -> DeploymentStatusChanged:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from libs.bus import LOGS_RPC, latest_per_subject
 from libs.changes import field_changes, replaces_replicas, rollout
-from libs.events import DeploymentScaled
+from libs.events import DeploymentScaled, utcnow
 from libs.secrets import SecretStore
 from libs.spec import DeploymentSpec, SpecError, SpecInvalid, validate_spec
 from services.spec_registry.metrics import SPEC_VERSIONS_ACCEPTED
@@ -94,6 +94,16 @@ class Registry:
         current = await asyncio.to_thread(self.repo.get_deployment, project, ref)
         document = edit(copy.deepcopy(current.spec))
         return await self.update(project, current.row.id, document, [current.row.spec_id], by)
+
+    async def restart_users(self, project: str, secret: str) -> list[str]:
+        """A new version of every deployment whose current spec uses `secret`, with `restartedAt` now:
+        a new revision, so each replaces its replicas through its update strategy (and the new ones
+        read the secret's new value as they start). The names of those deployments."""
+        users = (await asyncio.to_thread(self.repo.secret_users, project)).get(secret, [])
+        at = utcnow().isoformat()
+        for name in users:
+            await self.change(project, name, restarted_at(at))
+        return users
 
     async def promote(self, project: str, ref: str) -> StoredDeployment:
         stored = await asyncio.to_thread(self.repo.promote, project, ref)
@@ -175,6 +185,14 @@ def check_alias(alias: str) -> None:
 def with_enabled(enabled: bool) -> SpecEdit:
     def edit(spec: dict[str, Any]) -> dict[str, Any]:
         spec["enabled"] = enabled
+        return spec
+
+    return edit
+
+
+def restarted_at(at: str) -> SpecEdit:
+    def edit(spec: dict[str, Any]) -> dict[str, Any]:
+        spec["restartedAt"] = at
         return spec
 
     return edit

@@ -352,7 +352,8 @@ class Repository:
                 return False
             status = event.model_dump(
                 mode="json",
-                include={"phase", "reason", "desired_replicas", "ready_replicas", "replicas", "not_provided", "scale_reason"},
+                include={"phase", "reason", "desired_replicas", "ready_replicas", "replicas", "not_provided", "scale_reason",
+                         "integrations", "fetching"},
             )
             status["observed_at"] = event.occurred_at.isoformat()
             row = row or DeploymentStatusRow(

@@ -15,7 +15,7 @@ from pydantic import (
     field_serializer,
 )
 
-from libs.events import IntegrationStatus, Phase, ReplicaStatus
+from libs.events import FetchProgress, IntegrationStatus, Phase, ReplicaStatus
 from libs.spec import DeploymentSpec
 from services.spec_registry.limits import MAX_SECRET_CHARS
 
@@ -37,6 +37,9 @@ class Status(BaseModel):
     not_provided: list[str] = Field(default_factory=list, description="What this runtime could not give.")
     integrations: list[IntegrationStatus] = Field(
         default_factory=list, description="The integrations of the running revision: content identity and size."
+    )
+    fetching: FetchProgress | None = Field(
+        default=None, description="While the integrations are fetched: files and bytes written so far."
     )
     observed_at: datetime | None = None
     desired_source: Literal["spec", "user", "autoscaler", "stopped"] = Field(
@@ -201,6 +204,12 @@ class TokenCreated(BaseModel):
 
 class SecretPut(Request):
     value: SecretStr = Field(max_length=MAX_SECRET_CHARS, description=f"At most {MAX_SECRET_CHARS} characters.")
+
+
+class SecretUsersRestarted(BaseModel):
+    restarted: list[str] = Field(
+        description="The deployments that use the secret: each has a new version (restartedAt now) rolling its replicas."
+    )
 
 
 class SecretNames(BaseModel):

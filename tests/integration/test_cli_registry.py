@@ -208,3 +208,31 @@ async def test_login_keeps_the_token_privately_and_the_cli_says_where_it_looked(
     stale = await bad.run("deployments", "list")
     assert stale.exit_code == 1 and "refused the token from --token or BERTH_TOKEN" in stale.stderr
     assert "stale-token" not in stale.output
+
+
+async def test_setting_a_secret_with_restart_users_rolls_the_deployments_that_use_it(
+    registry: RegistryProcess, tmp_path: Path, nc: Client
+) -> None:
+    cli = Cli(cli_env(registry, tmp_path, registry.data_dir))
+    assert (await cli.run("secrets", "set", "hf_token", input="first\n")).exit_code == 0
+    for name, env in (("user", [{"name": "HF_TOKEN", "value": "secret:hf_token"}]), ("other", [])):
+        spec_file = tmp_path / f"{name}.yaml"
+        spec_file.write_text(yaml.safe_dump(SPEC | {"name": name, "env": env}))
+        assert (await cli.run("apply", "-f", str(spec_file))).exit_code == 0
+    before = (await cli.json("deployments", "history", "user"))["items"][0]
+
+    answer = await cli.run("secrets", "set", "hf_token", "--restart-users", "-o", "json", input="second\n")
+    assert answer.exit_code == 0, answer.output
+    assert json.loads(answer.stdout) == {"name": "hf_token", "reference": "secret:hf_token", "restarted": ["user"]}
+    after = await cli.json("deployments", "get", "user")
+    # A new version whose only change is restartedAt: a new revision, so the scheduler replaces every
+    # replica through the deployment's update strategy (as `kubectl rollout restart`).
+    assert after["spec_version"] == before["spec_version"] + 1 and after["revision_id"] != before["revision_id"]
+    assert after["spec"]["restartedAt"] and after["spec"]["env"] == [{"name": "HF_TOKEN", "value": "secret:hf_token"}]
+    diffed = await cli.json("deployments", "history", "user", "--diff")
+    assert [(c["field"], c["effect"]) for c in diffed["items"][0]["changes"]] == [("restartedAt", "replace")]
+    assert (await cli.json("deployments", "get", "other"))["spec_version"] == 1
+    assert "second" not in answer.output
+
+    missing = await cli.run("secrets", "set", "unused", "--restart-users", input="x\n")
+    assert missing.exit_code == 0 and "no deployment uses it" in missing.stdout

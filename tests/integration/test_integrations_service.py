@@ -189,3 +189,23 @@ async def test_a_replica_serves_its_integrations_and_a_failed_one_never_starts(
     assert s3.secret_access_key not in output.out + output.err + caplog.text  # every service's log lines
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink() and value in p.read_bytes()]
     assert leaks == []
+
+
+async def test_a_replica_sees_a_host_directory_given_as_a_volume(
+    platform: SchedulerHandle, recorder: Recorder, broker: NatsBroker, tmp_path: Path
+) -> None:
+    host = tmp_path / "host-datasets"
+    host.mkdir()
+    (host / "train.csv").write_text("a,b\n1,2\n")
+    await apply(broker, "dep-volume", served_spec([
+        {"type": "volume", "name": "datasets", "path": "/data", "hostPath": str(host)},
+    ]))  # fmt: skip
+    status = await eventually(
+        lambda: (s := recorder.status("dep-volume")) and s.phase == "Ready" and s, timeout=60, what="dep-volume Ready"
+    )
+    assert [(i.name, i.type, i.read_only) for i in status.integrations] == [("datasets", "volume", True)]
+    async with httpx.AsyncClient(base_url=f"http://{status.replicas[0].address}", timeout=5) as http:
+        assert (await http.get("/data/datasets/train.csv")).text == "a,b\n1,2\n"
+    (host / "added.txt").write_text("seen at once")  # the directory itself, not a copy
+    async with httpx.AsyncClient(base_url=f"http://{status.replicas[0].address}", timeout=5) as http:
+        assert (await http.get("/data/datasets/added.txt")).text == "seen at once"

@@ -116,6 +116,7 @@ TABLE: dict[str, tuple[Edit, str]] = {
         lambda d: d.update(updateStrategy={"type": "blue-green", "scaleDownDelaySeconds": 5}), "live"
     ),
     "updateStrategy.progressDeadlineSeconds": (setter("updateStrategy.progressDeadlineSeconds", 30), "live"),
+    "restartedAt": (setter("restartedAt", "2026-12-01T12:00:00+00:00"), "replace"),  # a restart: a new revision
 }
 
 
@@ -173,3 +174,9 @@ def test_env_changes_are_per_variable_and_a_new_deployment_is_all_new() -> None:
     fresh = field_changes(None, before)
     assert {c.field for c in fresh} == {p for p, v in flatten(before.model_dump(mode="json")).items() if v is not None}
     assert effect_of("resources.autoscaling.maxReplicas") == "live" and effect_of("resources.cpu") == "replace"
+
+
+def test_a_spec_without_restarted_at_keeps_the_revision_id_it_had() -> None:
+    """restartedAt counts only when set: revisions of specs applied before it existed keep their ids
+    (the value pinned is what main computed for BASE before the field existed)."""
+    assert revision_id(validate_spec(copy.deepcopy(BASE))) == "7d3edd36690b05e2"

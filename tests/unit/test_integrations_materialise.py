@@ -11,6 +11,7 @@ from libs.events import (
     DeploymentDeleted,
     Event,
     IntegrationsFailed,
+    IntegrationsProgress,
     IntegrationsReady,
     IntegrationsRetryRequested,
     SpecApplied,
@@ -108,3 +109,94 @@ async def test_a_retry_request_tries_again_at_once(tmp_path: Path) -> None:
     assert len(h.fetches) == 1  # an hour of back-off
     await h.materialiser.retry_now(IntegrationsRetryRequested(deployment_id="dep", project="default", slug="falcon"))
     await eventually(lambda: isinstance(h.published[-1], IntegrationsReady), what="ready at once")
+
+
+async def test_with_a_size_limit_content_no_running_revision_uses_is_evicted(tmp_path: Path) -> None:
+    """Three revisions with different content over a limit of one and a half: the newest revision's
+    content and the content the old revision still serving uses stay; the rest goes."""
+    cache = Cache(tmp_path / "cache")
+    running: set[Path] = set()
+
+    async def in_use() -> set[Path]:
+        return set(running)
+
+    published: list[Event] = []
+
+    async def publish(event: Event) -> None:
+        published.append(event)
+
+    materialiser = Materialiser(cache, FakeSecrets(), publish, max_bytes=1500, in_use=in_use)
+
+    async def fetch(project: str, integration: Any) -> Fetched:
+        source = tmp_path / "remote" / integration.url.rsplit("/", 1)[-1]
+        source.mkdir(parents=True)
+        (source / "weights.bin").write_bytes(b"w" * 1000)
+        path, total = cache.publish("git", source.name, source)
+        return Fetched(source.name, path, total, total)
+
+    materialiser._fetch = fetch  # type: ignore[method-assign]
+
+    async def ready(version: int, name: str) -> Path:
+        await materialiser.on_spec(applied(version, integrations=[{**GIT, "url": f"https://example.invalid/{name}"}]))
+        event = await eventually(lambda: next((e for e in published if e.spec_version == version), None), what=name)  # type: ignore[attr-defined]
+        assert isinstance(event, IntegrationsReady)
+        await eventually(lambda: "dep" not in materialiser._running, what="done")
+        return Path(event.integrations[0].local_path)
+
+    a = await ready(1, "a")
+    running.add(a)  # revision 1 keeps serving while revision 2 starts
+    b = await ready(2, "b")
+    assert a.exists() and b.exists()  # 2000 bytes, above the limit, but both in use
+    running.clear()
+    running.add(b)  # revision 2 serves; revision 1 has stopped
+    c = await ready(3, "c")
+    assert not a.exists() and b.exists() and c.exists()
+
+
+async def test_a_fetch_under_way_publishes_its_progress_then_the_outcome(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    published: list[Event] = []
+
+    async def publish(event: Event) -> None:
+        published.append(event)
+
+    materialiser = Materialiser(cache, FakeSecrets(), publish, progress_interval_seconds=0.01)
+    steps = [asyncio.Event(), asyncio.Event()]
+
+    async def fetch(project: str, integration: Any) -> Fetched:  # writes into its source, step by step
+        source = cache.source_dir("git", integration.url)
+        (source / "a.bin").write_bytes(b"a" * 1000)
+        await steps[0].wait()
+        (source / "b.bin").write_bytes(b"b" * 2000)
+        await steps[1].wait()
+        return Fetched("c0ffee", source, Tally(2, 3000), Tally(2, 3000))
+
+    materialiser._fetch = fetch  # type: ignore[method-assign]
+    await materialiser.on_spec(applied(1, integrations=[GIT]))
+
+    def progress() -> list[tuple[str, int, int]]:
+        return [(e.integration, e.fetched_files, e.fetched_bytes) for e in published if isinstance(e, IntegrationsProgress)]
+
+    await eventually(lambda: progress() == [("falcon", 1, 1000)], what="first progress")
+    steps[0].set()
+    await eventually(lambda: progress()[-1:] == [("falcon", 2, 3000)], what="second progress")
+    steps[1].set()
+    await eventually(lambda: isinstance(published[-1], IntegrationsReady), what="the outcome")
+    assert progress() == [("falcon", 1, 1000), ("falcon", 2, 3000)]  # only when it changed
+    assert all(isinstance(e, IntegrationsProgress) for e in published[:-1])
+
+
+async def test_not_knowing_what_runs_evicts_nothing(tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    tree = tmp_path / "old"
+    tree.mkdir()
+    (tree / "weights.bin").write_bytes(b"w" * 1000)
+    old, _ = cache.publish("s3", "old", tree)
+
+    async def in_use() -> set[Path]:
+        raise TimeoutError  # the bus did not answer
+
+    async def publish(event: Event) -> None: ...
+
+    await Materialiser(cache, FakeSecrets(), publish, max_bytes=1, in_use=in_use).evict()
+    assert old.exists()

@@ -19,6 +19,7 @@ CONTRACT = {
     "/v1/projects/{project}/tokens": {"post"},
     "/v1/secrets": {"get"},
     "/v1/secrets/{name}": {"put", "delete"},
+    "/v1/secrets/{name}/restart": {"post"},
     "/v1/specs/validate": {"post"},
     "/v1/deployments": {"get", "post"},
     "/v1/deployments/{ref}": {"get", "put", "delete"},

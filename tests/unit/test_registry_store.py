@@ -13,7 +13,7 @@ from alembic.migration import MigrationContext
 from faststream.nats import NatsBroker
 from sqlmodel import SQLModel, col, select
 
-from libs.events import DeploymentStatusChanged
+from libs.events import DeploymentStatusChanged, FetchProgress, IntegrationStatus
 from libs.spec import load_spec
 from libs.store import OutboxRow, create_engine, migrate, utcnow
 from services.spec_registry.outbox import OutboxRelay
@@ -93,3 +93,17 @@ async def test_published_events_are_pruned_after_a_day_and_pending_ones_never(re
         left = {row.msg_id for row in session.exec(select(OutboxRow)).all()}
     assert left == {recent.msg_id, pending.msg_id}
     assert [row.msg_id for row in repo.pending_events(10)] == [pending.msg_id]
+
+
+def test_status_keeps_the_integrations_and_a_fetch_under_way(repo: Repository) -> None:
+    """`berth deployments get` shows what the scheduler reported about the integrations."""
+    stored = repo.create_deployment("default", load_spec("name: a\nimage: b\nresources: {ports: [80]}"))
+    fetching = status(stored.row.id, "Provisioning", datetime.now(UTC)).model_copy(update={
+        "fetching": FetchProgress(integration="weights", fetched_files=2, fetched_bytes=512),
+        "integrations": [IntegrationStatus(name="weights", type="s3", mount="/models/weights", identity="e7ag")],
+    })  # fmt: skip
+    assert repo.save_status(fetching)
+    saved = repo.get_deployment("default", stored.row.id).status
+    assert saved is not None
+    assert saved["fetching"] == {"integration": "weights", "fetched_files": 2, "fetched_bytes": 512}
+    assert [i["identity"] for i in saved["integrations"]] == ["e7ag"]

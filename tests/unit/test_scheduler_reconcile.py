@@ -17,6 +17,7 @@ from libs.events import (
     DeploymentStatusChanged,
     Event,
     IntegrationsFailed,
+    IntegrationsProgress,
     IntegrationsReady,
     MaterialisedIntegration,
     ReplicaExited,
@@ -496,3 +497,35 @@ async def test_a_failed_reconcile_is_requeued_with_back_off(world: World) -> Non
     await world.reconciler.reconcile_logged(DID)
     assert state.failures == 0 and state.requeue is None
     await world.reconciler.shutdown()
+
+
+async def test_a_restart_replaces_every_replica_through_the_update_strategy(world: World) -> None:
+    """`berth secrets set --restart-users`: a version whose only change is restartedAt rolls the
+    replicas like any new revision; the old ones serve until the new ones are ready."""
+    old = await world.running(spec(replicas=1))
+    restarted = world.apply(spec(replicas=1, restartedAt="2026-12-01T12:00:00Z"))
+    new_rev = revision_id(restarted.spec)
+    assert new_rev != revision_id(spec(replicas=1))
+    await world.reconcile()
+    new = await world.replica_ids(new_rev)
+    assert len(new) == 1 and world.serving()[revision_id(spec(replicas=1))] == (100, old)
+    await world.ready(*new)
+    await world.reconcile()
+    assert world.serving() == {new_rev: (100, new)}
+    assert await world.replica_ids() == new
+
+
+async def test_a_fetch_under_way_shows_its_progress_in_status_until_ready(world: World) -> None:
+    applied = world.apply(spec(replicas=1, integrations=[WEIGHTS]))
+    ref = {"deployment_id": applied.deployment_id, "project": applied.project, "slug": applied.slug}
+    progress = IntegrationsProgress(**ref, revision_id=revision_id(applied.spec), spec_version=applied.spec_version,
+                                    integration="weights", fetched_files=2, fetched_bytes=2048)  # fmt: skip
+    assert world.reconciler.integrations_event(progress)
+    await world.reconcile()
+    assert world.calls() == []
+    fetching = world.status().fetching
+    assert fetching is not None and (fetching.fetched_files, fetching.fetched_bytes) == (2, 2048)
+    assert "(weights: 2 files, 2048 bytes so far)" in world.status().reason
+    world.reconciler.integrations_event(integrations_outcome(applied, ready=True))
+    await world.reconcile()
+    assert world.status().fetching is None and len(await world.runtime.workloads()) == 1

@@ -7,6 +7,8 @@ from typing import Any
 
 from libs.events import (
     DeploymentRef,
+    IntegrationsProgress,
+    IntegrationsReady,
     ProbeResult,
     ReplicaExited,
     ReplicaHealthChanged,
@@ -21,6 +23,7 @@ from services.scheduler.status import (
     compute_status,
     deleted_status,
     same_status,
+    waiting_for_integrations,
 )
 
 
@@ -138,3 +141,23 @@ def test_a_restarted_replica_says_why() -> None:
     status = compute_status(applied(1), [again])
     assert status.reason == "0/1 replicas ready; 1 starting; replica a restarted: liveness probe failed 3 consecutive times"
     assert status.replicas[0].last_restart_reason == requested[1]
+
+
+def test_a_fetch_under_way_shows_its_progress_until_the_outcome() -> None:
+    spec = validate_spec(
+        {"name": "iris", "image": "python:3.11", "command": ["serve"], "resources": {"ports": [8000]},
+         "integrations": [{"type": "s3", "name": "weights", "path": "/models", "url": "s3://b/"}]}
+    )  # fmt: skip
+    event = SpecApplied(deployment_id="d1", project="default", slug="iris", name="iris", spec_id="s2", spec_version=2, spec=spec)
+    desired = compose(event, {})
+    ref = {"deployment_id": "d1", "project": "default", "slug": "iris", "revision_id": desired.revision_id, "spec_version": 2}
+    progress = IntegrationsProgress(**ref, integration="weights", fetched_files=3, fetched_bytes=4096)
+    status = compute_status(desired, [], pending=waiting_for_integrations(desired, progress), integrations=progress)
+    assert status.phase == "Provisioning"
+    assert status.reason.startswith("waiting for integrations weights to be fetched (weights: 3 files, 4096 bytes so far)")
+    assert status.fetching is not None and status.fetching.model_dump() == {
+        "integration": "weights", "fetched_files": 3, "fetched_bytes": 4096,
+    }  # fmt: skip
+    ready = IntegrationsReady(**ref, integrations=[])
+    done = compute_status(desired, [], pending=waiting_for_integrations(desired, ready), integrations=ready)
+    assert done.fetching is None and "so far" not in done.reason

@@ -25,6 +25,7 @@ from services.spec_registry.schemas import (
     ProjectCreated,
     SecretNames,
     SecretPut,
+    SecretUsersRestarted,
     TokenCreated,
 )
 
@@ -57,6 +58,15 @@ async def put_secret(name: SecretName, body: SecretPut, caller: Caller, registry
     await registry.secrets.put(caller.project, name, body.value.get_secret_value())
     await asyncio.to_thread(registry.repo.add_secret_name, caller.project, name)
     return Response(status_code=204)
+
+
+@router.post("/secrets/{name}/restart", tags=["secrets"], responses=responses(NotFound, Conflict))
+async def restart_secret_users(name: SecretName, caller: Caller, registry: RegistryDep) -> SecretUsersRestarted:
+    """Restart the deployments that use the secret (e.g. after setting a new value): each gets a new
+    version with `restartedAt` now, whose replicas replace the old ones through its update strategy."""
+    if not await asyncio.to_thread(registry.repo.has_secret, caller.project, name):
+        raise NotFound("no secret of this name in the project", field="name")
+    return SecretUsersRestarted(restarted=await registry.restart_users(caller.project, name))
 
 
 @router.get("/secrets", tags=["secrets"])

@@ -1,0 +1,24 @@
+"""volume integrations: an existing directory of this machine, given to the replicas as it is (not
+copied, not cached, never evicted). Checked when materialised: it must exist, be a directory and be
+named by its real path (a symlink on the way could point it anywhere after the spec was reviewed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from libs.spec import VolumeIntegration
+from services.integrations.cache import Fetched, FetchFailed, Tally, digest
+
+NOTHING = Tally(0, 0)  # a host directory is not walked: it may hold millions of files
+
+
+def resolve(integration: VolumeIntegration) -> Fetched:
+    path = Path(integration.hostPath)
+    if not path.exists():
+        raise FetchFailed("the volume's hostPath does not exist on this machine")
+    if not path.is_dir():
+        raise FetchFailed("the volume's hostPath is not a directory")
+    if Path(os.path.realpath(path)) != path:
+        raise FetchFailed("the volume's hostPath goes through a symlink: give the directory's real path")
+    return Fetched(digest("volume", str(path)), path, NOTHING, NOTHING)
