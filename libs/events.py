@@ -400,6 +400,15 @@ LATENCY_BUCKETS_SECONDS: tuple[float, ...] = (
 )
 
 
+class RevisionRequests(BaseModel):
+    """One revision's part of a RequestMetricsReported window (what a canary analysis compares)."""
+
+    revision_id: str
+    requests: int
+    errors: int
+    latency_buckets: list[int] = Field(description="Counts per LATENCY_BUCKETS_SECONDS upper bound.")
+
+
 class RequestMetricsReported(Event, DeploymentRef):
     """Requests the router served for one deployment over the last window."""
 
@@ -412,6 +421,9 @@ class RequestMetricsReported(Event, DeploymentRef):
     latency_sum_seconds: float
     latency_buckets: list[int] = Field(description="Counts per LATENCY_BUCKETS_SECONDS upper bound.")
     in_flight: int = 0
+    revisions: list[RevisionRequests] = Field(
+        default_factory=list, description="The same window per revision that answered (pinned requests included)."
+    )
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (

@@ -381,7 +381,26 @@ DEFAULT_SURGE = DEFAULT_UNAVAILABLE = "25%"  # Kubernetes' RollingUpdateDeployme
 DEFAULT_SCALE_DOWN_DELAY_SECONDS = 30  # Argo Rollouts' blue-green scaleDownDelaySeconds default
 DEFAULT_CANARY_PERCENT = 10
 DEFAULT_CANARY_STEP_SECONDS = 60
+DEFAULT_MAX_ERROR_RATE_INCREASE = 5.0  # percentage points (Flagger's request-success-rate default threshold is 99 %)
+DEFAULT_ANALYSIS_MIN_REQUESTS = 20
 DEFAULT_PROGRESS_DEADLINE_SECONDS = 600  # Kubernetes' Deployment progressDeadlineSeconds default
+
+
+class CanaryAnalysis(SpecModel):
+    """Bounds a canary must keep, relative to the stable revision, for its steps to advance (Flagger's
+    and Argo Rollouts' analysis); a bound that fails rolls the canary back."""
+
+    maxErrorRateIncrease: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = Field(
+        default=DEFAULT_MAX_ERROR_RATE_INCREASE,
+        description="Percentage points the canary's error rate (responses >= 500) may exceed the stable one's by.",
+    )
+    maxP99LatencyRatio: Annotated[float, Field(ge=1, le=1000, allow_inf_nan=False)] | None = Field(
+        default=None, description="The canary's p99 latency may be at most this times the stable one's (unset: not judged)."
+    )
+    minRequests: Int = Field(
+        default=DEFAULT_ANALYSIS_MIN_REQUESTS, ge=1, le=1_000_000,
+        description="Requests the canary (and the stable revision) must have answered before a bound is judged.",
+    )  # fmt: skip
 
 
 class UpdateStrategy(SpecModel):
@@ -409,6 +428,9 @@ class UpdateStrategy(SpecModel):
     canaryStepSeconds: Int | None = Field(
         default=None, ge=1, le=86_400, description="canary: seconds each step lasts before the next (60)."
     )
+    analysis: CanaryAnalysis | None = Field(
+        default=None, description="canary: bounds relative to the stable revision; a failed one rolls the canary back."
+    )
     progressDeadlineSeconds: Int = Field(
         default=DEFAULT_PROGRESS_DEADLINE_SECONDS, ge=1, le=86_400,
         description="Seconds an update may take to get its replicas ready before status says it is stuck.",
@@ -421,6 +443,7 @@ class UpdateStrategy(SpecModel):
             for name, kind in (
                 ("canaryPercent", "canary"), ("maxSurge", "rolling"), ("maxUnavailable", "rolling"),
                 ("scaleDownDelaySeconds", "blue-green"), ("canarySteps", "canary"), ("canaryStepSeconds", "canary"),
+                ("analysis", "canary"),
             )  # fmt: skip
             if getattr(self, name) is not None and self.type != kind
         ]
