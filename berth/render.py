@@ -293,6 +293,9 @@ def history_table(items: list[SpecVersion]) -> None:
         )
     show(listing)
     for v in items:
+        if v.get("rolled_back_at"):
+            out.print(f"version {v['spec_version']}: rolled back automatically {when(v['rolled_back_at'])}: {escape(v.get('rolled_back_reason') or '')}")
+    for v in items:
         changes = v.get("changes")
         if changes is not None:
             out.print(f"version {v['spec_version']}: {len(changes)} field(s) changed from the version before")

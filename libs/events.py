@@ -365,6 +365,10 @@ class DeploymentStatusChanged(Event, DeploymentRef):
     scale_reason: str | None = Field(
         default=None, description="Why the scale decision in force (autoscaler or user) chose desired_replicas."
     )
+    rolled_back_version: int | None = Field(
+        default=None, description="The spec version the scheduler rolled back by itself (an automatic rollback)."
+    )
+    rolled_back_reason: str | None = Field(default=None, description="Why it rolled rolled_back_version back.")
 
 
 # -- scheduler: replica usage (for the autoscaler) ----------------------------------------------------

@@ -674,7 +674,8 @@ class Reconciler:
         status = compute_status(desired, replicas, error, not_provided, pending, outcome)
         if state.rolled_back == desired.revision_id and not error:
             reason = f"rolled back: {state.rolled_back_why}; the previous revision serves ({status.ready_replicas} ready)"
-            status = status.model_copy(update={"phase": "Degraded", "reason": reason})
+            rolled = {"rolled_back_version": desired.applied.spec_version, "rolled_back_reason": state.rolled_back_why}
+            status = status.model_copy(update={"phase": "Degraded", "reason": reason, **rolled})
         await self._set_status(state, status)
 
     def _forget_if_gone(self, deployment_id: str, state: DeploymentState, observed: list[ObservedWorkload]) -> None:

@@ -98,6 +98,7 @@ async def test_a_canary_whose_error_rate_exceeds_its_bound_is_rolled_back(world:
     assert status.phase == "Degraded"
     assert "rolled back: canary analysis: error rate 60.0 %" in status.reason
     assert "maxErrorRateIncrease" in status.reason
+    assert status.rolled_back_version == 2 and status.rolled_back_reason.startswith("canary analysis: error rate")
     assert {r.revision_id for r in await world.runtime.replicas()} == {old_rev}
 
 

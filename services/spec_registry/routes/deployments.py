@@ -355,6 +355,8 @@ def _spec_version(row: SpecVersionRow) -> SpecVersion:
         created_at=row.created_at,
         created_by=row.created_by,
         spec=spec,
+        rolled_back_at=row.rolled_back_at,
+        rolled_back_reason=row.rolled_back_reason,
     )
 
 
