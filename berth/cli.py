@@ -30,7 +30,15 @@ from libs.config import Settings
 from libs.natsd import CREDENTIALS_FILE, service_passwords
 from libs.sealing import NoSecretsKey, Sealer
 from libs.secrets import SecretStore, rotate_key_file
-from libs.spec import DeploymentSpec, SpecInvalid, parse_document, slugify, spec_json_schema, validate_spec
+from libs.spec import (
+    DeploymentSpec,
+    SpecInvalid,
+    parse_document,
+    slugify,
+    spec_json_schema,
+    validate_spec,
+    with_strategy,
+)
 
 
 class Strategy(enum.StrEnum):
@@ -176,7 +184,7 @@ def apply(
     """Create the deployment of a spec, or update it to a new spec version."""
     document, spec = read_spec(file)
     if strategy is not None and spec.updateStrategy.type != strategy.value:
-        document["updateStrategy"] = {"type": strategy.value}  # the file's other settings belong to its type
+        document = with_strategy(document, strategy.value)
         spec = validate_spec(document)
     with ctx.obj.client() as client:
         current = client.find_deployment(spec.slug)

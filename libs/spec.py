@@ -413,7 +413,7 @@ class UpdateStrategy(SpecModel):
     all traffic; applying the previous spec aborts it.
     """
 
-    type: Literal["rolling", "blue-green", "canary"] = "rolling"
+    type: StrategyType = "rolling"
     canaryPercent: Int | None = Field(default=None, ge=1, le=99)
     maxSurge: IntOrPercent | None = Field(default=None, description='rolling: extra replicas, e.g. 1 or "25%" (default).')
     maxUnavailable: IntOrPercent | None = Field(
@@ -454,6 +454,22 @@ class UpdateStrategy(SpecModel):
             errors.append(spec_error_detail(("canarySteps",), "must rise from step to step", steps))
         raise_if(errors, type(self).__name__)
         return self
+
+
+StrategyType = Literal["rolling", "blue-green", "canary"]
+
+
+def with_strategy(document: Any, strategy: StrategyType | None) -> Any:
+    """A spec document rolled out with `strategy` (`berth apply --strategy`, `?strategy=` on the API):
+    updateStrategy.type set; the document's other strategy settings are kept when the type is the
+    same and dropped when it differs (they belong to their type). Anything but a mapping is left to
+    validation."""
+    if strategy is None or not isinstance(document, dict):
+        return document
+    current = document.get("updateStrategy")
+    if isinstance(current, dict) and current.get("type", "rolling") == strategy:
+        return document
+    return {**document, "updateStrategy": {"type": strategy}}
 
 
 def _is_zero(value: int | str | None) -> bool:

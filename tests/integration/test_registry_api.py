@@ -757,6 +757,23 @@ async def test_an_alias_needs_an_existing_version_and_there_are_at_most_16(api: 
 # -- dry run, history diff and authors ----------------------------------------------------------------
 
 
+async def test_strategy_query_overrides_the_strategy_of_one_update(api: httpx.AsyncClient) -> None:
+    first = (await api.post("/v1/deployments?strategy=blue-green", json=spec())).json()
+    assert first["spec"]["updateStrategy"] == {"type": "blue-green"}
+    if_match = {"If-Match": f'"{first["spec_id"]}"'}
+    canary = {"type": "canary", "canarySteps": [20, 50]}
+    changed = spec(image="python:3.12", updateStrategy=canary)
+    dry = (await api.put("/v1/deployments/my-cool-deployment?dryRun=true&strategy=rolling", json=changed, headers=if_match)).json()
+    assert dry["strategy"] == "rolling"
+    kept = await api.put("/v1/deployments/my-cool-deployment?strategy=canary", json=changed, headers=if_match)
+    assert kept.status_code == 200 and kept.json()["spec"]["updateStrategy"] == canary  # same type: settings kept
+    bad = await api.put("/v1/deployments/my-cool-deployment?strategy=big-bang", json=changed, headers=if_match)
+    assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
+    assert [e["field"] for e in bad.json()["errors"]] == ["strategy"] and "big-bang" not in bad.text
+    history = (await api.get("/v1/deployments/my-cool-deployment/history")).json()["items"]
+    assert [v["spec"]["updateStrategy"]["type"] for v in history] == ["canary", "blue-green"]
+
+
 async def test_dry_run_answers_the_changes_and_stores_nothing(api: httpx.AsyncClient, registry: Registry, nc: Client) -> None:
     published: list[Msg] = []
 
