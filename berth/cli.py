@@ -25,6 +25,7 @@ from berth import credentials, render
 from berth.client import ApiError, BerthClient, NotRunning
 from berth.credentials import ConfigError, Credentials
 from berth.render import Output
+from berth.valohai import from_valohai
 from libs.bus import make_broker
 from libs.config import Settings
 from libs.natsd import CREDENTIALS_FILE, service_passwords
@@ -60,6 +61,8 @@ app.add_typer(spec_app, name="spec")
 app.add_typer(secrets_app, name="secrets")
 autoscale_app = typer.Typer(help="Autoscaling decisions, offline (the HPA algorithm berth runs).", no_args_is_help=True)
 app.add_typer(autoscale_app, name="autoscale")
+import_app = typer.Typer(help="Turn another platform's definitions into berth specs (printed, nothing applied).", no_args_is_help=True)
+app.add_typer(import_app, name="import")
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table for people, json or yaml for scripts.")]
 RefArg = Annotated[str, typer.Argument(help="Deployment name, slug or id.")]
@@ -443,6 +446,31 @@ def spec_schema(output: OutputOpt = Output.json) -> None:
     """The JSON Schema of the deployment spec."""
     schema = spec_json_schema()
     render.emit(schema, Output.json if output is Output.table else output, lambda: None)
+
+
+# -- import ---------------------------------------------------------------------------------------
+
+
+@import_app.command("valohai")
+def import_valohai(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="A valohai.yaml.")],
+) -> None:
+    """Each `endpoint` of a valohai.yaml as a berth spec, YAML documents on stdout (ready for `berth
+    apply -f`); what could not be mapped is said above each one as comments and on stderr."""
+    try:
+        imported = from_valohai(file.read_text())
+    except SpecInvalid as exc:
+        render.spec_errors(str(file), exc.errors)
+        raise typer.Exit(1) from None
+    if not imported:
+        render.failure(f"{file} has no endpoint")
+        raise typer.Exit(1)
+    typer.echo(render.imported_specs(imported))
+    for item in imported:
+        for note in item.not_mapped:
+            render.err.print(f"{escape(item.name)}: not mapped: {escape(note)}")
+    if any(item.spec is None for item in imported):
+        raise typer.Exit(1)
 
 
 # -- autoscale ------------------------------------------------------------------------------------
