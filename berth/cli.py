@@ -61,7 +61,9 @@ app.add_typer(spec_app, name="spec")
 app.add_typer(secrets_app, name="secrets")
 autoscale_app = typer.Typer(help="Autoscaling decisions, offline (the HPA algorithm berth runs).", no_args_is_help=True)
 app.add_typer(autoscale_app, name="autoscale")
-import_app = typer.Typer(help="Turn another platform's definitions into berth specs (printed, nothing applied).", no_args_is_help=True)
+import_app = typer.Typer(
+    help="Turn another platform's definitions into berth specs (printed, nothing applied).", no_args_is_help=True
+)
 app.add_typer(import_app, name="import")
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table for people, json or yaml for scripts.")]

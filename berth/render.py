@@ -295,7 +295,8 @@ def history_table(items: list[SpecVersion]) -> None:
     show(listing)
     for v in items:
         if v.get("rolled_back_at"):
-            out.print(f"version {v['spec_version']}: rolled back automatically {when(v['rolled_back_at'])}: {escape(v.get('rolled_back_reason') or '')}")
+            reason = escape(v.get("rolled_back_reason") or "")
+            out.print(f"version {v['spec_version']}: rolled back automatically {when(v['rolled_back_at'])}: {reason}")
     for v in items:
         changes = v.get("changes")
         if changes is not None:

@@ -191,7 +191,8 @@ class Proxy:
         try:
             upstream = await self._send(replica, request, lines, streamed, length is None)
         except ResponseTimeout as exc:
-            return _gateway_timeout(replica, exc).send(request), replica.revision_id  # it may be at work on it: not resent
+            # It may be at work on it: not resent.
+            return _gateway_timeout(replica, exc).send(request), replica.revision_id
         except UpstreamError as exc:
             # Retry once when nothing of the request can have been consumed: the connection was never
             # made (the replica died since its last probe: try another), or there is no body (also
