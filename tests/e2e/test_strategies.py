@@ -117,6 +117,13 @@ async def test_an_update_that_never_gets_ready_is_rolled_back_and_the_endpoint_k
         status = await eventually(rolled_back, timeout=30, interval=0.2, what="rolled back at the deadline")
         assert "progress deadline (5 s)" in status["reason"]
 
+        async def in_history() -> dict[str, Any] | None:
+            newest = (await api.get("/v1/deployments/iris/history")).json()["items"][0]
+            return newest if newest["rolled_back_at"] else None
+
+        recorded = await eventually(in_history, timeout=10, what="the rollback in history")
+        assert recorded["spec_version"] == 2 and "progress deadline (5 s)" in recorded["rolled_back_reason"]
+
         async def broken_gone() -> bool:
             replicas = (await status_of(api, "iris"))["replicas"]
             return {r["revision_id"] for r in replicas} == {stable_rev}
