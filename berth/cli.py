@@ -25,12 +25,21 @@ from berth import credentials, render
 from berth.client import ApiError, BerthClient, NotRunning
 from berth.credentials import ConfigError, Credentials
 from berth.render import Output
+from berth.valohai import from_valohai
 from libs.bus import make_broker
 from libs.config import Settings
 from libs.natsd import CREDENTIALS_FILE, service_passwords
 from libs.sealing import NoSecretsKey, Sealer
 from libs.secrets import SecretStore, rotate_key_file
-from libs.spec import DeploymentSpec, SpecInvalid, parse_document, slugify, spec_json_schema, validate_spec
+from libs.spec import (
+    DeploymentSpec,
+    SpecInvalid,
+    parse_document,
+    slugify,
+    spec_json_schema,
+    validate_spec,
+    with_strategy,
+)
 
 
 class Strategy(enum.StrEnum):
@@ -52,6 +61,10 @@ app.add_typer(spec_app, name="spec")
 app.add_typer(secrets_app, name="secrets")
 autoscale_app = typer.Typer(help="Autoscaling decisions, offline (the HPA algorithm berth runs).", no_args_is_help=True)
 app.add_typer(autoscale_app, name="autoscale")
+import_app = typer.Typer(
+    help="Turn another platform's definitions into berth specs (printed, nothing applied).", no_args_is_help=True
+)
+app.add_typer(import_app, name="import")
 
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table for people, json or yaml for scripts.")]
 RefArg = Annotated[str, typer.Argument(help="Deployment name, slug or id.")]
@@ -176,7 +189,7 @@ def apply(
     """Create the deployment of a spec, or update it to a new spec version."""
     document, spec = read_spec(file)
     if strategy is not None and spec.updateStrategy.type != strategy.value:
-        document["updateStrategy"] = {"type": strategy.value}  # the file's other settings belong to its type
+        document = with_strategy(document, strategy.value)
         spec = validate_spec(document)
     with ctx.obj.client() as client:
         current = client.find_deployment(spec.slug)
@@ -465,6 +478,31 @@ def spec_schema(output: OutputOpt = Output.json) -> None:
     """The JSON Schema of the deployment spec."""
     schema = spec_json_schema()
     render.emit(schema, Output.json if output is Output.table else output, lambda: None)
+
+
+# -- import ---------------------------------------------------------------------------------------
+
+
+@import_app.command("valohai")
+def import_valohai(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="A valohai.yaml.")],
+) -> None:
+    """Each `endpoint` of a valohai.yaml as a berth spec, YAML documents on stdout (ready for `berth
+    apply -f`); what could not be mapped is said above each one as comments and on stderr."""
+    try:
+        imported = from_valohai(file.read_text())
+    except SpecInvalid as exc:
+        render.spec_errors(str(file), exc.errors)
+        raise typer.Exit(1) from None
+    if not imported:
+        render.failure(f"{file} has no endpoint")
+        raise typer.Exit(1)
+    typer.echo(render.imported_specs(imported))
+    for item in imported:
+        for note in item.not_mapped:
+            render.err.print(f"{escape(item.name)}: not mapped: {escape(note)}")
+    if any(item.spec is None for item in imported):
+        raise typer.Exit(1)
 
 
 # -- autoscale ------------------------------------------------------------------------------------

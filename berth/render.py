@@ -18,6 +18,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from berth.client import Alias, ApiError, Deployment, DryRun, FieldChange, LogLine, ReplicaStatus, SpecVersion, Status
+from berth.valohai import Imported
 from libs.spec import SpecError
 
 SHORT_ID = 12
@@ -296,6 +297,10 @@ def history_table(items: list[SpecVersion]) -> None:
         )
     show(listing)
     for v in items:
+        if v.get("rolled_back_at"):
+            reason = escape(v.get("rolled_back_reason") or "")
+            out.print(f"version {v['spec_version']}: rolled back automatically {when(v['rolled_back_at'])}: {reason}")
+    for v in items:
         changes = v.get("changes")
         if changes is not None:
             out.print(f"version {v['spec_version']}: {len(changes)} field(s) changed from the version before")
@@ -414,3 +419,13 @@ def decisions(results: list[dict[str, Any]]) -> None:
         if "recorded" in result:
             same = result["recorded"] == result["desiredReplicas"]
             out.print(f"  recorded decision: {result['recorded']} " + ("[green](same)[/]" if same else "[red](differs)[/]"))
+
+
+def imported_specs(imported: Iterable[Imported]) -> str:
+    """Specs as YAML documents, each after comments saying what was not mapped into it."""
+    documents = []
+    for item in imported:
+        notes = [f"# not mapped: {note}" for note in item.not_mapped]
+        body = yaml.safe_dump(item.spec, sort_keys=False, allow_unicode=True) if item.spec else f"# {item.name}: no spec\n"
+        documents.append("\n".join([*notes, body.rstrip()]))
+    return "\n---\n".join(documents)

@@ -81,7 +81,7 @@ PERMISSIONS: dict[str, Grant] = {
         ),
         consumes=(
             SPECS.name, REPLICAS.name, HEALTH.name, CONTROL.name, STATUS.name, SCALE.name, TRAFFIC.name,
-            INTEGRATIONS.name,
+            INTEGRATIONS.name, METRICS.name,  # METRICS: the router's windows, for canary analysis
         ),
         secrets="read",
         serves=(LOGS_RPC,),

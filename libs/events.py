@@ -393,6 +393,10 @@ class DeploymentStatusChanged(Event, DeploymentRef):
     fetching: FetchProgress | None = Field(
         default=None, description="While the desired revision's integrations are fetched: how far it has come."
     )
+    rolled_back_version: int | None = Field(
+        default=None, description="The spec version the scheduler rolled back by itself (an automatic rollback)."
+    )
+    rolled_back_reason: str | None = Field(default=None, description="Why it rolled rolled_back_version back.")
 
 
 # -- scheduler: replica usage (for the autoscaler) ----------------------------------------------------
@@ -428,6 +432,15 @@ LATENCY_BUCKETS_SECONDS: tuple[float, ...] = (
 )
 
 
+class RevisionRequests(BaseModel):
+    """One revision's part of a RequestMetricsReported window (what a canary analysis compares)."""
+
+    revision_id: str
+    requests: int
+    errors: int
+    latency_buckets: list[int] = Field(description="Counts per LATENCY_BUCKETS_SECONDS upper bound.")
+
+
 class RequestMetricsReported(Event, DeploymentRef):
     """Requests the router served for one deployment over the last window."""
 
@@ -440,6 +453,9 @@ class RequestMetricsReported(Event, DeploymentRef):
     latency_sum_seconds: float
     latency_buckets: list[int] = Field(description="Counts per LATENCY_BUCKETS_SECONDS upper bound.")
     in_flight: int = 0
+    revisions: list[RevisionRequests] = Field(
+        default_factory=list, description="The same window per revision that answered (pinned requests included)."
+    )
 
 
 ALL_EVENTS: tuple[type[Event], ...] = (

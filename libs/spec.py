@@ -392,7 +392,26 @@ DEFAULT_SURGE = DEFAULT_UNAVAILABLE = "25%"  # Kubernetes' RollingUpdateDeployme
 DEFAULT_SCALE_DOWN_DELAY_SECONDS = 30  # Argo Rollouts' blue-green scaleDownDelaySeconds default
 DEFAULT_CANARY_PERCENT = 10
 DEFAULT_CANARY_STEP_SECONDS = 60
+DEFAULT_MAX_ERROR_RATE_INCREASE = 5.0  # percentage points (Flagger's request-success-rate default threshold is 99 %)
+DEFAULT_ANALYSIS_MIN_REQUESTS = 20
 DEFAULT_PROGRESS_DEADLINE_SECONDS = 600  # Kubernetes' Deployment progressDeadlineSeconds default
+
+
+class CanaryAnalysis(SpecModel):
+    """Bounds a canary must keep, relative to the stable revision, for its steps to advance (Flagger's
+    and Argo Rollouts' analysis); a bound that fails rolls the canary back."""
+
+    maxErrorRateIncrease: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = Field(
+        default=DEFAULT_MAX_ERROR_RATE_INCREASE,
+        description="Percentage points the canary's error rate (responses >= 500) may exceed the stable one's by.",
+    )
+    maxP99LatencyRatio: Annotated[float, Field(ge=1, le=1000, allow_inf_nan=False)] | None = Field(
+        default=None, description="The canary's p99 latency may be at most this times the stable one's (unset: not judged)."
+    )
+    minRequests: Int = Field(
+        default=DEFAULT_ANALYSIS_MIN_REQUESTS, ge=1, le=1_000_000,
+        description="Requests the canary (and the stable revision) must have answered before a bound is judged.",
+    )  # fmt: skip
 
 
 class UpdateStrategy(SpecModel):
@@ -405,7 +424,7 @@ class UpdateStrategy(SpecModel):
     all traffic; applying the previous spec aborts it.
     """
 
-    type: Literal["rolling", "blue-green", "canary"] = "rolling"
+    type: StrategyType = "rolling"
     canaryPercent: Int | None = Field(default=None, ge=1, le=99)
     maxSurge: IntOrPercent | None = Field(default=None, description='rolling: extra replicas, e.g. 1 or "25%" (default).')
     maxUnavailable: IntOrPercent | None = Field(
@@ -420,6 +439,9 @@ class UpdateStrategy(SpecModel):
     canaryStepSeconds: Int | None = Field(
         default=None, ge=1, le=86_400, description="canary: seconds each step lasts before the next (60)."
     )
+    analysis: CanaryAnalysis | None = Field(
+        default=None, description="canary: bounds relative to the stable revision; a failed one rolls the canary back."
+    )
     progressDeadlineSeconds: Int = Field(
         default=DEFAULT_PROGRESS_DEADLINE_SECONDS, ge=1, le=86_400,
         description="Seconds an update may take to get its replicas ready before status says it is stuck.",
@@ -432,6 +454,7 @@ class UpdateStrategy(SpecModel):
             for name, kind in (
                 ("canaryPercent", "canary"), ("maxSurge", "rolling"), ("maxUnavailable", "rolling"),
                 ("scaleDownDelaySeconds", "blue-green"), ("canarySteps", "canary"), ("canaryStepSeconds", "canary"),
+                ("analysis", "canary"),
             )  # fmt: skip
             if getattr(self, name) is not None and self.type != kind
         ]
@@ -442,6 +465,22 @@ class UpdateStrategy(SpecModel):
             errors.append(spec_error_detail(("canarySteps",), "must rise from step to step", steps))
         raise_if(errors, type(self).__name__)
         return self
+
+
+StrategyType = Literal["rolling", "blue-green", "canary"]
+
+
+def with_strategy(document: Any, strategy: StrategyType | None) -> Any:
+    """A spec document rolled out with `strategy` (`berth apply --strategy`, `?strategy=` on the API):
+    updateStrategy.type set; the document's other strategy settings are kept when the type is the
+    same and dropped when it differs (they belong to their type). Anything but a mapping is left to
+    validation."""
+    if strategy is None or not isinstance(document, dict):
+        return document
+    current = document.get("updateStrategy")
+    if isinstance(current, dict) and current.get("type", "rolling") == strategy:
+        return document
+    return {**document, "updateStrategy": {"type": strategy}}
 
 
 def _is_zero(value: int | str | None) -> bool:

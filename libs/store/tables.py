@@ -96,6 +96,9 @@ class SpecVersionRow(SQLModel, table=True):
     # The id of the token whose request created the version (NULL: before 0006). Not a foreign key:
     # the history outlives a revoked token.
     created_by: int | None = None
+    # Set once when the scheduler rolled this version back by itself (0007): history shows it.
+    rolled_back_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    rolled_back_reason: str | None = None
 
 
 class AliasRow(SQLModel, table=True):

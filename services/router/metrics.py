@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from libs.events import LATENCY_BUCKETS_SECONDS, RequestMetricsReported
+from libs.events import LATENCY_BUCKETS_SECONDS, RequestMetricsReported, RevisionRequests
 from libs.logging import get_logger
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ class Stats:
         "in_flight",
         "latency_sum",
         "requests",
+        "revisions",
         "total_buckets",
         "total_errors",
         "total_latency_sum",
@@ -51,17 +52,27 @@ class Stats:
         self.requests = self.errors = self.in_flight = 0
         self.latency_sum = 0.0
         self.buckets = [0] * _BUCKET_COUNT
+        self.revisions: dict[str, list[int]] = {}  # revision -> [requests, errors, *buckets] this window
         self.total_requests = self.total_errors = 0
         self.total_latency_sum = 0.0
         self.total_buckets = [0] * _BUCKET_COUNT
         self._had_traffic = False
 
-    def observe(self, seconds: float, error: bool) -> None:
+    def observe(self, seconds: float, error: bool, revision: str | None = None) -> None:
+        """Count a request; `revision`: the one whose replica answered (None: none was reached)."""
         self.requests += 1
         if error:
             self.errors += 1
         self.latency_sum += seconds
-        self.buckets[bisect_left(LATENCY_BUCKETS_SECONDS, seconds)] += 1
+        bucket = bisect_left(LATENCY_BUCKETS_SECONDS, seconds)
+        self.buckets[bucket] += 1
+        if revision is not None:
+            counts = self.revisions.get(revision)
+            if counts is None:
+                counts = self.revisions[revision] = [0] * (_BUCKET_COUNT + 2)
+            counts[0] += 1
+            counts[1] += error
+            counts[2 + bucket] += 1
 
     def close_window(self, route: Route, window_seconds: float) -> RequestMetricsReported | None:
         """The window's report, or None when neither it nor the previous window saw traffic (a
@@ -74,6 +85,10 @@ class Stats:
             deployment_id=route.deployment_id, project=route.project, slug=route.slug,
             window_seconds=window_seconds, requests=self.requests, errors=self.errors,
             latency_sum_seconds=self.latency_sum, latency_buckets=self.buckets, in_flight=self.in_flight,
+            revisions=[
+                RevisionRequests(revision_id=r, requests=c[0], errors=c[1], latency_buckets=c[2:])
+                for r, c in self.revisions.items()
+            ],
         )
         self.total_requests += self.requests
         self.total_errors += self.errors
@@ -82,6 +97,7 @@ class Stats:
         self.requests = self.errors = 0
         self.latency_sum = 0.0
         self.buckets = [0] * _BUCKET_COUNT
+        self.revisions = {}
         return report
 
 

@@ -24,7 +24,7 @@ from libs.logging import get_logger
 from libs.runtime import Runtime, make_runtime
 from libs.sealing import Sealer
 from libs.secrets import SecretStore
-from services.scheduler.handlers import register_handlers
+from services.scheduler.handlers import register_handlers, watch_request_metrics
 from services.scheduler.reconcile import Reconciler
 from services.scheduler.usage import UsageReporter
 
@@ -70,6 +70,7 @@ async def start_scheduler(settings: Settings, runtime: Runtime | None = None) ->
     runtime.on_replica_event = reconciler.on_replica_event
     await runtime.start()  # adopts the replicas a previous scheduler left running
     register_handlers(service, reconciler, runtime)
+    await watch_request_metrics(service, reconciler)
     service.every(settings.reconcile_interval_seconds, reconciler.reconcile_all, name="resync", at_start=True)
     usage = UsageReporter(runtime, reconciler, service.publish, settings.usage_report_interval_seconds)
     service.every(settings.usage_report_interval_seconds, usage.report, name="usage-report")

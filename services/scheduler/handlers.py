@@ -11,6 +11,8 @@ reconcile never raises into a handler: a failed one is requeued by the reconcile
 - restart requests (CONTROL, durable scheduler-restarts): restart the replica through the runtime.
 - integrations (INTEGRATIONS, durable scheduler-integrations): a revision's integrations are ready
   (its replicas may start) or failed (they stay unstarted, status says why).
+- request metrics (METRICS, an ordered watch, not durable: only windows from now on matter): a canary
+  with analysis counts them and is rolled back when it fails a bound.
 - logs RPC (core NATS request/reply, queue group: several schedulers would share it; not a stream).
 """
 
@@ -37,6 +39,7 @@ from libs.bus import (
     INTEGRATIONS_EVENTS,
     LOGS_RPC,
     PROMOTE_EVENTS,
+    REQUEST_METRICS,
     RESTART_REQUESTS,
     SCALE,
     SCALE_EVENTS,
@@ -54,6 +57,8 @@ from libs.events import (
     IntegrationsReady,
     ReplicaHealthChanged,
     ReplicaRestartRequested,
+    RequestMetricsReported,
+    Event,
     SpecApplied,
 )
 from libs.kit import Service
@@ -138,3 +143,13 @@ def register_handlers(service: Service, reconciler: Reconciler, runtime: Runtime
     @service.broker.subscriber(LOGS_RPC, queue=LOGS_QUEUE_GROUP)
     async def on_logs_requested(body: dict[str, Any]) -> dict[str, Any]:
         return await logs.reply(runtime, body)
+
+
+async def watch_request_metrics(service: Service, reconciler: Reconciler) -> None:
+    """The router's windows, for canary analysis; a canary that fails a bound is reconciled at once."""
+
+    async def on_request_metrics(event: Event) -> None:
+        if isinstance(event, RequestMetricsReported) and reconciler.metrics_reported(event):
+            reconciler.kick(event.deployment_id)
+
+    await service.watch_latest(REQUEST_METRICS, on_request_metrics)

@@ -46,6 +46,7 @@ from libs.events import (
     ReplicaRestartRequested,
     ReplicaStarted,
     ReplicaStopped,
+    RequestMetricsReported,
     SpecApplied,
     TrafficAssigned,
 )
@@ -62,6 +63,7 @@ from libs.runtime.base import (
 from libs.spec import DeploymentSpec, HealthChecks
 from libs.tasks import cancel_and_wait
 from services.scheduler import aliases, traffic
+from services.scheduler.analysis import analysed, canary_failure
 from services.scheduler.desired import Desired, compose, newer_decision
 from services.scheduler.kubelet_health import kubelet_health
 from services.scheduler.lifecycle import LOG_TAIL_LINES, Serving, lifecycle_events, stopped_event
@@ -224,6 +226,15 @@ class Reconciler:
         if event.target is not None:
             state.learn_version(event.target)
         return True
+
+    def metrics_reported(self, event: RequestMetricsReported) -> bool:
+        """Count a router window towards a canary's analysis; True when the canary now fails a bound
+        (a reconcile rolls it back)."""
+        state = self._states.get(event.deployment_id)
+        if state is None or state.canary_tally is None or state.applied is None:
+            return False
+        state.canary_tally.add(event)
+        return canary_failure(self._desired(state, state.applied), state.canary_tally) is not None
 
     def promoted(self, event: DeploymentPromoted) -> bool:
         """The user promoted the update to `event.spec_version`; False when nothing newer is said."""
@@ -424,6 +435,7 @@ class Reconciler:
             state.rolled_back, state.rolled_back_why = desired.revision_id, why
             log.warning("update rolled back", revision_id=desired.revision_id, reason=why)
             plans = plan_revisions(desired, observed, ready, now, since, rolled_back=True, came_up=came_up)
+        state.canary_tally = analysed(desired, plans[0], state.canary_tally)
         self._wake_after_hold(deployment_id, state, desired, state.completed(desired.revision_id, plans[0].complete, now))
         state.keep_revisions(p.revision_id for p in plans)
         state.standing_by = {p.revision_id for p in plans if not p.current and not p.weighted and not p.retire}
@@ -469,7 +481,7 @@ class Reconciler:
         if self._past_deadline(deployment_id, state, desired, plan.complete, now):
             deadline = desired.applied.spec.updateStrategy.progressDeadlineSeconds
             return f"spec version {version} did not get ready within its progress deadline ({deadline} s)"
-        return None
+        return canary_failure(desired, state.canary_tally)
 
     def _past_deadline(
         self, deployment_id: str, state: DeploymentState, desired: Desired, complete: bool, now: float
@@ -683,7 +695,8 @@ class Reconciler:
         status = compute_status(desired, replicas, error, not_provided, pending, outcome)
         if state.rolled_back == desired.revision_id and not error:
             reason = f"rolled back: {state.rolled_back_why}; the previous revision serves ({status.ready_replicas} ready)"
-            status = status.model_copy(update={"phase": "Degraded", "reason": reason})
+            rolled = {"rolled_back_version": desired.applied.spec_version, "rolled_back_reason": state.rolled_back_why}
+            status = status.model_copy(update={"phase": "Degraded", "reason": reason, **rolled})
         await self._set_status(state, status)
 
     def _forget_if_gone(self, deployment_id: str, state: DeploymentState, observed: list[ObservedWorkload]) -> None:

@@ -22,6 +22,7 @@ from libs.events import (
     TrafficAssigned,
 )
 from libs.revision import revision_id
+from services.scheduler.analysis import CanaryTally
 from services.scheduler.lifecycle import Ledger
 
 # Spec versions remembered per revision (the newest): older ones answer "not running" at @<version>.
@@ -56,6 +57,7 @@ class DeploymentState:
     came_up: str | None = None  # the last desired revision seen without all its replicas ready
     promoted: int = 0  # the newest spec version the user promoted (canary: all traffic; blue-green: no hold)
     deadline: asyncio.TimerHandle | None = None  # a reconcile at the progress deadline
+    canary_tally: CanaryTally | None = None  # request counts while a canary with analysis takes a weight
 
     def learn_version(self, applied: SpecApplied | AliasTarget) -> None:
         versions = self.versions.setdefault(revision_id(applied.spec), [])

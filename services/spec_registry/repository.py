@@ -361,7 +361,20 @@ class Repository:
             )
             row.occurred_at, row.status = event.occurred_at, status
             session.add(row)
+            if event.rolled_back_version is not None:
+                self._mark_rolled_back(session, event)
             return True
+
+    @staticmethod
+    def _mark_rolled_back(session: Session, event: DeploymentStatusChanged) -> None:
+        """History keeps the first time the scheduler rolled a version back by itself, and why."""
+        query = select(SpecVersionRow).where(
+            SpecVersionRow.deployment_id == event.deployment_id, SpecVersionRow.version == event.rolled_back_version
+        )
+        version = session.exec(query).first()
+        if version is not None and version.rolled_back_at is None:
+            version.rolled_back_at, version.rolled_back_reason = event.occurred_at, event.rolled_back_reason
+            session.add(version)
 
     # -- secret names (the values are in JetStream KV) ------------------------------------------------
 

@@ -135,6 +135,10 @@ class SpecVersion(SubmittedSpec):
     changes: list[FieldChange] | None = Field(
         default=None, description="With diff=true: the fields changed from the previous version (null for the first)."
     )
+    rolled_back_at: datetime | None = Field(
+        default=None, description="When the scheduler rolled this version back by itself (null: it never did)."
+    )
+    rolled_back_reason: str | None = Field(default=None, description="Why (a progress deadline, a crash loop, canary analysis).")
 
 
 class DryRun(BaseModel):

@@ -117,6 +117,13 @@ async def test_an_update_that_never_gets_ready_is_rolled_back_and_the_endpoint_k
         status = await eventually(rolled_back, timeout=30, interval=0.2, what="rolled back at the deadline")
         assert "progress deadline (5 s)" in status["reason"]
 
+        async def in_history() -> dict[str, Any] | None:
+            newest = (await api.get("/v1/deployments/iris/history")).json()["items"][0]
+            return newest if newest["rolled_back_at"] else None
+
+        recorded = await eventually(in_history, timeout=10, what="the rollback in history")
+        assert recorded["spec_version"] == 2 and "progress deadline (5 s)" in recorded["rolled_back_reason"]
+
         async def broken_gone() -> bool:
             replicas = (await status_of(api, "iris"))["replicas"]
             return {r["revision_id"] for r in replicas} == {stable_rev}
@@ -125,3 +132,35 @@ async def test_an_update_that_never_gets_ready_is_rolled_back_and_the_endpoint_k
         await settles_on(load, stable)
     assert load.failures == []
     assert broken_rev != stable_rev
+
+
+async def test_a_canary_whose_error_rate_exceeds_its_bound_aborts_by_itself(
+    api: httpx.AsyncClient, router: httpx.AsyncClient
+) -> None:
+    analysed = {
+        "type": "canary", "canarySteps": [50], "canaryStepSeconds": 3600,
+        "analysis": {"maxErrorRateIncrease": 5, "minRequests": 20},
+    }  # fmt: skip
+    stable_rev, stable = await serving(api, analysed)
+    async with steady_load(router, "/default/iris/predict") as load:
+        await load.running()
+        bad = iris(analysed, ["python", "-m", "tests.servers.switchable"])  # probes pass, /predict answers 500
+        bad["env"] = [{"name": "PREDICT", "value": "500"}]
+        canary_rev = (await put_spec(api, bad))["revision_id"]
+
+        async def aborted() -> dict[str, Any] | None:
+            status = await status_of(api, "iris")
+            return status if status["phase"] == "Degraded" and "canary analysis" in status["reason"] else None
+
+        status = await eventually(aborted, timeout=60, interval=0.2, what="the canary aborted by its analysis")
+        assert "error rate" in status["reason"] and "maxErrorRateIncrease (5 points)" in status["reason"]
+        assert load.failures and all(f.startswith("500") for f in load.failures)  # the canary's answers
+
+        async def canary_gone() -> bool:
+            return {r["revision_id"] for r in (await status_of(api, "iris"))["replicas"]} == {stable_rev}
+
+        await eventually(canary_gone, timeout=30, what="the canary stopped")
+        failed_before = len(load.failures)
+        await settles_on(load, stable)
+        assert len(load.failures) == failed_before  # the stable revision answers everything again
+    assert canary_rev != stable_rev

@@ -607,6 +607,29 @@ async def test_status_serves_the_newest_status_event(api: httpx.AsyncClient, nc:
     assert (await api.get("/v1/deployments/my-cool-deployment/status")).json()["phase"] == "Ready"
 
 
+async def test_history_records_an_automatic_rollback_once(api: httpx.AsyncClient, nc: Client) -> None:
+    created = await create(api, spec())
+    second = (await put(api, "my-cool-deployment", spec(image="python:3.12"), created["spec_id"])).json()
+    now = datetime.now(UTC)
+    why = "spec version 2 did not get ready within its progress deadline (30 s)"
+    for at, reason in ((now, why), (now + timedelta(seconds=5), "a later report of the same rollback")):
+        event = DeploymentStatusChanged(
+            deployment_id=created["deployment_id"], project="default", slug="my-cool-deployment",
+            spec_id=second["spec_id"], phase="Degraded", reason=f"rolled back: {reason}", desired_replicas=2,
+            ready_replicas=2, rolled_back_version=2, rolled_back_reason=reason, occurred_at=at,
+        )  # fmt: skip
+        await nc.jetstream().publish(event.subject(), event.model_dump_json().encode())
+
+    async def marked() -> list[dict[str, Any]] | None:
+        items = (await api.get("/v1/deployments/my-cool-deployment/history")).json()["items"]
+        later = (await api.get("/v1/deployments/my-cool-deployment/status")).json()["observed_at"]
+        return items if items[0]["rolled_back_at"] and datetime.fromisoformat(later) > now else None
+
+    items = await eventually(marked, what="the rollback in history")
+    assert [(v["spec_version"], v["rolled_back_reason"]) for v in items] == [(2, why), (1, None)]  # the first kept
+    assert datetime.fromisoformat(items[0]["rolled_back_at"]) == now and items[1]["rolled_back_at"] is None
+
+
 async def test_logs_come_from_the_scheduler_or_503(api: httpx.AsyncClient, nc: Client) -> None:
     created = await create(api, spec())
     absent = await api.get("/v1/deployments/my-cool-deployment/logs")
@@ -732,6 +755,23 @@ async def test_an_alias_needs_an_existing_version_and_there_are_at_most_16(api: 
 
 
 # -- dry run, history diff and authors ----------------------------------------------------------------
+
+
+async def test_strategy_query_overrides_the_strategy_of_one_update(api: httpx.AsyncClient) -> None:
+    first = (await api.post("/v1/deployments?strategy=blue-green", json=spec())).json()
+    assert first["spec"]["updateStrategy"] == {"type": "blue-green"}
+    if_match = {"If-Match": f'"{first["spec_id"]}"'}
+    canary = {"type": "canary", "canarySteps": [20, 50]}
+    changed = spec(image="python:3.12", updateStrategy=canary)
+    dry = (await api.put("/v1/deployments/my-cool-deployment?dryRun=true&strategy=rolling", json=changed, headers=if_match)).json()
+    assert dry["strategy"] == "rolling"
+    kept = await api.put("/v1/deployments/my-cool-deployment?strategy=canary", json=changed, headers=if_match)
+    assert kept.status_code == 200 and kept.json()["spec"]["updateStrategy"] == canary  # same type: settings kept
+    bad = await api.put("/v1/deployments/my-cool-deployment?strategy=big-bang", json=changed, headers=if_match)
+    assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
+    assert [e["field"] for e in bad.json()["errors"]] == ["strategy"] and "big-bang" not in bad.text
+    history = (await api.get("/v1/deployments/my-cool-deployment/history")).json()["items"]
+    assert [v["spec"]["updateStrategy"]["type"] for v in history] == ["canary", "blue-green"]
 
 
 async def test_dry_run_answers_the_changes_and_stores_nothing(api: httpx.AsyncClient, registry: Registry, nc: Client) -> None:

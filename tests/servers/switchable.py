@@ -3,7 +3,9 @@
 GET /startup..., /readiness..., /liveness... answer according to a switch per kind (the first path
 segment picks the switch, so `/readiness/a` and `/readiness/b` share one): "ok" (200), "fail" (503),
 "hang" (never answers), or any status code (302, 404, 500...). Initial switches come from the env
-vars STARTUP, READINESS, LIVENESS. GET / answers 200 with BERTH_REPLICA_ID.
+vars STARTUP, READINESS, LIVENESS, PREDICT. GET / answers 200 with BERTH_REPLICA_ID. /predict (any
+method) answers by the "predict" switch, with an X-Berth-Replica header (a model whose predictions
+fail while its probes pass: a bad canary).
 
 POST /_control {"readiness": "fail", ...} flips switches; GET /_control returns the switches, the
 request count per path and the headers of the last request per path.
@@ -24,7 +26,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-KINDS = ("startup", "readiness", "liveness")
+KINDS = ("startup", "readiness", "liveness", "predict")
 Switch = str | int
 
 
@@ -49,7 +51,8 @@ def make_app(replica_id: str, switches: dict[str, Switch]) -> web.Application:
         status = _status_of(switches[request.match_info["kind"]])
         while status is None:  # hang until the prober gives up and the process ends
             await asyncio.Event().wait()
-        return web.Response(status=status, text=f"{request.match_info['kind']} {status}")
+        answer = f"{request.match_info['kind']} {status}"
+        return web.Response(status=status, text=answer, headers={"X-Berth-Replica": replica_id})
 
     async def control(request: web.Request) -> web.Response:
         if request.method == "POST":
@@ -69,8 +72,8 @@ def make_app(replica_id: str, switches: dict[str, Switch]) -> web.Application:
         [
             web.get("/", root),
             web.route("*", "/_control", control),
-            web.get(f"/{{kind:{kinds}}}", probe),
-            web.get(f"/{{kind:{kinds}}}/{{rest:.*}}", probe),
+            web.route("*", f"/{{kind:{kinds}}}", probe),
+            web.route("*", f"/{{kind:{kinds}}}/{{rest:.*}}", probe),
         ]
     )
     return app

@@ -110,6 +110,9 @@ TABLE: dict[str, tuple[Edit, str]] = {
     "updateStrategy.canaryPercent": (setter("updateStrategy.canaryPercent", 20), "live"),
     "updateStrategy.canarySteps": (setter("updateStrategy.canarySteps", [10, 50]), "live"),
     "updateStrategy.canaryStepSeconds": (setter("updateStrategy.canaryStepSeconds", 5), "live"),
+    "updateStrategy.analysis.maxErrorRateIncrease": (setter("updateStrategy.analysis.maxErrorRateIncrease", 1.5), "live"),
+    "updateStrategy.analysis.maxP99LatencyRatio": (setter("updateStrategy.analysis.maxP99LatencyRatio", 2), "live"),
+    "updateStrategy.analysis.minRequests": (setter("updateStrategy.analysis.minRequests", 50), "live"),
     "updateStrategy.maxSurge": (lambda d: d.update(updateStrategy={"type": "rolling", "maxSurge": 2}), "live"),
     "updateStrategy.maxUnavailable": (lambda d: d.update(updateStrategy={"type": "rolling", "maxUnavailable": "50%"}), "live"),
     "updateStrategy.scaleDownDelaySeconds": (

@@ -25,6 +25,23 @@ def test_a_window_counts_requests_errors_and_latency_buckets() -> None:
     assert abs(report.latency_sum_seconds - 30.208) < 1e-9
 
 
+def test_a_window_is_also_split_by_the_revision_that_answered_and_starts_empty_again() -> None:
+    r = route()
+    r.stats.observe(0.003, error=False, revision="stable")
+    r.stats.observe(0.2, error=True, revision="canary")
+    r.stats.observe(0.004, error=True)  # no replica reached (503): the deployment's count only
+    report = r.stats.close_window(r, 1.0)
+    assert report is not None and (report.requests, report.errors) == (3, 2)
+    parts = {p.revision_id: p for p in report.revisions}
+    assert set(parts) == {"stable", "canary"}
+    assert (parts["canary"].requests, parts["canary"].errors) == (1, 1)
+    assert parts["canary"].latency_buckets[LATENCY_BUCKETS_SECONDS.index(0.25)] == 1
+    assert (parts["stable"].requests, parts["stable"].errors, parts["stable"].latency_buckets[0]) == (1, 0, 1)
+    r.stats.observe(0.003, error=False, revision="stable")
+    following = r.stats.close_window(r, 1.0)
+    assert following is not None and [(p.revision_id, p.requests) for p in following.revisions] == [("stable", 1)]
+
+
 def test_a_quiet_deployment_gets_one_zero_report_then_none() -> None:
     r = route()
     assert r.stats.close_window(r, 1.0) is None

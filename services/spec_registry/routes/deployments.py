@@ -14,7 +14,7 @@ from libs.changes import field_changes
 from libs.config import Settings
 from libs.logcursor import MAX_CURSOR_CHARS, CursorInvalid, read_cursor
 from libs.revision import revision_id
-from libs.spec import DeploymentSpec, SpecError, scale_errors
+from libs.spec import DeploymentSpec, SpecError, StrategyType, scale_errors, with_strategy
 from libs.store import AliasRow, SpecVersionRow
 from services.spec_registry.auth import Caller
 from services.spec_registry.pagination import DEFAULT_LIMIT, After, Limit, decode_cursor, paginate
@@ -68,6 +68,13 @@ DryRunQuery = Annotated[
         "applies live or replaces replicas, and with which strategy.",
     ),
 ]
+StrategyQuery = Annotated[
+    StrategyType | None,
+    Query(
+        description="Roll this version out with this updateStrategy.type (as `berth apply --strategy`): "
+        "set in the version stored; the body's other strategy settings are dropped when its type differs."
+    ),
+]
 router = APIRouter(prefix="/v1", responses=responses(Unauthorized, PayloadTooLarge, Invalid))
 READ = responses(NotFound)
 WRITE = responses(NotFound, StaleVersion, Invalid)
@@ -97,7 +104,9 @@ async def create_deployment(
     document: SpecDocument,
     response: Response,
     dry_run: DryRunQuery = False,
+    strategy: StrategyQuery = None,
 ) -> Deployment | DryRun:
+    document = with_strategy(document, strategy)
     if dry_run:
         response.status_code = 200
         return await registry.dry_run(caller.project, None, document, [])
@@ -152,9 +161,11 @@ async def update_deployment(
     # Required (428 without it: problems.py); the OpenAPI document says so too.
     if_match: Annotated[str, Header(description='"<spec_id>" of the version this update is based on')],
     dry_run: DryRunQuery = False,
+    strategy: StrategyQuery = None,
 ) -> Deployment | DryRun:
     if not if_match.strip():
         raise PreconditionRequired()
+    document = with_strategy(document, strategy)
     if dry_run:
         return await registry.dry_run(caller.project, ref, document, _etags(if_match))
     stored = await registry.update(caller.project, ref, document, _etags(if_match), by=caller.token_id)
@@ -355,6 +366,8 @@ def _spec_version(row: SpecVersionRow) -> SpecVersion:
         created_at=row.created_at,
         created_by=row.created_by,
         spec=spec,
+        rolled_back_at=row.rolled_back_at,
+        rolled_back_reason=row.rolled_back_reason,
     )
 
 
