@@ -29,10 +29,10 @@ up: $(STAMP)
 	$(BIN)/berth up
 
 # pytest's exit code 5 (no tests collected) is a failure here, as every non-zero code is.
-test: $(STAMP)
+test: install
 	$(BIN)/python -m pytest -ra --durations=15
 
-test-fast: $(STAMP)
+test-fast: install
 	$(BIN)/python -m pytest -ra -m "not slow"
 
 bench: $(STAMP)
