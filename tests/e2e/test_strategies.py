@@ -1,6 +1,6 @@
 """Update strategies through the whole platform, under a steady load through the router (4 clients in
-a loop, each waiting for its answer): a blue-green switch and the switch back, and a canary at 20 %
-(its share of 2,000 requests) then aborted - each with no failed request, every request answered by
+a loop, each waiting for its answer): a blue-green switch and the switch back, a canary at 20 %
+(its share of 2,000 requests) then aborted, and a canary promoted - each with no failed request, every request answered by
 the revision the weights say."""
 
 from __future__ import annotations
@@ -97,6 +97,36 @@ async def test_a_canary_at_20_percent_takes_its_share_then_aborts_without_a_fail
             return {r["revision_id"] for r in (await status_of(api, "iris"))["replicas"]} == {stable_rev}
 
         await eventually(canary_stopped, timeout=30, what="the canary stopped")
+    assert load.failures == []
+
+
+async def test_a_promoted_canary_takes_all_traffic_and_the_stable_set_stops_without_a_failed_request(
+    api: httpx.AsyncClient, router: httpx.AsyncClient
+) -> None:
+    canary = {"type": "canary", "canarySteps": [20], "canaryStepSeconds": 3600}
+    stable_rev, stable = await serving(api, canary)
+    async with steady_load(router, "/default/iris/predict") as load:
+        await load.running()
+        canary_rev = (await put_spec(api, iris(canary, V2_COMMAND)))["revision_id"]
+
+        async def ready_canaries() -> set[str] | None:
+            return (await ready_by_revision(api, "iris")).get(canary_rev)
+
+        canaries = await eventually(ready_canaries, timeout=60, interval=0.2, what="the canary ready")
+        await eventually(lambda: bool(set(load.answered_by) & canaries), timeout=10, what="the canary takes traffic")
+        load.answered_by.clear()
+        await eventually(lambda: load.answered >= 100, timeout=30, what="100 answers at the first step")
+        assert set(load.answered_by) & stable and set(load.answered_by) & canaries  # 20 %: both answer
+
+        promoted = await api.post("/v1/deployments/iris/promote")
+        assert promoted.status_code == 200, promoted.text
+        await settles_on(load, canaries, timeout=10)  # promoted: all traffic on the canary
+
+        async def stable_stopped() -> bool:
+            return {r["revision_id"] for r in (await status_of(api, "iris"))["replicas"]} == {canary_rev}
+
+        await eventually(stable_stopped, timeout=30, what="the stable set stopped")
+        assert stable_rev != canary_rev
     assert load.failures == []
 
 
