@@ -328,6 +328,32 @@ class GitLfsIntegration(_Mounted):
     type: Literal["git-lfs"]
     url: str = Field(pattern=r"^(https?|ssh|git|file)://")
     ref: Text | None = Field(default=None, description="Branch, tag or commit; the default branch when unset.")
+    username: str | None = Field(default=None, description="Basic-auth user: text or a secret reference.")
+    password: str | None = Field(default=None, description="Basic-auth password or token: a secret reference.")
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, value: str | None) -> str | None:
+        return value if value is None or not is_secret_ref(value) else _check_secret_ref(value)
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: str | None) -> str | None:
+        if value is not None and not is_secret_ref(value):
+            raise ValueError("must be a secret reference 'secret:<name>', never the password itself")
+        return None if value is None else _check_secret_ref(value)
+
+    @model_validator(mode="after")
+    def _credentials_over_http(self) -> GitLfsIntegration:
+        # Credentials travel as an HTTP Authorization header: ssh://, git:// and file:// have none.
+        errors = []
+        if self.password is not None and not re.match(r"^https?://", self.url):
+            rule = "is sent as HTTP basic auth, so the url must be http:// or https://"
+            errors.append(spec_error_detail(("password",), rule, self.password))
+        if self.username is not None and self.password is None:
+            errors.append(spec_error_detail(("username",), "needs a password (a secret reference)", self.username))
+        raise_if(errors, type(self).__name__)
+        return self
 
 
 class S3Integration(_Mounted):
@@ -584,6 +610,12 @@ class DeploymentSpec(SpecModel):
             (f"integrations[{i}].secretAccessKey", integration.secretAccessKey or "")
             for i, integration in enumerate(self.integrations)
             if isinstance(integration, S3Integration)
+        ]
+        refs += [
+            (f"integrations[{i}].{field}", getattr(integration, field) or "")
+            for i, integration in enumerate(self.integrations)
+            if isinstance(integration, GitLfsIntegration)
+            for field in ("username", "password")
         ]
         return [(field, secret_name(value)) for field, value in refs if is_secret_ref(value)]
 

@@ -235,15 +235,24 @@ class Materialiser:
         if isinstance(integration, VolumeIntegration):
             return await asyncio.to_thread(volume.resolve, integration)
         if isinstance(integration, GitLfsIntegration):
-            return await asyncio.to_thread(git.fetch, integration, self._cache)
+            auth = None
+            if integration.password is not None:
+                username = await self._unseal(project, integration.username or git.DEFAULT_USERNAME, "username")
+                auth = git.GitCredentials(username, await self._unseal(project, integration.password, "password"))
+            return await asyncio.to_thread(git.fetch, integration, self._cache, auth)
         credentials = None
         if integration.accessKeyId is not None and integration.secretAccessKey is not None:
-            try:  # unsealed here, just before the fetch; held only for its duration
-                secret = await self._secrets.resolve(project, integration.secretAccessKey)
-            except SecretNotFound:
-                raise FetchFailed("its secretAccessKey names a secret the project does not have") from None
+            secret = await self._unseal(project, integration.secretAccessKey, "secretAccessKey")
             credentials = s3.S3Credentials(integration.accessKeyId, secret)
         return await asyncio.to_thread(s3.sync, integration, credentials, self._cache)
+
+    async def _unseal(self, project: str, reference: str, field: str) -> str:
+        """A secret's value (a plain value as it is), unsealed here just before the fetch and held only
+        for its duration."""
+        try:
+            return await self._secrets.resolve(project, reference)
+        except SecretNotFound:
+            raise FetchFailed(f"its {field} names a secret the project does not have") from None
 
 
 def _described(integration: Integration, fetched: Fetched) -> MaterialisedIntegration:

@@ -67,3 +67,26 @@ def test_a_symlink_leading_out_of_the_repository_is_refused(tmp_path: Path) -> N
     commit(repo, {})
     with pytest.raises(FetchFailed, match="the symlink passwd leads outside the integration"):
         git.fetch(spec(f"file://{repo}"), Cache(tmp_path / "cache"))
+
+
+TOKEN = "hf_" + os.urandom(12).hex()
+
+
+def test_over_http_with_basic_auth_the_right_credentials_clone_and_leave_no_trace(tmp_path: Path) -> None:
+    root = tmp_path / "served"
+    make_lfs_repo(root / "private", {"weights.bin": WEIGHTS})
+    cache = Cache(tmp_path / "cache")
+    with git_http_server(root, auth=("alice", TOKEN)) as server:
+        url = f"{server.url}/private"
+        with pytest.raises(FetchFailed, match="^git fetch: authentication failed$"):
+            git.fetch(spec(url), cache)  # no credentials
+        with pytest.raises(FetchFailed, match="^git fetch: authentication failed$"):
+            git.fetch(spec(url), cache, git.GitCredentials("alice", "hf_wrong"))
+        fetched = git.fetch(spec(url), cache, git.GitCredentials("alice", TOKEN))
+        assert (fetched.path / "weights.bin").read_bytes() == WEIGHTS  # the LFS object came with the header
+        assert sum(server.lfs_downloads.values()) == 1
+    assert "hf_" not in repr(git.GitCredentials("alice", TOKEN))
+    # Neither the token nor the header made of it is in any file the fetch wrote (.git/config included).
+    header = git.GitCredentials("alice", TOKEN).env()["GIT_CONFIG_VALUE_0"].split()[-1]
+    written = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and not p.is_symlink()]
+    assert written and not [p for p in written if TOKEN.encode() in p.read_bytes() or header.encode() in p.read_bytes()]

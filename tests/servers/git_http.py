@@ -1,9 +1,12 @@
 """A local git server over HTTP for tests: git's smart HTTP protocol (`git http-backend`, run as CGI
 for each request) and the Git LFS batch API serving the objects of the repositories under `root`.
-Counts the LFS objects it sends, so a test can see that a re-fetch downloads only what changed."""
+Counts the LFS objects it sends, so a test can see that a re-fetch downloads only what changed.
+With `auth` (user, password), every request — git's and the LFS batch and object downloads — needs
+that HTTP basic auth, else 401."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -18,9 +21,11 @@ LFS_TYPE = "application/vnd.git-lfs+json"
 
 
 class GitHttpServer(ThreadingHTTPServer):
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, auth: tuple[str, str] | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.root = root
+        self.authorization = None if auth is None else "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+        self.refused = 0  # requests answered 401
         self.lfs_downloads: Counter[str] = Counter()
 
     @property
@@ -34,13 +39,28 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:  # quiet
         pass
 
+    def _authorised(self) -> bool:
+        if self.server.authorization is None or self.headers.get("Authorization") == self.server.authorization:
+            return True
+        self.server.refused += 1
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))  # drained: the client may still send it
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="berth tests"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return False
+
     def do_GET(self) -> None:
+        if not self._authorised():
+            return
         if "/info/lfs/objects/" in self.path:
             self._lfs_object()
         else:
             self._backend()
 
     def do_POST(self) -> None:
+        if not self._authorised():
+            return
         if self.path.endswith("/info/lfs/objects/batch"):
             self._lfs_batch()
         else:
@@ -94,8 +114,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def git_http_server(root: Path) -> Iterator[GitHttpServer]:
-    server = GitHttpServer(root)
+def git_http_server(root: Path, auth: tuple[str, str] | None = None) -> Iterator[GitHttpServer]:
+    server = GitHttpServer(root, auth)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
