@@ -142,6 +142,10 @@ def test_every_error_is_reported_at_once() -> None:
         (with_(integrations=[{"type": "s3", "name": "a", "path": "/a", "url": "s3://b", "accessKeyId": "AK"}]), "integrations[0]", "together"),
         (with_(integrations=[{"type": "s3", "name": "a", "path": "/a", "url": "s3://b", "accessKeyId": "AK", "secretAccessKey": "plain"}]), "integrations[0].secretAccessKey", "never the key itself"),
         (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "https://h/x", "branch": "main"}]), "integrations[0].branch", "unknown field"),
+        (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "https://h/x", "password": "hf_plain"}]), "integrations[0].password", "never the password itself"),
+        (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "https://h/x", "password": "secret:bad name"}]), "integrations[0].password", "secret reference must be"),
+        (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "ssh://h/x", "password": "secret:t"}]), "integrations[0].password", "the url must be http:// or https://"),
+        (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "https://h/x", "username": "alice"}]), "integrations[0].username", "needs a password"),
         (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "https://h/x"}, {"type": "git-lfs", "name": "a", "path": "/b", "url": "https://h/y"}]), "integrations[1].name", "must be unique: integrations[0].name"),
         (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/m", "url": "https://h/x"}, {"type": "git-lfs", "name": "b", "path": "/m", "url": "https://h/y"}]), "integrations[1].path", "must be unique: integrations[0].path"),
         (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/models/../etc", "url": "https://h/x"}]), "integrations[0].path", "'..' segments"),
@@ -182,6 +186,18 @@ def test_invalid_specs_name_field_and_rule(document: dict[str, object], field: s
     errors = errors_of(document)
     assert field in errors, errors
     assert rule_part in errors[field], errors[field]
+
+
+def test_git_credentials_are_secret_references_checked_against_the_project() -> None:
+    git = {"type": "git-lfs", "name": "a", "path": "/a", "url": "https://huggingface.co/x"}
+    spec = validate_spec(with_(integrations=[
+        {**git, "username": "secret:hf-user", "password": "secret:hf-token"},
+        {**git, "name": "b", "path": "/b", "username": "alice", "password": "secret:hf-token"},
+    ]))  # fmt: skip
+    assert spec.secret_ref_fields() == [
+        ("integrations[0].username", "hf-user"), ("integrations[0].password", "hf-token"),
+        ("integrations[1].password", "hf-token"),
+    ]
 
 
 @pytest.mark.parametrize("text", ["name: [unclosed", "- just\n- a list\n", "42"])
