@@ -6,6 +6,7 @@ its deployment unstarted, with the reason in status; the secret value appears no
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -36,7 +37,7 @@ from services.integrations import git
 from services.integrations.app import IntegrationsHandle, start_integrations
 from services.scheduler import SchedulerHandle, start_scheduler
 from tests.helpers import eventually
-from tests.servers.git_http import make_lfs_repo
+from tests.servers.git_http import git_http_server, make_lfs_repo
 from tests.servers.s3 import S3Server, s3_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not git.lfs_available(), reason="needs git-lfs")]
@@ -189,6 +190,41 @@ async def test_a_replica_serves_its_integrations_and_a_failed_one_never_starts(
     assert s3.secret_access_key not in output.out + output.err + caplog.text  # every service's log lines
     leaks = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink() and value in p.read_bytes()]
     assert leaks == []
+
+
+async def test_git_credentials_from_a_sealed_secret_clone_a_private_repository_and_leak_nowhere(
+    platform: SchedulerHandle, recorder: Recorder, broker: NatsBroker, nc: Client, tmp_path: Path,
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+) -> None:
+    token = "hf_" + os.urandom(16).hex()
+    secrets = await SecretStore.open(nc.jetstream())
+    await secrets.put("default", "hf-token", token)
+    await secrets.put("default", "stale-token", "hf_" + os.urandom(16).hex())
+    make_lfs_repo(tmp_path / "served" / "private", {"weights.bin": WEIGHTS})
+    make_lfs_repo(tmp_path / "served" / "other", {"weights.bin": WEIGHTS})
+    with git_http_server(tmp_path / "served", auth=("alice", token)) as server:
+        def private(repo: str, secret: str) -> list[dict[str, Any]]:
+            return [{"type": "git-lfs", "name": "falcon", "path": "/models/", "url": f"{server.url}/{repo}",
+                     "username": "alice", "password": f"secret:{secret}"}]  # fmt: skip
+
+        await apply(broker, "dep-private", served_spec(private("private", "hf-token")))
+        await apply(broker, "dep-stale", served_spec(private("other", "stale-token")))
+        ready = await eventually(lambda: recorder.of(IntegrationsReady), timeout=60, what="integrations ready")
+        assert ready[0].deployment_id == "dep-private" and ready[0].integrations[0].files == 2  # + .gitattributes
+        assert (Path(ready[0].integrations[0].local_path) / "weights.bin").read_bytes() == WEIGHTS
+        failed = await eventually(lambda: recorder.of(IntegrationsFailed), timeout=60, what="integrations failed")
+        assert failed[0].deployment_id == "dep-stale"
+        assert failed[0].reason == "integration falcon: git fetch: authentication failed"
+
+    # The token, and the basic-auth header made of it: in no event, no log line, no file under the
+    # test's directory (data dir with the cache and its repositories, JetStream store, replicas' logs).
+    header = base64.b64encode(f"alice:{token}".encode())
+    assert not [m for m in recorder.raw if token.encode() in m or header in m]
+    output = capfd.readouterr()
+    logs = output.out + output.err + caplog.text
+    assert token not in logs and header.decode() not in logs
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert not [p for p in files if token.encode() in p.read_bytes() or header in p.read_bytes()]
 
 
 async def test_a_replica_sees_a_host_directory_given_as_a_volume(
