@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from libs.spec import GitLfsIntegration
 from services.integrations.cache import Cache, Fetched, FetchFailed, Refused, Tally, os_error, tally, used
@@ -40,13 +41,16 @@ class GitCredentials:
     def __repr__(self) -> str:
         return "GitCredentials(***)"
 
-    def env(self) -> dict[str, str]:
-        """An `http.extraHeader` given through git's environment config (git >= 2.31): git and git-lfs
-        both send it, and it stays out of argv, the URL, .git/config and every other file."""
+    def env(self, url: str) -> dict[str, str]:
+        """An `http.<origin>.extraHeader` given through git's environment config (git >= 2.31): git and
+        git-lfs both send it, and it stays out of argv, the URL, .git/config and every other file.
+        Scoped to the repository's origin, so LFS downloads redirected to another host (a CDN's signed
+        URL) do not receive the credentials."""
         token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        parts = urlsplit(url)
         return {
             "GIT_CONFIG_COUNT": "1",
-            "GIT_CONFIG_KEY_0": "http.extraHeader",
+            "GIT_CONFIG_KEY_0": f"http.{parts.scheme}://{parts.netloc}/.extraHeader",
             "GIT_CONFIG_VALUE_0": f"Authorization: Basic {token}",
         }
 
@@ -65,7 +69,7 @@ def fetch(integration: GitLfsIntegration, cache: Cache, credentials: GitCredenti
             _git(repo.parent, "init", "-q", repo.name)
         _git(repo, "remote", "remove", "origin", check=False)
         _git(repo, "remote", "add", "origin", integration.url)
-        auth = credentials.env() if credentials is not None else {}
+        auth = credentials.env(integration.url) if credentials is not None else {}
         _git(repo, "fetch", "-q", "--depth", "1", "origin", integration.ref or "HEAD", what="fetch", env=auth)
         commit = _git(repo, "rev-parse", "FETCH_HEAD").strip()
         target = cache.content_dir("git", commit)

@@ -87,6 +87,6 @@ def test_over_http_with_basic_auth_the_right_credentials_clone_and_leave_no_trac
         assert sum(server.lfs_downloads.values()) == 1
     assert "hf_" not in repr(git.GitCredentials("alice", TOKEN))
     # Neither the token nor the header made of it is in any file the fetch wrote (.git/config included).
-    header = git.GitCredentials("alice", TOKEN).env()["GIT_CONFIG_VALUE_0"].split()[-1]
+    header = git.GitCredentials("alice", TOKEN).env(url)["GIT_CONFIG_VALUE_0"].split()[-1]
     written = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and not p.is_symlink()]
     assert written and not [p for p in written if TOKEN.encode() in p.read_bytes() or header.encode() in p.read_bytes()]
