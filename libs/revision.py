@@ -12,13 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 
-from libs.spec import DeploymentSpec
+from libs.spec import DeploymentSpec, Integration
 
 REVISION_ID_LENGTH = 16
 # The spec fields a revision is made of (what `revision_id` hashes), and the parts of `resources` that
 # are not: a change to a template field replaces replicas, any other applies live (libs/changes.py).
 TEMPLATE_FIELDS = ("image", "containerRegistry", "command", "env", "model", "integrations", "resources", "restartedAt")
 LIVE_RESOURCES = ("replicas", "autoscaling")
+# Integration fields added later count only when set, so revisions of specs without them keep their ids.
+LATER_INTEGRATION_FIELDS = frozenset({"username", "password"})
 
 
 def revision_id(spec: DeploymentSpec) -> str:
@@ -29,7 +31,7 @@ def revision_id(spec: DeploymentSpec) -> str:
         "command": spec.command,
         "env": [(e.name, e.value) for e in spec.env],
         "model": spec.model.model_dump() if spec.model else None,
-        "integrations": [i.model_dump() for i in spec.integrations],
+        "integrations": [_integration(i) for i in spec.integrations],
         "resources": spec.resources.model_dump(exclude={"replicas", "autoscaling"}),
     }
     if spec.restartedAt is not None:  # only when set: the revisions of specs without it keep their ids
@@ -44,3 +46,8 @@ def is_template_field(path: str) -> bool:
     if top == "resources":
         return rest.split(".")[0] not in LIVE_RESOURCES
     return top in TEMPLATE_FIELDS
+
+
+def _integration(integration: Integration) -> dict[str, object]:
+    dumped = integration.model_dump()
+    return {k: v for k, v in dumped.items() if v is not None or k not in LATER_INTEGRATION_FIELDS}
