@@ -79,6 +79,13 @@ def _check_secret_ref(value: str) -> str:
     return value
 
 
+def _only_secret_ref(value: str | None, what: str) -> str | None:
+    """A field that may hold only a reference: a literal would be returned by every GET and kept in history."""
+    if value is not None and not is_secret_ref(value):
+        raise ValueError(f"must be a secret reference 'secret:<name>', never {what} itself")
+    return None if value is None else _check_secret_ref(value)
+
+
 def _number_as_text(value: Any) -> Any:
     """YAML reads `machineType: 12` as a number; the user meant the text `12`. Integers only: a float
     as YAML read it may differ from what was written (`1.10` is 1.1)."""
@@ -339,9 +346,7 @@ class GitLfsIntegration(_Mounted):
     @field_validator("password")
     @classmethod
     def _password(cls, value: str | None) -> str | None:
-        if value is not None and not is_secret_ref(value):
-            raise ValueError("must be a secret reference 'secret:<name>', never the password itself")
-        return None if value is None else _check_secret_ref(value)
+        return _only_secret_ref(value, "the password")
 
     @model_validator(mode="after")
     def _credentials_over_http(self) -> GitLfsIntegration:
@@ -367,9 +372,7 @@ class S3Integration(_Mounted):
     @field_validator("secretAccessKey")
     @classmethod
     def _secret(cls, value: str | None) -> str | None:
-        if value is not None and not is_secret_ref(value):
-            raise ValueError("must be a secret reference 'secret:<name>', never the key itself")
-        return None if value is None else _check_secret_ref(value)
+        return _only_secret_ref(value, "the key")
 
     @model_validator(mode="after")
     def _pair(self) -> S3Integration:
@@ -545,9 +548,7 @@ class DeploymentSpec(SpecModel):
     @field_validator("basicAuthKey")
     @classmethod
     def _basic_auth_secret(cls, value: str | None) -> str | None:
-        if value is not None and not is_secret_ref(value):
-            raise ValueError("must be a secret reference 'secret:<name>', never the key itself")
-        return None if value is None else _check_secret_ref(value)
+        return _only_secret_ref(value, "the key")
 
     @field_validator("name")
     @classmethod

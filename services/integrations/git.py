@@ -39,7 +39,7 @@ class GitCredentials:
     password: str
 
     def __repr__(self) -> str:
-        return "GitCredentials(***)"
+        return "GitCredentials(<redacted>)"
 
     def env(self, url: str) -> dict[str, str]:
         """An `http.<origin>.extraHeader` given through git's environment config (git >= 2.31): git and
