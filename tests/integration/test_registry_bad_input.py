@@ -188,6 +188,12 @@ CASES: dict[str, Case] = {
     # Errors that echoed input.
     "unknown integration type": Case("POST", "/v1/specs/validate", 422, ("integrations[0]",),
                                      json=spec_with(integrations=[{"type": MARKER, "name": "a", "path": "/a"}])),
+    "git password given as a literal token": Case(
+        "POST", "/v1/deployments", 422, ("integrations[0].password",), json=spec_with(integrations=[
+            {"type": "git-lfs", "name": "a", "path": "/a", "url": "https://h/x", "password": f"hf_{MARKER}"}])),
+    "git password over ssh": Case(
+        "POST", "/v1/specs/validate", 422, ("integrations[0].password",), json=spec_with(integrations=[
+            {"type": "git-lfs", "name": "a", "path": "/a", "url": "ssh://h/x", "password": f"secret:{MARKER}"}])),
     "unknown content type": Case("POST", "/v1/deployments", 415, ("Content-Type",), content="x",
                                  headers={"Content-Type": f"text/{MARKER}"}),
     "unknown deployment": Case("GET", f"/v1/deployments/{MARKER}", 404, ("ref",)),
