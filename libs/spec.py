@@ -338,6 +338,14 @@ class GitLfsIntegration(_Mounted):
     username: str | None = Field(default=None, description="Basic-auth user: text or a secret reference.")
     password: str | None = Field(default=None, description="Basic-auth password or token: a secret reference.")
 
+    @field_validator("url")
+    @classmethod
+    def _no_password_in_url(cls, value: str) -> str:
+        # A URL is shown by every GET and kept in git's config: a password belongs in `password`.
+        if re.match(r"^[a-z]+://[^/@]*:[^/@]*@", value):
+            raise ValueError("must not hold a password (user:password@): give it as password: secret:<name>")
+        return value
+
     @field_validator("username")
     @classmethod
     def _username(cls, value: str | None) -> str | None:

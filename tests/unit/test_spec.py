@@ -146,6 +146,7 @@ def test_every_error_is_reported_at_once() -> None:
         (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "https://h/x", "password": "secret:bad name"}]), "integrations[0].password", "secret reference must be"),
         (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "ssh://h/x", "password": "secret:t"}]), "integrations[0].password", "the url must be http:// or https://"),
         (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "https://h/x", "username": "alice"}]), "integrations[0].username", "needs a password"),
+        (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "https://alice:hf_x@h/x"}]), "integrations[0].url", "must not hold a password"),
         (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "https://h/x"}, {"type": "git-lfs", "name": "a", "path": "/b", "url": "https://h/y"}]), "integrations[1].name", "must be unique: integrations[0].name"),
         (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/m", "url": "https://h/x"}, {"type": "git-lfs", "name": "b", "path": "/m", "url": "https://h/y"}]), "integrations[1].path", "must be unique: integrations[0].path"),
         (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/models/../etc", "url": "https://h/x"}]), "integrations[0].path", "'..' segments"),
