@@ -53,6 +53,7 @@ from libs.events import (
 from libs.kit import RetryPolicy
 from libs.logging import get_logger
 from libs.runtime.base import (
+    Mount,
     InvalidWorkload,
     Replica,
     ReplicaEventKind,
@@ -689,6 +690,7 @@ class Reconciler:
         ]
         # What the runtime cannot give is a property of the workload, whether or not it runs yet.
         shape = render(desired.applied, ResolvedEnv({}, frozenset()), desired.replicas)
+        shape = replace(shape, mounts=tuple(Mount(i.name, i.mount, "") for i in desired.applied.spec.integrations))
         not_provided = self._runtime.not_provided(shape) + not_acted_on(desired.applied.spec)
         outcome = state.integrations.get(desired.revision_id)
         pending = waiting_for_integrations(desired, outcome)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ import pytest
 
 from libs.config import Settings
 from libs.runtime import make_runtime
-from libs.runtime.base import Replica, ReplicaNotFound, Workload
+from libs.runtime.base import Mount, Replica, ReplicaNotFound, Workload
 from libs.runtime.kubernetes.runtime import KubernetesRuntime
 from tests.helpers import eventually
 from tests.kube import APPLY, Cluster, Kubelet, cluster, crash_looping, running, terminated  # noqa: F401
@@ -208,6 +209,9 @@ async def test_make_runtime_picks_kubernetes_from_settings(cluster: Cluster) -> 
     assert rt.not_provided(workload(machine_type="H100")) == [
         "machineType H100 is not in the machine type table (docs/kubernetes.md)"]
     assert rt.not_provided(workload(machine_type="A100-80G")) == []
+    with_integration = dataclasses.replace(workload(), mounts=(Mount("falcon", "/models/falcon", ""),))
+    assert rt.not_provided(with_integration) == [
+        "integrations falcon (not mounted into Pods on the kubernetes runtime yet)"]
     await asyncio.sleep(0)
 
 

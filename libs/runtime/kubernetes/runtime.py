@@ -137,10 +137,14 @@ class KubernetesRuntime:
     # -- workloads -------------------------------------------------------------------------------
 
     def not_provided(self, workload: Workload) -> list[str]:
-        return [
+        missing = [
             f"machineType {name} is not in the machine type table (docs/kubernetes.md)"
             for name in r.unknown_machine_types(workload, self.machines)
         ]
+        if workload.mounts:  # the integrations service fetches them, but nothing brings them into a Pod yet
+            names = ", ".join(m.name for m in workload.mounts)
+            missing.append(f"integrations {names} (not mounted into Pods on the kubernetes runtime yet)")
+        return missing
 
     async def apply(self, workload: Workload) -> None:
         if (secret := r.secret(workload, self.namespace)) is not None:
