@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import iris_spec
-from tests.e2e.load import ready_by_revision, settles_on, steady_load
+from tests.e2e.load import Load, ready_by_revision, settles_on, steady_load
 from tests.e2e.test_endpoint import YAML, create, status_of, wait_phase
 from tests.helpers import eventually
 
@@ -66,24 +66,36 @@ async def test_blue_green_switch_and_switch_back_fail_no_request(api: httpx.Asyn
     assert load.failures == []
 
 
+CANARY_AT_20 = {"type": "canary", "canarySteps": [20], "canaryStepSeconds": 3600}
+
+
+async def canary_taking_traffic(api: httpx.AsyncClient, load: Load) -> tuple[str, set[str]]:
+    """Version 2 as a canary at 20 % under `load`: its revision and its ready replicas, once it answers."""
+    canary_rev = (await put_spec(api, iris(CANARY_AT_20, V2_COMMAND)))["revision_id"]
+
+    async def ready_canaries() -> set[str] | None:
+        return (await ready_by_revision(api, "iris")).get(canary_rev)
+
+    canaries = await eventually(ready_canaries, timeout=60, interval=0.2, what="the canary ready")
+    # The assignment with the weights follows its readiness.
+    await eventually(lambda: bool(set(load.answered_by) & canaries), timeout=10, what="the canary takes traffic")
+    return canary_rev, canaries
+
+
+async def only_revision_left(api: httpx.AsyncClient, revision: str) -> None:
+    async def left() -> bool:
+        return {r["revision_id"] for r in (await status_of(api, "iris"))["replicas"]} == {revision}
+
+    await eventually(left, timeout=30, what=f"only revision {revision} running")
+
+
 async def test_a_canary_at_20_percent_takes_its_share_then_aborts_without_a_failed_request(
     api: httpx.AsyncClient, router: httpx.AsyncClient
 ) -> None:
-    canary = {"type": "canary", "canarySteps": [20], "canaryStepSeconds": 3600}
-    stable_rev, stable = await serving(api, canary)
+    stable_rev, stable = await serving(api, CANARY_AT_20)
     async with steady_load(router, "/default/iris/predict") as load:
         await load.running()
-        canary_rev = (await put_spec(api, iris(canary, V2_COMMAND)))["revision_id"]
-
-        async def both() -> set[str] | None:
-            return (await ready_by_revision(api, "iris")).get(canary_rev)
-
-        canaries = await eventually(both, timeout=60, interval=0.2, what="the canary ready")
-
-        async def canary_answers() -> bool:  # the assignment with the weights follows its readiness
-            return bool(set(load.answered_by) & canaries)
-
-        await eventually(canary_answers, timeout=10, what="the canary takes traffic")
+        _, canaries = await canary_taking_traffic(api, load)
         load.answered_by.clear()
         await eventually(lambda: load.answered >= 2000, timeout=120, interval=0.1, what="2,000 requests")
         share = sum(n for replica, n in load.answered_by.items() if replica in canaries) / load.answered
@@ -92,28 +104,17 @@ async def test_a_canary_at_20_percent_takes_its_share_then_aborts_without_a_fail
 
         assert (await api.post("/v1/deployments/iris/rollback", json={"spec_version": 1})).status_code == 200
         await settles_on(load, stable, timeout=5)  # aborted: all traffic back at once
-
-        async def canary_stopped() -> bool:
-            return {r["revision_id"] for r in (await status_of(api, "iris"))["replicas"]} == {stable_rev}
-
-        await eventually(canary_stopped, timeout=30, what="the canary stopped")
+        await only_revision_left(api, stable_rev)  # the canary stopped
     assert load.failures == []
 
 
 async def test_a_promoted_canary_takes_all_traffic_and_the_stable_set_stops_without_a_failed_request(
     api: httpx.AsyncClient, router: httpx.AsyncClient
 ) -> None:
-    canary = {"type": "canary", "canarySteps": [20], "canaryStepSeconds": 3600}
-    stable_rev, stable = await serving(api, canary)
+    _, stable = await serving(api, CANARY_AT_20)
     async with steady_load(router, "/default/iris/predict") as load:
         await load.running()
-        canary_rev = (await put_spec(api, iris(canary, V2_COMMAND)))["revision_id"]
-
-        async def ready_canaries() -> set[str] | None:
-            return (await ready_by_revision(api, "iris")).get(canary_rev)
-
-        canaries = await eventually(ready_canaries, timeout=60, interval=0.2, what="the canary ready")
-        await eventually(lambda: bool(set(load.answered_by) & canaries), timeout=10, what="the canary takes traffic")
+        canary_rev, canaries = await canary_taking_traffic(api, load)
         load.answered_by.clear()
         await eventually(lambda: load.answered >= 100, timeout=30, what="100 answers at the first step")
         assert set(load.answered_by) & stable and set(load.answered_by) & canaries  # 20 %: both answer
@@ -121,12 +122,7 @@ async def test_a_promoted_canary_takes_all_traffic_and_the_stable_set_stops_with
         promoted = await api.post("/v1/deployments/iris/promote")
         assert promoted.status_code == 200, promoted.text
         await settles_on(load, canaries, timeout=10)  # promoted: all traffic on the canary
-
-        async def stable_stopped() -> bool:
-            return {r["revision_id"] for r in (await status_of(api, "iris"))["replicas"]} == {canary_rev}
-
-        await eventually(stable_stopped, timeout=30, what="the stable set stopped")
-        assert stable_rev != canary_rev
+        await only_revision_left(api, canary_rev)  # the stable set stopped
     assert load.failures == []
 
 
