@@ -566,6 +566,7 @@ async def test_a_crash_looping_replica_backs_off_as_the_kubelet_does_from_its_fi
     waited = [(start.at - exit.at).total_seconds() for exit, start in zip(exits, starts, strict=True)]
     assert all(e.exit_code == 3 and e.replica.state == "backoff" for e in exits)
     assert announced == pytest.approx(expected, abs=0.05), announced
-    # Tolerance for a loaded machine: the restart itself (a fork and exec) comes on top of the wait.
-    assert all(wanted - 0.05 <= took <= wanted + 0.4 for took, wanted in zip(waited, expected)), waited
+    # Never earlier than the back-off. Later by the restart itself (a fork and exec) and by a loaded
+    # machine: CI on 2 shared cores has taken 0.7 s more; the announced delays above are exact.
+    assert all(wanted - 0.05 <= took <= wanted + 1.5 for took, wanted in zip(waited, expected)), waited
     assert [s.replica.restart_count for s in starts] == [1, 2, 3, 4]
