@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import statistics
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,29 @@ UP_TIMEOUT_SECONDS = 60.0
 READINESS = {"readiness": {"path": "/", "periodSeconds": 1}}
 
 
-def start_berth_up(work: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+@contextlib.asynccontextmanager
+async def berth_up(
+    work: Path, extra_env: dict[str, str] | None = None, router_connections: int = 100
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """`berth up` on `work` with free ports, and clients of its API (with the admin token) and its
+    router; Ctrl-C to it on the way out."""
+    process, env = _start_berth_up(work, extra_env)
+    token = (work / "berth" / "token").read_text().strip()
+    limits = httpx.Limits(max_connections=router_connections, max_keepalive_connections=router_connections)
+    try:
+        async with (
+            httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{env['BERTH_API_PORT']}", headers={"Authorization": f"Bearer {token}"}, timeout=30
+            ) as api,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{env['BERTH_ROUTER_PORT']}", timeout=30, limits=limits) as router,
+        ):  # fmt: skip
+            yield api, router
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(120)
+
+
+def _start_berth_up(work: Path, extra_env: dict[str, str] | None) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     names = ("API", "ROUTER", "NATS", "SCHEDULER_OPS", "HEALTH_MONITOR_OPS", "AUTOSCALER_OPS", "INTEGRATIONS_OPS")
     ports = {k: free_port() for k in names}
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
@@ -91,27 +115,12 @@ async def apply_and_call(api: httpx.AsyncClient, router: httpx.AsyncClient, name
 
 
 async def bench(deployments: int, work: Path) -> None:
-    process, env = start_berth_up(work)
-    token = (work / "berth" / "token").read_text().strip()
     results: dict[str, list[float]] = {}
-    try:
-        async with (
-            httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{env['BERTH_API_PORT']}",
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=30,
-            ) as api,
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{env['BERTH_ROUTER_PORT']}", timeout=30) as router,
-        ):
-            for label, readiness in (("port accepts (no probe)", False), ("HTTP readiness, period 1 s", True)):
-                prefix = "probe" if readiness else "tcp"
-                await apply_and_call(api, router, f"{prefix} warm-up", readiness)
-                results[label] = [
-                    await apply_and_call(api, router, f"{prefix} {i}", readiness) for i in range(deployments)
-                ]
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(120)
+    async with berth_up(work) as (api, router):
+        for label, readiness in (("port accepts (no probe)", False), ("HTTP readiness, period 1 s", True)):
+            prefix = "probe" if readiness else "tcp"
+            await apply_and_call(api, router, f"{prefix} warm-up", readiness)
+            results[label] = [await apply_and_call(api, router, f"{prefix} {i}", readiness) for i in range(deployments)]
 
     report(
         f"apply -> first request served through the router, {deployments} fresh deployments each, one at a time,"

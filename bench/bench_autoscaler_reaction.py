@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_apply_to_first_request import figures, start_berth_up  # noqa: E402
+from bench.bench_apply_to_first_request import berth_up, figures  # noqa: E402
 from bench.harness import report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,23 +93,14 @@ async def cold_starts(api: httpx.AsyncClient, router: httpx.AsyncClient, rounds:
 
 
 async def bench(interval: float, rounds: int, work: Path) -> None:
-    process, env = start_berth_up(work, {
+    settings = {
         "BERTH_AUTOSCALER_INTERVAL_SECONDS": str(interval), "BERTH_AUTOSCALER_METRICS_WINDOW_SECONDS": "3",
         "BERTH_ROUTER_METRICS_INTERVAL_SECONDS": "1", "BERTH_USAGE_REPORT_INTERVAL_SECONDS": "1",
-    })  # fmt: skip
-    token = (work / "berth" / "token").read_text().strip()
-    try:
-        async with (
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{env['BERTH_API_PORT']}",
-                              headers={"Authorization": f"Bearer {token}"}, timeout=30) as api,
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{env['BERTH_ROUTER_PORT']}", timeout=30) as router,
-        ):
-            rows = await reaction(api, router)
-            (await api.delete("/v1/deployments/react")).raise_for_status()
-            rows += await cold_starts(api, router, rounds)
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(120)
+    }  # fmt: skip
+    async with berth_up(work, settings) as (api, router):
+        rows = await reaction(api, router)
+        (await api.delete("/v1/deployments/react")).raise_for_status()
+        rows += await cold_starts(api, router, rounds)
     report(f"autoscaler on `berth up`, iris, decisions every {interval:g} s, {os.cpu_count()} cores", rows)
 
 

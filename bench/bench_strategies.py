@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_apply_to_first_request import ECHO, READINESS, start_berth_up  # noqa: E402
+from bench.bench_apply_to_first_request import ECHO, READINESS, berth_up  # noqa: E402
 from bench.harness import report  # noqa: E402
 
 STRATEGIES: dict[str, dict[str, Any]] = {
@@ -125,24 +124,10 @@ async def rollout(api: httpx.AsyncClient, router: httpx.AsyncClient, label: str,
 
 
 async def bench(rate: float, replicas: int, work: Path) -> None:
-    process, env = start_berth_up(work)
-    token = (work / "berth" / "token").read_text().strip()
     rows = []
-    try:
-        async with (
-            httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{env['BERTH_API_PORT']}", headers={"Authorization": f"Bearer {token}"}, timeout=30
-            ) as api,
-            httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{env['BERTH_ROUTER_PORT']}", timeout=30,
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
-            ) as router,
-        ):  # fmt: skip
-            for label, strategy in STRATEGIES.items():
-                rows.append(await rollout(api, router, label, strategy, rate, replicas))
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(120)
+    async with berth_up(work, router_connections=64) as (api, router):
+        for label, strategy in STRATEGIES.items():
+            rows.append(await rollout(api, router, label, strategy, rate, replicas))
     report(f"rollouts at {rate:g} requests/s, {replicas} replicas, `berth up`, {os.cpu_count()} cores", rows)
 
 
