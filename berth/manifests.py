@@ -13,7 +13,7 @@ from libs.events import SpecApplied
 from libs.runtime.kubernetes.machines import load_machine_types
 from libs.runtime.kubernetes.resources import Manifest, manifests
 from libs.spec import DeploymentSpec, is_secret_ref, secret_name
-from services.scheduler.render import ResolvedEnv, render, resolve_env
+from services.scheduler.render import ResolvedEnv, render, resolve_env, resolve_integration_secrets
 
 OFFLINE_ID = "offline"
 
@@ -34,5 +34,6 @@ async def render_manifests(
         deployment_id=OFFLINE_ID, project=project, slug=spec.slug, name=spec.name,
         spec_id=OFFLINE_ID, spec_version=1, spec=spec,
     )
-    workload = render(applied, env, spec.resources.replicas if spec.enabled else 0)
+    credentials = await resolve_integration_secrets(spec, project, PlaceholderSecrets())
+    workload = render(applied, env, spec.resources.replicas if spec.enabled else 0, integration_secrets=credentials)
     return manifests(workload, namespace, load_machine_types(machine_types))

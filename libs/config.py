@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     kubernetes_machine_types: Path | None = Field(
         default=None, description="YAML file adding to or replacing the machineType table (docs/kubernetes.md)."
     )
+    kubernetes_integrations_image: str | None = Field(
+        default=None,
+        description="Image of the init container that fetches integrations into each Pod: berth's own "
+        "(default: berth:<this version>; the chart sets the image it installs).",
+    )
     # Several schedulers: the one holding the Lease `berth-scheduler` (in kubernetes_namespace) acts.
     scheduler_leader_election: bool = False
     scheduler_lease_seconds: float = Field(default=10.0, gt=1, description="A dead leader is replaced after this.")

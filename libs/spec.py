@@ -389,13 +389,30 @@ class S3Integration(_Mounted):
         return self
 
 
+# A PersistentVolumeClaim's name: a DNS-1123 subdomain, as Kubernetes requires of object names.
+ClaimName = Annotated[str, Field(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")]
+
+
 class VolumeIntegration(_Mounted):
-    """An existing directory of the host (local runtime), given to the replicas as it is: not copied,
-    not cached. On Kubernetes this will map to a PersistentVolumeClaim (not implemented yet)."""
+    """An existing directory given to the replicas as it is: not copied, not cached. `hostPath` is a
+    directory of the machine (local runtime; a hostPath volume on Kubernetes), `claimName` an existing
+    PersistentVolumeClaim in the runtime namespace (Kubernetes only; it wins there when both are given)."""
 
     type: Literal["volume"]
-    hostPath: MountPath = Field(description="Absolute path of an existing directory on the machine that runs the replicas.")
+    hostPath: MountPath | None = Field(
+        default=None, description="Absolute path of an existing directory on the machine that runs the replicas."
+    )
+    claimName: ClaimName | None = Field(
+        default=None, description="An existing PersistentVolumeClaim in the runtime namespace (kubernetes runtime)."
+    )
     readOnly: bool = Field(default=True, description="The replicas are not to write to it (see docs/integrations.md).")
+
+    @model_validator(mode="after")
+    def _a_source(self) -> VolumeIntegration:
+        if self.hostPath is None and self.claimName is None:
+            rule = "is required unless claimName names a PersistentVolumeClaim"
+            raise_if([spec_error_detail(("hostPath",), rule, None)], type(self).__name__)
+        return self
 
 
 Integration = Annotated[GitLfsIntegration | S3Integration | VolumeIntegration, Field(discriminator="type")]

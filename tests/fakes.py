@@ -41,6 +41,7 @@ class Call:
 class FakeRuntime:
     calls: list[Any] = field(default_factory=list)
     on_replica_event: ReplicaEventHook | None = None
+    fetches_integrations: bool = False
     lacks: list[str] = field(default_factory=list)  # what not_provided answers
     host: str = "10.0.0.1"
     _workloads: dict[str, Workload] = field(default_factory=dict)

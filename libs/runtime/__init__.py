@@ -21,4 +21,5 @@ def make_runtime(settings: Settings) -> Runtime:
         kubeconfig=settings.kubeconfig,
         context=settings.kubernetes_context,
         machines=load_machine_types(settings.kubernetes_machine_types),
+        fetch_image=settings.kubernetes_integrations_image,
     )

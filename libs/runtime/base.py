@@ -85,6 +85,12 @@ class Workload:
     # health-monitor.
     health_checks: dict[str, Any] | None = None
     mounts: tuple[Mount, ...] = ()  # integrations, read-only content
+    # The spec of each integration as JSON, with `secret:` references only: the kubernetes runtime's
+    # init container fetches them into the Pod (the local runtime links `mounts` instead).
+    integrations: tuple[dict[str, Any], ...] = ()
+    # Values of the secrets those references name (secret name -> value), resolved only for a runtime
+    # whose Pods fetch (kubernetes: they go into the workload's Secret). Never logged or written to disk.
+    integration_secrets: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -136,6 +142,9 @@ class Usage:
 class Runtime(Protocol):
     # Set before start(); see ReplicaEventHook. The scheduler publishes replica events from it.
     on_replica_event: ReplicaEventHook | None
+    # True when each replica fetches its integrations itself (kubernetes: an init container), so the
+    # scheduler resolves `Workload.integration_secrets` for it; False: the runtime links `mounts`.
+    fetches_integrations: bool
 
     async def start(self) -> None:
         """Connect, and adopt replicas that are still running from before a restart."""

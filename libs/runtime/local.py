@@ -229,6 +229,7 @@ class LocalRuntime:
         self.log_max_bytes = log_max_bytes
         self.log_backups = log_backups
         self.on_replica_event = on_replica_event
+        self.fetches_integrations = False  # the integrations service's cache, linked into each workdir
         self._workloads: dict[str, Workload] = {}
         self._secrets_known: dict[str, asyncio.Event] = {}  # set once the workload's env is whole
         self._replicas: dict[str, _Supervised] = {}
@@ -645,6 +646,7 @@ class LocalRuntime:
         data = asdict(workload)
         data["env"] = {k: v for k, v in workload.env.items() if k not in workload.secret_env}
         data["secret_env"] = sorted(workload.secret_env)
+        data["integration_secrets"] = {}  # the scheduler gives none to this runtime; never to disk anyway
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_private(path, json.dumps(data))
 
@@ -655,6 +657,7 @@ class LocalRuntime:
             data["command"], data["ports"] = tuple(data["command"]), tuple(data["ports"])
             data["secret_env"] = frozenset(data.get("secret_env", ()))
             data["mounts"] = tuple(Mount(**m) for m in data.get("mounts", ()))
+            data["integrations"] = tuple(data.get("integrations", ()))
             workloads.append(Workload(**data))
         return workloads
 

@@ -47,6 +47,7 @@ async def start_integrations(settings: Settings) -> IntegrationsHandle:
     materialiser = Materialiser(
         Cache(settings.resolved_integrations_dir), secrets, service.publish,
         max_bytes=settings.integrations_cache_max_bytes, in_use=lambda: contents_in_use(js),
+        host_volumes=settings.runtime == "local",
     )  # fmt: skip
     materialiser.rebuild(await latest_per_subject(js, SPEC_EVENTS), await latest_per_subject(js, INTEGRATIONS_EVENTS))
     service.subscribe(

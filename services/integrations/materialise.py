@@ -27,10 +27,10 @@ from libs.kit import RetryPolicy
 from libs.logging import get_logger
 from libs.revision import revision_id
 from libs.secrets import SecretNotFound
-from libs.spec import GitLfsIntegration, Integration, S3Integration, VolumeIntegration
+from libs.spec import Integration, VolumeIntegration
 from libs.tasks import cancel_and_wait
-from services.integrations import git, s3, volume
 from services.integrations.cache import Cache, Fetched, FetchFailed
+from services.integrations.fetch import credential_fields, fetch
 
 log = get_logger(__name__)
 Publish = Callable[[Event], Awaitable[None]]
@@ -62,9 +62,12 @@ class Materialiser:
     def __init__(
         self, cache: Cache, secrets: SecretResolver, publish: Publish, retry: RetryPolicy = RETRY,
         max_bytes: int | None = None, in_use: InUse | None = None,
-        progress_interval_seconds: float = PROGRESS_INTERVAL_SECONDS,
+        progress_interval_seconds: float = PROGRESS_INTERVAL_SECONDS, host_volumes: bool = True,
     ) -> None:  # fmt: skip
         self._cache = cache
+        # A volume's hostPath is a directory of this machine (local runtime); on kubernetes the kubelet
+        # mounts it on the Pod's node, so there is nothing to check here.
+        self._host_volumes = host_volumes
         self._progress_interval = progress_interval_seconds
         self._max_bytes = max_bytes
         self._in_use = in_use
@@ -232,19 +235,10 @@ class Materialiser:
                         max_bytes=self._max_bytes)  # fmt: skip
 
     async def _fetch(self, project: str, integration: Integration) -> Fetched:
-        if isinstance(integration, VolumeIntegration):
-            return await asyncio.to_thread(volume.resolve, integration)
-        if isinstance(integration, GitLfsIntegration):
-            auth = None
-            if integration.password is not None:
-                username = await self._unseal(project, integration.username or git.DEFAULT_USERNAME, "username")
-                auth = git.GitCredentials(username, await self._unseal(project, integration.password, "password"))
-            return await asyncio.to_thread(git.fetch, integration, self._cache, auth)
-        credentials = None
-        if integration.accessKeyId is not None and integration.secretAccessKey is not None:
-            secret = await self._unseal(project, integration.secretAccessKey, "secretAccessKey")
-            credentials = s3.S3Credentials(integration.accessKeyId, secret)
-        return await asyncio.to_thread(s3.sync, integration, credentials, self._cache)
+        values = {
+            field: await self._unseal(project, value, field) for field, value in credential_fields(integration).items()
+        }
+        return await asyncio.to_thread(fetch, integration, self._cache, values, self._host_volumes)
 
     async def _unseal(self, project: str, reference: str, field: str) -> str:
         """A secret's value (a plain value as it is), unsealed here just before the fetch and held only

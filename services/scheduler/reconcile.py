@@ -75,6 +75,7 @@ from services.scheduler.render import (
     SecretResolver,
     render,
     resolve_env,
+    resolve_integration_secrets,
     revision_of,
 )
 from services.scheduler.revisions import (
@@ -523,9 +524,14 @@ class Reconciler:
             return None, integrations.reason if isinstance(integrations, IntegrationsFailed) else None
         try:
             env = await resolve_env(plan.applied.spec, plan.applied.project, self._secrets)
+            credentials = (
+                await resolve_integration_secrets(plan.applied.spec, plan.applied.project, self._secrets)
+                if self._runtime.fetches_integrations
+                else {}
+            )
         except RenderError as exc:
             return None, str(exc)
-        return render(plan.applied, env, plan.keep, integrations), None
+        return render(plan.applied, env, plan.keep, integrations, credentials), None
 
     async def _grow(self, plan: RevisionPlan, target: Workload | None) -> str | None:
         """Create the desired revision's workload, or bring it up to its count (never down: that waits

@@ -24,6 +24,7 @@ LEGACY_TEMPLATE_LABEL = "berth.dev/template"
 MAX_NAME = 63
 MODEL_ID_ENV = "BERTH_MODEL_ID"
 MODEL_VERSION_ENV = "BERTH_MODEL_VERSION"
+CREDENTIAL_FIELDS = ("username", "password", "secretAccessKey")  # of integrations; may be secret refs
 
 
 class RenderError(Exception):
@@ -66,11 +67,36 @@ async def resolve_env(spec: DeploymentSpec, project: str, secrets: SecretResolve
     return ResolvedEnv(env, frozenset(v.name for v in spec.env if is_secret_ref(v.value)))
 
 
+async def resolve_integration_secrets(spec: DeploymentSpec, project: str, secrets: SecretResolver) -> dict[str, str]:
+    """secret name -> value of every secret the integrations' credentials name. Only for a runtime whose
+    replicas fetch their integrations themselves (kubernetes); elsewhere the integrations service
+    unseals them for its own fetch."""
+    values: dict[str, str] = {}
+    for index, integration in enumerate(spec.integrations):
+        for field in CREDENTIAL_FIELDS:
+            value = getattr(integration, field, None)
+            if not isinstance(value, str) or not is_secret_ref(value):
+                continue
+            try:
+                values[secret_name(value)] = await secrets.resolve(project, value)
+            except SecretNotFound:
+                raise RenderError(
+                    f"integrations[{index}].{field} refers to secret {secret_name(value)!r}, "
+                    f"which project {project!r} does not have"
+                ) from None
+    return values
+
+
 def render(
-    applied: SpecApplied, env: ResolvedEnv, replicas: int, integrations: IntegrationsReady | None = None
+    applied: SpecApplied,
+    env: ResolvedEnv,
+    replicas: int,
+    integrations: IntegrationsReady | None = None,
+    integration_secrets: dict[str, str] | None = None,
 ) -> Workload:
     """The workload of the revision `applied` runs, at `replicas` (the composed desired count), with
-    its integrations' content where the integrations service put it."""
+    its integrations' content where the integrations service put it, and their spec (secret
+    references only) with, for a runtime whose replicas fetch, the secrets' values."""
     spec = applied.spec
     resources = spec.resources
     revision = revision_id(spec)
@@ -98,4 +124,6 @@ def render(
         mounts=tuple(
             Mount(i.name, i.mount, i.local_path) for i in (integrations.integrations if integrations else ())
         ),
+        integrations=tuple(i.model_dump(mode="json", exclude_none=True) for i in spec.integrations),
+        integration_secrets=dict(integration_secrets or {}),
     )

@@ -46,7 +46,7 @@ def test_every_rendered_object_validates_strictly(values: tuple[str, ...]) -> No
 def test_one_deployment_per_service_with_probes_on_its_ops_endpoint() -> None:
     deployments = by_kind(render(), "Deployment")
     assert set(deployments) == {"rel-spec-registry", "rel-scheduler", "rel-health-monitor", "rel-router",
-                                "rel-autoscaler"}
+                                "rel-autoscaler", "rel-integrations"}
     paths = {}
     for name, dep in deployments.items():
         (c,) = dep["spec"]["template"]["spec"]["containers"]
@@ -97,6 +97,19 @@ def test_machine_types_reach_the_scheduler_from_a_config_map() -> None:
     env = {e["name"]: e.get("value") for e in scheduler["containers"][0]["env"]}
     assert env["BERTH_KUBERNETES_MACHINE_TYPES"] == "/etc/berth/machine-types.yaml"
     assert scheduler["volumes"] == [{"name": "machine-types", "configMap": {"name": "rel-machine-types"}}]
+
+
+def test_the_init_container_runs_the_installed_image_and_the_integrations_service_has_a_cache() -> None:
+    deployments = by_kind(render('image={"repository":"reg.example/berth","tag":"7.1","pullPolicy":"Always"}'), "Deployment")
+    scheduler = deployments["rel-scheduler"]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in scheduler["env"]}
+    assert env["BERTH_KUBERNETES_INTEGRATIONS_IMAGE"] == "reg.example/berth:7.1"
+    integrations = deployments["rel-integrations"]["spec"]["template"]["spec"]
+    (c,) = integrations["containers"]
+    assert c["args"] == ["services.integrations"]
+    assert {e["name"]: e.get("value") for e in c["env"]}["BERTH_INTEGRATIONS_DIR"] == "/var/cache/berth"
+    assert c["volumeMounts"] == [{"name": "cache", "mountPath": "/var/cache/berth"}]
+    assert integrations["volumes"] == [{"name": "cache", "emptyDir": {"sizeLimit": "50Gi"}}]
 
 
 def test_helm_lint_passes() -> None:

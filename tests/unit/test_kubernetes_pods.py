@@ -45,6 +45,32 @@ def test_container_states_map_to_replica_states(status: dict, meta: dict, expect
                                                                                                "spec-1")
 
 
+def initialising(init: dict[str, Any], restarts: int = 0, last: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"phase": "Pending", "podIP": "10.0.0.7",
+            "initContainerStatuses": [{"name": "integrations", "state": init, "ready": False, "restartCount": restarts,
+                                       "lastState": {"terminated": last} if last else {}}],
+            "containerStatuses": [{"name": "model", "state": {"waiting": {"reason": "PodInitializing"}},
+                                   "restartCount": 0}]}  # fmt: skip
+
+
+FETCH_LOG = '{"event": "failed", "reason": "integration falcon: git fetch: authentication failed"}\n'
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (initialising({"running": {"startedAt": "2026-01-01T00:00:00Z"}}), ("starting", "fetching integrations")),
+        (initialising({"waiting": {"reason": "CrashLoopBackOff"}}, 3, {"exitCode": 1, "reason": "Error", "message": FETCH_LOG}),
+         ("backoff", "fetching integrations failed: integration falcon: git fetch: authentication failed")),
+        (initialising({"terminated": {"exitCode": 1, "reason": "Error"}}), ("backoff", "fetching integrations failed: Error")),
+        (initialising({"terminated": {"exitCode": 0, "reason": "Completed"}}), ("starting", "PodInitializing")),
+    ],
+)
+def test_the_init_container_fetching_integrations_shows_in_the_replica(status: dict, expected: tuple) -> None:
+    replica = replica_of(pod(status))
+    assert replica is not None and (replica.state, replica.reason) == expected
+
+
 def test_a_pod_berth_did_not_make_is_no_replica() -> None:
     assert replica_of({"metadata": {"name": "other", "labels": {"app": "x"}}, "status": {}}) is None
 

@@ -159,3 +159,92 @@ def test_selectors_of_two_workloads_never_overlap_and_replicas_do_not_change_the
     assert scaled["metadata"]["annotations"][APPLIED_ANNOTATION] == a["metadata"]["annotations"][APPLIED_ANNOTATION]
     newer = deployment(workload(spec_id="s2"), "ns", {})
     assert newer["spec"]["template"] == a["spec"]["template"]  # a new spec version does not roll Pods
+
+
+INTEGRATIONS = [
+    {"type": "git-lfs", "name": "falcon", "path": "/models/", "url": "https://git.example/falcon", "ref": "main",
+     "username": "alice", "password": "secret:hf-token"},
+    {"type": "s3", "name": "my-s3", "path": "/some/s3/mount/path", "url": "s3://bucket/prefix", "region": "us-east-1",
+     "accessKeyId": "AKIAEXAMPLE", "secretAccessKey": "secret:s3key"},
+    {"type": "volume", "name": "datasets", "path": "/data", "claimName": "shared-datasets", "readOnly": False},
+    {"type": "volume", "name": "scratch", "path": "/scratch", "hostPath": "/srv/scratch"},
+]
+HF_TOKEN, S3_KEY = "hf_token-that-must-stay-in-the-secret", "s3-key-that-must-stay-in-the-secret"
+
+
+def integrations_workload() -> Workload:
+    spec = spec_of(json.dumps({"name": "m", "image": "i", "resources": {"ports": [8080]},
+                               "integrations": INTEGRATIONS}))  # fmt: skip
+    return workload(
+        integrations=tuple(i.model_dump(mode="json", exclude_none=True) for i in spec.integrations),
+        integration_secrets={"hf-token": HF_TOKEN, "s3key": S3_KEY},
+    )
+
+
+def test_integrations_become_an_init_container_volumes_and_mounts_that_validate() -> None:
+    objects = manifests(integrations_workload(), "models", DEFAULT_MACHINE_TYPES, fetch_image="reg.example/berth:9")
+    for manifest in objects:
+        validate(manifest)
+    secret, dep = objects
+    pod = dep["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["image"] == "reg.example/berth:9"
+    assert init["command"] == ["python", "-m", "services.integrations.fetch", "/berth/integrations"]
+    assert init["volumeMounts"] == [{"name": "berth-integrations", "mountPath": "/berth/integrations"}]
+    env = {e["name"]: e for e in init["env"]}
+    config = json.loads(env["BERTH_FETCH_INTEGRATIONS"]["value"])
+    assert [i["name"] for i in config["integrations"]] == ["falcon", "my-s3"]  # volumes are the kubelet's
+    assert config["integrations"][0]["password"] == "secret:hf-token"  # the reference, not the value
+    refs = {config["secrets"][name]: name for name in config["secrets"]}
+    for variable, name in refs.items():
+        assert env[variable]["valueFrom"] == {"secretKeyRef": {"name": dep["metadata"]["name"],
+                                                               "key": f"berth.integration.{name}"}}  # fmt: skip
+    decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert decoded == {"berth.integration.hf-token": HF_TOKEN, "berth.integration.s3key": S3_KEY}
+
+    assert pod["volumes"] == [
+        {"name": "berth-integrations", "emptyDir": {}},
+        {"name": "integration-2", "persistentVolumeClaim": {"claimName": "shared-datasets", "readOnly": False}},
+        {"name": "integration-3", "hostPath": {"path": "/srv/scratch", "type": "Directory"}},
+    ]
+    (model,) = pod["containers"]
+    assert model["volumeMounts"] == [
+        {"name": "berth-integrations", "mountPath": "/models/falcon", "subPath": "falcon", "readOnly": True},
+        {"name": "berth-integrations", "mountPath": "/some/s3/mount/path/my-s3", "subPath": "my-s3", "readOnly": True},
+        {"name": "integration-2", "mountPath": "/data/datasets", "readOnly": False},
+        {"name": "integration-3", "mountPath": "/scratch/scratch", "readOnly": True},
+    ]
+    rendered = json.dumps(dep)
+    for value in (HF_TOKEN, S3_KEY):
+        assert value not in rendered and base64.b64encode(value.encode()).decode() not in rendered
+
+
+def test_without_fetched_integrations_there_is_no_init_container() -> None:
+    only_volume = workload(integrations=({"type": "volume", "name": "d", "path": "/d", "claimName": "c"},))
+    pod = deployment(only_volume, "ns", DEFAULT_MACHINE_TYPES)["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    assert pod["volumes"] == [{"name": "integration-0", "persistentVolumeClaim": {"claimName": "c", "readOnly": True}}]
+    assert "initContainers" not in deployment(workload(), "ns", DEFAULT_MACHINE_TYPES)["spec"]["template"]["spec"]
+
+
+def test_an_env_name_shaped_like_an_integration_key_cannot_overwrite_it() -> None:
+    clash = integrations_workload()
+    clash = Workload(**{**clash.__dict__, "env": {"berth.integration.hf-token": "other"},
+                        "secret_env": frozenset({"berth.integration.hf-token"})})  # fmt: skip
+    data = manifests(clash, "ns", DEFAULT_MACHINE_TYPES)[0]["data"]
+    assert base64.b64decode(data["berth.integration.hf-token"]).decode() == HF_TOKEN
+    assert len(data) == 3
+
+
+def test_berth_render_of_seed_000_fetches_its_integrations_in_an_init_container() -> None:
+    result = CliRunner().invoke(app, ["render", "-f", "examples/seed-000.yaml", "--namespace", "models"])
+    assert result.exit_code == 0, result.output
+    secret, dep = list(yaml.safe_load_all(result.stdout))
+    pod = dep["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/models/falcon"]["subPath"] == "falcon"
+    assert "/some/s3/mount/path/my-s3-integration" in mounts
+    assert "berth.integration.secretAccessKey" in secret["data"]
+    assert any(e.get("valueFrom", {}).get("secretKeyRef", {}).get("key") == "berth.integration.secretAccessKey"
+               for e in init["env"])  # fmt: skip

@@ -3,11 +3,18 @@ from two observations of a replica to the replica events between them (the runti
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
 from libs.runtime.base import Replica, ReplicaEventKind, ReplicaState
-from libs.runtime.kubernetes.resources import CONTAINER_NAME, DEPLOYMENT_ID_LABEL, REVISION_LABEL, WORKLOAD_LABEL
+from libs.runtime.kubernetes.resources import (
+    CONTAINER_NAME,
+    DEPLOYMENT_ID_LABEL,
+    INIT_CONTAINER_NAME,
+    REVISION_LABEL,
+    WORKLOAD_LABEL,
+)
 
 CRASH_LOOP = "CrashLoopBackOff"
 ReplicaEvent = tuple[ReplicaEventKind, Replica, int | None]
@@ -22,11 +29,39 @@ def _container_status(pod: dict[str, Any]) -> dict[str, Any] | None:
     return next((s for s in statuses if s.get("name") == CONTAINER_NAME), None)
 
 
+def _fetch_failure(terminated: dict[str, Any]) -> str:
+    """Why the init container failed: the reason its last log line gives (the termination message,
+    terminationMessagePolicy FallbackToLogsOnError), else the kubelet's."""
+    lines = [line for line in (terminated.get("message") or "").splitlines() if line.strip()]
+    try:
+        return str(json.loads(lines[-1])["reason"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return terminated.get("reason") or f"exit code {terminated.get('exitCode')}"
+
+
+def _fetching(pod: dict[str, Any]) -> tuple[ReplicaState, str | None] | None:
+    """While the init container fetches the integrations the model container waits (PodInitializing):
+    the replica is starting, or backing off when the fetch failed (the kubelet runs it again)."""
+    statuses = pod.get("status", {}).get("initContainerStatuses") or []
+    init = next((s for s in statuses if s.get("name") == INIT_CONTAINER_NAME), None)
+    if init is None or init.get("ready"):
+        return None
+    current = init.get("state") or {}
+    if (done := current.get("terminated")) and done.get("exitCode") == 0:
+        return None
+    failed = done or ((init.get("lastState") or {}).get("terminated") or {})
+    if failed.get("exitCode"):
+        return "backoff", f"fetching integrations failed: {_fetch_failure(failed)}"
+    return "starting", "fetching integrations"
+
+
 def _state(pod: dict[str, Any], status: dict[str, Any] | None) -> tuple[ReplicaState, str | None]:
     """The replica state and, when it is not simply running, the kubelet's reason."""
     phase = pod.get("status", {}).get("phase")
     if pod["metadata"].get("deletionTimestamp"):
         return "stopping", None
+    if (fetching := _fetching(pod)) is not None:
+        return fetching
     current = (status or {}).get("state") or {}
     last = ((status or {}).get("lastState") or {}).get("terminated") or {}
     if "running" in current:

@@ -8,9 +8,13 @@ replica set) is:
   `berth.dev/workload=<workload name>`; workload names are unique (project, slug and revision), so no
   two berth Deployments select each other's Pods. The Pod template carries only what defines the
   revision: a new spec version that changes replicas only (or `spec_id`) does not roll the Pods.
-- a `v1` Secret of the same name, only when env entries come from secrets: those entries reach the
-  container through `secretKeyRef`, so their values are in no other object (not in the Deployment, not
-  in an annotation).
+- a `v1` Secret of the same name, only when env entries or integration credentials come from secrets:
+  they reach the containers through `secretKeyRef`, so their values are in no other object (not in the
+  Deployment, not in an annotation).
+- integrations: git-lfs and s3 ones are fetched by an init container (berth's own image, running
+  `python -m services.integrations.fetch`) into an emptyDir that the model container mounts, one
+  subPath per integration, read-only, at `<path>/<name>`; a volume is a PersistentVolumeClaim
+  (`claimName`) or a hostPath volume, mounted there with the spec's readOnly.
 
 No Service: the router sends requests to ready Pods by Pod IP (as Knative's activator does with
 EndpointSlices), so a readiness change takes effect without waiting for kube-proxy.
@@ -22,6 +26,8 @@ import base64
 import hashlib
 import json
 import re
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
 from typing import Any
 
 from libs.runtime.base import Workload
@@ -43,6 +49,22 @@ SPEC_ID_ANNOTATION = "berth.dev/spec-id"
 APPLIED_ANNOTATION = "berth.dev/applied"
 GPU_RESOURCE = "nvidia.com/gpu"
 CONTAINER_NAME = "model"
+INIT_CONTAINER_NAME = "integrations"
+# The emptyDir the init container fetches into, and where it sees it.
+FETCH_VOLUME = "berth-integrations"
+FETCH_DIR = "/berth/integrations"
+FETCH_MODULE = "services.integrations.fetch"
+FETCH_CONFIG_ENV = "BERTH_FETCH_INTEGRATIONS"  # services/integrations/fetch.py reads it
+FETCH_SECRET_ENV = "BERTH_SECRET_"  # + index: the value of one secret the fetch needs
+FETCHED_TYPES = ("git-lfs", "s3")
+# The Secret data key of an integration's credential; env names taking this form are hashed instead.
+INTEGRATION_SECRET_PREFIX = "berth.integration."
+# The init container's image: berth's own, by default the tag of this version (the chart sets the
+# image it is installed from: BERTH_KUBERNETES_INTEGRATIONS_IMAGE).
+try:
+    DEFAULT_FETCH_IMAGE = f"berth:{package_version('berth')}"
+except PackageNotFoundError:  # run from a source tree that was not installed
+    DEFAULT_FETCH_IMAGE = "berth:latest"
 PROBE_FIELDS = ("initialDelaySeconds", "periodSeconds", "timeoutSeconds", "successThreshold", "failureThreshold")
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 
@@ -65,22 +87,47 @@ def labels(workload: Workload) -> dict[str, str]:
 
 def secret_key(env_name: str) -> str:
     """The Secret data key of an env entry: its name when Kubernetes allows it, else a digest of it."""
-    if _SECRET_KEY.match(env_name) and len(env_name) <= 253:
+    if _SECRET_KEY.match(env_name) and len(env_name) <= 253 and not env_name.startswith(INTEGRATION_SECRET_PREFIX):
         return env_name
     return "env-" + hashlib.sha256(env_name.encode()).hexdigest()[:16]
 
 
+def integration_secret_key(secret: str) -> str:
+    """The Secret data key of a secret an integration's fetch needs (secret names are valid keys)."""
+    return INTEGRATION_SECRET_PREFIX + secret
+
+
+def fetched(workload: Workload) -> list[dict[str, Any]]:
+    """The integrations the init container fetches (git-lfs, s3), as spec JSON."""
+    return [i for i in workload.integrations if i.get("type") in FETCHED_TYPES]
+
+
+def fetch_secrets(workload: Workload) -> list[str]:
+    """Names of the secrets the fetch needs, sorted (the order gives their env variables)."""
+    names = {
+        value.removeprefix("secret:")
+        for i in fetched(workload)
+        for field in ("username", "password", "secretAccessKey")
+        if isinstance(value := i.get(field), str) and value.startswith("secret:")
+    }
+    return sorted(names)
+
+
 def secret(workload: Workload, namespace: str) -> Manifest | None:
-    """The Secret holding the workload's secret env values, or None when it has none."""
-    names = [name for name in workload.env if name in workload.secret_env]
-    if not names:
+    """The Secret holding the workload's secret env values and its integrations' credentials, or None
+    when it has neither."""
+    data = {
+        secret_key(n): workload.env[n] for n in workload.env if n in workload.secret_env
+    } | {integration_secret_key(n): workload.integration_secrets[n] for n in fetch_secrets(workload)
+         if n in workload.integration_secrets}  # fmt: skip
+    if not data:
         return None
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": workload.name, "namespace": namespace, "labels": labels(workload)},
         "type": "Opaque",
-        "data": {secret_key(n): base64.b64encode(workload.env[n].encode()).decode() for n in names},
+        "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()},
     }
 
 
@@ -154,6 +201,65 @@ def probes(checks: dict[str, Any] | None, default_port: int) -> dict[str, Any]:
     return {f"{kind}Probe": probe(spec, default_port) for kind, spec in parsed.probes()}
 
 
+def _mount(integration: dict[str, Any]) -> str:
+    return str(integration["path"]).rstrip("/") + "/" + str(integration["name"])
+
+
+def integration_volumes(workload: Workload) -> list[dict[str, Any]]:
+    """The Pod's volumes: one emptyDir for everything fetched, one per volume integration (named by
+    its index: integration names may hold characters a volume name may not)."""
+    out: list[dict[str, Any]] = [{"name": FETCH_VOLUME, "emptyDir": {}}] if fetched(workload) else []
+    for index, i in enumerate(workload.integrations):
+        if i.get("type") != "volume":
+            continue
+        read_only = bool(i.get("readOnly", True))
+        if i.get("claimName"):
+            source: dict[str, Any] = {"persistentVolumeClaim": {"claimName": i["claimName"], "readOnly": read_only}}
+        else:  # a directory of whichever node runs the Pod; it must exist there (type Directory)
+            source = {"hostPath": {"path": i["hostPath"], "type": "Directory"}}
+        out.append({"name": f"integration-{index}", **source})
+    return out
+
+
+def integration_mounts(workload: Workload) -> list[dict[str, Any]]:
+    """The model container's mounts: each integration at `<path>/<name>`. Fetched content is read-only
+    (replicas share nothing, but a server writing its model would hide a bad fetch); a volume follows
+    the spec's readOnly."""
+    out: list[dict[str, Any]] = []
+    for index, i in enumerate(workload.integrations):
+        if i.get("type") == "volume":
+            out.append({"name": f"integration-{index}", "mountPath": _mount(i), "readOnly": bool(i.get("readOnly", True))})
+        elif i.get("type") in FETCHED_TYPES:
+            out.append({"name": FETCH_VOLUME, "mountPath": _mount(i), "subPath": i["name"], "readOnly": True})
+    return out
+
+
+def init_container(workload: Workload, image: str) -> dict[str, Any] | None:
+    """The container that fetches the git-lfs and s3 integrations before the model starts, or None.
+    Its environment holds the integrations' spec (secret references only) and, per secret it needs, a
+    `secretKeyRef` into the workload's Secret: no value is in the Pod spec."""
+    items = fetched(workload)
+    if not items:
+        return None
+    names = fetch_secrets(workload)
+    variables = {name: f"{FETCH_SECRET_ENV}{index}" for index, name in enumerate(names)}
+    config = json.dumps({"integrations": items, "secrets": variables}, sort_keys=True)
+    env: list[dict[str, Any]] = [{"name": FETCH_CONFIG_ENV, "value": config}]
+    env += [
+        {"name": variables[n], "valueFrom": {"secretKeyRef": {"name": workload.name, "key": integration_secret_key(n)}}}
+        for n in names
+    ]
+    return {
+        "name": INIT_CONTAINER_NAME,
+        "image": image,
+        "command": ["python", "-m", FETCH_MODULE, FETCH_DIR],
+        "env": env,
+        "volumeMounts": [{"name": FETCH_VOLUME, "mountPath": FETCH_DIR}],
+        # `kubectl describe pod` shows why a fetch failed (its last log line) without reading logs.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
 def container(workload: Workload, machines: MachineTable) -> dict[str, Any]:
     c: dict[str, Any] = {
         "name": CONTAINER_NAME,
@@ -167,10 +273,12 @@ def container(workload: Workload, machines: MachineTable) -> dict[str, Any]:
     if res := resources(workload, machines):
         c["resources"] = res
     c.update(probes(workload.health_checks, workload.ports[0]))
+    if mounts := integration_mounts(workload):
+        c["volumeMounts"] = mounts
     return c
 
 
-def pod_spec(workload: Workload, machines: MachineTable) -> dict[str, Any]:
+def pod_spec(workload: Workload, machines: MachineTable, fetch_image: str = DEFAULT_FETCH_IMAGE) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "containers": [container(workload, machines)],
         # A model server needs neither the API nor a variable per Service of the namespace.
@@ -181,13 +289,19 @@ def pod_spec(workload: Workload, machines: MachineTable) -> dict[str, Any]:
         spec["imagePullSecrets"] = [{"name": workload.container_registry}]
     if selected := node_selector(workload, machines):
         spec["nodeSelector"] = selected
+    if (init := init_container(workload, fetch_image)) is not None:
+        spec["initContainers"] = [init]
+    if volumes := integration_volumes(workload):
+        spec["volumes"] = volumes
     if gpu_count(workload, machines):
         # GPU node pools are commonly tainted so that only GPU workloads land there.
         spec["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
     return spec
 
 
-def deployment(workload: Workload, namespace: str, machines: MachineTable) -> Manifest:
+def deployment(
+    workload: Workload, namespace: str, machines: MachineTable, fetch_image: str = DEFAULT_FETCH_IMAGE
+) -> Manifest:
     manifest: Manifest = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -202,7 +316,7 @@ def deployment(workload: Workload, namespace: str, machines: MachineTable) -> Ma
             "selector": {"matchLabels": selector(workload)},
             # A berth revision is a workload of its own; the ReplicaSet history would only repeat it.
             "revisionHistoryLimit": 0,
-            "template": {"metadata": {"labels": labels(workload)}, "spec": pod_spec(workload, machines)},
+            "template": {"metadata": {"labels": labels(workload)}, "spec": pod_spec(workload, machines, fetch_image)},
         },
     }
     manifest["metadata"]["annotations"][APPLIED_ANNOTATION] = applied_digest(manifest)
@@ -218,7 +332,9 @@ def applied_digest(manifest: Manifest) -> str:
     return hashlib.sha256(json.dumps([meta, spec], sort_keys=True).encode()).hexdigest()[:16]
 
 
-def manifests(workload: Workload, namespace: str, machines: MachineTable) -> list[Manifest]:
+def manifests(
+    workload: Workload, namespace: str, machines: MachineTable, fetch_image: str = DEFAULT_FETCH_IMAGE
+) -> list[Manifest]:
     """Every object of the workload, in apply order (the Secret before the Pods that read it)."""
     s = secret(workload, namespace)
-    return ([s] if s else []) + [deployment(workload, namespace, machines)]
+    return ([s] if s else []) + [deployment(workload, namespace, machines, fetch_image)]

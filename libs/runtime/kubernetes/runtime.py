@@ -83,8 +83,11 @@ class KubernetesRuntime:
         machines: MachineTable | None = None,
         watch_seconds: int = 300,
         max_backoff_seconds: float = 30.0,
+        fetch_image: str | None = None,
     ) -> None:
         self.on_replica_event: ReplicaEventHook | None = None
+        self.fetches_integrations = True  # an init container per Pod (resources.init_container)
+        self.fetch_image = fetch_image or r.DEFAULT_FETCH_IMAGE
         self.namespace = namespace
         self.machines = machines if machines is not None else dict(DEFAULT_MACHINE_TYPES)
         self._kubeconfig, self._context = kubeconfig, context
@@ -137,21 +140,17 @@ class KubernetesRuntime:
     # -- workloads -------------------------------------------------------------------------------
 
     def not_provided(self, workload: Workload) -> list[str]:
-        missing = [
+        return [
             f"machineType {name} is not in the machine type table (docs/kubernetes.md)"
             for name in r.unknown_machine_types(workload, self.machines)
         ]
-        if workload.mounts:  # the integrations service fetches them, but nothing brings them into a Pod yet
-            names = ", ".join(m.name for m in workload.mounts)
-            missing.append(f"integrations {names} (not mounted into Pods on the kubernetes runtime yet)")
-        return missing
 
     async def apply(self, workload: Workload) -> None:
         if (secret := r.secret(workload, self.namespace)) is not None:
             current = await self._read(self.core.read_namespaced_secret, workload.name)
             if current is None or current.get("data") != secret["data"]:
                 await self._call(self._apply, self.core.patch_namespaced_secret, secret)
-        desired = r.deployment(workload, self.namespace, self.machines)
+        desired = r.deployment(workload, self.namespace, self.machines, self.fetch_image)
         current = await self._read(self.apps.read_namespaced_deployment, workload.name)
         digest = r.APPLIED_ANNOTATION
         if current is not None and workload.replicas < current["spec"].get("replicas", 0):
