@@ -203,15 +203,16 @@ async def test_no_secret_value_outside_the_secret(
 
 
 async def test_make_runtime_picks_kubernetes_from_settings(cluster: Cluster) -> None:
-    settings = Settings(runtime="kubernetes", kubeconfig=cluster.kubeconfig, kubernetes_namespace="models")
+    settings = Settings(runtime="kubernetes", kubeconfig=cluster.kubeconfig, kubernetes_namespace="models",
+                        kubernetes_integrations_image="reg.example/berth:3")  # fmt: skip
     rt = make_runtime(settings)
     assert isinstance(rt, KubernetesRuntime) and rt.namespace == "models"
+    assert rt.fetch_image == "reg.example/berth:3" and rt.fetches_integrations
     assert rt.not_provided(workload(machine_type="H100")) == [
         "machineType H100 is not in the machine type table (docs/kubernetes.md)"]
     assert rt.not_provided(workload(machine_type="A100-80G")) == []
     with_integration = dataclasses.replace(workload(), mounts=(Mount("falcon", "/models/falcon", ""),))
-    assert rt.not_provided(with_integration) == [
-        "integrations falcon (not mounted into Pods on the kubernetes runtime yet)"]
+    assert rt.not_provided(with_integration) == []  # an init container fetches them into the Pod
     await asyncio.sleep(0)
 
 
