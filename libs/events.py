@@ -474,6 +474,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     RequestMetricsReported,
     IntegrationsReady,
     IntegrationsFailed,
+    IntegrationsProgress,
     IntegrationsRetryRequested,
     ReplicaUsageReported,
 )

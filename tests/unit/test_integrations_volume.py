@@ -78,3 +78,12 @@ async def test_materialised_volumes_report_their_mode_and_are_never_evicted(tmp_
     failed = await apply(3, {**base, "hostPath": str(tmp_path / "host" / "missing")})
     assert isinstance(failed, IntegrationsFailed)
     assert failed.reason == "integration datasets: the volume's hostPath does not exist on this machine"
+
+
+def test_a_claim_is_for_the_kubernetes_runtime_where_nothing_is_checked_on_this_machine(tmp_path: Path) -> None:
+    claim = VolumeIntegration(type="volume", name="datasets", path="/data", claimName="datasets")
+    with pytest.raises(FetchFailed, match="a claimName .* needs the kubernetes runtime"):
+        volume.resolve(claim)
+    # On kubernetes the kubelet mounts it on the Pod's node: a hostPath missing here is no failure.
+    missing_here = spec_of(tmp_path / "only-on-the-nodes")
+    assert volume.resolve(missing_here, on_this_machine=False).identity != volume.resolve(claim, on_this_machine=False).identity
