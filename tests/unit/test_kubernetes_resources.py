@@ -219,6 +219,18 @@ def test_integrations_become_an_init_container_volumes_and_mounts_that_validate(
         assert value not in rendered and base64.b64encode(value.encode()).decode() not in rendered
 
 
+def test_the_init_container_keeps_the_pod_guaranteed_and_asks_for_no_gpu() -> None:
+    sized = Workload(**{**integrations_workload().__dict__, "cpu": 2.0, "memory_gb": 8.0, "gpu_count": 1})
+    pod = deployment(sized, "ns", DEFAULT_MACHINE_TYPES)["spec"]["template"]["spec"]
+    validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": pod})
+    model, init = pod["containers"][0]["resources"], pod["initContainers"][0]["resources"]
+    assert model["limits"]["nvidia.com/gpu"] == "1"
+    # Guaranteed: every container, init ones included, has requests equal to limits for cpu and memory.
+    assert init == {"requests": {"cpu": "2", "memory": "8G"}, "limits": {"cpu": "2", "memory": "8G"}}
+    unsized = deployment(integrations_workload(), "ns", DEFAULT_MACHINE_TYPES)["spec"]["template"]["spec"]
+    assert "resources" not in unsized["initContainers"][0]
+
+
 def test_without_fetched_integrations_there_is_no_init_container() -> None:
     only_volume = workload(integrations=({"type": "volume", "name": "d", "path": "/d", "claimName": "c"},))
     pod = deployment(only_volume, "ns", DEFAULT_MACHINE_TYPES)["spec"]["template"]["spec"]

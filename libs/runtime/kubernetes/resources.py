@@ -234,7 +234,7 @@ def integration_mounts(workload: Workload) -> list[dict[str, Any]]:
     return out
 
 
-def init_container(workload: Workload, image: str) -> dict[str, Any] | None:
+def init_container(workload: Workload, image: str, machines: MachineTable) -> dict[str, Any] | None:
     """The container that fetches the git-lfs and s3 integrations before the model starts, or None.
     Its environment holds the integrations' spec (secret references only) and, per secret it needs, a
     `secretKeyRef` into the workload's Secret: no value is in the Pod spec."""
@@ -249,7 +249,7 @@ def init_container(workload: Workload, image: str) -> dict[str, Any] | None:
         {"name": variables[n], "valueFrom": {"secretKeyRef": {"name": workload.name, "key": integration_secret_key(n)}}}
         for n in names
     ]
-    return {
+    container: dict[str, Any] = {
         "name": INIT_CONTAINER_NAME,
         "image": image,
         "command": ["python", "-m", FETCH_MODULE, FETCH_DIR],
@@ -258,6 +258,13 @@ def init_container(workload: Workload, image: str) -> dict[str, Any] | None:
         # `kubectl describe pod` shows why a fetch failed (its last log line) without reading logs.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    # The model's CPU and memory (no GPU): the Pod keeps its Guaranteed QoS (init containers count),
+    # and asks for no more than before (its request is the larger of the init and the app containers').
+    amounts = {kind: {k: v for k, v in values.items() if k != GPU_RESOURCE}
+               for kind, values in resources(workload, machines).items()}  # fmt: skip
+    if any(amounts.values()):
+        container["resources"] = {kind: values for kind, values in amounts.items() if values}
+    return container
 
 
 def container(workload: Workload, machines: MachineTable) -> dict[str, Any]:
@@ -289,7 +296,7 @@ def pod_spec(workload: Workload, machines: MachineTable, fetch_image: str = DEFA
         spec["imagePullSecrets"] = [{"name": workload.container_registry}]
     if selected := node_selector(workload, machines):
         spec["nodeSelector"] = selected
-    if (init := init_container(workload, fetch_image)) is not None:
+    if (init := init_container(workload, fetch_image, machines)) is not None:
         spec["initContainers"] = [init]
     if volumes := integration_volumes(workload):
         spec["volumes"] = volumes
