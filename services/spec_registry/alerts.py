@@ -11,7 +11,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from libs.events import AlertChanged
+from libs.events import AlertChanged, RequestMetricsReported
 from libs.spec import AlertRule, DeploymentSpec, SpecError, only_secret_ref
 from services.spec_registry.problems import Invalid
 from services.spec_registry.schemas import Alert, AlertSummary
@@ -46,6 +46,18 @@ def _since(event: AlertChanged | None) -> datetime | None:
     return {"pending": event.active_at, "firing": event.fired_at, "resolved": event.resolved_at}.get(
         event.state, event.occurred_at
     )
+
+
+def not_evaluated(spec: DeploymentSpec) -> list[str]:
+    """The rules whose metric nothing reports for this deployment (their alert can never be active),
+    for status `not_provided`."""
+    found = []
+    for index, rule in enumerate(spec.alerts):
+        if rule.metric == "client_error_rate_percent" and "client_errors" not in RequestMetricsReported.model_fields:
+            found.append(f"alerts[{index}]: the router does not report 4xx answers apart yet (no data)")
+        if rule.metric in ("cpu_percent", "memory_percent") and spec.resources.replica_bounds() is None:
+            found.append(f"alerts[{index}]: {rule.metric} is sampled only for autoscaled deployments (no data)")
+    return found
 
 
 def summaries(board: AlertBoard, deployment_id: str, spec: DeploymentSpec) -> list[AlertSummary]:
