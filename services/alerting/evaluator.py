@@ -69,9 +69,9 @@ class Evaluator:
             held.name, held.deleted = event.name, False
             held.rules = {rule.slug: rule for rule in event.spec.alerts}
         elif isinstance(event, DeploymentDeleted):
-            held = self.deployments.get(event.deployment_id)
-            if held is not None:
-                held.rules, held.deleted = {}, True
+            # Kept (until the next evaluation) even when unknown: alerts restored after it end as deleted.
+            held = self._deployment(event.deployment_id, event.project, event.slug)
+            held.rules, held.deleted = {}, True
         elif isinstance(event, AlertChanged):
             self.restore(event)
         elif isinstance(event, RequestMetricsReported | DeploymentStatusChanged | ReplicaUsageReported):
