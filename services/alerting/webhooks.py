@@ -111,7 +111,7 @@ class Deliveries:
         headers = {"content-type": "application/json", SIGNATURE_HEADER: sign(key, body), "user-agent": "berth-alerting"}
         try:
             response = await self._client.post(webhook.url, content=body, headers=headers, timeout=TIMEOUT_SECONDS)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             log.warning("webhook unreachable; delivery retried later", project=event.project,
                         alert_id=event.event_id, error=type(exc).__name__)  # fmt: skip
             DELIVERIES.labels("unreachable").inc()

@@ -17,7 +17,9 @@ from services.spec_registry.problems import Invalid
 from services.spec_registry.schemas import Alert, AlertSummary
 
 WEBHOOK_URL = re.compile(r"^https?://[^\s/?#@]+(/[^\s#]*)?$")
-URL_RULE = "must be an http:// or https:// URL without spaces, credentials (user:password@) or fragment"
+URL_RULE = (
+    "must be an http:// or https:// URL of printable ASCII without spaces, credentials (user:password@) or fragment"
+)
 MAX_WEBHOOKS = 10  # per project
 
 
@@ -105,11 +107,15 @@ def _duration(seconds: float) -> str:
     return f"{whole}s"
 
 
+def valid_url(url: str) -> bool:
+    """Printable ASCII only (an international name in its punycode form): what every HTTP client and
+    database takes as it is."""
+    return url.isascii() and url.isprintable() and WEBHOOK_URL.fullmatch(url) is not None
+
+
 def check_webhook(url: str, secret: str) -> None:
     """422 naming each field and its rule (never the value: a URL may hold a token)."""
-    errors = []
-    if not WEBHOOK_URL.fullmatch(url) or any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
-        errors.append(SpecError("url", URL_RULE))
+    errors = [] if valid_url(url) else [SpecError("url", URL_RULE)]
     try:
         only_secret_ref(secret, "the key")
     except ValueError as exc:

@@ -24,8 +24,8 @@ from libs.spec import DeploymentSpec, SpecError, SpecInvalid, secret_name, valid
 from services.spec_registry.metrics import SPEC_VERSIONS_ACCEPTED
 from services.spec_registry.outbox import OutboxRelay
 from libs.store import AliasRow, WebhookRow
-from services.spec_registry.alerts import MAX_WEBHOOKS, AlertBoard, check_webhook
-from services.spec_registry.problems import BadGateway, Invalid, Unavailable
+from services.spec_registry.alerts import MAX_WEBHOOKS, AlertBoard, check_webhook, valid_url
+from services.spec_registry.problems import BadGateway, Invalid, NotFound, Unavailable
 from services.spec_registry.repository import Repository, StoredDeployment, WebhookOutcome
 from services.spec_registry.schemas import ALIAS_NAME, DryRun, FieldChange, LogPage
 
@@ -150,6 +150,8 @@ class Registry:
         return row, outcome
 
     async def delete_webhook(self, project: str, url: str) -> None:
+        if not valid_url(url):  # never stored: no such webhook
+            raise NotFound("the project has no webhook with this URL", field="url")
         await asyncio.to_thread(self.repo.delete_webhook, project, url)
         self._relay.notify()
 
