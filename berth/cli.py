@@ -61,6 +61,11 @@ app.add_typer(spec_app, name="spec")
 app.add_typer(secrets_app, name="secrets")
 autoscale_app = typer.Typer(help="Autoscaling decisions, offline (the HPA algorithm berth runs).", no_args_is_help=True)
 app.add_typer(autoscale_app, name="autoscale")
+webhooks_app = typer.Typer(
+    help="Where the project's alerts are POSTed (signed with an HMAC key kept as a project secret).",
+    no_args_is_help=True,
+)
+app.add_typer(webhooks_app, name="webhooks")
 import_app = typer.Typer(
     help="Turn another platform's definitions into berth specs (printed, nothing applied).", no_args_is_help=True
 )
@@ -565,6 +570,66 @@ def autoscale_record(
     else:
         file.write_text(text + "\n")
         render.err.print(f"[green]✓[/] {len(entries)} decision(s) written to {escape(str(file))}")
+
+
+# -- alerts and webhooks --------------------------------------------------------------------------
+
+
+class AlertStateOpt(enum.StrEnum):
+    pending = "pending"
+    firing = "firing"
+    resolved = "resolved"
+    inactive = "inactive"
+
+
+@app.command("alerts")
+@calls_api
+def alerts(
+    ctx: typer.Context,
+    state: Annotated[
+        AlertStateOpt | None, typer.Option("--state", help="Only alerts in this state (default: pending and firing).")
+    ] = None,
+    output: OutputOpt = Output.table,
+) -> None:
+    """The project's alerts (docs/monitoring.md, Alerts)."""
+    with ctx.obj.client() as client:
+        found = client.alerts(state.value if state else None)
+    render.emit(found, output, lambda: render.alerts_table(found))
+
+
+@webhooks_app.command("set")
+@calls_api
+def webhook_set(
+    ctx: typer.Context,
+    url: str,
+    secret: Annotated[str, typer.Option("--secret", help="Name of the project secret holding the HMAC key.")],
+    output: OutputOpt = Output.table,
+) -> None:
+    """Add a webhook, or give an existing one (same URL) another key."""
+    reference = secret if secret.startswith("secret:") else f"secret:{secret}"
+    with ctx.obj.client() as client:
+        hook = client.set_webhook(url, reference)
+    message = f"[green]✓[/] webhook {escape(hook['url'])} set, signed with {escape(hook['secret'])}"
+    render.emit(hook, output, lambda: render.out.print(message))
+
+
+@webhooks_app.command("list")
+@calls_api
+def webhook_list(ctx: typer.Context, output: OutputOpt = Output.table) -> None:
+    """The project's webhooks."""
+    with ctx.obj.client() as client:
+        hooks = client.webhooks()
+    render.emit(hooks, output, lambda: render.webhooks_table(hooks))
+
+
+@webhooks_app.command("delete")
+@calls_api
+def webhook_delete(ctx: typer.Context, url: str, output: OutputOpt = Output.table) -> None:
+    """Remove a webhook."""
+    with ctx.obj.client() as client:
+        client.delete_webhook(url)
+    message = f"[green]✓[/] webhook {escape(url)} deleted"
+    render.emit({"url": url, "deleted": True}, output, lambda: render.out.print(message))
 
 
 # -- secrets --------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class Status(TypedDict, total=False):
     scale_reason: NotRequired[str | None]  # the autoscaler's last reason
     integrations: list[dict[str, Any]]  # the running revision's, once fetched
     fetching: NotRequired[dict[str, Any] | None]  # integration, fetched_files, fetched_bytes while a fetch runs
+    alerts: list[dict[str, Any]]  # each alerting rule: name, state, since, value
 
 
 class UserScale(TypedDict):
@@ -289,6 +290,24 @@ class BerthClient:
 
     def delete_secret(self, name: str) -> None:
         self._request("DELETE", f"/v1/secrets/{name}")
+
+    # -- alerts and webhooks ----------------------------------------------------------------------
+
+    def alerts(self, state: str | None = None) -> list[dict[str, Any]]:
+        params = {"state": state} if state else {}
+        return list(self._request("GET", "/v1/alerts", params=params)["items"])
+
+    def deployment_alerts(self, ref: str) -> list[dict[str, Any]]:
+        return list(self._request("GET", f"/v1/deployments/{ref}/alerts")["items"])
+
+    def set_webhook(self, url: str, secret: str) -> dict[str, Any]:
+        return self._request("PUT", "/v1/webhooks", json={"url": url, "secret": secret})  # type: ignore[no-any-return]
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/v1/webhooks")["items"])
+
+    def delete_webhook(self, url: str) -> None:
+        self._request("DELETE", "/v1/webhooks", params={"url": url})
 
 
 def _problem(response: httpx.Response) -> dict[str, Any]:

@@ -185,6 +185,10 @@ def _sections(d: Deployment, status: Status) -> list[Section]:
     for integration in status.get("integrations") or []:
         content = f"{integration['type']} {integration['identity'][:12]}, {integration['files']} files, {integration['bytes']} bytes"
         state.append((f"Integration {escape(integration['name'])}", escape(f"{integration['mount']} ({content})")))
+    for alert in status.get("alerts") or []:
+        style = ALERT_STYLE.get(alert["state"], "")
+        since = f" since {when(alert['since'])}" if alert.get("since") else ""
+        state.append((f"Alert {escape(alert['name'])}", f"[{style}]{alert['state']}[/]{escape(since)}"))
     return [
         ("Basic information", _escaped(basic)),
         ("Resources (per replica)", _escaped(machine)),
@@ -356,6 +360,35 @@ def secrets_table(used_by: dict[str, list[str]]) -> None:
     listing = table("NAME", "USED BY")
     for name, deployments in used_by.items():
         listing.add_row(escape(name), escape(", ".join(deployments)) or "-")
+    show(listing)
+
+
+ALERT_STYLE = {"firing": "red", "pending": "yellow", "resolved": "green", "inactive": "dim"}
+
+
+def alerts_table(alerts: list[dict[str, Any]]) -> None:
+    if not alerts:
+        out.print("No alerts.")
+        return
+    listing = table("DEPLOYMENT", "ALERT", "STATE", "SINCE", "VALUE", "CONDITION")
+    for alert in alerts:
+        style = ALERT_STYLE.get(alert["state"], "")
+        value = "-" if alert.get("value") is None else f"{alert['value']:.4g}"
+        condition = f"{alert['metric']} {alert['op']} {alert['threshold']:g} for {alert['for']} (window {alert['window']})"
+        listing.add_row(
+            escape(alert["deployment"]), escape(alert["name"]), f"[{style}]{alert['state']}[/]",
+            escape(str(alert.get("since") or "-")), value, escape(condition),
+        )  # fmt: skip
+    show(listing)
+
+
+def webhooks_table(webhooks: list[dict[str, Any]]) -> None:
+    if not webhooks:
+        out.print("No webhooks.")
+        return
+    listing = table("URL", "KEY", "UPDATED")
+    for hook in webhooks:
+        listing.add_row(escape(hook["url"]), escape(hook["secret"]), escape(str(hook["updated_at"])))
     show(listing)
 
 

@@ -84,6 +84,20 @@ INTEGRATIONS = JStream(
     max_msgs_per_subject=1,
     description="Integrations of each revision: ready (with content identities) or failed, newest per revision.",
 )
+ALERTS = JStream(
+    "BERTH_ALERTS",
+    subjects=["berth.alerts.v1.>"],
+    duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    max_msgs_per_subject=1,
+    description="Alert transitions (AlertChanged), newest per deployment and rule: each alert's current state.",
+)
+WEBHOOKS = JStream(
+    "BERTH_WEBHOOKS",
+    subjects=["berth.webhooks.v1.>"],
+    duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    max_msgs_per_subject=1,
+    description="Each project's webhooks (WebhooksChanged), newest per project; secret references only.",
+)
 DEAD = JStream(
     "BERTH_DEAD",
     subjects=["berth.dead.v1.>"],
@@ -91,7 +105,7 @@ DEAD = JStream(
     description="Dead letters: messages a service could not handle after its retries, with the reason.",
 )
 ALL_STREAMS: tuple[JStream, ...] = (
-    SPECS, REPLICAS, HEALTH, CONTROL, STATUS, METRICS, SCALE, TRAFFIC, INTEGRATIONS, DEAD,
+    SPECS, REPLICAS, HEALTH, CONTROL, STATUS, METRICS, SCALE, TRAFFIC, INTEGRATIONS, ALERTS, WEBHOOKS, DEAD,
 )
 # `ensure_streams` sets the streams up; FastStream must not try it again as each subscriber starts:
 # a service other than the spec-registry may not create or update streams (libs/busauth.py).
@@ -112,6 +126,8 @@ USAGE_METRICS = "berth.metrics.v1.usage.*"  # ReplicaUsageReported, from the sch
 SCALE_EVENTS = "berth.scale.v1.*.*"
 TRAFFIC_EVENTS = "berth.traffic.v1.*"
 INTEGRATIONS_EVENTS = "berth.integrations.v1.*.*"
+ALERT_EVENTS = "berth.alerts.v1.*.*"
+WEBHOOK_EVENTS = "berth.webhooks.v1.*"
 DEAD_LETTERS = "berth.dead.v1.{service}.{durable}"  # where a service's consumer sets aside poison messages
 # Request/reply (core NATS, no stream): the registry asks the scheduler for replica logs.
 # Payload {"deployment_id", "replica_id", "tail", "since"}; reply {"lines": [{"replica_id", "offset", "line"}], "next"}.
@@ -129,6 +145,7 @@ DURABLE_REGISTRY_STATUS = "registry-status"
 DURABLE_SCHEDULER_INTEGRATIONS = "scheduler-integrations"
 DURABLE_INTEGRATIONS_SPECS = "integrations-specs"
 DURABLE_INTEGRATIONS_RETRIES = "integrations-retries"
+DURABLE_ALERTING_DELIVERIES = "alerting-webhooks"  # acked only once every webhook of the project answered 2xx
 
 SECRETS_BUCKET = "berth_secrets"
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from libs.bus import (
+    ALERTS,
     ALL_STREAMS,
     CONTROL,
     DEAD_LETTERS,
@@ -42,6 +43,7 @@ from libs.bus import (
     STATUS,
     TRAFFIC,
     USAGE_METRICS,
+    WEBHOOKS,
     inbox_prefix,
 )
 
@@ -69,8 +71,12 @@ def dead_letters(service: str) -> str:
 
 PERMISSIONS: dict[str, Grant] = {
     "spec-registry": Grant(
-        publishes=(*_subjects(SPECS), *_subjects(SCALE), "berth.control.v1.retry.>", dead_letters("spec-registry")),
-        consumes=(STATUS.name, SCALE.name),  # SCALE: the autoscaler's newest decision, for `autoscale record`
+        publishes=(
+            *_subjects(SPECS), *_subjects(SCALE), *_subjects(WEBHOOKS), "berth.control.v1.retry.>",
+            dead_letters("spec-registry"),
+        ),
+        # SCALE: the autoscaler's newest decision, for `autoscale record`; ALERTS: the alerts read model
+        consumes=(STATUS.name, SCALE.name, ALERTS.name),
         secrets="write",
         requests=(LOGS_RPC,),
         manages_streams=True,
@@ -104,6 +110,12 @@ PERMISSIONS: dict[str, Grant] = {
     "autoscaler": Grant(
         publishes=(*_subjects(SCALE), dead_letters("autoscaler")),
         consumes=(SPECS.name, METRICS.name, STATUS.name, SCALE.name),  # SCALE: its own last decisions
+    ),
+    "alerting": Grant(
+        publishes=(*_subjects(ALERTS), dead_letters("alerting")),
+        # SPECS: the rules; METRICS, STATUS: the figures; ALERTS: its own states and deliveries; WEBHOOKS
+        consumes=(SPECS.name, METRICS.name, STATUS.name, ALERTS.name, WEBHOOKS.name),
+        secrets="read",  # the webhooks' HMAC keys, unsealed when signing
     ),
 }
 

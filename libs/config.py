@@ -88,6 +88,10 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="Router reports within this span are combined into one sample."
     )
     stop_grace_seconds: float = 10.0
+    alerting_ops_port: int = Field(default=8096, description="/healthz and /metrics of the alerting service.")
+    alerting_interval_seconds: float = Field(
+        default=15.0, gt=0, description="How often every alerting rule is evaluated (Prometheus' evaluation_interval)."
+    )
 
     # runtime: kubernetes (docs/kubernetes.md). No kubeconfig: in-cluster config, else ~/.kube/config.
     kubeconfig: Path | None = Field(default=None, description="Kubeconfig file of the kubernetes runtime.")

@@ -458,6 +458,53 @@ class RequestMetricsReported(Event, DeploymentRef):
     )
 
 
+# -- alerting --------------------------------------------------------------------------------------
+
+AlertState = Literal["inactive", "pending", "firing", "resolved"]
+
+
+class AlertChanged(Event, DeploymentRef):
+    """An alert of one rule of a deployment changed state, as a Prometheus alerting rule's alert does:
+    inactive -> pending when the condition starts to hold (-> firing at once when `for` is 0),
+    pending -> firing once it held for `for`, pending -> inactive when it stops before, firing ->
+    resolved when it stops holding. One subject per (deployment, rule): the stream keeps the newest,
+    which is each alert's current state. `event_id` identifies the transition (a webhook's `id`)."""
+
+    type: ClassVar[str] = "alert.changed"
+    subject_template: ClassVar[str] = "berth.alerts.v1.{deployment_id}.{rule_slug}"
+    kind: Literal["alert.changed"] = "alert.changed"
+    name: str = Field(description="The deployment's name.")
+    rule: str = Field(description="The alerting rule's name (spec `alerts[].name`).")
+    rule_slug: str
+    metric: str
+    op: str
+    threshold: float
+    for_seconds: float
+    window_seconds: float
+    state: AlertState
+    previous_state: AlertState
+    value: float | None = Field(default=None, description="The metric at the evaluation (null: no data).")
+    active_at: datetime | None = Field(default=None, description="Since when the condition holds (pending, firing).")
+    fired_at: datetime | None = None
+    resolved_at: datetime | None = None
+    reason: str = Field(default="", description="Why, when not the metric: the rule or the deployment was removed.")
+
+
+class Webhook(BaseModel):
+    url: str
+    secret: str = Field(description="A `secret:<name>` reference to the HMAC key, never the key.")
+
+
+class WebhooksChanged(Event):
+    """A project's webhooks (all of them) after a change; the stream keeps the newest per project."""
+
+    type: ClassVar[str] = "webhooks.changed"
+    subject_template: ClassVar[str] = "berth.webhooks.v1.{project}"
+    kind: Literal["webhooks.changed"] = "webhooks.changed"
+    project: str
+    webhooks: list[Webhook] = Field(default_factory=list)
+
+
 ALL_EVENTS: tuple[type[Event], ...] = (
     SpecApplied,
     DeploymentDeleted,
@@ -477,6 +524,8 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     IntegrationsProgress,
     IntegrationsRetryRequested,
     ReplicaUsageReported,
+    AlertChanged,
+    WebhooksChanged,
 )
 _BY_KIND: dict[str, type[Event]] = {cls.type: cls for cls in ALL_EVENTS}
 

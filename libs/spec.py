@@ -86,6 +86,13 @@ def _only_secret_ref(value: str | None, what: str) -> str | None:
     return None if value is None else _check_secret_ref(value)
 
 
+def only_secret_ref(value: str, what: str) -> str:
+    """`value` when it is a well-formed `secret:<name>` reference; ValueError saying the rule otherwise."""
+    checked = _only_secret_ref(value, what)
+    assert checked is not None
+    return checked
+
+
 def _number_as_text(value: Any) -> Any:
     """YAML reads `machineType: 12` as a number; the user meant the text `12`. Integers only: a float
     as YAML read it may differ from what was written (`1.10` is 1.1)."""
@@ -541,6 +548,90 @@ def _is_zero(value: int | str | None) -> bool:
     return value in (0, "0%")
 
 
+# -- alerts -----------------------------------------------------------------------------------------
+
+MAX_ALERTS = 20
+# A Prometheus duration (model.ParseDuration): units from years to milliseconds, each at most once and
+# largest first, e.g. `90s`, `5m`, `1h30m`; `0` alone is zero.
+DURATION = re.compile(r"^(?:0|(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?)$")
+_DURATION_UNITS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1, 0.001)
+DURATION_RULE = "must be a duration such as 30s, 5m or 1h30m (units y, w, d, h, m, s, ms, largest first)"
+MAX_ALERT_WINDOW_SECONDS = 3600  # BERTH_METRICS keeps an hour of reports: a longer range has no data
+MAX_ALERT_FOR_SECONDS = 7 * 86400
+ALERT_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
+AlertMetric = Literal[
+    "error_rate_percent", "client_error_rate_percent", "request_rate", "latency_p50_seconds",
+    "latency_p95_seconds", "latency_p99_seconds", "ready_below_desired", "restarts", "cpu_percent", "memory_percent",
+]  # fmt: skip
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds of a Prometheus duration (`5m` -> 300.0); ValueError naming the rule when it is not one."""
+    match = DURATION.fullmatch(text) if text else None
+    if match is None:
+        raise ValueError(DURATION_RULE)
+    return sum(int(count) * unit for count, unit in zip(match.groups(), _DURATION_UNITS, strict=True) if count)
+
+
+def _duration(maximum: float, minimum: float = 0.0) -> Any:
+    def check(value: str) -> str:
+        seconds = duration_seconds(value)
+        if seconds < minimum or seconds > maximum:
+            raise ValueError(f"must be between {minimum:g}s and {maximum:g}s")
+        return value
+
+    return AfterValidator(check)
+
+
+class AlertRule(SpecModel):
+    """One alerting rule of the deployment, evaluated as a Prometheus alerting rule (docs/monitoring.md):
+    `metric` over the last `window`, compared with `threshold` by `op`; pending while the comparison
+    holds, firing once it has held for `for`, resolved when it stops holding."""
+
+    # `for` is a Python keyword: the field is `for_`, written and shown as `for`.
+    model_config = ConfigDict(**SpecModel.model_config, serialize_by_alias=True)
+
+    name: Annotated[
+        str,
+        *_pattern(ALERT_NAME, "must start with a letter and hold only letters, digits, '_' and '-' (at most 63)"),
+    ]
+    metric: AlertMetric = Field(
+        description="error_rate_percent / client_error_rate_percent: % of requests answered 5xx or failed "
+        "upstream / answered 4xx; request_rate: requests/s; latency_pNN_seconds: quantiles of the router's "
+        "latency histogram; ready_below_desired: desired minus ready replicas (now); restarts: replica "
+        "restarts within the window; cpu_percent, memory_percent: mean utilisation of the replicas."
+    )
+    op: Literal[">", ">=", "<", "<="]
+    threshold: float = Field(allow_inf_nan=False, strict=True)
+    for_: Annotated[Text, _duration(MAX_ALERT_FOR_SECONDS)] = Field(
+        default="0s", alias="for", description="How long the comparison must hold before the alert fires (0s: at once)."
+    )
+    window: Annotated[Text, _duration(MAX_ALERT_WINDOW_SECONDS, minimum=1)] = Field(
+        default="5m", description="The range the metric is computed over, as in rate(x[5m]); at most 1h."
+    )
+
+    @property
+    def for_seconds(self) -> float:
+        return duration_seconds(self.for_)
+
+    @property
+    def window_seconds(self) -> float:
+        return duration_seconds(self.window)
+
+    @property
+    def slug(self) -> str:
+        """The rule's token in its alert's subject (`berth.alerts.v1.<deployment_id>.<slug>`)."""
+        return slugify(self.name)
+
+    def holds(self, value: float | None) -> bool:
+        """Whether `value` meets the condition; no value (no data, NaN) never does, as a PromQL comparison
+        drops NaN samples."""
+        if value is None or value != value:
+            return False
+        return {">": value > self.threshold, ">=": value >= self.threshold,
+                "<": value < self.threshold, "<=": value <= self.threshold}[self.op]  # fmt: skip
+
+
 class Model(SpecModel):
     id: Text = Field(min_length=1)
     version: Text = Field(min_length=1)
@@ -564,6 +655,9 @@ class DeploymentSpec(SpecModel):
     environment: Literal["development", "staging", "production"] = "development"
     loadBalancer: LoadBalancer = Field(default_factory=LoadBalancer)
     updateStrategy: UpdateStrategy = Field(default_factory=UpdateStrategy)
+    alerts: list[AlertRule] = Field(
+        default_factory=list, max_length=MAX_ALERTS, description="Alerting rules (docs/monitoring.md, Alerts)."
+    )
     restartedAt: AwareDatetime | None = Field(
         default=None,
         description="Changing it makes a new revision, so every replica is replaced through updateStrategy "
@@ -589,6 +683,13 @@ class DeploymentSpec(SpecModel):
     def _unique_integrations(cls, items: list[Integration]) -> list[Integration]:
         repeats = [*_repeats("integrations", items, "name"), *_repeats("integrations", items, "path")]
         raise_if(repeats or _nested_mounts(items), "integrations")
+        return items
+
+    @field_validator("alerts")
+    @classmethod
+    def _unique_alerts(cls, items: list[AlertRule]) -> list[AlertRule]:
+        # Names differing only in case or '_'/'-' share a slug, hence a subject: one would hide the other.
+        raise_if(_repeats("alerts", items, "slug", shown="name", why=" (ignoring case, '-' and '_')"), "alerts")
         return items
 
     @field_validator("env")
@@ -657,15 +758,19 @@ class DeploymentSpec(SpecModel):
         return None
 
 
-def _repeats(field: str, items: Sequence[BaseModel], attr: str) -> list[InitErrorDetails]:
-    """An error at every item whose `attr` an earlier item has already, naming that item (one pass)."""
+def _repeats(
+    field: str, items: Sequence[BaseModel], attr: str, shown: str | None = None, why: str = ""
+) -> list[InitErrorDetails]:
+    """An error at every item whose `attr` an earlier item has already, naming that item (one pass);
+    the error is placed on the field `shown` (default `attr`)."""
     first: dict[Any, int] = {}
     found: list[InitErrorDetails] = []
+    where = shown or attr
     for index, item in enumerate(items):
         value = getattr(item, attr)
         if value in first:
-            rule = PydanticCustomError("unique", f"must be unique: {field}[{first[value]}].{attr} is the same")
-            found.append(InitErrorDetails(type=rule, loc=(index, attr), input=value))
+            rule = PydanticCustomError("unique", f"must be unique: {field}[{first[value]}].{where} is the same{why}")
+            found.append(InitErrorDetails(type=rule, loc=(index, where), input=value))
         else:
             first[value] = index
     return found

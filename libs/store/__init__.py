@@ -10,6 +10,7 @@ from libs.store.tables import (
     SecretNameRow,
     SpecVersionRow,
     TokenRow,
+    WebhookRow,
     utcnow,
 )
 
@@ -22,6 +23,7 @@ __all__ = [
     "SecretNameRow",
     "SpecVersionRow",
     "TokenRow",
+    "WebhookRow",
     "create_engine",
     "migrate",
     "reader",

@@ -153,3 +153,16 @@ class SecretNameRow(SQLModel, table=True):
     project: str = Field(primary_key=True, foreign_key="projects.name", max_length=63)
     name: str = Field(primary_key=True, max_length=128)
     created_at: datetime = _created_at()
+
+
+class WebhookRow(SQLModel, table=True):
+    """A project's webhook for alert transitions: where to POST them, and a `secret:<name>` reference to
+    the key that signs them (the key itself is a sealed project secret, never here) (0008)."""
+
+    __tablename__ = "webhooks"
+
+    project: str = Field(primary_key=True, foreign_key="projects.name", max_length=63)
+    url: str = Field(primary_key=True, max_length=2048)
+    secret: str = Field(max_length=136)
+    created_at: datetime = _created_at()
+    updated_at: datetime = _created_at()

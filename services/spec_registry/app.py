@@ -16,7 +16,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-from libs.bus import DURABLE_REGISTRY_STATUS, STATUS, STATUS_EVENTS
+from libs.bus import ALERT_EVENTS, DURABLE_REGISTRY_STATUS, STATUS, STATUS_EVENTS
 from libs.config import Settings
 from libs.events import DeploymentStatusChanged
 from libs.kit import Service
@@ -24,6 +24,7 @@ from libs.logging import get_logger
 from libs.sealing import Sealer
 from libs.secrets import SecretStore
 from libs.store import create_engine, migrate
+from services.spec_registry.alerts import AlertBoard
 from services.spec_registry.auth import TokenCache, bootstrap_admin
 from services.spec_registry.metrics import REQUESTS
 from services.spec_registry.outbox import OutboxRelay
@@ -36,7 +37,7 @@ from services.spec_registry.problems import (
 from services.spec_registry.registry import Registry
 from services.spec_registry.relay_lock import RelayLock
 from services.spec_registry.repository import Repository
-from services.spec_registry.routes import admin, deployments, ops
+from services.spec_registry.routes import admin, alerts, deployments, ops
 
 log = get_logger("spec_registry")
 
@@ -53,7 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_problem_handlers(app)
     app.add_middleware(BodyLimit)
     app.middleware("http")(_observe)  # added last, so outermost: it also sees what BodyLimit refuses
-    for module in (ops, deployments, admin):
+    for module in (ops, deployments, alerts, admin):
         app.include_router(module.router)
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
     # A server span per request, continuing the caller's W3C `traceparent`; the events the request
@@ -98,11 +99,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             pull=True,
         )
         await service.start()
+        board = AlertBoard()
+        await service.watch_latest(ALERT_EVENTS, board.on_event)  # the alerts read model
 
         secrets = await SecretStore.open(js, Sealer.from_settings(settings))  # it only seals
         if indexed := await asyncio.to_thread(repo.backfill_secret_names, await secrets.stored_names()):
             log.info("secret names indexed", secrets=indexed)
-        app.state.registry = Registry(repo, secrets, relay, connection)
+        app.state.registry = Registry(repo, secrets, relay, connection, board)
         app.state.tokens = TokenCache(repo)
         app.state.bus = connection
         relay.start()

@@ -20,12 +20,13 @@ from libs.bus import LOGS_RPC, latest_per_subject
 from libs.changes import field_changes, replaces_replicas, rollout
 from libs.events import DeploymentScaled, utcnow
 from libs.secrets import SecretStore
-from libs.spec import DeploymentSpec, SpecError, SpecInvalid, validate_spec
+from libs.spec import DeploymentSpec, SpecError, SpecInvalid, secret_name, validate_spec
 from services.spec_registry.metrics import SPEC_VERSIONS_ACCEPTED
 from services.spec_registry.outbox import OutboxRelay
-from libs.store import AliasRow
-from services.spec_registry.problems import BadGateway, Invalid, Unavailable
-from services.spec_registry.repository import Repository, StoredDeployment
+from libs.store import AliasRow, WebhookRow
+from services.spec_registry.alerts import MAX_WEBHOOKS, AlertBoard, check_webhook, valid_url
+from services.spec_registry.problems import BadGateway, Invalid, NotFound, Unavailable
+from services.spec_registry.repository import Repository, StoredDeployment, WebhookOutcome
 from services.spec_registry.schemas import ALIAS_NAME, DryRun, FieldChange, LogPage
 
 LOGS_TIMEOUT_SECONDS = 5.0
@@ -36,8 +37,11 @@ SpecEdit = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class Registry:
-    def __init__(self, repo: Repository, secrets: SecretStore, relay: OutboxRelay, nc: Client) -> None:
+    def __init__(
+        self, repo: Repository, secrets: SecretStore, relay: OutboxRelay, nc: Client, alerts: AlertBoard | None = None
+    ) -> None:
         self.repo = repo
+        self.alerts = alerts or AlertBoard()
         self.secrets = secrets
         self._relay = relay
         self._nc = nc
@@ -130,6 +134,25 @@ class Registry:
 
     async def delete(self, project: str, ref: str) -> None:
         await asyncio.to_thread(self.repo.delete_deployment, project, ref)
+        self._relay.notify()
+
+    async def set_webhook(self, project: str, url: str, secret: str) -> tuple[WebhookRow, WebhookOutcome]:
+        """Add or update a webhook; its key must be a secret of the project (checked, never read here)."""
+        check_webhook(url, secret)
+        if not await asyncio.to_thread(self.repo.has_secret, project, secret_name(secret)):
+            raise Invalid(
+                "the webhook is not valid",
+                [SpecError("secret", "names a secret that does not exist in the project (berth secrets set)")],
+            )
+        row, outcome = await asyncio.to_thread(self.repo.set_webhook, project, url, secret, MAX_WEBHOOKS)
+        if outcome != "unchanged":
+            self._relay.notify()
+        return row, outcome
+
+    async def delete_webhook(self, project: str, url: str) -> None:
+        if not valid_url(url):  # never stored: no such webhook
+            raise NotFound("the project has no webhook with this URL", field="url")
+        await asyncio.to_thread(self.repo.delete_webhook, project, url)
         self._relay.notify()
 
     async def logs(self, deployment_id: str, replica: str | None, tail: int, since: str | None) -> LogPage:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -28,6 +28,8 @@ from libs.events import (
     Event,
     IntegrationsRetryRequested,
     SpecApplied,
+    Webhook,
+    WebhooksChanged,
     new_id,
 )
 from libs.spec import DeploymentSpec, SpecError
@@ -40,6 +42,7 @@ from libs.store import (
     SecretNameRow,
     SpecVersionRow,
     TokenRow,
+    WebhookRow,
     reader,
     utcnow,
 )
@@ -49,6 +52,7 @@ from services.spec_registry.problems import Conflict, Invalid, NotFound, StaleVe
 from services.spec_registry.scale import holds, wanted
 
 DEFAULT_PROJECT = "default"
+WebhookOutcome = Literal["created", "updated", "unchanged"]
 RENAME_RULE = (
     "deployment name cannot be edited: create a deployment with the new name, move traffic to it "
     "(or an alias), then delete this one"
@@ -422,6 +426,48 @@ class Repository:
             new = {(p, n) for p, n in names if p in projects} - held
             session.add_all(SecretNameRow(project=p, name=n) for p, n in new)
         return len(new)
+
+    # -- webhooks (alert transitions are POSTed to them by the alerting service) ---------------------------
+
+    def webhooks(self, project: str) -> list[WebhookRow]:
+        with self._read() as session:
+            return self._webhooks(session, project)
+
+    def set_webhook(self, project: str, url: str, secret: str, limit: int) -> tuple[WebhookRow, WebhookOutcome]:
+        """Add the webhook, or point an existing one (same URL) at another key; the row and what was
+        done. Publishes the project's webhooks, all of them, with the change."""
+        with self._write_with_event() as session:
+            current = {row.url: row for row in self._webhooks(session, project)}
+            row = current.get(url)
+            if row is not None and row.secret == secret:
+                return row, "unchanged"
+            outcome: WebhookOutcome = "updated" if row is not None else "created"
+            if row is None and len(current) >= limit:
+                raise Invalid("too many webhooks", [SpecError("url", f"a project has at most {limit} webhooks")])
+            row = row or WebhookRow(project=project, url=url, secret=secret)
+            row.secret, row.updated_at = secret, utcnow()
+            session.add(row)
+            session.flush()
+            self._add_webhooks_event(session, project)
+        return row, outcome
+
+    def delete_webhook(self, project: str, url: str) -> None:
+        with self._write_with_event() as session:
+            row = session.get(WebhookRow, (project, url))
+            if row is None:
+                raise NotFound("the project has no webhook with this URL", field="url")
+            session.delete(row)
+            session.flush()
+            self._add_webhooks_event(session, project)
+
+    @staticmethod
+    def _webhooks(session: Session, project: str) -> list[WebhookRow]:
+        query = select(WebhookRow).where(WebhookRow.project == project).order_by(col(WebhookRow.url))
+        return list(session.exec(query).all())
+
+    def _add_webhooks_event(self, session: Session, project: str) -> None:
+        hooks = [Webhook(url=row.url, secret=row.secret) for row in self._webhooks(session, project)]
+        self._add_event(session, WebhooksChanged(project=project, webhooks=hooks))
 
     # -- outbox -------------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from pydantic import (
     field_serializer,
 )
 
-from libs.events import FetchProgress, IntegrationStatus, Phase, ReplicaStatus
+from libs.events import AlertState, FetchProgress, IntegrationStatus, Phase, ReplicaStatus
 from libs.spec import DeploymentSpec
 from services.spec_registry.limits import MAX_SECRET_CHARS
 
@@ -24,6 +24,59 @@ PROJECT_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
 class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class AlertSummary(BaseModel):
+    """One alerting rule of a deployment and the state of its alert (the deployment's status)."""
+
+    name: str = Field(description="The rule's name (spec `alerts[].name`).")
+    state: AlertState = Field(description="inactive, pending, firing, or resolved (inactive after firing).")
+    since: datetime | None = Field(default=None, description="When it entered this state (null: never active).")
+    value: float | None = Field(default=None, description="The metric at the last transition (null: no data).")
+
+
+class Alert(AlertSummary):
+    """An alert as `GET /alerts` and `GET /deployments/{ref}/alerts` show it."""
+
+    deployment_id: str
+    deployment: str = Field(description="The deployment's name.")
+    slug: str
+    metric: str
+    op: str
+    threshold: float
+    for_: str = Field(alias="for", serialization_alias="for", description="How long the condition must hold.")
+    window: str
+    active_at: datetime | None = Field(default=None, description="Since when the condition holds (pending, firing).")
+    fired_at: datetime | None = None
+    resolved_at: datetime | None = None
+    updated_at: datetime | None = Field(default=None, description="The last transition (null: none yet).")
+    reason: str = Field(default="", description="Set when the alert ended because its rule or deployment went.")
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class AlertList(BaseModel):
+    items: list[Alert]
+
+
+class WebhookPut(Request):
+    url: str = Field(
+        max_length=2048, description="Where alert transitions are POSTed: an http:// or https:// URL without credentials."
+    )
+    secret: str = Field(
+        max_length=136, description="`secret:<name>`: the project secret holding the HMAC-SHA256 key (never the key)."
+    )
+
+
+class WebhookOut(BaseModel):
+    url: str
+    secret: str = Field(description="The `secret:<name>` reference to the signing key.")
+    created_at: datetime
+    updated_at: datetime
+
+
+class WebhookList(BaseModel):
+    items: list[WebhookOut]
 
 
 class Status(BaseModel):
@@ -49,6 +102,9 @@ class Status(BaseModel):
     )
     scale_reason: str | None = Field(
         default=None, description="Why the scale decision in force chose its count (the autoscaler's last reason)."
+    )
+    alerts: list[AlertSummary] = Field(
+        default_factory=list, description="Every alerting rule of the current spec with its alert's state."
     )
 
 

@@ -80,7 +80,8 @@ class Berth:
 
 @pytest.fixture
 def berth(tmp_path: Path) -> Berth:
-    ports = {k: free_port() for k in ("API", "ROUTER", "NATS", "SCHEDULER_OPS", "HEALTH_MONITOR_OPS", "INTEGRATIONS_OPS")}
+    ports = {k: free_port() for k in ("API", "ROUTER", "NATS", "SCHEDULER_OPS", "HEALTH_MONITOR_OPS", "INTEGRATIONS_OPS",
+                                      "AUTOSCALER_OPS", "ALERTING_OPS")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     env |= {f"BERTH_{k}_PORT": str(v) for k, v in ports.items()}
     env |= {
@@ -189,7 +190,11 @@ async def test_up_runs_private_with_a_user_per_service_and_json_logs(
     authenticated bus; none of it lands in a file; every file is the owner's; every log line is JSON."""
     await eventually(berth.healthy, timeout=60, what="the registry answers /healthz")
     passwords = json.loads((berth.data_dir / "nats" / "credentials.json").read_text())
-    assert {"spec-registry", "scheduler", "health-monitor", "router"} <= set(passwords)
+    assert {"spec-registry", "scheduler", "health-monitor", "router", "alerting"} <= set(passwords)
+    # The alerting service reads what it needs (specs, metrics, status, alerts, webhooks, secrets) as its own user.
+    alerting_log = berth.data_dir / "logs" / "alerting.log"
+    await eventually(lambda: alerting_log.exists() and "alerting started" in alerting_log.read_text(), timeout=60,
+                     what="the alerting service started under its NATS user")  # fmt: skip
     with pytest.raises(Exception, match="Authorization Violation"):
         await nats.connect(f"nats://127.0.0.1:{berth.env['BERTH_NATS_PORT']}", allow_reconnect=False)
 

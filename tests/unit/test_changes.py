@@ -120,6 +120,8 @@ TABLE: dict[str, tuple[Edit, str]] = {
     ),
     "updateStrategy.progressDeadlineSeconds": (setter("updateStrategy.progressDeadlineSeconds", 30), "live"),
     "restartedAt": (setter("restartedAt", "2026-12-01T12:00:00+00:00"), "replace"),  # a restart: a new revision
+    # Alerting rules are read by the alerting service only: no replica notices them.
+    "alerts": (setter("alerts", [{"name": "Errors", "metric": "error_rate_percent", "op": ">", "threshold": 1}]), "live"),
 }
 
 

@@ -12,7 +12,7 @@ from compose_spec import PyCompose
 
 SERVICES = {"spec-registry": "8080/healthz", "scheduler": "8091/healthz", "health-monitor": "8092/healthz",
             "router": "8000/_berth/healthz", "autoscaler": "8093/healthz",
-            "integrations": "8093/healthz"}
+            "integrations": "8093/healthz", "alerting": "8096/healthz"}
 
 
 def test_compose_file_is_valid_and_every_service_has_a_health_check() -> None:

@@ -35,6 +35,9 @@ CONTRACT = {
     "/v1/deployments/{ref}/aliases": {"get"},
     "/v1/deployments/{ref}/promote": {"post"},
     "/v1/deployments/{ref}/aliases/{alias}": {"put", "delete"},
+    "/v1/deployments/{ref}/alerts": {"get"},
+    "/v1/alerts": {"get"},
+    "/v1/webhooks": {"get", "put", "delete"},
 }
 
 

@@ -16,6 +16,7 @@ from libs.logcursor import MAX_CURSOR_CHARS, CursorInvalid, read_cursor
 from libs.revision import revision_id
 from libs.spec import DeploymentSpec, SpecError, StrategyType, scale_errors, with_strategy
 from libs.store import AliasRow, SpecVersionRow
+from services.spec_registry.alerts import AlertBoard, not_evaluated, summaries
 from services.spec_registry.auth import Caller
 from services.spec_registry.pagination import DEFAULT_LIMIT, After, Limit, decode_cursor, paginate
 from services.spec_registry.problems import (
@@ -112,7 +113,7 @@ async def create_deployment(
         return await registry.dry_run(caller.project, None, document, [])
     stored = await registry.create(caller.project, document, by=caller.token_id)
     response.headers["Location"] = f"/v1/deployments/{stored.row.id}"
-    return _answer(stored, settings, response)
+    return _answer(stored, settings, response, registry.alerts)
 
 
 @router.get("/deployments", tags=["deployments"], responses=responses(Forbidden))
@@ -133,7 +134,7 @@ async def list_deployments(
         registry.repo.list_deployments, project or caller.project, environment, limit + 1, after_name
     )
     page, next_cursor = paginate(rows, limit, lambda stored: stored.row.name)
-    return DeploymentList(items=[present(s, settings) for s in page], next=next_cursor)
+    return DeploymentList(items=[present(s, settings, registry.alerts) for s in page], next=next_cursor)
 
 
 @router.get("/deployments/{ref}", tags=["deployments"], responses=READ)
@@ -142,7 +143,7 @@ async def get_deployment(
 ) -> Deployment:
     """`ref` is the deployment_id or the slug."""
     stored = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
-    return _answer(stored, settings, response)
+    return _answer(stored, settings, response, registry.alerts)
 
 
 @router.put(
@@ -169,7 +170,7 @@ async def update_deployment(
     if dry_run:
         return await registry.dry_run(caller.project, ref, document, _etags(if_match))
     stored = await registry.update(caller.project, ref, document, _etags(if_match), by=caller.token_id)
-    return _answer(stored, settings, response)
+    return _answer(stored, settings, response, registry.alerts)
 
 
 @router.post("/deployments/{ref}/scale", tags=["deployments"], responses=JSON_WRITE)
@@ -182,7 +183,7 @@ async def scale_deployment(
     if errors := scale_errors(_spec(current.spec), body.replicas):
         raise Invalid("the deployment cannot be scaled to this count", errors)
     stored = await registry.scale(caller.project, ref, body.replicas)
-    return _answer(stored, settings, response)
+    return _answer(stored, settings, response, registry.alerts)
 
 
 @router.post("/deployments/{ref}/stop", tags=["deployments"], responses=WRITE)
@@ -190,7 +191,7 @@ async def stop_deployment(
     ref: str, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
 ) -> Deployment:
     stored = await registry.change(caller.project, ref, with_enabled(False), by=caller.token_id)
-    return _answer(stored, settings, response)
+    return _answer(stored, settings, response, registry.alerts)
 
 
 @router.post("/deployments/{ref}/start", tags=["deployments"], responses=WRITE)
@@ -198,7 +199,7 @@ async def start_deployment(
     ref: str, caller: Caller, registry: RegistryDep, settings: SettingsDep, response: Response
 ) -> Deployment:
     stored = await registry.change(caller.project, ref, with_enabled(True), by=caller.token_id)
-    return _answer(stored, settings, response)
+    return _answer(stored, settings, response, registry.alerts)
 
 
 @router.post("/deployments/{ref}/rollback", tags=["deployments"], responses=JSON_WRITE)
@@ -208,7 +209,7 @@ async def rollback_deployment(
     """A new version whose spec is that of `spec_version` (unchanged when it is the current spec)."""
     old = await asyncio.to_thread(registry.repo.spec_version, caller.project, ref, body.spec_version)
     stored = await registry.change(caller.project, ref, replaced_by(old.spec), by=caller.token_id)
-    return _answer(stored, settings, response)
+    return _answer(stored, settings, response, registry.alerts)
 
 
 @router.post("/deployments/{ref}/promote", tags=["deployments"], responses=WRITE)
@@ -218,7 +219,7 @@ async def promote_deployment(
     """Promote the current version's update: a canary takes all traffic at once (its remaining steps
     are skipped), a blue-green's old set stops at once. Not a new version; no effect on a rolling update."""
     stored = await registry.promote(caller.project, ref)
-    return _answer(stored, settings, response)
+    return _answer(stored, settings, response, registry.alerts)
 
 
 @router.post("/deployments/{ref}/retry", status_code=202, tags=["deployments"], responses=READ)
@@ -228,7 +229,7 @@ async def retry_deployment(
     """Fetch the deployment's failed integrations again now, not after the back-off (accepted: the
     integrations service acts on it; the status shows the outcome)."""
     stored = await registry.retry(caller.project, ref)
-    return _answer(stored, settings, response)
+    return _answer(stored, settings, response, registry.alerts)
 
 
 @router.delete("/deployments/{ref}", status_code=204, tags=["deployments"], responses=READ)
@@ -289,7 +290,7 @@ async def remove_alias(ref: str, alias: str, caller: Caller, registry: RegistryD
 @router.get("/deployments/{ref}/status", tags=["deployments"], responses=READ)
 async def deployment_status(ref: str, caller: Caller, registry: RegistryDep) -> Status:
     stored = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
-    return _status(stored, _spec(stored.spec))
+    return _status(stored, _spec(stored.spec), registry.alerts)
 
 
 @router.get("/deployments/{ref}/autoscaling/decision", tags=["deployments"], responses=READ)
@@ -325,7 +326,7 @@ async def deployment_logs(
     return await registry.logs(stored.row.id, replica, tail, since)
 
 
-def present(stored: StoredDeployment, settings: Settings) -> Deployment:
+def present(stored: StoredDeployment, settings: Settings, alerts: AlertBoard | None = None) -> Deployment:
     row, spec = stored.row, _spec(stored.spec)
     return Deployment(
         deployment_id=row.id,
@@ -339,7 +340,7 @@ def present(stored: StoredDeployment, settings: Settings) -> Deployment:
         endpoint=f"http://{settings.router_host}:{settings.router_port}/{row.project}/{row.slug}/",
         created_at=row.created_at,
         updated_at=row.updated_at,
-        status=_status(stored, spec),
+        status=_status(stored, spec, alerts),
         revision_id=revision_id(spec),
         scale=_user_scale(stored, spec),
         unchanged=stored.unchanged,
@@ -371,24 +372,26 @@ def _spec_version(row: SpecVersionRow) -> SpecVersion:
     )
 
 
-def _answer(stored: StoredDeployment, settings: Settings, response: Response) -> Deployment:
+def _answer(stored: StoredDeployment, settings: Settings, response: Response, alerts: AlertBoard) -> Deployment:
     response.headers["ETag"] = f'"{stored.row.spec_id}"'
-    return present(stored, settings)
+    return present(stored, settings, alerts)
 
 
 def _spec(document: dict[str, object]) -> DeploymentSpec:
     return DeploymentSpec.model_validate(document)
 
 
-def _status(stored: StoredDeployment, spec: DeploymentSpec) -> Status:
+def _status(stored: StoredDeployment, spec: DeploymentSpec, alerts: AlertBoard | None = None) -> Status:
     """The scheduler's last report, with the desired count as the registry knows it now (a scale
-    shows at once, before the scheduler acts on it)."""
+    shows at once, before the scheduler acts on it), and the state of each alerting rule."""
     if stored.status is not None:
         status = Status.model_validate(stored.status)
         reported: int | None = status.desired_replicas
     else:
         status, reported = Status(reason="waiting for the scheduler's first report"), None
     status.desired_replicas, status.desired_source = desired(stored.row, spec, reported)
+    status.alerts = summaries(alerts or AlertBoard(), stored.row.id, spec)
+    status.not_provided += not_evaluated(spec)
     return status
 
 
