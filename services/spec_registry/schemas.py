@@ -15,7 +15,7 @@ from pydantic import (
     field_serializer,
 )
 
-from libs.events import FetchProgress, IntegrationStatus, Phase, ReplicaStatus
+from libs.events import FetchProgress, IntegrationStatus, MetricsSummary, Phase, ReplicaStatus
 from libs.spec import DeploymentSpec
 from services.spec_registry.limits import MAX_SECRET_CHARS
 
@@ -49,6 +49,9 @@ class Status(BaseModel):
     )
     scale_reason: str | None = Field(
         default=None, description="Why the scale decision in force chose its count (the autoscaler's last reason)."
+    )
+    metrics: MetricsSummary | None = Field(
+        default=None, description="The last minute's figures, from the metrics service; null before its first."
     )
 
 
