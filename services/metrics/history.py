@@ -69,7 +69,8 @@ class History:
         self.store = store
         self.retention = retention
         self.clock = clock
-        self._open: dict[tuple[SeriesKey, int], Slot] = {}
+        # deployment -> (series, slot start) -> its open slot
+        self._open: dict[str, dict[tuple[SeriesKey, int], Slot]] = {}
         self._deployments: dict[str, _Deployment] = {}
         self._restarts: dict[tuple[str, str], int] = {}  # (deployment, replica) -> last restart count
         self._downsampled_until: int | None = None
@@ -92,9 +93,12 @@ class History:
     def _slot(self, key: SeriesKey, at: float) -> Slot:
         step = self.retention.resolution_seconds
         ts = int(at) - int(at) % step
-        slot = self._open.get((key, ts))
+        open_slots = self._open.get(key.deployment_id)
+        if open_slots is None:
+            open_slots = self._open[key.deployment_id] = {}
+        slot = open_slots.get((key, ts))
         if slot is None:
-            slot = self._open[(key, ts)] = Slot()
+            slot = open_slots[(key, ts)] = Slot()
         return slot
 
     def _deployment(self, event: Any) -> _Deployment:
@@ -169,7 +173,7 @@ class History:
 
     def deleted(self, deployment_id: str) -> None:
         self._deployments.pop(deployment_id, None)
-        self._open = {k: v for k, v in self._open.items() if k[0].deployment_id != deployment_id}
+        self._open.pop(deployment_id, None)
         self._restarts = {k: v for k, v in self._restarts.items() if k[0] != deployment_id}
         self.store.forget(deployment_id)
 
@@ -179,9 +183,14 @@ class History:
         """Write the slots that have closed (all of them at stop); rows written."""
         step = self.retention.resolution_seconds
         now = self.clock()
-        closed = [(k, s) for k, s in self._open.items() if everything or k[1] + step <= now]
-        for key, _ in closed:
-            del self._open[key]
+        closed = []
+        for deployment_id, open_slots in list(self._open.items()):
+            ended = [(k, s) for k, s in open_slots.items() if everything or k[1] + step <= now]
+            for key, _ in ended:
+                del open_slots[key]
+            if not open_slots:
+                del self._open[deployment_id]
+            closed += ended
         rows = [StoredSlot(series, ts, slot) for (series, ts), slot in closed]
         written = self.store.write(rows)
         # A late slot whose step was downsampled already goes there too (rows add up).
@@ -255,8 +264,8 @@ class History:
             return MetricsSummary(at=at, window_seconds=SUMMARY_WINDOW_SECONDS)
         since = now - SUMMARY_WINDOW_SECONDS
         slots = [s for ts, s in deployment.recent if ts >= since]
-        slots += [s for (k, ts), s in self._open.items() if k.deployment_id == deployment_id
-                  and k.replica_id == DEPLOYMENT and ts >= since]  # fmt: skip
+        slots += [s for (k, ts), s in self._open.get(deployment_id, {}).items()
+                  if k.replica_id == DEPLOYMENT and ts >= since]  # fmt: skip
         total = merge(slots)
         usage = list(deployment.usage.values())
         return MetricsSummary(
@@ -297,19 +306,17 @@ class History:
                 raise QueryError("version", "must be a spec version that has run")
         now = self.clock()
         end = math.ceil(now / grain) * grain  # the open slot is the last one in
-        start = end - window
         points = window // step
-        rows = self.store.read(deployment_id, resolution, start, end)
+        origin = end - points * step
+        rows = self.store.read_steps(deployment_id, resolution, origin, end, step)  # ts: the step's index
         if resolution == RAW:
-            rows += [StoredSlot(k, ts, s) for (k, ts), s in self._open.items()
-                     if k.deployment_id == deployment_id and start <= ts < end]  # fmt: skip
+            rows += [StoredSlot(k, (ts - origin) // step, s) for (k, ts), s in self._open.get(deployment_id, {}).items()
+                     if origin <= ts < end]  # fmt: skip
         whole: list[Slot] = [Slot() for _ in range(points)]
         chosen: list[Slot] = [Slot() for _ in range(points)] if revision is not None else whole
         replicas: dict[tuple[str, str], list[Slot]] = {}
         for row in rows:
-            index = (row.ts - (end - points * step)) // step
-            if index < 0 or index >= points:
-                continue
+            index = row.ts
             if row.key.replica_id == DEPLOYMENT:
                 whole[index].add(row.slot)
                 continue
@@ -319,7 +326,7 @@ class History:
                 chosen[index].add(row.slot)
             per = replicas.setdefault((row.key.replica_id, row.key.revision_id), [Slot() for _ in range(points)])
             per[index].add(row.slot)
-        stamps = [end - points * step + (i + 1) * step for i in range(points)]
+        stamps = [origin + (i + 1) * step for i in range(points)]
         series = _series(chosen, stamps, step)
         if revision is not None:  # per-version: what the deployment's own rows hold and replicas do not
             for name in ("in_flight", "replicas_desired", "replicas_ready"):

@@ -32,6 +32,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    literal,
     select,
 )
 
@@ -53,7 +54,8 @@ samples = Table(
     Column("errors", Integer, nullable=False, default=0),
     Column("client_errors", Integer, nullable=False, default=0),
     Column("upstream_failures", Integer, nullable=False, default=0),
-    Column("buckets", String(200), nullable=False, default=""),  # counts per bound, comma-separated
+    # Latency counts per LATENCY_BUCKETS_SECONDS bound, a column each: sums over any span are SQL.
+    *(Column(f"b{i}", Integer, nullable=False, default=0) for i in range(_BUCKETS)),
     Column("in_flight_sum", Float, nullable=False, default=0.0),
     Column("in_flight_n", Integer, nullable=False, default=0),
     Column("cpu_sum", Float, nullable=False, default=0.0),
@@ -108,18 +110,18 @@ class Slot:
 
     def row(self) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in _NUMERIC}
-        values["buckets"] = ",".join(map(str, self.buckets)) if any(self.buckets) else ""
+        values.update(zip(_BUCKET_COLUMNS, self.buckets, strict=True))
         return values
 
     @classmethod
     def from_row(cls, row: Any) -> Slot:
-        slot = cls(**{name: getattr(row, name) for name in _NUMERIC})
-        if row.buckets:
-            slot.buckets = [int(count) for count in row.buckets.split(",")]
-        return slot
+        mapping = row._mapping
+        return cls(**{name: mapping[name] for name in _NUMERIC}, buckets=[mapping[b] for b in _BUCKET_COLUMNS])
 
 
 _NUMERIC = tuple(f.name for f in fields(Slot) if f.name != "buckets")
+_BUCKET_COLUMNS = tuple(f"b{i}" for i in range(_BUCKETS))
+_SUMMED = (*_NUMERIC, *_BUCKET_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -192,19 +194,36 @@ class Store:
                 for r in connection.execute(query)
             ]
 
-    def downsample(self, start: int, end: int, step: int) -> int:
-        """Add downsampled rows for [start, end) (whole steps) from the raw rows; rows written."""
-        query = select(samples).where(samples.c.resolution == RAW, samples.c.ts >= start, samples.c.ts < end)
-        merged: dict[tuple[SeriesKey, int], Slot] = {}
+    def read_steps(self, deployment_id: str, resolution: int, start: int, end: int, step: int) -> list[StoredSlot]:
+        """The rows of [start, end) summed in the database per series and step; `ts` is the step's
+        index from `start`. A day at 1-minute steps is 1,440 rows a series, whatever the resolution."""
+        index = ((samples.c.ts - start) // step).label("ts")
+        query = (
+            select(samples.c.replica_id, samples.c.revision_id, index,
+                   *(func.sum(samples.c[name]).label(name) for name in _SUMMED))
+            .where(samples.c.deployment_id == deployment_id, samples.c.resolution == resolution,
+                   samples.c.ts >= start, samples.c.ts < end)
+            .group_by(samples.c.replica_id, samples.c.revision_id, index)
+        )  # fmt: skip
         with self.engine.connect() as connection:
-            for r in connection.execute(query):
-                key = (SeriesKey(r.deployment_id, r.replica_id, r.revision_id), r.ts - r.ts % step)
-                slot = merged.get(key)
-                if slot is None:
-                    merged[key] = Slot.from_row(r)
-                else:
-                    slot.add(Slot.from_row(r))
-        return self.write((StoredSlot(key, ts, slot) for (key, ts), slot in merged.items()), DOWNSAMPLED)
+            return [
+                StoredSlot(SeriesKey(deployment_id, r.replica_id, r.revision_id), r.ts, Slot.from_row(r))
+                for r in connection.execute(query)
+            ]
+
+    def downsample(self, start: int, end: int, step: int) -> int:
+        """Add downsampled rows for [start, end) (whole steps) from the raw rows, in one statement."""
+        bucket = (samples.c.ts - samples.c.ts % step).label("ts")
+        rows = (
+            select(samples.c.deployment_id, samples.c.replica_id, samples.c.revision_id,
+                   literal(DOWNSAMPLED).label("resolution"), bucket,
+                   *(func.sum(samples.c[name]).label(name) for name in _SUMMED))
+            .where(samples.c.resolution == RAW, samples.c.ts >= start, samples.c.ts < end)
+            .group_by(samples.c.deployment_id, samples.c.replica_id, samples.c.revision_id, bucket)
+        )  # fmt: skip
+        columns = ["deployment_id", "replica_id", "revision_id", "resolution", "ts", *_SUMMED]
+        with self.engine.begin() as connection:
+            return connection.execute(insert(samples).from_select(columns, rows)).rowcount or 0
 
     def last_downsampled(self) -> int | None:
         """The start of the newest downsampled step (where the downsampling timer goes on from)."""

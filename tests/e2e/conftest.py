@@ -90,7 +90,8 @@ def platform(
     data_dir = tmp_path / "berth"
     data_dir.mkdir()
     ports = {name: free_port() for name in ("API_PORT", "ROUTER_PORT", "SCHEDULER_OPS_PORT", "HEALTH_MONITOR_OPS_PORT",
-                                            "AUTOSCALER_OPS_PORT", "INTEGRATIONS_OPS_PORT")}
+                                            "AUTOSCALER_OPS_PORT", "INTEGRATIONS_OPS_PORT",
+                                            "METRICS_OPS_PORT")}
     env = {
         **os.environ,
         "BERTH_DATA_DIR": str(data_dir),
