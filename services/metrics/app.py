@@ -71,8 +71,8 @@ async def answer(history: History, body: Any) -> dict[str, Any]:
     except ValidationError as exc:
         first = exc.errors()[0]
         return {"error": "bad request", "field": ".".join(map(str, first["loc"])), "rule": first["msg"]}
-    try:
-        return history.series(query.deployment_id, query.window, query.step, query.version)
+    try:  # in a worker thread: a day's query must not hold up the consumers
+        return await asyncio.to_thread(history.series, query.deployment_id, query.window, query.step, query.version)
     except QueryError as exc:
         return {"error": "bad request", "field": exc.field, "rule": exc.rule}
 

@@ -131,10 +131,10 @@ class History:
         at = report.occurred_at.timestamp()
         deployment = self._deployment(report)
         whole = self._slot(SeriesKey(report.deployment_id, DEPLOYMENT), at)
-        deployment.usage = {}
+        readings: dict[str, tuple[float | None, float | None, float | None]] = {}
         for usage in report.replicas:
             replica = self._slot(SeriesKey(report.deployment_id, usage.replica_id, usage.revision_id), at)
-            deployment.usage[usage.replica_id] = (usage.cpu_percent, usage.memory_percent, usage.gpu_percent)
+            readings[usage.replica_id] = (usage.cpu_percent, usage.memory_percent, usage.gpu_percent)
             for slot in (replica, whole):  # the deployment's figure is the mean over its replicas
                 if usage.cpu_percent is not None:
                     slot.cpu_sum, slot.cpu_n = slot.cpu_sum + usage.cpu_percent, slot.cpu_n + 1
@@ -142,6 +142,7 @@ class History:
                     slot.memory_sum, slot.memory_n = slot.memory_sum + usage.memory_percent, slot.memory_n + 1
                 if usage.gpu_percent is not None:
                     slot.gpu_sum, slot.gpu_n = slot.gpu_sum + usage.gpu_percent, slot.gpu_n + 1
+        deployment.usage = readings
 
     def status_changed(self, status: DeploymentStatusChanged) -> None:
         at = status.occurred_at.timestamp()
@@ -263,8 +264,9 @@ class History:
         if deployment is None:
             return MetricsSummary(at=at, window_seconds=SUMMARY_WINDOW_SECONDS)
         since = now - SUMMARY_WINDOW_SECONDS
-        slots = [s for ts, s in deployment.recent if ts >= since]
-        slots += [s for (k, ts), s in self._open.get(deployment_id, {}).items()
+        # Copies first (each atomic): queries run in a worker thread while the loop folds events in.
+        slots = [s for ts, s in list(deployment.recent) if ts >= since]
+        slots += [s for (k, ts), s in list(self._open.get(deployment_id, {}).items())
                   if k.replica_id == DEPLOYMENT and ts >= since]  # fmt: skip
         total = merge(slots)
         usage = list(deployment.usage.values())
@@ -310,7 +312,7 @@ class History:
         origin = end - points * step
         rows = self.store.read_steps(deployment_id, resolution, origin, end, step)  # ts: the step's index
         if resolution == RAW:
-            rows += [StoredSlot(k, (ts - origin) // step, s) for (k, ts), s in self._open.get(deployment_id, {}).items()
+            rows += [StoredSlot(k, (ts - origin) // step, s) for (k, ts), s in list(self._open.get(deployment_id, {}).items())
                      if origin <= ts < end]  # fmt: skip
         whole: list[Slot] = [Slot() for _ in range(points)]
         chosen: list[Slot] = [Slot() for _ in range(points)] if revision is not None else whole
