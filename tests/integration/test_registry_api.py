@@ -696,6 +696,16 @@ async def test_metrics_come_from_the_metrics_service_and_its_summary_is_in_the_s
 
     figures = await eventually(shown, what="the summary in the status")
     assert (figures["request_rate"], figures["error_rate"], figures["latency_p99"]) == (2.5, 0.1, 0.25)
+    status = DeploymentStatusChanged(  # the scheduler's next report keeps the figures
+        **created_ref(created), spec_id=created["spec_id"], phase="Ready", desired_replicas=2, ready_replicas=2,
+    )  # fmt: skip
+    await js.publish(status.subject(), status.model_dump_json().encode())
+
+    async def both() -> dict[str, Any] | None:
+        shown_status = (await api.get(target)).json()["status"]
+        return shown_status if shown_status["phase"] == "Ready" else None
+
+    assert (await eventually(both, what="the scheduler's report"))["metrics"]["request_rate"] == 2.5
 
 
 def created_ref(created: dict[str, Any]) -> dict[str, str]:
