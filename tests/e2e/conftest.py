@@ -117,7 +117,7 @@ def platform(
     try:
         for service in (*SERVICES, *extra_services):
             platform.start(service)
-        wait_for_port("127.0.0.1", ports["API_PORT"], timeout=30)
+        wait_for_port("127.0.0.1", ports["API_PORT"], timeout=90)  # importing the registry takes 25 s on a loaded machine
         wait_for_port("127.0.0.1", ports["ROUTER_PORT"], timeout=30)
         yield platform
     finally:
