@@ -326,7 +326,9 @@ class History:
                 continue
             if revision is not None:
                 chosen[index].add(row.slot)
-            per = replicas.setdefault((row.key.replica_id, row.key.revision_id), [Slot() for _ in range(points)])
+            per = replicas.get((row.key.replica_id, row.key.revision_id))
+            if per is None:
+                per = replicas[(row.key.replica_id, row.key.revision_id)] = [Slot() for _ in range(points)]
             per[index].add(row.slot)
         stamps = [origin + (i + 1) * step for i in range(points)]
         series = _series(chosen, stamps, step)
@@ -343,7 +345,7 @@ class History:
             "series": series,
             "replicas": [
                 {"replica_id": replica_id, "revision_id": revision_id,
-                 "series": {name: values for name, values in _series(per, stamps, step).items() if name in _PER_REPLICA}}
+                 "series": _series(per, stamps, step, _PER_REPLICA)}
                 for (replica_id, revision_id), per in sorted(replicas.items())
             ],  # fmt: skip
             "current": self.summary(deployment_id).model_dump(mode="json"),
@@ -368,24 +370,25 @@ def _points(stamps: list[int], slots: list[Slot], value: Callable[[Slot], float 
     return [[stamp, value(slot)] for stamp, slot in zip(stamps, slots, strict=True)]
 
 
-def _series(slots: list[Slot], stamps: list[int], step: int) -> dict[str, list[list[Any]]]:
+def _series(slots: list[Slot], stamps: list[int], step: int, names: set[str] | None = None) -> dict[str, list[list[Any]]]:
     # A step nobody reported in is null, not zero: "no data" and "no requests" differ for a chart.
     def rate(s: Slot) -> float | None:
         return s.requests / step if (s.requests or s.in_flight_n) else None
 
-    return {
-        "request_rate": _points(stamps, slots, rate),
-        "error_rate": _points(stamps, slots, lambda s: _ratio(s.errors, s.requests)),
-        "client_error_rate": _points(stamps, slots, lambda s: _ratio(s.client_errors, s.requests)),
-        "latency_p50": _points(stamps, slots, lambda s: histogram_quantile(0.5, s.buckets)),
-        "latency_p95": _points(stamps, slots, lambda s: histogram_quantile(0.95, s.buckets)),
-        "latency_p99": _points(stamps, slots, lambda s: histogram_quantile(0.99, s.buckets)),
-        **{name: _points(stamps, slots, gauge) for name, gauge in _GAUGES.items()},
-        "restarts": _points(stamps, slots, lambda s: s.restarts),
-        "cpu_percent": _points(stamps, slots, lambda s: _ratio(s.cpu_sum, s.cpu_n)),
-        "memory_percent": _points(stamps, slots, lambda s: _ratio(s.memory_sum, s.memory_n)),
-        "gpu_percent": _points(stamps, slots, lambda s: _ratio(s.gpu_sum, s.gpu_n)),
+    values: dict[str, Callable[[Slot], Any]] = {
+        "request_rate": rate,
+        "error_rate": lambda s: _ratio(s.errors, s.requests),
+        "client_error_rate": lambda s: _ratio(s.client_errors, s.requests),
+        "latency_p50": lambda s: histogram_quantile(0.5, s.buckets),
+        "latency_p95": lambda s: histogram_quantile(0.95, s.buckets),
+        "latency_p99": lambda s: histogram_quantile(0.99, s.buckets),
+        **_GAUGES,
+        "restarts": lambda s: s.restarts,
+        "cpu_percent": lambda s: _ratio(s.cpu_sum, s.cpu_n),
+        "memory_percent": lambda s: _ratio(s.memory_sum, s.memory_n),
+        "gpu_percent": lambda s: _ratio(s.gpu_sum, s.gpu_n),
     }
+    return {name: _points(stamps, slots, value) for name, value in values.items() if names is None or name in names}
 
 
 def _mean(values: Any) -> float | None:
