@@ -20,7 +20,7 @@ import yaml
 from libs.events import LATENCY_BUCKETS_SECONDS
 from tests.e2e.conftest import iris_spec
 from tests.e2e.load import steady_load
-from tests.e2e.test_endpoint import SETOSA, YAML, create, wait_phase
+from tests.e2e.test_endpoint import SETOSA, create, wait_phase
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow
