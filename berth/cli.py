@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 import nats.errors
 import typer
 from faststream.nats import NatsUserPassword
+from rich.live import Live
 from rich.markup import escape
 
 from berth import credentials, render
@@ -395,6 +396,33 @@ def aliases(ctx: typer.Context, ref: RefArg, output: OutputOpt = Output.table) -
     with ctx.obj.client() as client:
         items = client.aliases(ref_of(ref))
     render.emit({"items": items}, output, lambda: render.aliases_table(items))
+
+
+@deployments_app.command("metrics")
+@calls_api
+def metrics(
+    ctx: typer.Context,
+    ref: RefArg,
+    window: Annotated[str, typer.Option(help="The span shown, ending now: 30s, 5m, 1h, 24h, 30d.")] = "1h",
+    step: Annotated[str, typer.Option(help="One point per step (at least 10s; 5m beyond 24h).")] = "1m",
+    version: Annotated[int | None, typer.Option(min=1, help="Only the revision running this spec version.")] = None,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh every step until Ctrl-C.")] = False,
+    output: OutputOpt = Output.table,
+) -> None:
+    """Request rate, errors, latency p50/p95/p99, replicas, restarts and usage over time, with sparklines."""
+    with ctx.obj.client() as client:
+        answer = client.metrics(ref_of(ref), window, step, version)
+        if not watch or output is not Output.table:
+            render.emit(answer, output, lambda: render.show(render.metrics_table(answer)))
+            return
+        with Live(render.metrics_table(answer), console=render.out, auto_refresh=False) as live:
+            try:
+                while True:
+                    time.sleep(min(max(answer["step_seconds"], 2), 10))
+                    answer = client.metrics(ref_of(ref), window, step, version)
+                    live.update(render.metrics_table(answer), refresh=True)
+            except KeyboardInterrupt:
+                return
 
 
 # -- logs -----------------------------------------------------------------------------------------

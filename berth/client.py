@@ -274,6 +274,12 @@ class BerthClient:
             params["since"] = since if isinstance(since, str | int) else json.dumps(since)
         return self._request("GET", f"/v1/deployments/{ref}/logs", params=params)  # type: ignore[no-any-return]
 
+    def metrics(self, ref: str, window: str = "1h", step: str = "1m", version: int | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"window": window, "step": step}
+        if version is not None:
+            params["version"] = version
+        return self._request("GET", f"/v1/deployments/{ref}/metrics", params=params)  # type: ignore[no-any-return]
+
     # -- secrets ----------------------------------------------------------------------------------
 
     def set_secret(self, name: str, value: str) -> None:

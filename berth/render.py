@@ -195,7 +195,86 @@ def _sections(d: Deployment, status: Status) -> list[Section]:
         ("Scaling", _escaped(_scaling(d, status))),
         ("Load balancer", _escaped(_load_balancer(spec))),
         ("Status", state),
+        ("Metrics (last minute)", current_figures(status.get("metrics"))),
     ]
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction * 100:.2f} %"
+
+
+def current_figures(summary: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The metrics service's figures as `deployments get` shows them (its Summary, docs/api.md)."""
+    if not summary:
+        return [("Figures", "none yet (the metrics service reports every 10 s while there is traffic)")]
+    usage = [f"{name} {summary[key]:.0f} %" for name, key in (("CPU", "cpu_percent"), ("memory", "memory_percent"),
+             ("GPU", "gpu_percent")) if summary.get(key) is not None]  # fmt: skip
+    return [
+        ("Request rate", f"{summary['request_rate']:.2f}/s"),
+        ("Error rate", f"{percent(summary['error_rate'])} (4xx {percent(summary['client_error_rate'])})"),
+        ("Latency p50 / p95 / p99", " / ".join(seconds(summary.get(q)) for q in ("latency_p50", "latency_p95", "latency_p99"))),
+        ("In flight", str(summary.get("in_flight", 0))),
+        ("Usage (mean of replicas)", ", ".join(usage) or "-"),
+    ]
+
+
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(points: list[list[Any]], width: int = 40) -> str:
+    """The last `width` points as unicode blocks, scaled between their min and max; gaps are spaces."""
+    values = [v for _, v in points[-width:]]
+    present = [v for v in values if v is not None]
+    if not present:
+        return ""
+    low, high = min(present), max(present)
+    span = (high - low) or 1.0
+    return "".join(" " if v is None else SPARKS[min(int((v - low) / span * (len(SPARKS) - 1) + 0.5), len(SPARKS) - 1)]
+                   for v in values)  # fmt: skip
+
+
+_SHOWN = (
+    ("request_rate", "Requests/s", lambda v: f"{v:.2f}"),
+    ("error_rate", "Errors (5xx, upstream)", lambda v: percent(v)),
+    ("client_error_rate", "Client errors (4xx)", lambda v: percent(v)),
+    ("latency_p50", "Latency p50", seconds),
+    ("latency_p95", "Latency p95", seconds),
+    ("latency_p99", "Latency p99", seconds),
+    ("in_flight", "In flight", lambda v: f"{v:.1f}"),
+    ("replicas_ready", "Ready replicas", lambda v: f"{v:.1f}"),
+    ("replicas_desired", "Desired replicas", lambda v: f"{v:.1f}"),
+    ("restarts", "Restarts", lambda v: f"{v:.0f}"),
+    ("cpu_percent", "CPU %", lambda v: f"{v:.0f}"),
+    ("memory_percent", "Memory %", lambda v: f"{v:.0f}"),
+    ("gpu_percent", "GPU %", lambda v: f"{v:.0f}"),
+)
+
+
+def metrics_table(answer: dict[str, Any]) -> Table:
+    """`berth deployments metrics`: per series its last value, min/max over the window and a sparkline."""
+    version = f", version {answer['version']}" if answer.get("version") else ""
+    shown = table("Series", "Now", "Min", "Max", "Over time")
+    shown.title = f"{answer['window_seconds']}s window, {answer['step_seconds']}s steps{version}"
+    for key, title, fmt in _SHOWN:
+        points = answer["series"].get(key) or []
+        present = [v for _, v in points if v is not None]
+        last = next((v for _, v in reversed(points) if v is not None), None)
+        shown.add_row(title, "-" if last is None else fmt(last), fmt(min(present)) if present else "-",
+                      fmt(max(present)) if present else "-", sparkline(points))  # fmt: skip
+    for replica in answer.get("replicas") or []:
+        series = replica["series"]
+        rate = next((v for _, v in reversed(series["request_rate"]) if v is not None), None)
+        label = f"replica {escape(replica['replica_id'][:12])}"
+        shown.add_row(label + " req/s", "-" if rate is None else f"{rate:.2f}", "", "", sparkline(series["request_rate"]))
+        p99 = next((v for _, v in reversed(series["latency_p99"]) if v is not None), None)
+        shown.add_row(label + " p99", seconds(p99), "", "", sparkline(series["latency_p99"]))
+    return shown
 
 
 def _scaling(d: Deployment, status: Status) -> list[tuple[str, str]]:

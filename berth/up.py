@@ -49,7 +49,7 @@ from libs.natsd import service_passwords, start_nats_server
 from libs.sealing import Sealer, ensure_key_file
 from libs.secrets import SecretStore
 
-SERVICES = ("spec_registry", "integrations", "scheduler", "health_monitor", "router", "autoscaler", "alerting")
+SERVICES = ("spec_registry", "integrations", "scheduler", "health_monitor", "router", "autoscaler", "metrics", "alerting")
 CHECKOUT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_SECONDS = 60.0
 TICK_SECONDS = 0.25
@@ -237,6 +237,7 @@ class Launcher:
             BERTH_INTEGRATIONS_OPS_PORT=str(s.integrations_ops_port),
             BERTH_AUTOSCALER_OPS_PORT=str(s.autoscaler_ops_port),
             BERTH_ALERTING_OPS_PORT=str(s.alerting_ops_port),
+            BERTH_METRICS_OPS_PORT=str(s.metrics_ops_port),
             BERTH_STOP_REPLICAS_ON_EXIT="true",
             PYTHONUNBUFFERED="1",
         )
@@ -254,6 +255,7 @@ class Launcher:
             "BERTH_INTEGRATIONS_OPS_PORT": s.integrations_ops_port,
             "BERTH_AUTOSCALER_OPS_PORT": s.autoscaler_ops_port,
             "BERTH_ALERTING_OPS_PORT": s.alerting_ops_port,
+            "BERTH_METRICS_OPS_PORT": s.metrics_ops_port,
         }
         if s.nats_url is None:
             wanted["BERTH_NATS_PORT"] = s.nats_port

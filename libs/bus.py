@@ -61,7 +61,7 @@ METRICS = JStream(
     "BERTH_METRICS",
     subjects=["berth.metrics.v1.>"],
     max_age=3600,
-    description="Request metrics from the router and replica usage from the scheduler, for the autoscaler.",
+    description="Request metrics from the router, replica usage from the scheduler, summaries from the metrics service.",
 )
 SCALE = JStream(
     "BERTH_SCALE",
@@ -123,6 +123,7 @@ RETRY_REQUESTS = "berth.control.v1.retry.*"
 STATUS_EVENTS = "berth.status.v1.*"
 REQUEST_METRICS = "berth.metrics.v1.requests.*"
 USAGE_METRICS = "berth.metrics.v1.usage.*"  # ReplicaUsageReported, from the scheduler
+METRICS_SUMMARIES = "berth.metrics.v1.summary.*"  # DeploymentMetricsSummarized, from the metrics service
 SCALE_EVENTS = "berth.scale.v1.*.*"
 TRAFFIC_EVENTS = "berth.traffic.v1.*"
 INTEGRATIONS_EVENTS = "berth.integrations.v1.*.*"
@@ -132,6 +133,10 @@ DEAD_LETTERS = "berth.dead.v1.{service}.{durable}"  # where a service's consumer
 # Request/reply (core NATS, no stream): the registry asks the scheduler for replica logs.
 # Payload {"deployment_id", "replica_id", "tail", "since"}; reply {"lines": [{"replica_id", "offset", "line"}], "next"}.
 LOGS_RPC = "berth.rpc.v1.logs"
+# The registry asks the metrics service for a deployment's history (docs/api.md, GET .../metrics).
+# Payload {"deployment_id", "window", "step", "version"} (seconds, seconds, int|null); reply the answer,
+# or {"error", "field", "rule"} for a query the history cannot answer as asked.
+METRICS_RPC = "berth.rpc.v1.metrics"
 
 # Durable consumer names: one per (service, subject filter). Renaming one replays its stream.
 DURABLE_SCHEDULER_SPECS = "scheduler-specs"
@@ -146,6 +151,10 @@ DURABLE_SCHEDULER_INTEGRATIONS = "scheduler-integrations"
 DURABLE_INTEGRATIONS_SPECS = "integrations-specs"
 DURABLE_INTEGRATIONS_RETRIES = "integrations-retries"
 DURABLE_ALERTING_DELIVERIES = "alerting-webhooks"  # acked only once every webhook of the project answered 2xx
+DURABLE_METRICS_REQUESTS = "metrics-requests"
+DURABLE_METRICS_USAGE = "metrics-usage"
+DURABLE_METRICS_STATUS = "metrics-status"
+DURABLE_REGISTRY_METRICS = "registry-metrics"
 
 SECRETS_BUCKET = "berth_secrets"
 

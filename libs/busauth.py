@@ -36,6 +36,8 @@ from libs.bus import (
     INTEGRATIONS,
     LOGS_RPC,
     METRICS,
+    METRICS_RPC,
+    METRICS_SUMMARIES,
     REPLICAS,
     SCALE,
     SECRETS_BUCKET,
@@ -75,10 +77,11 @@ PERMISSIONS: dict[str, Grant] = {
             *_subjects(SPECS), *_subjects(SCALE), *_subjects(WEBHOOKS), "berth.control.v1.retry.>",
             dead_letters("spec-registry"),
         ),
-        # SCALE: the autoscaler's newest decision, for `autoscale record`; ALERTS: the alerts read model
-        consumes=(STATUS.name, SCALE.name, ALERTS.name),
+        # SCALE: the autoscaler's newest decision, for `autoscale record`; ALERTS: the alerts read model;
+        # METRICS: the metrics summaries
+        consumes=(STATUS.name, SCALE.name, ALERTS.name, METRICS.name),
         secrets="write",
-        requests=(LOGS_RPC,),
+        requests=(LOGS_RPC, METRICS_RPC),
         manages_streams=True,
     ),
     "scheduler": Grant(
@@ -106,6 +109,13 @@ PERMISSIONS: dict[str, Grant] = {
         publishes=(*_subjects(METRICS), dead_letters("router")),
         consumes=(TRAFFIC.name,),  # the scheduler's assignments are all the router reads
         secrets="read",  # basic-auth keys
+    ),
+    "metrics": Grant(
+        publishes=(METRICS_SUMMARIES.replace("*", ">"), dead_letters("metrics")),
+        # METRICS: the router's windows and the scheduler's usage; STATUS: replica counts and restarts;
+        # TRAFFIC: which revision runs each spec version (?version=)
+        consumes=(METRICS.name, STATUS.name, TRAFFIC.name),
+        serves=(METRICS_RPC,),
     ),
     "autoscaler": Grant(
         publishes=(*_subjects(SCALE), dead_letters("autoscaler")),

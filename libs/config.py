@@ -93,6 +93,21 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="How often every alerting rule is evaluated (Prometheus' evaluation_interval)."
     )
 
+    # The metrics history (services/metrics, docs/monitoring.md).
+    metrics_ops_port: int = Field(default=8095, description="/healthz and /metrics of the metrics service.")
+    metrics_database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the metrics history; <data dir>/metrics.db when unset."
+    )
+    metrics_resolution_seconds: int = Field(default=10, ge=1, description="Full resolution of the history.")
+    metrics_raw_retention_seconds: int = Field(default=24 * 3600, ge=60, description="How long full resolution is kept.")
+    metrics_downsampled_step_seconds: int = Field(default=300, ge=60, description="Resolution of the older history.")
+    metrics_downsampled_retention_seconds: int = Field(
+        default=30 * 24 * 3600, ge=3600, description="How long the downsampled history is kept."
+    )
+    metrics_summary_interval_seconds: float = Field(
+        default=10.0, gt=0, description="How often DeploymentMetricsSummarized is published per deployment."
+    )
+
     # runtime: kubernetes (docs/kubernetes.md). No kubeconfig: in-cluster config, else ~/.kube/config.
     kubeconfig: Path | None = Field(default=None, description="Kubeconfig file of the kubernetes runtime.")
     kubernetes_context: str | None = None

@@ -441,6 +441,17 @@ class RevisionRequests(BaseModel):
     latency_buckets: list[int] = Field(description="Counts per LATENCY_BUCKETS_SECONDS upper bound.")
 
 
+class ReplicaRequests(BaseModel):
+    """One replica's part of a RequestMetricsReported window (the replica that answered, or that the
+    router tried last when none did)."""
+
+    replica_id: str
+    revision_id: str = ""
+    requests: int
+    errors: int
+    latency_buckets: list[int] = Field(description="Counts per LATENCY_BUCKETS_SECONDS upper bound.")
+
+
 class RequestMetricsReported(Event, DeploymentRef):
     """Requests the router served for one deployment over the last window."""
 
@@ -456,6 +467,39 @@ class RequestMetricsReported(Event, DeploymentRef):
     revisions: list[RevisionRequests] = Field(
         default_factory=list, description="The same window per revision that answered (pinned requests included)."
     )
+    client_errors: int = Field(default=0, description="Responses with a 4xx status (not part of `errors`).")
+    upstream_failures: int = Field(
+        default=0, description="The part of `errors` the router answered itself because no replica did "
+        "(none ready, stopped, connection failed, response timed out).",
+    )
+    replicas: list[ReplicaRequests] = Field(default_factory=list, description="The same window per replica.")
+
+
+class MetricsSummary(BaseModel):
+    """A deployment's current figures (the last `window_seconds`), from the metrics service."""
+
+    at: datetime
+    window_seconds: int = 60
+    request_rate: float = 0.0
+    error_rate: float = Field(default=0.0, description="Fraction 0..1 of requests answered 5xx or failed upstream.")
+    client_error_rate: float = Field(default=0.0, description="Fraction 0..1 of requests answered 4xx.")
+    latency_p50: float | None = None
+    latency_p95: float | None = None
+    latency_p99: float | None = None
+    in_flight: int = 0
+    cpu_percent: float | None = None
+    memory_percent: float | None = None
+    gpu_percent: float | None = None
+
+
+class DeploymentMetricsSummarized(Event, DeploymentRef):
+    """The metrics service's current figures of one deployment, every few seconds while it has traffic
+    or replicas; the registry folds the newest into its status read model."""
+
+    type: ClassVar[str] = "metrics.summarized"
+    subject_template: ClassVar[str] = "berth.metrics.v1.summary.{deployment_id}"
+    kind: Literal["metrics.summarized"] = "metrics.summarized"
+    summary: MetricsSummary
 
 
 # -- alerting --------------------------------------------------------------------------------------
@@ -526,6 +570,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     ReplicaUsageReported,
     AlertChanged,
     WebhooksChanged,
+    DeploymentMetricsSummarized,
 )
 _BY_KIND: dict[str, type[Event]] = {cls.type: cls for cls in ALL_EVENTS}
 

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Annotated, Any
 
 import joblib
 import uvicorn
-from fastapi import FastAPI, HTTPException, Response, status
+from fastapi import FastAPI, Header, HTTPException, Response, status
 from pydantic import BaseModel, Field
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
@@ -92,6 +93,17 @@ class QuietProbes(logging.Filter):
 
 class State:
     model: IrisModel | None = None
+    delay_seconds: float = 0.0  # test hooks only: how long each prediction takes on purpose
+
+
+# Test hooks (IRIS_TEST_HOOKS=1, never in examples/iris.yaml): end-to-end tests make one replica slow
+# (`PUT /_test/behaviour {"delay_seconds": 0.35}` on that replica) and ask for a 500 (`X-Iris-Fail: 1`),
+# so that the figures berth reports can be checked against known latencies and error counts.
+TEST_HOOKS = os.environ.get("IRIS_TEST_HOOKS") == "1"
+
+
+class Behaviour(BaseModel):
+    delay_seconds: float = Field(ge=0, le=10)
 
 
 state = State()
@@ -148,10 +160,22 @@ def readiness(response: Response) -> str:
     return "Readiness check succeeded."
 
 
+@app.put("/_test/behaviour")
+def behaviour(change: Behaviour) -> Behaviour:
+    if not TEST_HOOKS:
+        raise HTTPException(status.HTTP_404_NOT_FOUND)
+    state.delay_seconds = change.delay_seconds
+    return change
+
+
 @app.post("/predict")
-def predict(request: PredictRequest) -> PredictResponse:
+def predict(request: PredictRequest, fail: Annotated[str | None, Header(alias="X-Iris-Fail")] = None) -> PredictResponse:
     if state.model is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "model not loaded yet")
+    if TEST_HOOKS:
+        time.sleep(state.delay_seconds)  # a sync handler: runs in the thread pool, others go on
+        if fail:
+            raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, "failed on request (test hook)")
     return PredictResponse(predictions=state.model.predict(request.instances), replica=REPLICA_ID)
 
 

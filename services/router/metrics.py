@@ -19,11 +19,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from libs.events import LATENCY_BUCKETS_SECONDS, RequestMetricsReported, RevisionRequests
+from libs.events import LATENCY_BUCKETS_SECONDS, ReplicaRequests, RequestMetricsReported, RevisionRequests
 from libs.logging import get_logger
 
 if TYPE_CHECKING:
-    from services.router.table import Route
+    from services.router.table import Replica, Route
 
 log = get_logger("router.metrics")
 
@@ -37,39 +37,57 @@ class Stats:
     __slots__ = (
         "_had_traffic",
         "buckets",
+        "client_errors",
         "errors",
         "in_flight",
         "latency_sum",
+        "replicas",
         "requests",
         "revisions",
         "total_buckets",
         "total_errors",
         "total_latency_sum",
         "total_requests",
+        "upstream_failures",
     )
 
     def __init__(self) -> None:
-        self.requests = self.errors = self.in_flight = 0
+        self.requests = self.errors = self.in_flight = self.client_errors = self.upstream_failures = 0
         self.latency_sum = 0.0
         self.buckets = [0] * _BUCKET_COUNT
         self.revisions: dict[str, list[int]] = {}  # revision -> [requests, errors, *buckets] this window
+        self.replicas: dict[str, tuple[str, list[int]]] = {}  # replica -> (revision, [requests, errors, *buckets])
         self.total_requests = self.total_errors = 0
         self.total_latency_sum = 0.0
         self.total_buckets = [0] * _BUCKET_COUNT
         self._had_traffic = False
 
-    def observe(self, seconds: float, error: bool, revision: str | None = None) -> None:
-        """Count a request; `revision`: the one whose replica answered (None: none was reached)."""
+    def observe(self, seconds: float, status: int, replica: Replica | None = None, answered: bool = True) -> None:
+        """Count a request the client got `status` for. `replica`: the one that answered, or that was
+        tried last (None: none was reached); `answered` False: the router answered for it (a failed
+        connection, a timeout), which counts as an upstream failure. Errors are >= 500, client errors 4xx."""
         self.requests += 1
+        error = status >= 500
         if error:
             self.errors += 1
+            if replica is None or not answered:
+                self.upstream_failures += 1
+        elif status >= 400:
+            self.client_errors += 1
         self.latency_sum += seconds
         bucket = bisect_left(LATENCY_BUCKETS_SECONDS, seconds)
         self.buckets[bucket] += 1
-        if revision is not None:
-            counts = self.revisions.get(revision)
+        if replica is not None:
+            counts = self.revisions.get(replica.revision_id)
             if counts is None:
-                counts = self.revisions[revision] = [0] * (_BUCKET_COUNT + 2)
+                counts = self.revisions[replica.revision_id] = [0] * (_BUCKET_COUNT + 2)
+            counts[0] += 1
+            counts[1] += error
+            counts[2 + bucket] += 1
+            entry = self.replicas.get(replica.replica_id)
+            if entry is None:
+                entry = self.replicas[replica.replica_id] = (replica.revision_id, [0] * (_BUCKET_COUNT + 2))
+            counts = entry[1]
             counts[0] += 1
             counts[1] += error
             counts[2 + bucket] += 1
@@ -89,15 +107,21 @@ class Stats:
                 RevisionRequests(revision_id=r, requests=c[0], errors=c[1], latency_buckets=c[2:])
                 for r, c in self.revisions.items()
             ],
+            client_errors=self.client_errors, upstream_failures=self.upstream_failures,
+            replicas=[
+                ReplicaRequests(replica_id=r, revision_id=rev, requests=c[0], errors=c[1], latency_buckets=c[2:])
+                for r, (rev, c) in self.replicas.items()
+            ],
         )
         self.total_requests += self.requests
         self.total_errors += self.errors
         self.total_latency_sum += self.latency_sum
         self.total_buckets = [t + w for t, w in zip(self.total_buckets, self.buckets, strict=True)]
-        self.requests = self.errors = 0
+        self.requests = self.errors = self.client_errors = self.upstream_failures = 0
         self.latency_sum = 0.0
         self.buckets = [0] * _BUCKET_COUNT
         self.revisions = {}
+        self.replicas = {}
         return report
 
 

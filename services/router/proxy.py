@@ -119,7 +119,8 @@ class Proxy:
         stats = route.stats
         stats.in_flight += 1
         started = time.perf_counter()
-        status, revision = 502, None
+        status, answered = 502, False
+        replica: Replica | None = None
         try:
             if route.auth is not None and not route.auth.allows(_header(request, b"authorization")):
                 status = UNAUTHORIZED.send(request)
@@ -140,10 +141,10 @@ class Proxy:
             if not replicas:
                 status = NO_READY_REPLICA.send(request)
                 return
-            status, revision = await self._forward(request, route, replicas, balancer, prefix, target)
+            status, replica, answered = await self._forward(request, route, replicas, balancer, prefix, target)
         finally:
             stats.in_flight -= 1
-            stats.observe(time.perf_counter() - started, status >= 500, revision)
+            stats.observe(time.perf_counter() - started, status, replica, answered)
 
     async def _forward(
         self,
@@ -153,9 +154,9 @@ class Proxy:
         balancer: Balancer,
         prefix: str,
         target: str,
-    ) -> tuple[int, str]:
-        """Send the request to a replica and relay its answer; the status the client got, and the
-        revision of the replica that answered (canary analysis compares revisions)."""
+    ) -> tuple[int, Replica, bool]:
+        """Send the request to a replica and relay its answer; the status the client got, the replica
+        that answered or was tried last (metrics per revision and replica), and whether it answered."""
         peer = request.peer
         headers = request.headers
         forwarded_for = _header(request, b"x-forwarded-for")
@@ -192,7 +193,7 @@ class Proxy:
             upstream = await self._send(replica, request, lines, streamed, length is None)
         except ResponseTimeout as exc:
             # It may be at work on it: not resent.
-            return _gateway_timeout(replica, exc).send(request), replica.revision_id
+            return _gateway_timeout(replica, exc).send(request), replica, False
         except UpstreamError as exc:
             # Retry once when nothing of the request can have been consumed: the connection was never
             # made (the replica died since its last probe: try another), or there is no body (also
@@ -200,18 +201,18 @@ class Proxy:
             refused = isinstance(exc, ConnectFailed)
             others = tuple(r for r in replicas if r is not replica)
             if not (refused or body is None) or (refused and not others):
-                return _bad_gateway(replica, exc).send(request), replica.revision_id
+                return _bad_gateway(replica, exc).send(request), replica, False
             if others:  # any other serving replica will do (within its revision, for a pinned version)
                 replica = route.inner.pick(others, request_key)
             try:
                 upstream = await self._send(replica, request, lines, streamed, length is None, fresh=True)
             except ResponseTimeout as timeout:
-                return _gateway_timeout(replica, timeout).send(request), replica.revision_id
+                return _gateway_timeout(replica, timeout).send(request), replica, False
             except UpstreamError as retry_exc:
-                return _bad_gateway(replica, retry_exc).send(request), replica.revision_id
+                return _bad_gateway(replica, retry_exc).send(request), replica, False
         try:
             await self._relay(request, route, replica, affinity, prefix, upstream)
-            return upstream.status, replica.revision_id
+            return upstream.status, replica, True
         finally:
             upstream.pool.release(upstream)
             replica.in_flight -= 1

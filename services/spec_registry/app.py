@@ -14,11 +14,14 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
+from nats.js.api import DeliverPolicy
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
-from libs.bus import ALERT_EVENTS, DURABLE_REGISTRY_STATUS, STATUS, STATUS_EVENTS
+from libs.bus import (
+    ALERT_EVENTS, DURABLE_REGISTRY_METRICS, DURABLE_REGISTRY_STATUS, METRICS, METRICS_SUMMARIES, STATUS, STATUS_EVENTS,
+)
 from libs.config import Settings
-from libs.events import DeploymentStatusChanged
+from libs.events import DeploymentMetricsSummarized, DeploymentStatusChanged
 from libs.kit import Service
 from libs.logging import get_logger
 from libs.sealing import Sealer
@@ -98,6 +101,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             handler=on_status,
             pull=True,
         )
+        async def on_metrics(event: DeploymentMetricsSummarized) -> None:
+            await asyncio.to_thread(repo.save_metrics, event)
+
+        service.subscribe(  # only the newest figures matter: a new consumer starts from them
+            METRICS_SUMMARIES, stream=METRICS, durable=DURABLE_REGISTRY_METRICS,
+            events=(DeploymentMetricsSummarized,), handler=on_metrics, pull=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        )  # fmt: skip
         await service.start()
         board = AlertBoard()
         await service.watch_latest(ALERT_EVENTS, board.on_event)  # the alerts read model

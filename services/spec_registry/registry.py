@@ -16,7 +16,7 @@ import nats.errors
 from nats.aio.client import Client
 from pydantic import ValidationError
 
-from libs.bus import LOGS_RPC, latest_per_subject
+from libs.bus import LOGS_RPC, METRICS_RPC, latest_per_subject
 from libs.changes import field_changes, replaces_replicas, rollout
 from libs.events import DeploymentScaled, utcnow
 from libs.secrets import SecretStore
@@ -171,6 +171,25 @@ class Registry:
             return LogPage.model_validate(answer)
         except (ValueError, AttributeError, ValidationError) as exc:
             raise BadGateway("the scheduler's answer to the logs request was not understood") from exc
+
+    async def metrics(self, deployment_id: str, window: int, step: int, version: int | None) -> dict[str, Any]:
+        """Ask the metrics service, which keeps the history, for a deployment's series."""
+        request = {"deployment_id": deployment_id, "window": window, "step": step, "version": version}
+        try:
+            reply = await self._nc.request(METRICS_RPC, json.dumps(request).encode(), timeout=LOGS_TIMEOUT_SECONDS)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise Unavailable(
+                f"the metrics service did not answer within {LOGS_TIMEOUT_SECONDS:g} s; is it running?"
+            ) from exc
+        try:
+            answer: dict[str, Any] = json.loads(reply.data)
+        except ValueError as exc:
+            raise BadGateway("the metrics service's answer was not understood") from exc
+        if answer.get("error"):
+            if answer.get("field"):  # a query the history cannot answer as asked (e.g. a step too fine)
+                raise Invalid("bad query", [SpecError(str(answer["field"]), str(answer.get("rule", "")))])
+            raise BadGateway(f"the metrics service could not answer: {answer['error']}")
+        return answer
 
     async def autoscaler_decision(self, deployment_id: str) -> DeploymentScaled | None:
         """The autoscaler's newest decision about the deployment (the SCALE stream keeps only it)."""

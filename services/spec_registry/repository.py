@@ -11,7 +11,7 @@ import hmac
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 
 from libs.events import (
     DeploymentDeleted,
+    DeploymentMetricsSummarized,
     AliasTarget,
     DeploymentAliasSet,
     DeploymentPromoted,
@@ -360,6 +361,8 @@ class Repository:
                          "integrations", "fetching"},
             )
             status["observed_at"] = event.occurred_at.isoformat()
+            if row is not None and "metrics" in row.status:  # the metrics service's figures stay
+                status["metrics"] = row.status["metrics"]
             row = row or DeploymentStatusRow(
                 deployment_id=event.deployment_id, occurred_at=event.occurred_at, status={}
             )
@@ -367,6 +370,23 @@ class Repository:
             session.add(row)
             if event.rolled_back_version is not None:
                 self._mark_rolled_back(session, event)
+            return True
+
+    def save_metrics(self, event: DeploymentMetricsSummarized) -> bool:
+        """Fold the metrics service's current figures into the status read model (newest kept)."""
+        with self._write() as session:
+            if session.get(DeploymentRow, event.deployment_id) is None:
+                return False
+            row = session.get(DeploymentStatusRow, event.deployment_id)
+            if row is None:  # before the scheduler's first report: a status of figures only
+                row = DeploymentStatusRow(
+                    deployment_id=event.deployment_id, occurred_at=datetime.fromtimestamp(0, UTC), status={}
+                )
+            current = row.status.get("metrics")
+            if current is not None and current["at"] >= event.summary.at.isoformat():
+                return False
+            row.status = {**row.status, "metrics": event.summary.model_dump(mode="json")}
+            session.add(row)
             return True
 
     @staticmethod

@@ -15,7 +15,7 @@ from pydantic import (
     field_serializer,
 )
 
-from libs.events import AlertState, FetchProgress, IntegrationStatus, Phase, ReplicaStatus
+from libs.events import AlertState, FetchProgress, IntegrationStatus, MetricsSummary, Phase, ReplicaStatus
 from libs.spec import DeploymentSpec
 from services.spec_registry.limits import MAX_SECRET_CHARS
 
@@ -105,6 +105,9 @@ class Status(BaseModel):
     )
     alerts: list[AlertSummary] = Field(
         default_factory=list, description="Every alerting rule of the current spec with its alert's state."
+    )
+    metrics: MetricsSummary | None = Field(
+        default=None, description="The last minute's figures, from the metrics service; null before its first."
     )
 
 

@@ -90,7 +90,8 @@ def platform(
     data_dir = tmp_path / "berth"
     data_dir.mkdir()
     ports = {name: free_port() for name in ("API_PORT", "ROUTER_PORT", "SCHEDULER_OPS_PORT", "HEALTH_MONITOR_OPS_PORT",
-                                            "AUTOSCALER_OPS_PORT", "INTEGRATIONS_OPS_PORT", "ALERTING_OPS_PORT")}
+                                            "AUTOSCALER_OPS_PORT", "INTEGRATIONS_OPS_PORT",
+                                            "METRICS_OPS_PORT", "ALERTING_OPS_PORT")}
     env = {
         **os.environ,
         "BERTH_DATA_DIR": str(data_dir),
@@ -116,7 +117,7 @@ def platform(
     try:
         for service in (*SERVICES, *extra_services):
             platform.start(service)
-        wait_for_port("127.0.0.1", ports["API_PORT"], timeout=30)
+        wait_for_port("127.0.0.1", ports["API_PORT"], timeout=90)  # importing the registry takes 25 s on a loaded machine
         wait_for_port("127.0.0.1", ports["ROUTER_PORT"], timeout=30)
         yield platform
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from tests.helpers import eventually
 class Load:
     failures: list[str] = field(default_factory=list)
     answered_by: Counter[str] = field(default_factory=Counter)
+    timings: list[float] = field(default_factory=list)  # seconds each request took, as the client saw it
 
     @property
     def answered(self) -> int:
@@ -34,11 +36,13 @@ async def steady_load(router: httpx.AsyncClient, path: str, clients: int = 4) ->
 
     async def client() -> None:
         while not stop.is_set():
+            started = time.perf_counter()
             try:
                 response = await predict(router, path)
             except httpx.HTTPError as exc:
                 load.failures.append(repr(exc))
                 continue
+            load.timings.append(time.perf_counter() - started)
             if response.status_code != 200:
                 load.failures.append(f"{response.status_code} {response.text[:200]}")
             else:

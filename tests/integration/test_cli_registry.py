@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from typer.testing import CliRunner, Result
 
 from berth.cli import app
-from libs.bus import LOGS_RPC
+from libs.bus import LOGS_RPC, METRICS_RPC
 from libs.natsd import free_port
 from tests.integration.test_registry_outbox import RegistryProcess
 
@@ -132,6 +132,26 @@ async def test_every_command_answers_json(registry: RegistryProcess, tmp_path: P
         assert yaml.safe_load(as_yaml.stdout)["next"] == 4
     finally:
         await answering.unsubscribe()
+
+    asked: list[dict[str, Any]] = []
+
+    async def metrics_service(msg: Msg) -> None:
+        asked.append(json.loads(msg.data))
+        points = [[60 * i, float(i)] for i in range(1, 4)]
+        await msg.respond(json.dumps({"window_seconds": 7200, "step_seconds": 300, "version": None,
+                                      "series": {"request_rate": points}, "replicas": []}).encode())  # fmt: skip
+
+    answering = await nc.subscribe(METRICS_RPC, cb=metrics_service)
+    try:
+        answer = await cli.json("deployments", "metrics", "my-iris", "--window", "2h", "--step", "5m")
+        shown = await cli.run("deployments", "metrics", "my-iris")
+    finally:
+        await answering.unsubscribe()
+    assert answer["series"]["request_rate"][-1] == [180, 3.0]
+    assert [(a["window"], a["step"]) for a in asked] == [(7200, 300), (3600, 60)]
+    assert "Requests/s" in shown.stdout and "▁▅█" in shown.stdout
+    bad_window = await cli.run("deployments", "metrics", "my-iris", "--window", "an hour")
+    assert bad_window.exit_code == 1 and "window" in bad_window.output
 
     secret = await cli.run("secrets", "set", "hf_token", "-o", "json", input="s3cr3t\n")
     assert json.loads(secret.stdout) == {"name": "hf_token", "reference": "secret:hf_token"}

@@ -20,10 +20,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from libs.bus import LOGS_RPC, SECRETS_BUCKET, all_events
+from libs.bus import LOGS_RPC, METRICS_RPC, SECRETS_BUCKET, all_events
 from libs.config import Settings
 from libs.logcursor import encode_cursor
 from libs.events import (
+    DeploymentMetricsSummarized,
+    MetricsSummary,
     DeploymentAliasSet,
     DeploymentDeleted,
     DeploymentPromoted,
@@ -652,6 +654,62 @@ async def test_logs_come_from_the_scheduler_or_503(api: httpx.AsyncClient, nc: C
     assert page.status_code == 200, page.text
     assert page.json() == {"lines": [{"replica_id": "r1", "offset": 7, "line": "hello"}], "next": "cursor-2"}
     assert asked == [{"deployment_id": created["deployment_id"], "replica_id": None, "tail": 5, "since": since}]
+
+
+async def test_metrics_come_from_the_metrics_service_and_its_summary_is_in_the_status(
+    api: httpx.AsyncClient, nc: Client, js: JetStreamContext
+) -> None:
+    created = await create(api, spec())
+    target = "/v1/deployments/my-cool-deployment"
+    absent = await api.get(f"{target}/metrics")
+    assert absent.status_code == 503 and "metrics service" in absent.json()["detail"]
+
+    asked: list[dict[str, Any]] = []
+
+    async def metrics_service(msg: Msg) -> None:
+        asked.append(json.loads(msg.data))
+        if asked[-1]["step"] < 10:
+            await msg.respond(json.dumps({"error": "bad request", "field": "step", "rule": "must be at least 10s"}).encode())
+            return
+        await msg.respond(json.dumps({"deployment_id": asked[-1]["deployment_id"], "series": {}}).encode())
+
+    sub = await nc.subscribe(METRICS_RPC, cb=metrics_service)
+    try:
+        answer = await api.get(f"{target}/metrics", params={"window": "1h30m", "step": "5m", "version": 1})
+        too_fine = await api.get(f"{target}/metrics", params={"step": "1s"})
+    finally:
+        await sub.unsubscribe()
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"deployment_id": created["deployment_id"], "series": {}}
+    assert asked[0] == {"deployment_id": created["deployment_id"], "window": 5400, "step": 300, "version": 1}
+    assert too_fine.status_code == 422 and too_fine.headers["content-type"] == "application/problem+json"
+    assert [e["field"] for e in too_fine.json()["errors"]] == ["step"]
+
+    summary = MetricsSummary(at=datetime.now(UTC), request_rate=2.5, error_rate=0.1, latency_p99=0.25, in_flight=1)
+    await js.publish(
+        f"berth.metrics.v1.summary.{created['deployment_id']}",
+        DeploymentMetricsSummarized(**created_ref(created), summary=summary).model_dump_json().encode(),
+    )
+
+    async def shown() -> dict[str, Any] | None:
+        return (await api.get(target)).json()["status"].get("metrics")
+
+    figures = await eventually(shown, what="the summary in the status")
+    assert (figures["request_rate"], figures["error_rate"], figures["latency_p99"]) == (2.5, 0.1, 0.25)
+    status = DeploymentStatusChanged(  # the scheduler's next report keeps the figures
+        **created_ref(created), spec_id=created["spec_id"], phase="Ready", desired_replicas=2, ready_replicas=2,
+    )  # fmt: skip
+    await js.publish(status.subject(), status.model_dump_json().encode())
+
+    async def both() -> dict[str, Any] | None:
+        shown_status = (await api.get(target)).json()["status"]
+        return shown_status if shown_status["phase"] == "Ready" else None
+
+    assert (await eventually(both, what="the scheduler's report"))["metrics"]["request_rate"] == 2.5
+
+
+def created_ref(created: dict[str, Any]) -> dict[str, str]:
+    return {"deployment_id": created["deployment_id"], "project": created["project"], "slug": created["slug"]}
 
 
 async def test_health_and_metrics(api: httpx.AsyncClient) -> None:

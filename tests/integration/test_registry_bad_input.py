@@ -163,6 +163,9 @@ CASES: dict[str, Case] = {
                                           params={"since": crafted_cursor(json.loads("[" * 900 + "]" * 900))}),
     "logs cursor that is not one": Case("GET", f"{TARGET}/logs", 422, ("since",), params={"since": MARKER}),
     "logs cursor of 20,000 characters": Case("GET", f"{TARGET}/logs", 422, ("since",), params={"since": "A" * 20_000}),
+    "metrics window that is not a duration": Case("GET", f"{TARGET}/metrics", 422, ("window",), params={"window": MARKER}),
+    "metrics step that is not a duration": Case("GET", f"{TARGET}/metrics", 422, ("step",), params={"step": "-5m"}),
+    "metrics version 0": Case("GET", f"{TARGET}/metrics", 422, ("version",), params={"version": 0}),
     # Slow input.
     "8,000 repeated env names": Case("POST", "/v1/specs/validate", 422, ("env[4000].name",), headers=YAML,
                                       content=yaml.safe_dump({**SPEC, "env": [{"name": f"E{n % 4000}"} for n in range(8_000)]},

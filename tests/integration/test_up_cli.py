@@ -81,7 +81,7 @@ class Berth:
 @pytest.fixture
 def berth(tmp_path: Path) -> Berth:
     ports = {k: free_port() for k in ("API", "ROUTER", "NATS", "SCHEDULER_OPS", "HEALTH_MONITOR_OPS", "INTEGRATIONS_OPS",
-                                      "AUTOSCALER_OPS", "ALERTING_OPS")}
+                                      "AUTOSCALER_OPS", "ALERTING_OPS", "METRICS_OPS")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     env |= {f"BERTH_{k}_PORT": str(v) for k, v in ports.items()}
     env |= {

@@ -46,7 +46,7 @@ def test_every_rendered_object_validates_strictly(values: tuple[str, ...]) -> No
 def test_one_deployment_per_service_with_probes_on_its_ops_endpoint() -> None:
     deployments = by_kind(render(), "Deployment")
     assert set(deployments) == {"rel-spec-registry", "rel-scheduler", "rel-health-monitor", "rel-router",
-                                "rel-autoscaler", "rel-integrations", "rel-alerting"}
+                                "rel-autoscaler", "rel-integrations", "rel-alerting", "rel-metrics"}
     paths = {}
     for name, dep in deployments.items():
         (c,) = dep["spec"]["template"]["spec"]["containers"]

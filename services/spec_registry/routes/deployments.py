@@ -6,12 +6,14 @@ answers 404 like one that does not exist. A write that changes nothing answers 2
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
 
 from libs.changes import field_changes
 from libs.config import Settings
+from libs.durations import RULE as DURATION_RULE
+from libs.durations import parse_duration
 from libs.logcursor import MAX_CURSOR_CHARS, CursorInvalid, read_cursor
 from libs.revision import revision_id
 from libs.spec import DeploymentSpec, SpecError, StrategyType, scale_errors, with_strategy
@@ -324,6 +326,25 @@ async def deployment_logs(
             raise Invalid("bad cursor", [SpecError("since", "must be the `next` value of an earlier answer")]) from exc
     stored = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
     return await registry.logs(stored.row.id, replica, tail, since)
+
+
+@router.get("/deployments/{ref}/metrics", tags=["deployments"], responses={**READ, **responses(Unavailable)})
+async def deployment_metrics(
+    ref: str,
+    caller: Caller,
+    registry: RegistryDep,
+    window: Annotated[str, Query(max_length=16, description="The span shown, ending now: 30s, 5m, 1h, 24h, 30d.")] = "1h",
+    step: Annotated[str, Query(max_length=16, description="One point per step (at least the resolution, 10s).")] = "1m",
+    version: Annotated[int | None, Query(ge=1, description="Only the revision running this spec version.")] = None,
+) -> dict[str, Any]:
+    """Request rate, error rates, latency quantiles, in-flight, replicas, restarts and usage over time
+    (docs/api.md, docs/monitoring.md); `current` holds the last minute's figures."""
+    errors = [SpecError(name, DURATION_RULE) for name, text in (("window", window), ("step", step))
+              if not parse_duration(text)]  # fmt: skip
+    if errors:
+        raise Invalid("bad query", errors)
+    stored = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
+    return await registry.metrics(stored.row.id, parse_duration(window) or 0, parse_duration(step) or 0, version)
 
 
 def present(stored: StoredDeployment, settings: Settings, alerts: AlertBoard | None = None) -> Deployment:
