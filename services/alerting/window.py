@@ -37,7 +37,7 @@ class Requests(NamedTuple):
     start: float
     requests: int
     errors: int
-    client_errors: int | None  # None: the producer does not report 4xx separately
+    client_errors: int
     buckets: tuple[int, ...]
 
 
@@ -75,9 +75,9 @@ class Window:
         """Keep the event's figures; one already held (same time) is not added twice (a replay)."""
         at = event.occurred_at.timestamp()
         if isinstance(event, RequestMetricsReported):
-            client = getattr(event, "client_errors", None)
             _insert(self.requests, Requests(
-                at, at - event.window_seconds, event.requests, event.errors, client, tuple(event.latency_buckets)
+                at, at - event.window_seconds, event.requests, event.errors, event.client_errors,
+                tuple(event.latency_buckets),
             ))  # fmt: skip
         elif isinstance(event, DeploymentStatusChanged):
             restarts = tuple((r.replica_id, r.restart_count) for r in event.replicas)
@@ -104,9 +104,7 @@ class Window:
         if metric == "error_rate_percent":
             return self._ratio(lambda r: r.errors, start, now)
         if metric == "client_error_rate_percent":
-            if any(r.client_errors is None for r in self.requests if start < r.end <= now):
-                return None
-            return self._ratio(lambda r: r.client_errors or 0, start, now)
+            return self._ratio(lambda r: r.client_errors, start, now)
         if metric in QUANTILES:
             buckets = [r.buckets for r in self.requests if start < r.end <= now]
             return histogram_quantile(QUANTILES[metric], add_buckets(buckets)) if buckets else None

@@ -11,7 +11,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from libs.events import AlertChanged, RequestMetricsReported
+from libs.events import AlertChanged
 from libs.spec import AlertRule, DeploymentSpec, SpecError, only_secret_ref
 from services.spec_registry.problems import Invalid
 from services.spec_registry.schemas import Alert, AlertSummary
@@ -55,8 +55,6 @@ def not_evaluated(spec: DeploymentSpec) -> list[str]:
     for status `not_provided`."""
     found = []
     for index, rule in enumerate(spec.alerts):
-        if rule.metric == "client_error_rate_percent" and "client_errors" not in RequestMetricsReported.model_fields:
-            found.append(f"alerts[{index}]: the router does not report 4xx answers apart yet (no data)")
         if rule.metric in ("cpu_percent", "memory_percent") and spec.resources.replica_bounds() is None:
             found.append(f"alerts[{index}]: {rule.metric} is sampled only for autoscaled deployments (no data)")
     return found

@@ -34,12 +34,14 @@ def ts(seconds: float) -> float:
     return at(seconds).timestamp()
 
 
-def report(end: float, requests: int, errors: int = 0, window: float = 1.0, bucket: int = 0) -> RequestMetricsReported:
+def report(
+    end: float, requests: int, errors: int = 0, window: float = 1.0, bucket: int = 0, client_errors: int = 0
+) -> RequestMetricsReported:
     buckets = [0] * BUCKETS
     buckets[bucket] = requests
     return RequestMetricsReported(
         **REF, occurred_at=at(end), window_seconds=window, requests=requests, errors=errors,
-        latency_sum_seconds=0.0, latency_buckets=buckets,
+        client_errors=client_errors, latency_sum_seconds=0.0, latency_buckets=buckets,
     )  # fmt: skip
 
 
@@ -113,14 +115,15 @@ def test_error_rate_and_request_rate_from_the_router_windows() -> None:
     assert window.value("error_rate_percent", 10, ts(100)) is None  # no report within the range: no data
 
 
-def test_latency_quantiles_and_missing_client_errors() -> None:
+def test_latency_quantiles_and_client_errors() -> None:
     window = Window()
     for end in range(1, 11):
-        window.add(report(end, requests=10, bucket=2 if end % 2 else 8))  # (0.01, 0.025] and (1, 2.5]
+        window.add(report(end, requests=10, bucket=2 if end % 2 else 8, client_errors=end % 2))  # (0.01, 0.025], (1, 2.5]
     assert window.value("latency_p50_seconds", 10, ts(10)) == pytest.approx(0.025)
     assert window.value("latency_p99_seconds", 10, ts(10)) == pytest.approx(1.0 + 1.5 * 0.98)
-    # A router that does not report 4xx separately gives no client error rate (rather than 0 %).
-    assert window.value("client_error_rate_percent", 10, ts(10)) is None
+    # As rate(4xx) / rate(all): the first sample in the range is the counters' base, so the increase is
+    # what reports 2..10 add: 4 of 90 requests answered 4xx.
+    assert window.value("client_error_rate_percent", 10, ts(10)) == pytest.approx(100 * 4 / 90)
 
 
 def status(seconds: float, desired: int, ready: int, restarts: dict[str, int]) -> DeploymentStatusChanged:

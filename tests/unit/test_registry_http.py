@@ -38,6 +38,7 @@ CONTRACT = {
     "/v1/deployments/{ref}/alerts": {"get"},
     "/v1/alerts": {"get"},
     "/v1/webhooks": {"get", "put", "delete"},
+    "/v1/deployments/{ref}/metrics": {"get"},
 }
 
 
