@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     router_metrics_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often the router publishes RequestMetricsReported."
     )
+    metrics_max_deployments: int = Field(
+        default=1000, ge=1,
+        description="Deployments with series of their own on /metrics; the rest are summed as deployment=\"_overflow\".",
+    )  # fmt: skip
     router_response_timeout_seconds: float = Field(
         default=300.0,
         gt=0,

@@ -208,7 +208,7 @@ async def test_apply_scale_stop_start_delete(scheduler: SchedulerHandle, bus: Bu
 
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{scheduler.ops_port}") as ops:
         assert (await ops.get("/healthz")).json() == {"healthy": True}
-        assert "berth_scheduler_reconcile_seconds_count" in (await ops.get("/metrics")).text
+        assert "berth_scheduler_reconcile_duration_seconds_count" in (await ops.get("/metrics")).text
 
     await bus.delete()
     await bus.phase("Deleted")
