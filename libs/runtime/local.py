@@ -676,11 +676,11 @@ class LocalRuntime:
         exit_code = _read_int(s.dir / shim.EXIT_CODE_FILE) if shim_process is not None else None
         s.replica.pid = None
         s.replica.last_exit_code = exit_code
-        self._replicas.pop(s.replica.replica_id, None)
-        try:
+        try:  # before it is forgotten: once `replicas()` no longer lists it, `logs()` reads the kept copy
             await asyncio.to_thread(self._retain_output, s)
         except OSError:
             log.warning("the stopped replica's output could not be kept", exc_info=True, **self._ids(s))
+        self._replicas.pop(s.replica.replica_id, None)
         await asyncio.to_thread(shutil.rmtree, s.dir, True)
         log.info("replica stopped", exit_code=exit_code, **self._ids(s))
         await self._emit("stopped", s, exit_code)
