@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import promql_parser
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -187,11 +188,28 @@ def test_every_service_process_exposes_conventional_names() -> None:
     assert "berth_messages" in families and series(families) < FIXED_SERIES
 
 
+def grafana_to_promql(query: str) -> promql_parser.Expr:
+    """The query as Prometheus gets it once Grafana has put in its variables (all values chosen)."""
+    text = query.replace("$__rate_interval", "1m").replace("$project", ".*").replace("$deployment", ".*")
+    return promql_parser.parse(text)  # raises on what Prometheus would refuse
+
+
+def metric_names(node: object) -> set[str]:
+    if isinstance(node, promql_parser.VectorSelector):
+        return {node.name} if node.name else set()
+    children: list[object] = []
+    for attribute in ("args", "expr", "lhs", "rhs", "param", "vector_selector"):
+        child = getattr(node, attribute, None)
+        children += child if isinstance(child, list) else [child] if child is not None else []
+    return set().union(*(metric_names(child) for child in children)) if children else set()
+
+
 def test_every_metric_the_grafana_dashboard_queries_is_exposed() -> None:
     dashboard = json.loads((Path(__file__).parents[2] / "docs" / "grafana" / "berth.json").read_text())
     queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    queries += [v["definition"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
-    used = {name for query in queries for name in re.findall(r"\bberth_[a-z0-9_]+", query)}
+    selectors = [re.fullmatch(r"label_values\((.*), \w+\)", v["definition"]).group(1)  # type: ignore[union-attr]
+                 for v in dashboard["templating"]["list"] if v["type"] == "query"]  # fmt: skip
+    used = {name for query in queries + selectors for name in metric_names(grafana_to_promql(query))}
     _, router = router_with(2, revisions=2)
     scheduler = CollectorRegistry()
     usage = {"d0-1": Usage(cpu_percent=10.0, memory_percent=10.0, memory_bytes=1)}
