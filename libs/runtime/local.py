@@ -713,7 +713,8 @@ class LocalRuntime:
     def _new_replica_id(self, name: str) -> str:
         while True:
             replica_id = f"{name}-{''.join(secrets.choice(_ID_ALPHABET) for _ in range(5))}"
-            if replica_id not in self._replicas and not (self.state_dir / replica_id).exists():
+            taken = (self.state_dir / replica_id).exists() or (self._retained_dir / replica_id).exists()
+            if replica_id not in self._replicas and not taken:
                 return replica_id
 
     def _log_files(self, directory: Path) -> list[Path]:

@@ -111,7 +111,8 @@ async def answer(runtime: Runtime, request: LogsRequest) -> LogsReply:
     cursor = decode_cursor(request.since)
     lines: list[LogLine] = []
     following = bool(request.since)
-    lookback = SEARCH_LOOKBACK if request.filtered else LOOKBACK
+    # A search looks further back; a poll of `-f` only needs what is new since the cursor.
+    lookback = SEARCH_LOOKBACK if request.filtered and not following else LOOKBACK
     tail = min(request.tail, MAX_TAIL)
     for replica_id in sorted(live | replaced):
         try:
@@ -121,7 +122,7 @@ async def answer(runtime: Runtime, request: LogsRequest) -> LogsReply:
         seen = cursor.get(replica_id)
         # A replica that appeared since the cursor was made: everything it wrote is new. A filter
         # looks through the whole window, then keeps the last `tail` lines that pass.
-        first, fresh = new_lines(window, seen, lookback if (following and seen is None) or request.filtered else tail)
+        first, fresh = new_lines(window, seen, lookback if following or request.filtered else tail)
         found = []
         for i, raw in enumerate(fresh):
             at, text = split_stamp(raw)
