@@ -78,7 +78,7 @@ from libs.runtime.base import (
     Workload,
     restart_backoff,
 )
-from libs.runtime.logfiles import follow, split_stamp, tail_lines, unstamped
+from libs.runtime.logfiles import follow, follow_unstamped, tail_lines, unstamped
 from libs.runtime.mounts import link_mounts
 from libs.runtime.processes import alive, detect_gpus, find_process, send_signal, wait_exited
 from libs.tasks import cancel_and_wait
@@ -440,7 +440,7 @@ class LocalRuntime:
         """Lines written from now on, across rotations, until the replica is gone."""
         supervised = self._get(replica_id)
         lines = follow(supervised.dir / shim.OUTPUT_LOG, lambda: self._replicas.get(replica_id) is supervised)
-        return (split_stamp(line)[1] async for line in lines)
+        return follow_unstamped(lines)
 
     async def usage(self, replica_id: str) -> Usage | None:
         """CPU and memory of the command's process tree (the shim itself is not counted)."""

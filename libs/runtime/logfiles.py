@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -34,6 +34,15 @@ def split_stamp(line: str) -> tuple[datetime | None, str]:
 
 def unstamped(lines: list[str]) -> list[str]:
     return [split_stamp(line)[1] for line in lines]
+
+
+async def follow_unstamped(lines: AsyncGenerator[str]) -> AsyncIterator[str]:
+    """`lines` without their times; closing this closes `lines` (and the file it reads) at once."""
+    try:
+        async for line in lines:
+            yield split_stamp(line)[1]
+    finally:
+        await lines.aclose()
 
 
 def tail_lines(paths_newest_first: Iterable[Path], count: int) -> list[str]:
