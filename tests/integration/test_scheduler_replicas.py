@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -364,7 +364,10 @@ async def test_logs_rpc_returns_tail_then_only_new_lines(scheduler: SchedulerHan
         return reply if [line["line"] for line in reply["lines"]][-2:] == ["echo request GET /one", "echo request GET /two"] else None
 
     first = await ask(tail=10)
-    assert first["lines"][0] == {"replica_id": replica.replica_id, "offset": 0, "line": f"echo listening on {replica.ports[8000]}"}
+    written = first["lines"][0].pop("time")
+    assert first["lines"][0] == {"replica_id": replica.replica_id, "offset": 0, "line": f"echo listening on {replica.ports[8000]}",
+                                 "replaced": False}  # fmt: skip
+    assert datetime.fromisoformat(written) <= datetime.now(UTC)  # when the shim read the line
     seen = len(first["lines"])  # the listening line, and the requests `serving` made
     await answers(replica, "/one")
     await answers(replica, "/two")
