@@ -355,7 +355,10 @@ def _log_time(field: str, value: str | None, now: datetime) -> datetime | None:
     match = _DURATION.fullmatch(value)
     if value and match:
         days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-        return now - timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        try:
+            return now - timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        except OverflowError:  # before year 1
+            raise Invalid(f"bad {field}", [SpecError(field, "must not reach back before year 1")]) from None
     try:
         parsed = datetime.fromisoformat(value) if len(value) <= 40 else None
     except ValueError:
