@@ -434,8 +434,17 @@ def logs(
     ctx: typer.Context,
     ref: RefArg,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl-C.")] = False,
-    replica: Annotated[str | None, typer.Option(help="Only this replica.")] = None,
-    tail: Annotated[int, typer.Option(min=0, help="Lines to show from the end.")] = 100,
+    replica: Annotated[str | None, typer.Option(help="Only this replica (also one already replaced).")] = None,
+    tail: Annotated[int, typer.Option(min=0, help="Lines to show from the end (of those that match).")] = 100,
+    since: Annotated[
+        str | None, typer.Option(help="Lines written at or after: a duration back from now (10m, 1h30m, 2d) or RFC 3339.")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Lines written before; the same forms as --since.")] = None,
+    grep: Annotated[str | None, typer.Option(help="Only lines containing this text (plain, case-sensitive).")] = None,
+    include_replaced: Annotated[
+        bool, typer.Option("--include-replaced", help="Also replicas already replaced, while their logs are kept.")
+    ] = False,
+    timestamps: Annotated[bool, typer.Option("--timestamps", help="Show when each line was written.")] = False,
     output: Annotated[
         Output,
         typer.Option(
@@ -443,19 +452,20 @@ def logs(
         ),
     ] = Output.table,
 ) -> None:
-    """Output of a deployment's replicas."""
+    """Output of a deployment's replicas: the last lines, searched by time and text, or followed."""
     prefix = replica is None
+    search = {"since_time": since, "until": until, "grep": grep, "include_replaced": include_replaced}
     with ctx.obj.client() as client:
-        page = client.logs(ref_of(ref), replica=replica, tail=tail)
+        page = client.logs(ref_of(ref), replica=replica, tail=tail, **search)
         if not follow:
-            render.emit(page, output, lambda: render.log_lines(page["lines"], output, prefix))
+            render.emit(page, output, lambda: render.log_lines(page["lines"], output, prefix, timestamps))
             return
-        render.log_lines(page["lines"], output, prefix)
+        render.log_lines(page["lines"], output, prefix, timestamps)
         try:
             while True:
                 time.sleep(0.5)
-                page = client.logs(ref_of(ref), replica=replica, tail=tail, since=page["next"])
-                render.log_lines(page["lines"], output, prefix)
+                page = client.logs(ref_of(ref), replica=replica, tail=tail, since=page["next"], **search)
+                render.log_lines(page["lines"], output, prefix, timestamps)
         except KeyboardInterrupt:
             pass
 

@@ -266,10 +266,19 @@ class BerthClient:
     def status(self, ref: str) -> Status:
         return self._request("GET", f"/v1/deployments/{ref}/status")  # type: ignore[no-any-return]
 
-    def logs(self, ref: str, replica: str | None = None, tail: int = 100, since: Any = None) -> LogPage:
+    def logs(
+        self, ref: str, replica: str | None = None, tail: int = 100, since: Any = None, *,
+        since_time: str | None = None, until: str | None = None, grep: str | None = None,
+        include_replaced: bool = False,
+    ) -> LogPage:
+        """`since`: the cursor of an earlier page; `since_time`/`until`: RFC 3339 or a duration back from now."""
         params: dict[str, Any] = {"tail": tail}
         if replica:
             params["replica"] = replica
+        searched = {"since_time": since_time, "until": until, "grep": grep}
+        params.update((k, v) for k, v in searched.items() if v is not None)
+        if include_replaced:
+            params["include_replaced"] = "true"
         if since is not None:
             params["since"] = since if isinstance(since, str | int) else json.dumps(since)
         return self._request("GET", f"/v1/deployments/{ref}/logs", params=params)  # type: ignore[no-any-return]

@@ -499,9 +499,9 @@ def scaled(d: Deployment) -> None:
     )
 
 
-def log_lines(lines: list[LogLine], output: Output, prefix: bool) -> None:
-    """Log lines as written (`[replica] line`), or, for scripts that follow, one JSON object per line
-    (JSON Lines) or one YAML document per line."""
+def log_lines(lines: list[LogLine], output: Output, prefix: bool, timestamps: bool = False) -> None:
+    """Log lines as written (`[replica] line`, after the time each was written with `timestamps`), or,
+    for scripts that follow, one JSON object per line (JSON Lines) or one YAML document per line."""
     for line in lines:
         if output is Output.json:
             typer.echo(json.dumps(line))
@@ -509,7 +509,8 @@ def log_lines(lines: list[LogLine], output: Output, prefix: bool) -> None:
             typer.echo("---\n" + yaml.safe_dump(dict(line), sort_keys=False, allow_unicode=True).rstrip())
         else:
             text = line["line"].rstrip("\n")
-            typer.echo(f"[{line['replica_id']}] {text}" if prefix else text)
+            text = f"[{line['replica_id']}] {text}" if prefix else text
+            typer.echo(f"{line.get('time') or '-'} {text}" if timestamps else text)
     sys.stdout.flush()
 
 

@@ -53,6 +53,17 @@ class Settings(BaseSettings):
     router_metrics_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often the router publishes RequestMetricsReported."
     )
+    metrics_max_deployments: int = Field(
+        default=1000, ge=1,
+        description="Deployments with series of their own on /metrics; the rest are summed as deployment=\"_overflow\".",
+    )  # fmt: skip
+    logs_retention_seconds: float = Field(
+        default=24 * 3600.0, ge=0,
+        description="Local runtime: how long the output of a stopped (replaced) replica is kept; 0 keeps none.",
+    )  # fmt: skip
+    logs_retained_max_bytes: int = Field(
+        default=1024**3, ge=0, description="Local runtime: the most the kept output of stopped replicas may take."
+    )
     router_response_timeout_seconds: float = Field(
         default=300.0,
         gt=0,

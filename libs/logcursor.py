@@ -8,16 +8,37 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 Cursor = dict[str, tuple[int, str]]  # replica id -> (lines seen, hash of the last one)
 
+MAX_GREP_CHARS = 256
 MAX_CURSOR_CHARS = 16 * 1024  # some 200 replicas; a cursor only ever holds the deployment's live ones
 MAX_LINES_SEEN = 2**63 - 1
 
 
 class CursorInvalid(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class LogSearch:
+    """The filters of a logs request beside the cursor (checked by the registry, applied by the scheduler)."""
+
+    since_time: datetime | None = None
+    until: datetime | None = None
+    grep: str | None = None
+    include_replaced: bool = False
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "since_time": self.since_time.isoformat() if self.since_time else None,
+            "until": self.until.isoformat() if self.until else None,
+            "grep": self.grep,
+            "include_replaced": self.include_replaced,
+        }
 
 
 def encode_cursor(cursor: Cursor) -> str:

@@ -19,6 +19,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+import libs.prom  # noqa: F401  (every service's /metrics without `_created` series)
+
 
 def configure_tracing(service: str) -> None:
     """Install a tracer provider naming the service, exporting spans as the standard variables say:

@@ -23,6 +23,7 @@ from libs.runtime.base import (
     Replica,
     ReplicaEventHook,
     ReplicaNotFound,
+    RetainedLog,
     Usage,
     Workload,
 )
@@ -93,9 +94,13 @@ class FakeRuntime:
         replica.restart_count += 1
         replica.started_at = utcnow()
 
-    async def logs(self, replica_id: str, tail: int = 100) -> list[str]:
+    async def logs(self, replica_id: str, tail: int = 100, timestamps: bool = False) -> list[str]:
         self._get(replica_id)
-        return [f"{replica_id} log line"][-tail:] if tail else []
+        line = f"2026-01-01T00:00:00.000000Z {replica_id} log line" if timestamps else f"{replica_id} log line"
+        return [line][-tail:] if tail else []
+
+    async def retained_logs(self, deployment_id: str) -> list[RetainedLog]:
+        return []
 
     async def follow_logs(self, replica_id: str) -> AsyncIterator[str]:
         yield f"{replica_id} log line"

@@ -12,7 +12,12 @@ def make_runtime(settings: Settings) -> Runtime:
     if settings.runtime == "local":
         from libs.runtime.local import LocalRuntime
 
-        return LocalRuntime(settings.data_dir / "replicas", grace_seconds=settings.stop_grace_seconds)
+        return LocalRuntime(
+            settings.data_dir / "replicas",
+            grace_seconds=settings.stop_grace_seconds,
+            logs_retention_seconds=settings.logs_retention_seconds,
+            logs_retained_max_bytes=settings.logs_retained_max_bytes,
+        )
     from libs.runtime.kubernetes.machines import load_machine_types
     from libs.runtime.kubernetes.runtime import KubernetesRuntime
 

@@ -139,6 +139,16 @@ class Usage:
     gpu_percent: float | None = None  # of the GPUs it was given; None: no GPU visible (NVML)
 
 
+@dataclass(frozen=True)
+class RetainedLog:
+    """The kept output of a replica that was stopped (replaced, scaled down or deleted)."""
+
+    replica_id: str
+    deployment_id: str
+    revision_id: str
+    stopped_at: datetime
+
+
 class Runtime(Protocol):
     # Set before start(); see ReplicaEventHook. The scheduler publishes replica events from it.
     on_replica_event: ReplicaEventHook | None
@@ -170,8 +180,13 @@ class Runtime(Protocol):
     async def restart(self, replica_id: str) -> None:
         """Kill the replica and start it again, keeping its id and counting the restart."""
 
-    async def logs(self, replica_id: str, tail: int = 100) -> list[str]:
-        """The last `tail` lines of the replica's output."""
+    async def logs(self, replica_id: str, tail: int = 100, timestamps: bool = False) -> list[str]:
+        """The last `tail` lines of the replica's output; with `timestamps` each starts with the RFC 3339
+        time it was written and a space (as `kubectl logs --timestamps`). A replica `retained_logs`
+        lists answers too."""
+
+    async def retained_logs(self, deployment_id: str) -> list[RetainedLog]:
+        """Replicas of the deployment that are gone but whose output is kept (docs/monitoring.md, "Logs")."""
 
     def follow_logs(self, replica_id: str) -> AsyncIterator[str]:
         """New lines of the replica's output as they are written."""

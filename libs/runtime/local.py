@@ -31,7 +31,10 @@ more than 10 min. `on_replica_event(kind, replica, exit_code)` is
 awaited on each change: "started" (first start and each restart), "exited" (on its own; the replica is
 then in state "backoff" with next_restart_at), "stopped" (on purpose: scale down, delete,
 close(stop_replicas=True); restart() is an "exited" then a "started"), after which the replica's
-directory, logs included, is gone. Errors of the hook are logged, never raised here.
+directory is gone but its output is kept in `_retained_logs/<replica_id>/` (with `retained.json`:
+deployment, revision, when it stopped) for `logs_retention_seconds`; the oldest go first once they
+hold more than `logs_retained_max_bytes`. A timer prunes them. Errors of the hook are logged, never
+raised here.
 `Replica.pid` is the shim's pid: signalling it stops the replica gracefully.
 """
 
@@ -70,17 +73,23 @@ from libs.runtime.base import (
     ReplicaEventHook,
     ReplicaEventKind,
     ReplicaNotFound,
+    RetainedLog,
     Usage,
     Workload,
     restart_backoff,
 )
-from libs.runtime.logfiles import follow, tail_lines
+from libs.runtime.logfiles import follow, follow_unstamped, tail_lines, unstamped
 from libs.runtime.mounts import link_mounts
 from libs.runtime.processes import alive, detect_gpus, find_process, send_signal, wait_exited
 from libs.tasks import cancel_and_wait
 
 HOST = "127.0.0.1"
 WORKLOADS_DIR = "_workloads"  # not a DNS-1123 name: no replica directory can be called so
+RETAINED_DIR = "_retained_logs"  # the output of stopped replicas (not a DNS-1123 name either)
+RETAINED_FILE = "retained.json"
+LOGS_RETENTION_SECONDS = 24 * 3600.0
+LOGS_RETAINED_MAX_BYTES = 1024**3
+LOGS_PRUNE_INTERVAL_SECONDS = 300.0
 STATE_FILE = "replica.json"
 SHIM_LOG = "shim.log"
 GIB = 1024**3
@@ -88,6 +97,7 @@ CPU_SAMPLE_SECONDS = 0.1
 STOP_MARGIN_SECONDS = 5.0  # past the grace period, a shim that has not exited is killed itself
 _PORT_REF = re.compile(r"\$(?:\{(PORT(?:_\d+)?)\}|(PORT(?:_\d+)?)\b)")
 _ID_ALPHABET = string.ascii_lowercase + string.digits
+_ID = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,251}[a-z0-9])?")  # a replica id: never a path
 
 log = get_logger(__name__)
 
@@ -220,6 +230,8 @@ class LocalRuntime:
         backoff_reset_seconds: float = RESTART_BACKOFF_RESET_SECONDS,
         log_max_bytes: int = shim.LOG_MAX_BYTES,
         log_backups: int = shim.LOG_BACKUPS,
+        logs_retention_seconds: float = LOGS_RETENTION_SECONDS,
+        logs_retained_max_bytes: int = LOGS_RETAINED_MAX_BYTES,
         on_replica_event: ReplicaEventHook | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).absolute()
@@ -228,8 +240,11 @@ class LocalRuntime:
         self.backoff_reset_seconds = backoff_reset_seconds
         self.log_max_bytes = log_max_bytes
         self.log_backups = log_backups
+        self.logs_retention_seconds = logs_retention_seconds
+        self.logs_retained_max_bytes = logs_retained_max_bytes
         self.on_replica_event = on_replica_event
         self.fetches_integrations = False  # the integrations service's cache, linked into each workdir
+        self._pruner: asyncio.Task[None] | None = None
         self._workloads: dict[str, Workload] = {}
         self._secrets_known: dict[str, asyncio.Event] = {}  # set once the workload's env is whole
         self._replicas: dict[str, _Supervised] = {}
@@ -245,7 +260,7 @@ class LocalRuntime:
         self._workloads = {w.name: w for w in self._load_workloads()}
         orphans: list[_Supervised] = []
         for directory in sorted(
-            p for p in self.state_dir.iterdir() if p.is_dir() and p.name != WORKLOADS_DIR
+            p for p in self.state_dir.iterdir() if p.is_dir() and p.name not in (WORKLOADS_DIR, RETAINED_DIR)
         ):
             supervised = _Supervised.load(directory)
             if supervised is None:
@@ -259,6 +274,7 @@ class LocalRuntime:
             log.info("replica adopted" if supervised.shim else "replica found ended", **self._ids(supervised))
         self._terminate_unknown_shims()
         await asyncio.gather(*(self._stop(s) for s in orphans))
+        self._pruner = asyncio.create_task(self._prune_every(LOGS_PRUNE_INTERVAL_SECONDS))
         for workload in self._workloads.values():
             if self._secrets_gate(workload.name).is_set():
                 await self._scale(workload)
@@ -267,6 +283,8 @@ class LocalRuntime:
         # From now on no replica is created: a reconcile still under way must not start one after
         # the stop below has looked, which would leave it running with nobody to stop it.
         self._closing = True
+        if self._pruner is not None:
+            await cancel_and_wait([self._pruner])
         if stop_replicas:
             while self._replicas:
                 await asyncio.gather(*(self._stop(s) for s in list(self._replicas.values())))
@@ -346,13 +364,84 @@ class LocalRuntime:
 
     # -- observation --
 
-    async def logs(self, replica_id: str, tail: int = 100) -> list[str]:
-        return await asyncio.to_thread(tail_lines, self._log_files(self._get(replica_id)), tail)
+    async def logs(self, replica_id: str, tail: int = 100, timestamps: bool = False) -> list[str]:
+        supervised = self._replicas.get(replica_id)
+        if supervised is not None:
+            files = self._log_files(supervised.dir)
+        elif _ID.fullmatch(replica_id) and (self._retained_dir / replica_id / RETAINED_FILE).exists():
+            files = self._log_files(self._retained_dir / replica_id)
+        else:
+            raise ReplicaNotFound(f"no replica {replica_id} runs here")
+        lines = await asyncio.to_thread(tail_lines, files, tail)
+        return lines if timestamps else unstamped(lines)
+
+    async def retained_logs(self, deployment_id: str) -> list[RetainedLog]:
+        return [r for r in await asyncio.to_thread(self._retained) if r.deployment_id == deployment_id]
+
+    async def prune_logs(self, now: datetime | None = None) -> int:
+        """Remove the kept output of replicas stopped more than the retention period before `now`,
+        then the oldest while they hold more than the size bound; returns how many went."""
+        return await asyncio.to_thread(self._prune, now or utcnow())
+
+    @property
+    def _retained_dir(self) -> Path:
+        return self.state_dir / RETAINED_DIR
+
+    def _retained(self) -> list[RetainedLog]:
+        found = []
+        for directory in self._retained_dir.glob(f"*/{RETAINED_FILE}"):
+            try:
+                data = json.loads(directory.read_text())
+                found.append(RetainedLog(
+                    replica_id=data["replica_id"], deployment_id=data["deployment_id"],
+                    revision_id=data["revision_id"], stopped_at=datetime.fromisoformat(data["stopped_at"]),
+                ))  # fmt: skip
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # half written by a stop that was killed: the size bound removes it in time
+        return found
+
+    def _retain_output(self, s: _Supervised) -> None:
+        """Move the stopped replica's output aside, for `logs` to read until the retention ends."""
+        files = [f for f in self._log_files(s.dir) if f.exists()]
+        if not files or self.logs_retention_seconds <= 0:
+            return
+        target = self._retained_dir / s.replica.replica_id
+        target.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for file in files:
+            file.replace(target / file.name)
+        r = s.replica
+        record = {"replica_id": r.replica_id, "deployment_id": r.deployment_id, "revision_id": r.revision_id,
+                  "stopped_at": utcnow().isoformat()}  # fmt: skip
+        shim.write_atomically(target / RETAINED_FILE, json.dumps(record))
+        self._prune(utcnow())
+
+    def _prune(self, now: datetime) -> int:
+        kept = sorted(self._retained(), key=lambda r: r.stopped_at)
+        expired = [r for r in kept if (now - r.stopped_at).total_seconds() > self.logs_retention_seconds]
+        kept = kept[len(expired) :] if expired else kept
+        sizes = {r.replica_id: _size(self._retained_dir / r.replica_id) for r in kept}
+        total = sum(sizes.values())
+        while kept and total > self.logs_retained_max_bytes:
+            oldest = kept.pop(0)
+            total -= sizes[oldest.replica_id]
+            expired.append(oldest)
+        for gone in expired:
+            shutil.rmtree(self._retained_dir / gone.replica_id, ignore_errors=True)
+        return len(expired)
+
+    async def _prune_every(self, seconds: float) -> None:
+        while True:
+            try:
+                await self.prune_logs()
+            except Exception:  # a full or read-only disk: try again at the next interval
+                log.warning("pruning kept replica logs failed", exc_info=True)
+            await asyncio.sleep(seconds)
 
     def follow_logs(self, replica_id: str) -> AsyncIterator[str]:
         """Lines written from now on, across rotations, until the replica is gone."""
         supervised = self._get(replica_id)
-        return follow(supervised.dir / shim.OUTPUT_LOG, lambda: self._replicas.get(replica_id) is supervised)
+        lines = follow(supervised.dir / shim.OUTPUT_LOG, lambda: self._replicas.get(replica_id) is supervised)
+        return follow_unstamped(lines)
 
     async def usage(self, replica_id: str) -> Usage | None:
         """CPU and memory of the command's process tree (the shim itself is not counted)."""
@@ -588,6 +677,10 @@ class LocalRuntime:
         exit_code = _read_int(s.dir / shim.EXIT_CODE_FILE) if shim_process is not None else None
         s.replica.pid = None
         s.replica.last_exit_code = exit_code
+        try:  # before it is forgotten: once `replicas()` no longer lists it, `logs()` reads the kept copy
+            await asyncio.to_thread(self._retain_output, s)
+        except OSError:
+            log.warning("the stopped replica's output could not be kept", exc_info=True, **self._ids(s))
         self._replicas.pop(s.replica.replica_id, None)
         await asyncio.to_thread(shutil.rmtree, s.dir, True)
         log.info("replica stopped", exit_code=exit_code, **self._ids(s))
@@ -621,11 +714,12 @@ class LocalRuntime:
     def _new_replica_id(self, name: str) -> str:
         while True:
             replica_id = f"{name}-{''.join(secrets.choice(_ID_ALPHABET) for _ in range(5))}"
-            if replica_id not in self._replicas and not (self.state_dir / replica_id).exists():
+            taken = (self.state_dir / replica_id).exists() or (self._retained_dir / replica_id).exists()
+            if replica_id not in self._replicas and not taken:
                 return replica_id
 
-    def _log_files(self, s: _Supervised) -> list[Path]:
-        current = s.dir / shim.OUTPUT_LOG
+    def _log_files(self, directory: Path) -> list[Path]:
+        current = directory / shim.OUTPUT_LOG
         return [
             current,
             *(current.with_name(f"{shim.OUTPUT_LOG}.{i}") for i in range(1, self.log_backups + 1)),
@@ -665,3 +759,11 @@ class LocalRuntime:
     def _ids(s: _Supervised) -> dict[str, str]:
         r = s.replica
         return {"replica_id": r.replica_id, "deployment_id": r.deployment_id, "spec_id": r.spec_id}
+
+
+def _size(directory: Path) -> int:
+    total = 0
+    for file in directory.glob("*"):
+        with contextlib.suppress(OSError):  # removed meanwhile
+            total += file.stat().st_size
+    return total

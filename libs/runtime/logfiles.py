@@ -1,16 +1,48 @@
 """A replica's output log, rotated by size (output.log, output.log.1 ...): its last lines, and the
-lines written from now on."""
+lines written from now on. The shim starts each line with the time it read it, as Kubernetes'
+`kubectl logs --timestamps` does (RFC 3339 UTC, then one space); `split_stamp` takes it off again."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterable
+import re
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
 FOLLOW_POLL_SECONDS = 0.2
+_STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?Z) ")
+
+
+def split_stamp(line: str) -> tuple[datetime | None, str]:
+    """(when the line was written, the line as printed); None for a line written without a time (by
+    a berth before timestamps, or cut off mid-line)."""
+    match = _STAMP.match(line)
+    if match is None:
+        return None, line
+    text = match.group(1)
+    if len(text) > 27:  # Kubernetes writes nanoseconds; Python reads at most microseconds
+        text = text[:26] + "Z"
+    try:
+        return datetime.fromisoformat(text), line[match.end() :]
+    except ValueError:
+        return None, line
+
+
+def unstamped(lines: list[str]) -> list[str]:
+    return [split_stamp(line)[1] for line in lines]
+
+
+async def follow_unstamped(lines: AsyncGenerator[str]) -> AsyncIterator[str]:
+    """`lines` without their times; closing this closes `lines` (and the file it reads) at once."""
+    try:
+        async for line in lines:
+            yield split_stamp(line)[1]
+    finally:
+        await lines.aclose()
 
 
 def tail_lines(paths_newest_first: Iterable[Path], count: int) -> list[str]:

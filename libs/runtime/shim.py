@@ -6,7 +6,8 @@ The runtime starts the shim in a session of its own, so the replica outlives a s
 killed; a restarted scheduler finds the shim by pid and adopts it. The shim:
 - runs the command (cwd and environment are the shim's own) in a process group of its own, and
   makes the kernel kill it should the shim die (no orphan);
-- copies the command's stdout and stderr, raw, into `output.log` in the replica dir, rotated by size;
+- copies the command's stdout and stderr into `output.log` in the replica dir, rotated by size, each
+  line after the UTC time it was read (RFC 3339 and a space, as `kubectl logs --timestamps` shows);
 - writes the command's pid to `pid`, and when it ends its exit code (killed by signal N: 128+N) to
   `exit_code`, kills what is left of its process group, and exits with that same code;
 - on SIGTERM (or SIGINT) forwards SIGTERM to the process group and SIGKILLs it after the grace period.
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from types import FrameType
@@ -68,6 +70,11 @@ def _die_with_parent() -> Callable[[], None] | None:
     return in_child
 
 
+def stamp(line: str, at: datetime) -> str:
+    """`line` as the log file holds it: the UTC time it was written, a space, the line."""
+    return f"{at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')} {line}"
+
+
 def _output_log(replica_dir: Path, max_bytes: int, backups: int) -> RotatingFileHandler:
     handler = RotatingFileHandler(
         replica_dir / OUTPUT_LOG, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
@@ -80,7 +87,7 @@ def _output_log(replica_dir: Path, max_bytes: int, backups: int) -> RotatingFile
 def _copy_output(stream: IO[bytes], handler: RotatingFileHandler) -> None:
     for raw in iter(lambda: stream.readline(_MAX_LINE_BYTES), b""):
         line = raw.decode("utf-8", errors="replace")
-        handler.handle(logging.makeLogRecord({"msg": line}))
+        handler.handle(logging.makeLogRecord({"msg": stamp(line, datetime.now(UTC))}))
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
@@ -134,7 +141,8 @@ def run(replica_dir: Path, command: list[str], grace_seconds: float, max_bytes: 
             preexec_fn=_die_with_parent(),
         )
     except OSError as exc:
-        handler.handle(logging.makeLogRecord({"msg": f"berth: cannot run {command[0]!r}: {exc}\n"}))
+        message = stamp(f"berth: cannot run {command[0]!r}: {exc}\n", datetime.now(UTC))
+        handler.handle(logging.makeLogRecord({"msg": message}))
         write_atomically(replica_dir / EXIT_CODE_FILE, str(EXIT_CODE_NOT_STARTED))
         return EXIT_CODE_NOT_STARTED
     stopper.child = child

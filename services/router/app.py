@@ -13,13 +13,14 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from libs.bus import TRAFFIC_EVENTS
 from libs.config import Settings
+from libs.events import RequestMetricsReported
 from libs.kit import STOP_STEP_TIMEOUT_SECONDS, Service
 from libs.logging import get_logger
 from libs.sealing import Sealer
 from libs.secrets import SecretStore
 from services.router.auth import AuthSecrets
 from services.router.handlers import RESYNC_SECONDS, Feed
-from services.router.metrics import MetricsReporter, RouterCollector
+from services.router.metrics import MetricsReporter, RevisionTotals, RouterCollector
 from services.router.proxy import Proxy
 from services.router.server import Server
 from services.router.table import RoutingTable
@@ -69,12 +70,18 @@ async def _wire(service: Service, js: JetStreamContext, settings: Settings) -> R
     await service.watch_latest(TRAFFIC_EVENTS, feed.on_event)
     await feed.resync()  # the whole table before the first request, not as the watch trickles in
     service.every(RESYNC_SECONDS, feed.resync)
-    reporter = MetricsReporter(table.routes, service.publish)
+    revisions = RevisionTotals()
+
+    async def publish(report: RequestMetricsReported) -> None:
+        revisions.fold(report)  # before any await: a scrape never sees a window in neither place
+        await service.publish(report)
+
+    reporter = MetricsReporter(table.routes, publish)
     service.every(settings.router_metrics_interval_seconds, reporter.report)
 
     registry = CollectorRegistry()
     proxy = Proxy(table, pools, settings.router_trust_forwarded_for, registry, lambda: service.connected)
-    registry.register(RouterCollector(table.routes, lambda: proxy.unrouted))
+    registry.register(RouterCollector(table.routes, lambda: proxy.unrouted, revisions, settings.metrics_max_deployments))
     ProcessCollector(registry=registry)
     server = Server(proxy.handle, CLIENT_KEEPALIVE_SECONDS)
     port = await server.start(settings.router_host, settings.router_port)

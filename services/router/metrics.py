@@ -20,6 +20,14 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from libs.events import LATENCY_BUCKETS_SECONDS, ReplicaRequests, RequestMetricsReported, RevisionRequests
+from libs.prom import (
+    DEFAULT_MAX_DEPLOYMENTS,
+    DEPLOYMENT_LABELS,
+    MAX_REVISIONS_PER_DEPLOYMENT,
+    OVERFLOW_LABELS,
+    REVISION_LABELS,
+    split_capped,
+)
 from libs.logging import get_logger
 
 if TYPE_CHECKING:
@@ -146,15 +154,66 @@ class MetricsReporter:
                 log.warning("request metrics not published", deployment_id=route.deployment_id, exc_info=True)
 
 
-class RouterCollector(Collector):
-    """Prometheus view of the routing table: totals so far plus the open window."""
+class RevisionTotals:
+    """Running totals per revision, folded from the windows the reporter closes (the hot path keeps a
+    revision's counts for the open window only). Revisions no longer in a deployment's route are
+    forgotten at the next scrape: a retired revision's series end."""
 
-    def __init__(self, routes: Callable[[], Iterable[Route]], unrouted: Callable[[], int]) -> None:
+    def __init__(self) -> None:
+        self._totals: dict[str, dict[str, list[int]]] = {}  # deployment -> revision -> [requests, errors, *buckets]
+
+    def fold(self, report: RequestMetricsReported) -> None:
+        revisions = self._totals.setdefault(report.deployment_id, {})
+        for part in report.revisions:
+            counts = revisions.setdefault(part.revision_id, [0] * (_BUCKET_COUNT + 2))
+            counts[0] += part.requests
+            counts[1] += part.errors
+            for i, n in enumerate(part.latency_buckets[:_BUCKET_COUNT]):
+                counts[2 + i] += n
+
+    def of(self, route: Route) -> dict[str, list[int]]:
+        """The totals of the revisions `route` still lists, after forgetting the others."""
+        totals = self._totals.get(route.deployment_id)
+        if not totals:
+            return {}
+        live = {replica.revision_id for replica in route.replicas.values()}
+        for retired in [r for r in totals if r not in live]:
+            del totals[retired]
+        return totals
+
+    def prune(self, deployments: set[str]) -> None:
+        for gone in [d for d in self._totals if d not in deployments]:
+            del self._totals[gone]
+
+
+def _cumulative(counts: Iterable[int]) -> list[tuple[str, float]]:
+    buckets, running = [], 0
+    for bound, count in zip(LATENCY_BUCKETS_SECONDS, counts, strict=True):
+        running += count
+        buckets.append(("+Inf" if bound == float("inf") else str(bound), running))
+    return buckets
+
+
+class RouterCollector(Collector):
+    """Prometheus view of the routing table: per deployment, totals so far plus the open window; per
+    revision, the closed windows. At most `max_deployments` deployments have series of their own (the
+    rest are summed as `_overflow`) and at most MAX_REVISIONS_PER_DEPLOYMENT revisions each (those
+    serving first); docs/monitoring.md states the bound."""
+
+    def __init__(
+        self,
+        routes: Callable[[], Iterable[Route]],
+        unrouted: Callable[[], int],
+        revisions: RevisionTotals | None = None,
+        max_deployments: int = DEFAULT_MAX_DEPLOYMENTS,
+    ) -> None:
         self._routes = routes
         self._unrouted = unrouted
+        self._revisions = revisions or RevisionTotals()
+        self._max_deployments = max_deployments
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
-        labels = ["project", "deployment"]
+        labels = DEPLOYMENT_LABELS
         requests = CounterMetricFamily("berth_router_requests", "Requests proxied per deployment.", labels=labels)
         errors = CounterMetricFamily(
             "berth_router_errors", "Responses >= 500 and upstream failures per deployment.", labels=labels
@@ -162,25 +221,69 @@ class RouterCollector(Collector):
         latency = HistogramMetricFamily(
             "berth_router_request_duration_seconds", "Time to answer a request, as the router saw it.", labels=labels
         )
-        in_flight = GaugeMetricFamily("berth_router_in_flight", "Requests being proxied now.", labels=labels)
+        in_flight = GaugeMetricFamily("berth_router_in_flight_requests", "Requests being proxied now.", labels=labels)
         ready = GaugeMetricFamily("berth_router_ready_replicas", "Ready replicas the router knows.", labels=labels)
         generation = GaugeMetricFamily(
             "berth_router_traffic_generation", "Generation of the traffic assignment applied.", labels=labels
         )
-        for route in self._routes():
+        rev_requests = CounterMetricFamily(
+            "berth_router_revision_requests",
+            "Requests a replica of the revision answered (updated as each report window closes).",
+            labels=REVISION_LABELS,
+        )
+        rev_errors = CounterMetricFamily(
+            "berth_router_revision_errors", "Responses >= 500 from a replica of the revision.", labels=REVISION_LABELS
+        )
+        rev_latency = HistogramMetricFamily(
+            "berth_router_revision_request_duration_seconds",
+            "Time to answer a request a replica of the revision answered (buckets only).",
+            labels=REVISION_LABELS,
+        )
+        routes = list(self._routes())
+        self._revisions.prune({route.deployment_id for route in routes})
+        shown, rest = split_capped(routes, lambda r: (r.project, r.slug), self._max_deployments)
+        for route in shown:
             stats, values = route.stats, [route.project, route.slug]
             requests.add_metric(values, stats.total_requests + stats.requests)
             errors.add_metric(values, stats.total_errors + stats.errors)
-            cumulative, buckets = 0, []
-            for bound, total, window in zip(LATENCY_BUCKETS_SECONDS, stats.total_buckets, stats.buckets, strict=True):
-                cumulative += total + window
-                buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
-            latency.add_metric(values, buckets, stats.total_latency_sum + stats.latency_sum)
+            window = (t + w for t, w in zip(stats.total_buckets, stats.buckets, strict=True))
+            latency.add_metric(values, _cumulative(window), stats.total_latency_sum + stats.latency_sum)
             in_flight.add_metric(values, stats.in_flight)
             ready.add_metric(values, len(route.replicas))
             generation.add_metric(values, route.generation)
+            serving = {replica.revision_id for replica in route.serving}
+            totals = self._revisions.of(route)
+            for revision in sorted(totals, key=lambda r: (r not in serving, r))[:MAX_REVISIONS_PER_DEPLOYMENT]:
+                counts, revision_values = totals[revision], [*values, revision]
+                rev_requests.add_metric(revision_values, counts[0])
+                rev_errors.add_metric(revision_values, counts[1])
+                rev_latency.add_metric(revision_values, _cumulative(counts[2:]), None)
+        if rest:
+            self._overflow(rest, requests, errors, latency, in_flight, ready)
         unrouted = CounterMetricFamily(
             "berth_router_unrouted_requests", "Requests that named no known deployment (404)."
         )
         unrouted.add_metric([], self._unrouted())
         yield from (requests, errors, latency, in_flight, ready, generation, unrouted)
+        yield from (rev_requests, rev_errors, rev_latency)
+
+    @staticmethod
+    def _overflow(
+        routes: list[Route],
+        requests: CounterMetricFamily,
+        errors: CounterMetricFamily,
+        latency: HistogramMetricFamily,
+        in_flight: GaugeMetricFamily,
+        ready: GaugeMetricFamily,
+    ) -> None:
+        """The deployments past the cap, summed as one (their revisions are not shown)."""
+        buckets = [0] * _BUCKET_COUNT
+        for route in routes:
+            for i, (t, w) in enumerate(zip(route.stats.total_buckets, route.stats.buckets, strict=True)):
+                buckets[i] += t + w
+        requests.add_metric(OVERFLOW_LABELS, sum(r.stats.total_requests + r.stats.requests for r in routes))
+        errors.add_metric(OVERFLOW_LABELS, sum(r.stats.total_errors + r.stats.errors for r in routes))
+        latency_sum = sum(r.stats.total_latency_sum + r.stats.latency_sum for r in routes)
+        latency.add_metric(OVERFLOW_LABELS, _cumulative(buckets), latency_sum)
+        in_flight.add_metric(OVERFLOW_LABELS, sum(r.stats.in_flight for r in routes))
+        ready.add_metric(OVERFLOW_LABELS, sum(len(r.replicas) for r in routes))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from prometheus_client import REGISTRY
+
 from libs.bus import (
     ALIAS_EVENTS,
     HEALTH_EVENTS,
@@ -25,6 +27,7 @@ from libs.runtime import Runtime, make_runtime
 from libs.sealing import Sealer
 from libs.secrets import SecretStore
 from services.scheduler.handlers import register_handlers, watch_request_metrics
+from services.scheduler.metrics import DeploymentCollector
 from services.scheduler.reconcile import Reconciler
 from services.scheduler.usage import UsageReporter
 
@@ -74,6 +77,13 @@ async def start_scheduler(settings: Settings, runtime: Runtime | None = None) ->
     service.every(settings.reconcile_interval_seconds, reconciler.reconcile_all, name="resync", at_start=True)
     usage = UsageReporter(runtime, reconciler, service.publish, settings.usage_report_interval_seconds)
     service.every(settings.usage_report_interval_seconds, usage.report, name="usage-report")
+    collector = DeploymentCollector(reconciler.observed, lambda: usage.latest, settings.metrics_max_deployments)
+    REGISTRY.register(collector)
+
+    async def unregister() -> None:  # a scheduler started again in the same process (tests) registers its own
+        REGISTRY.unregister(collector)
+
+    service.on_stop(unregister)
     service.on_stop(reconciler.shutdown)  # leaves replicas running unless stop() stopped them already
     await service.start(ops_port=settings.scheduler_ops_port)
     log.info("scheduler started", deployments=len(reconciler.deployments()))

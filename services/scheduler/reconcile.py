@@ -277,6 +277,14 @@ class Reconciler:
         state = self._states.get(deployment_id)
         return None if state is None else state.applied
 
+    def observed(self) -> list[tuple[DeploymentStatusChanged, int | None]]:
+        """(the last status published, the newest spec version) of each deployment (for /metrics)."""
+        return [
+            (s.status, None if s.applied is None else s.applied.spec_version)
+            for s in self._states.values()
+            if s.status is not None
+        ]
+
     def replica_health(self, deployment_id: str, replica: Replica) -> ReplicaHealthChanged | None:
         """The latest health of this very process of the replica (for the usage report)."""
         state = self._states.get(deployment_id)

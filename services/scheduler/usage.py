@@ -29,6 +29,7 @@ class UsageReporter:
         # replica -> (readiness, since when): health events repeat as heartbeats, so the time of the
         # latest one is not when readiness changed. Pruned to the replicas of the last report.
         self._readiness: dict[str, tuple[bool, datetime]] = {}
+        self.latest: dict[str, Usage] = {}  # replica -> its last sample (Prometheus reads every replica's)
 
     async def report(self) -> None:
         by_deployment: dict[str, list[Replica]] = defaultdict(list)
@@ -38,11 +39,15 @@ class UsageReporter:
         present = {r.replica_id for r in listed}
         for gone in [r for r in self._readiness if r not in present]:
             del self._readiness[gone]
+        samples_of = dict(zip(
+            [r.replica_id for r in listed], await asyncio.gather(*(self._usage(r) for r in listed)), strict=True
+        ))  # fmt: skip
+        self.latest = {replica: usage for replica, usage in samples_of.items() if usage is not None}
         for deployment_id, replicas in by_deployment.items():
             applied = self._reconciler.applied(deployment_id)
             if applied is None or applied.spec.resources.replica_bounds() is None:
-                continue  # only autoscaled deployments: nobody reads the others
-            samples = await asyncio.gather(*(self._usage(r) for r in replicas))
+                continue  # only autoscaled deployments are published: nobody else reads the reports
+            samples = [samples_of[r.replica_id] for r in replicas]
             await self._publish(ReplicaUsageReported(
                 deployment_id=deployment_id, project=applied.project, slug=applied.slug,
                 window_seconds=self._window,

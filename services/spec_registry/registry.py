@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from pydantic import ValidationError
 
 from libs.bus import LOGS_RPC, METRICS_RPC, latest_per_subject
+from libs.logcursor import LogSearch
 from libs.changes import field_changes, replaces_replicas, rollout
 from libs.events import DeploymentScaled, utcnow
 from libs.secrets import SecretStore
@@ -155,9 +156,12 @@ class Registry:
         await asyncio.to_thread(self.repo.delete_webhook, project, url)
         self._relay.notify()
 
-    async def logs(self, deployment_id: str, replica: str | None, tail: int, since: str | None) -> LogPage:
+    async def logs(
+        self, deployment_id: str, replica: str | None, tail: int, since: str | None, search: LogSearch | None = None
+    ) -> LogPage:
         """Ask the scheduler, which owns the replicas, for their log lines."""
-        request = {"deployment_id": deployment_id, "replica_id": replica, "tail": tail, "since": since}
+        request = {"deployment_id": deployment_id, "replica_id": replica, "tail": tail, "since": since,
+                   **(search or LogSearch()).fields()}  # fmt: skip
         try:
             reply = await self._nc.request(LOGS_RPC, json.dumps(request).encode(), timeout=LOGS_TIMEOUT_SECONDS)
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:

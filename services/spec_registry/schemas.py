@@ -285,7 +285,9 @@ class SecretNames(BaseModel):
 class LogLine(BaseModel):
     replica_id: str
     offset: int
+    time: datetime | None = Field(default=None, description="When the line was written (None: not known).")
     line: str
+    replaced: bool = Field(default=False, description="The replica is gone; its output is kept for a while.")
 
 
 class LogPage(BaseModel):

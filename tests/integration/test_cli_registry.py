@@ -120,16 +120,28 @@ async def test_every_command_answers_json(registry: RegistryProcess, tmp_path: P
     assert aborted["spec_version"] == 5 and aborted["revision_id"] == history["items"][0]["revision_id"]
     assert "updateStrategy" not in aborted["spec"]  # version 3's spec again
 
+    asked: list[dict[str, Any]] = []
+
     async def scheduler(msg: Msg) -> None:
-        await msg.respond(json.dumps({"lines": [{"replica_id": "r1", "offset": 3, "line": "hi\n"}], "next": 4}).encode())
+        asked.append(json.loads(msg.data))
+        line = {"replica_id": "r1", "offset": 3, "time": "2026-12-01T10:00:00.5Z", "line": "hi\n", "replaced": True}
+        await msg.respond(json.dumps({"lines": [line], "next": 4}).encode())
 
     answering = await nc.subscribe(LOGS_RPC, cb=scheduler)
     try:
         assert await cli.json("logs", "my-iris") == {
-            "lines": [{"replica_id": "r1", "offset": 3, "line": "hi\n"}], "next": 4,
+            "lines": [{"replica_id": "r1", "offset": 3, "time": "2026-12-01T10:00:00.500000Z", "line": "hi\n",
+                       "replaced": True}],
+            "next": 4,
         }  # fmt: skip
         as_yaml = await cli.run("logs", "my-iris", "-o", "yaml")
         assert yaml.safe_load(as_yaml.stdout)["next"] == 4
+        searched = await cli.run("logs", "my-iris", "--since", "10m", "--grep", "ERROR", "--include-replaced",
+                                 "--timestamps")  # fmt: skip
+        assert searched.exit_code == 0, searched.output
+        assert searched.stdout == "2026-12-01T10:00:00.500000Z [r1] hi\n"
+        assert (asked[-1]["grep"], asked[-1]["include_replaced"], asked[-1]["until"]) == ("ERROR", True, None)
+        assert asked[-1]["since_time"] is not None and asked[0]["grep"] is None
     finally:
         await answering.unsubscribe()
 

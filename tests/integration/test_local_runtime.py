@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,9 @@ import pytest
 from libs.events import utcnow
 from libs.runtime.base import Replica, ReplicaEventKind, ReplicaNotFound, Usage, Workload
 from libs.runtime.local import LocalRuntime
+from libs.runtime.logfiles import split_stamp
+from services.scheduler import logs as logs_rpc
+from services.scheduler.logs import LogsRequest
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow  # every test here runs real replica processes
@@ -325,6 +328,9 @@ import asyncio, sys
 from pathlib import Path
 from libs.runtime.base import Workload
 from libs.runtime.local import LocalRuntime
+from libs.runtime.logfiles import split_stamp
+from services.scheduler import logs as logs_rpc
+from services.scheduler.logs import LogsRequest
 
 async def main() -> None:
     runtime = LocalRuntime(Path(sys.argv[1]), grace_seconds=2)
@@ -462,7 +468,7 @@ async def test_close_with_stop_replicas_leaves_no_process(runtime: LocalRuntime,
     await runtime.close(stop_replicas=True)
 
     assert [pid for pid in pids if not gone(pid)] == []
-    assert [p.name for p in state_dir.iterdir()] == ["_workloads"]
+    assert sorted(p.name for p in state_dir.iterdir()) == ["_retained_logs", "_workloads"]
 
 
 async def test_logs_show_what_the_replica_printed(runtime: LocalRuntime) -> None:
@@ -484,8 +490,69 @@ async def test_logs_show_what_the_replica_printed(runtime: LocalRuntime) -> None
     assert (await runtime.logs(replica.replica_id, tail=1)) == ["echo request GET /followed"]
 
 
+async def stopped(runtime: LocalRuntime) -> bool:
+    return not await runtime.replicas()
+
+
+async def test_a_stopped_replicas_output_is_kept_until_its_retention_ends(make_runtime: RuntimeFactory) -> None:
+    runtime = make_runtime(logs_retention_seconds=3600)
+    await runtime.start()
+    await runtime.apply(workload(replicas=1))
+    [replica] = await running(runtime, 1)
+    await answer(replica.ports[8000], "/before-the-stop")
+    await eventually(lambda: runtime.logs(replica.replica_id), what="the replica's first lines")
+
+    await runtime.apply(workload(replicas=0))  # scaled away: its directory goes, its output stays
+    await eventually(lambda: stopped(runtime), what="the replica stopped")
+    [kept] = await runtime.retained_logs("dep-1")
+    assert (kept.replica_id, kept.revision_id) == (replica.replica_id, replica.revision_id)
+    assert await runtime.retained_logs("another-deployment") == []
+    assert "echo request GET /before-the-stop" in await runtime.logs(replica.replica_id, tail=50)
+    [stamped] = [line for line in await runtime.logs(replica.replica_id, timestamps=True) if "before-the-stop" in line]
+    written, text = split_stamp(stamped)
+    assert text == "echo request GET /before-the-stop" and written is not None
+    assert written <= kept.stopped_at
+
+    # What `GET /deployments/{ref}/logs` answers from it (the scheduler's logs RPC over this runtime):
+    live_only = await logs_rpc.answer(runtime, LogsRequest(deployment_id="dep-1"))
+    assert live_only.lines == []
+    searched = await logs_rpc.answer(runtime, LogsRequest(deployment_id="dep-1", include_replaced=True, grep="the-stop"))
+    assert [(line.line, line.replaced) for line in searched.lines] == [("echo request GET /before-the-stop", True)]
+    by_id = await logs_rpc.answer(runtime, LogsRequest(deployment_id="dep-1", replica_id=replica.replica_id))
+    assert any("listening" in line.line for line in by_id.lines)
+    window = {"since_time": written, "until": written + timedelta(microseconds=1)}
+    in_range = await logs_rpc.answer(runtime, LogsRequest(deployment_id="dep-1", include_replaced=True, **window))
+    assert [line.line for line in in_range.lines] == [text]
+    earlier = await logs_rpc.answer(runtime, LogsRequest(deployment_id="dep-1", include_replaced=True, until=written))
+    assert earlier.lines and all(line.time is not None and line.time < written for line in earlier.lines)
+
+    assert await runtime.prune_logs(now=kept.stopped_at + timedelta(minutes=59)) == 0  # simulated time
+    assert await runtime.logs(replica.replica_id)
+    assert await runtime.prune_logs(now=kept.stopped_at + timedelta(minutes=61)) == 1
+    assert await runtime.retained_logs("dep-1") == []
+    with pytest.raises(ReplicaNotFound):
+        await runtime.logs(replica.replica_id)
+
+
+async def test_kept_output_stays_under_its_size_bound_oldest_first(make_runtime: RuntimeFactory) -> None:
+    runtime = make_runtime(logs_retention_seconds=3600)
+    await runtime.start()
+    for generation in range(2):
+        name = f"default-echo-{generation}a1b2c3d"
+        await runtime.apply(workload(name, replicas=1))
+        [replica] = await running(runtime, 1)
+        await eventually(lambda r=replica: runtime.logs(r.replica_id), what="the replica's first lines")
+        await runtime.delete(name)
+        await eventually(lambda: stopped(runtime), what="the replica stopped")
+    older, newer = sorted(await runtime.retained_logs("dep-1"), key=lambda r: r.stopped_at)
+    newest_size = sum(f.stat().st_size for f in (runtime.state_dir / "_retained_logs" / newer.replica_id).iterdir())
+    runtime.logs_retained_max_bytes = newest_size  # room for one: the older goes, though not expired
+    assert await runtime.prune_logs() == 1
+    assert [r.replica_id for r in await runtime.retained_logs("dep-1")] == [newer.replica_id]
+
+
 async def test_logs_rotate_and_stay_bounded(make_runtime: RuntimeFactory, state_dir: Path) -> None:
-    runtime = make_runtime(log_max_bytes=2_000, log_backups=2)
+    runtime = make_runtime(log_max_bytes=4_000, log_backups=2)  # some 100 stamped lines a file
     await runtime.start()
     printer = "import time\nfor i in range(1000): print(f'line {i:04d}')\nprint('done')\ntime.sleep(600)"
     await runtime.apply(workload(replicas=1, command=(sys.executable, "-c", printer), ports=()))
@@ -500,7 +567,7 @@ async def test_logs_rotate_and_stay_bounded(make_runtime: RuntimeFactory, state_
     replica_dir = state_dir / replica.replica_id
     logs = sorted(p.name for p in replica_dir.glob("output.log*"))
     assert logs == ["output.log", "output.log.1", "output.log.2"]
-    assert all((replica_dir / name).stat().st_size <= 2_000 for name in logs)
+    assert all((replica_dir / name).stat().st_size <= 4_000 for name in logs)
 
 
 async def test_usage_is_measured_against_what_the_spec_asks(runtime: LocalRuntime) -> None:

@@ -652,8 +652,25 @@ async def test_logs_come_from_the_scheduler_or_503(api: httpx.AsyncClient, nc: C
     finally:
         await sub.unsubscribe()
     assert page.status_code == 200, page.text
-    assert page.json() == {"lines": [{"replica_id": "r1", "offset": 7, "line": "hello"}], "next": "cursor-2"}
-    assert asked == [{"deployment_id": created["deployment_id"], "replica_id": None, "tail": 5, "since": since}]
+    assert page.json() == {
+        "lines": [{"replica_id": "r1", "offset": 7, "time": None, "line": "hello", "replaced": False}], "next": "cursor-2"
+    }
+    assert asked == [{"deployment_id": created["deployment_id"], "replica_id": None, "tail": 5, "since": since,
+                      "since_time": None, "until": None, "grep": None, "include_replaced": False}]
+
+    sub = await nc.subscribe(LOGS_RPC, cb=scheduler)
+    try:
+        params = {"since_time": "2026-01-02T03:04:05+02:00", "until": "2026-01-02T02:00:00Z", "grep": "ERROR",
+                  "include_replaced": "true"}
+        searched = await api.get("/v1/deployments/my-cool-deployment/logs", params=params)
+    finally:
+        await sub.unsubscribe()
+    assert searched.status_code == 200, searched.text
+    assert asked[-1] | {"since": None} == {
+        "deployment_id": created["deployment_id"], "replica_id": None, "tail": 100, "since": None,
+        "since_time": "2026-01-02T01:04:05+00:00", "until": "2026-01-02T02:00:00+00:00", "grep": "ERROR",
+        "include_replaced": True,
+    }
 
 
 async def test_metrics_come_from_the_metrics_service_and_its_summary_is_in_the_status(
@@ -723,6 +740,24 @@ async def test_health_and_metrics(api: httpx.AsyncClient) -> None:
     assert "berth_registry_spec_versions_accepted_total" in metrics.text
     assert 'berth_registry_requests_total{method="POST",route="/v1/deployments",status="201"}' in metrics.text
     assert "berth_registry_outbox_lag" in metrics.text
+    assert "_created" not in metrics.text  # docs/monitoring.md: no `_created` series
+
+
+async def test_a_logs_search_that_cannot_be_read_is_refused_naming_the_field(api: httpx.AsyncClient) -> None:
+    await create(api, spec())
+    cases = [
+        ({"since_time": "yesterday"}, "since_time"),
+        ({"until": "2026-01-02T03:04:05"}, "until"),  # no offset: which time zone is not known
+        ({"since_time": "10m", "until": "1h"}, "until"),  # ends before it starts
+        ({"grep": "x" * 300}, "grep"),
+        ({"grep": ""}, "grep"),
+    ]
+    for params, field in cases:
+        answer = await api.get("/v1/deployments/my-cool-deployment/logs", params=params)
+        assert answer.status_code == 422, (params, answer.text)
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert [e["field"] for e in answer.json()["errors"]] == [field], answer.json()
+        assert "x" * 300 not in answer.text and "yesterday" not in answer.text
 
 
 # -- aliases ---------------------------------------------------------------------------------------------

@@ -166,6 +166,10 @@ CASES: dict[str, Case] = {
     "metrics window that is not a duration": Case("GET", f"{TARGET}/metrics", 422, ("window",), params={"window": MARKER}),
     "metrics step that is not a duration": Case("GET", f"{TARGET}/metrics", 422, ("step",), params={"step": "-5m"}),
     "metrics version 0": Case("GET", f"{TARGET}/metrics", 422, ("version",), params={"version": 0}),
+    "logs since_time that is no time": Case("GET", f"{TARGET}/logs", 422, ("since_time",), params={"since_time": MARKER}),
+    "logs until of 10,000 characters": Case("GET", f"{TARGET}/logs", 422, ("until",), params={"until": "9" * 10_000}),
+    "logs since_time before year 1": Case("GET", f"{TARGET}/logs", 422, ("since_time",), params={"since_time": "999999d"}),
+    "logs grep of 10,000 characters": Case("GET", f"{TARGET}/logs", 422, ("grep",), params={"grep": MARKER * 500}),
     # Slow input.
     "8,000 repeated env names": Case("POST", "/v1/specs/validate", 422, ("env[4000].name",), headers=YAML,
                                       content=yaml.safe_dump({**SPEC, "env": [{"name": f"E{n % 4000}"} for n in range(8_000)]},

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +208,7 @@ async def test_apply_scale_stop_start_delete(scheduler: SchedulerHandle, bus: Bu
 
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{scheduler.ops_port}") as ops:
         assert (await ops.get("/healthz")).json() == {"healthy": True}
-        assert "berth_scheduler_reconcile_seconds_count" in (await ops.get("/metrics")).text
+        assert "berth_scheduler_reconcile_duration_seconds_count" in (await ops.get("/metrics")).text
 
     await bus.delete()
     await bus.phase("Deleted")
@@ -364,7 +364,10 @@ async def test_logs_rpc_returns_tail_then_only_new_lines(scheduler: SchedulerHan
         return reply if [line["line"] for line in reply["lines"]][-2:] == ["echo request GET /one", "echo request GET /two"] else None
 
     first = await ask(tail=10)
-    assert first["lines"][0] == {"replica_id": replica.replica_id, "offset": 0, "line": f"echo listening on {replica.ports[8000]}"}
+    written = first["lines"][0].pop("time")
+    assert first["lines"][0] == {"replica_id": replica.replica_id, "offset": 0, "line": f"echo listening on {replica.ports[8000]}",
+                                 "replaced": False}  # fmt: skip
+    assert datetime.fromisoformat(written) <= datetime.now(UTC)  # when the shim read the line
     seen = len(first["lines"])  # the listening line, and the requests `serving` made
     await answers(replica, "/one")
     await answers(replica, "/two")

@@ -34,7 +34,7 @@ from kubernetes.utils import parse_quantity
 from kubernetes.watch.watch import iter_resp_lines
 
 from libs.logging import get_logger
-from libs.runtime.base import Replica, ReplicaEventHook, ReplicaNotFound, Usage, Workload
+from libs.runtime.base import Replica, ReplicaEventHook, ReplicaNotFound, RetainedLog, Usage, Workload
 from libs.runtime.kubernetes import resources as r
 from libs.runtime.kubernetes.machines import DEFAULT_MACHINE_TYPES, MachineTable
 from libs.runtime.kubernetes.pods import replica_of, transitions
@@ -277,11 +277,17 @@ class KubernetesRuntime:
     async def restart(self, replica_id: str) -> None:
         await self._pod_call(self.core.delete_namespaced_pod, replica_id)
 
-    async def logs(self, replica_id: str, tail: int = 100) -> list[str]:
+    async def logs(self, replica_id: str, tail: int = 100, timestamps: bool = False) -> list[str]:
         response = await self._pod_call(
-            self.core.read_namespaced_pod_log, replica_id, container=r.CONTAINER_NAME, tail_lines=tail
-        )
-        return response.data.decode(errors="replace").splitlines()[-tail:]
+            self.core.read_namespaced_pod_log, replica_id, container=r.CONTAINER_NAME, tail_lines=tail,
+            timestamps=timestamps,
+        )  # fmt: skip
+        return response.data.decode(errors="replace").splitlines()[-tail:] if tail else []
+
+    async def retained_logs(self, deployment_id: str) -> list[RetainedLog]:
+        """None: a deleted Pod's logs go with it (the kubelet keeps the current container's and the
+        previous one's only while the Pod exists); keep them longer with the cluster's log collector."""
+        return []
 
     async def follow_logs(self, replica_id: str) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()

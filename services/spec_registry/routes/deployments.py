@@ -6,6 +6,8 @@ answers 404 like one that does not exist. A write that changes nothing answers 2
 from __future__ import annotations
 
 import asyncio
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response
@@ -14,7 +16,7 @@ from libs.changes import field_changes
 from libs.config import Settings
 from libs.durations import RULE as DURATION_RULE
 from libs.durations import parse_duration
-from libs.logcursor import MAX_CURSOR_CHARS, CursorInvalid, read_cursor
+from libs.logcursor import MAX_CURSOR_CHARS, MAX_GREP_CHARS, CursorInvalid, LogSearch, read_cursor
 from libs.revision import revision_id
 from libs.spec import DeploymentSpec, SpecError, StrategyType, scale_errors, with_strategy
 from libs.store import AliasRow, SpecVersionRow
@@ -318,14 +320,55 @@ async def deployment_logs(
     since: Annotated[
         str | None, Query(max_length=MAX_CURSOR_CHARS, description="The `next` cursor of an earlier answer.")
     ] = None,
+    since_time: Annotated[
+        str | None, Query(description="Only lines written at or after: RFC 3339 (with an offset), or a duration back from now (10m, 1h30m, 2d).")
+    ] = None,
+    until: Annotated[str | None, Query(description="Only lines written before; the same forms as since_time.")] = None,
+    grep: Annotated[
+        str | None, Query(description=f"Only lines containing this text (plain, case-sensitive; at most {MAX_GREP_CHARS} characters).")
+    ] = None,
+    include_replaced: Annotated[
+        bool, Query(description="Also replicas that were replaced or stopped, while their output is kept.")
+    ] = False,
 ) -> LogPage:
     if since:
         try:
             read_cursor(since)
         except CursorInvalid as exc:
             raise Invalid("bad cursor", [SpecError("since", "must be the `next` value of an earlier answer")]) from exc
+    now = datetime.now(UTC)
+    start, end = _log_time("since_time", since_time, now), _log_time("until", until, now)
+    if start and end and end <= start:
+        raise Invalid("bad time range", [SpecError("until", "must be later than since_time")])
+    if grep is not None and not 0 < len(grep) <= MAX_GREP_CHARS:
+        raise Invalid("bad grep", [SpecError("grep", f"must be 1 to {MAX_GREP_CHARS} characters")])
     stored = await asyncio.to_thread(registry.repo.get_deployment, caller.project, ref)
-    return await registry.logs(stored.row.id, replica, tail, since)
+    search = LogSearch(since_time=start, until=end, grep=grep, include_replaced=include_replaced)
+    return await registry.logs(stored.row.id, replica, tail, since, search)
+
+
+_DURATION = re.compile(r"(?:(\d{1,6})d)?(?:(\d{1,7})h)?(?:(\d{1,9})m)?(?:(\d{1,10})s)?")
+
+
+def _log_time(field: str, value: str | None, now: datetime) -> datetime | None:
+    """An RFC 3339 time, or a duration (1h30m) back from `now`; Invalid naming `field` otherwise."""
+    if value is None:
+        return None
+    rule = "must be an RFC 3339 time with an offset (2026-01-02T15:04:05Z) or a duration like 10m, 1h30m, 2d"
+    match = _DURATION.fullmatch(value)
+    if value and match:
+        days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+        try:
+            return now - timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        except OverflowError:  # before year 1
+            raise Invalid(f"bad {field}", [SpecError(field, "must not reach back before year 1")]) from None
+    try:
+        parsed = datetime.fromisoformat(value) if len(value) <= 40 else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise Invalid(f"bad {field}", [SpecError(field, rule)])
+    return parsed.astimezone(UTC)
 
 
 @router.get("/deployments/{ref}/metrics", tags=["deployments"], responses={**READ, **responses(Unavailable)})
