@@ -87,8 +87,8 @@ def router_with(deployments: int, revisions: int, max_deployments: int = 1000) -
 
     for route in table.routes():
         for replica in route.replicas.values():
-            route.stats.observe(0.02, error=False, revision=replica.revision_id)
-        route.stats.observe(3.0, error=True, revision=None)  # no replica reached
+            route.stats.observe(0.02, 200, replica)
+        route.stats.observe(3.0, 502, None, answered=False)  # no replica reached
     asyncio.run(MetricsReporter(table.routes, publish).report())
     assert len(published) == deployments
     registry = CollectorRegistry()
