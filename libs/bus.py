@@ -129,6 +129,7 @@ DURABLE_REGISTRY_STATUS = "registry-status"
 DURABLE_SCHEDULER_INTEGRATIONS = "scheduler-integrations"
 DURABLE_INTEGRATIONS_SPECS = "integrations-specs"
 DURABLE_INTEGRATIONS_RETRIES = "integrations-retries"
+DURABLE_INTEGRATIONS_ALIASES = "integrations-aliases"
 
 SECRETS_BUCKET = "berth_secrets"
 

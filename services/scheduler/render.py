@@ -96,6 +96,6 @@ def render(
         container_registry=spec.containerRegistry,
         health_checks=spec.healthChecks.model_dump(exclude_defaults=True),
         mounts=tuple(
-            Mount(i.name, i.mount, i.local_path) for i in (integrations.integrations if integrations else ())
+            Mount(i.name, i.mount, i.local_path, i.read_only) for i in (integrations.integrations if integrations else ())
         ),
     )
