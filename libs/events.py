@@ -474,6 +474,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     RequestMetricsReported,
     IntegrationsReady,
     IntegrationsFailed,
+    IntegrationsProgress,  # newest on its revision's subject while a fetch runs: snapshots read it
     IntegrationsRetryRequested,
     ReplicaUsageReported,
 )

@@ -18,6 +18,7 @@ from libs.events import (
     IntegrationsReady,
     IntegrationsRetryRequested,
     SpecApplied,
+    decode_event,
     new_id,
 )
 from libs.kit import RetryPolicy
@@ -186,6 +187,8 @@ async def test_a_fetch_under_way_publishes_its_progress_then_the_outcome(tmp_pat
     steps[1].set()
     await eventually(lambda: isinstance(published[-1], IntegrationsReady), what="the outcome")
     assert progress() == [("falcon", 1, 1000), ("falcon", 2, 3000)]  # only when it changed
+    # A snapshot of the stream (a service starting while a fetch runs) reads the progress back.
+    assert all(decode_event(e.model_dump_json()) == e for e in published)
     assert all(isinstance(e, IntegrationsProgress) for e in published[:-1])
 
 
