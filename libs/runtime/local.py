@@ -564,8 +564,10 @@ class LocalRuntime:
 
     def _stop(self, s: _Supervised) -> asyncio.Task[int | None]:
         """Stop a replica gracefully and forget it; marks it stopping at once (so a second apply
-        counts it out), and any number of callers may await the same stop."""
-        if s.stop_task is None:
+        counts it out), and any number of callers may await the same stop. A stop cancelled with the
+        caller that awaited it (a reconcile cancelled at shutdown) is started again: the replica still
+        has to go."""
+        if s.stop_task is None or s.stop_task.cancelled():
             s.replica.state = "stopping"
             s.stop_task = asyncio.create_task(self._stop_now(s))
             s.wake.set()
