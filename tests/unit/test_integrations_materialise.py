@@ -24,6 +24,7 @@ from libs.events import (
 from libs.kit import RetryPolicy
 from libs.spec import validate_spec
 from services.integrations.cache import Cache, Fetched, FetchFailed, Tally
+from services.integrations import git
 from services.integrations.materialise import Materialiser
 from tests.fakes import FakeSecrets
 from tests.helpers import eventually
@@ -301,3 +302,29 @@ async def test_the_limit_bounds_fetches_under_way(tmp_path: Path) -> None:
     assert len(under_way) == 2 and materialiser.held()["running"] == 3
     gate.set()
     await eventually(lambda: len(under_way) == 3 and not materialiser._running, what="the third after a slot freed")
+
+
+async def test_an_ssh_key_is_unsealed_for_the_fetch_and_a_missing_one_fails_it(tmp_path: Path, monkeypatch: Any) -> None:
+    given: list[Any] = []
+
+    def fetch(integration: Any, cache: Cache, credentials: Any = None, ssh_key: Any = None) -> Fetched:
+        given.append(ssh_key)
+        return Fetched("c0ffee", tmp_path / "content", Tally(1, 1), Tally(1, 1))
+
+    monkeypatch.setattr(git, "fetch", fetch)
+    published: list[Event] = []
+
+    async def publish(event: Event) -> None:
+        published.append(event)
+
+    secrets = FakeSecrets({"deploy-key": "-----BEGIN OPENSSH PRIVATE KEY-----"})
+    materialiser = Materialiser(Cache(tmp_path), secrets, publish)
+    ssh = {**GIT, "url": "ssh://git@example.invalid/falcon", "sshKey": "secret:deploy-key"}
+    await materialiser.on_spec(applied(1, integrations=[ssh]))
+    await eventually(lambda: published, what="ready")
+    assert isinstance(published[0], IntegrationsReady) and given == [git.SshKey("-----BEGIN OPENSSH PRIVATE KEY-----")]
+    del secrets.values["deploy-key"]
+    await materialiser.on_spec(applied(2, integrations=[{**ssh, "ref": "v2"}]))
+    failed = await eventually(lambda: published[1:], what="failed")
+    assert isinstance(failed[0], IntegrationsFailed)
+    assert failed[0].reason == "integration falcon: its sshKey names a secret the project does not have"
