@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -52,6 +53,7 @@ def main() -> None:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda k: client.download_file("bench", k, str(target / Path(k).name), Config=manager), keys))
         boto3_seconds = time.perf_counter() - began
+        boto3_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
         spec = S3Integration(type="s3", name="data", path="/data", url="s3://bench/data/", region="us-east-1",
                              endpointUrl=server.endpoint, accessKeyId=server.access_key_id, secretAccessKey="secret:k")  # fmt: skip
@@ -60,6 +62,7 @@ def main() -> None:
         began = time.perf_counter()
         first = s3.sync(spec, credentials, cache)
         berth_seconds = time.perf_counter() - began
+        berth_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         began = time.perf_counter()
         again = s3.sync(spec, credentials, cache)
         resync_seconds = time.perf_counter() - began
@@ -74,6 +77,9 @@ def main() -> None:
     print(f"  berth s3 sync (first)           {berth_seconds:6.2f} s  {total_mb / berth_seconds:7.1f} MB/s")
     print(f"  berth re-sync, nothing changed  {resync_seconds:6.2f} s  ({again.fetched.files} fetched)")
     print(f"  berth re-sync, one changed      {changed_seconds:6.2f} s  ({changed.fetched.files} fetched)")
+    # Peak resident memory of this process (moto runs in its own): the sync streams objects to disk,
+    # so the peak must not grow with the data synced.
+    print(f"  peak RSS: after boto3 {boto3_peak_mb:.0f} MB, after berth's first sync {berth_peak_mb:.0f} MB")
 
 
 if __name__ == "__main__":

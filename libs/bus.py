@@ -155,6 +155,7 @@ DURABLE_METRICS_REQUESTS = "metrics-requests"
 DURABLE_METRICS_USAGE = "metrics-usage"
 DURABLE_METRICS_STATUS = "metrics-status"
 DURABLE_REGISTRY_METRICS = "registry-metrics"
+DURABLE_INTEGRATIONS_ALIASES = "integrations-aliases"
 
 SECRETS_BUCKET = "berth_secrets"
 

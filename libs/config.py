@@ -50,6 +50,10 @@ class Settings(BaseSettings):
         description="Size limit of the integrations cache; least recently used content not used by a running "
         "revision is removed to fit. No limit when unset.",
     )  # fmt: skip
+    integrations_concurrent_fetches: int = Field(
+        default=4, ge=1, le=64,
+        description="Integrations fetched at once (different sources; one source is never fetched twice at once).",
+    )  # fmt: skip
     router_metrics_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often the router publishes RequestMetricsReported."
     )

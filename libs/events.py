@@ -565,7 +565,7 @@ ALL_EVENTS: tuple[type[Event], ...] = (
     RequestMetricsReported,
     IntegrationsReady,
     IntegrationsFailed,
-    IntegrationsProgress,
+    IntegrationsProgress,  # newest on its revision's subject while a fetch runs: snapshots read it
     IntegrationsRetryRequested,
     ReplicaUsageReported,
     AlertChanged,

@@ -20,7 +20,7 @@ REVISION_ID_LENGTH = 16
 TEMPLATE_FIELDS = ("image", "containerRegistry", "command", "env", "model", "integrations", "resources", "restartedAt")
 LIVE_RESOURCES = ("replicas", "autoscaling")
 # Integration fields added later count only when set, so revisions of specs without them keep their ids.
-LATER_INTEGRATION_FIELDS = frozenset({"username", "password"})
+LATER_INTEGRATION_FIELDS = frozenset({"username", "password", "sshKey"})
 
 
 def revision_id(spec: DeploymentSpec) -> str:

@@ -338,12 +338,18 @@ class _Mounted(SpecModel):
         return self.path.rstrip("/") + "/" + self.name
 
 
+# Integration fields that may hold a secret reference: unsealed by whoever fetches (the integrations
+# service, or on Kubernetes the scheduler into the Pod's Secret for the init container).
+CREDENTIAL_FIELDS: tuple[str, ...] = ("username", "password", "sshKey", "secretAccessKey")
+
+
 class GitLfsIntegration(_Mounted):
     type: Literal["git-lfs"]
     url: str = Field(pattern=r"^(https?|ssh|git|file)://")
     ref: Text | None = Field(default=None, description="Branch, tag or commit; the default branch when unset.")
     username: str | None = Field(default=None, description="Basic-auth user: text or a secret reference.")
     password: str | None = Field(default=None, description="Basic-auth password or token: a secret reference.")
+    sshKey: str | None = Field(default=None, description="Private key for an ssh:// url: a secret reference.")
 
     @field_validator("url")
     @classmethod
@@ -363,6 +369,11 @@ class GitLfsIntegration(_Mounted):
     def _password(cls, value: str | None) -> str | None:
         return _only_secret_ref(value, "the password")
 
+    @field_validator("sshKey")
+    @classmethod
+    def _ssh_key(cls, value: str | None) -> str | None:
+        return _only_secret_ref(value, "the key")
+
     @model_validator(mode="after")
     def _credentials_over_http(self) -> GitLfsIntegration:
         # Credentials travel as an HTTP Authorization header: ssh://, git:// and file:// have none.
@@ -372,6 +383,8 @@ class GitLfsIntegration(_Mounted):
             errors.append(spec_error_detail(("password",), rule, self.password))
         if self.username is not None and self.password is None:
             errors.append(spec_error_detail(("username",), "needs a password (a secret reference)", self.username))
+        if self.sshKey is not None and not self.url.startswith("ssh://"):
+            errors.append(spec_error_detail(("sshKey",), "is an ssh private key, so the url must be ssh://", self.sshKey))
         raise_if(errors, type(self).__name__)
         return self
 
@@ -742,7 +755,7 @@ class DeploymentSpec(SpecModel):
             (f"integrations[{i}].{field}", getattr(integration, field) or "")
             for i, integration in enumerate(self.integrations)
             if isinstance(integration, GitLfsIntegration)
-            for field in ("username", "password")
+            for field in ("username", "password", "sshKey")
         ]
         return [(field, secret_name(value)) for field, value in refs if is_secret_ref(value)]
 

@@ -54,6 +54,7 @@ class Mount:
     name: str
     path: str  # e.g. /models/falcon
     source: str
+    read_only: bool = True  # only a volume may be writable (`readOnly: false`)
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,7 @@ from libs.runtime.base import (
     restart_backoff,
 )
 from libs.runtime.logfiles import follow, follow_unstamped, tail_lines, unstamped
-from libs.runtime.mounts import link_mounts
+from libs.runtime.mounts import link_mounts, read_only_not_enforced, read_only_prefix
 from libs.runtime.processes import alive, detect_gpus, find_process, send_signal, wait_exited
 from libs.tasks import cancel_and_wait
 
@@ -356,6 +356,8 @@ class LocalRuntime:
         memory_gb = psutil.virtual_memory().total / GIB
         if workload.memory_gb and workload.memory_gb > memory_gb:
             missing.append(f"{workload.memory_gb:g} GB of memory (this machine has {memory_gb:.1f} GB)")
+        if (read_only := read_only_not_enforced(workload.mounts)) is not None:
+            missing.append(read_only)
         # The command runs on this machine as it is: no image is pulled, no registry is asked.
         missing.append(f"image {workload.image} (the local runtime runs the command on this machine)")
         if workload.container_registry:
@@ -573,7 +575,7 @@ class LocalRuntime:
             "--grace", str(self.grace_seconds),
             "--log-max-bytes", str(self.log_max_bytes),
             "--log-backups", str(self.log_backups),
-            "--", *substitute_ports(workload.command, ports),
+            "--", *read_only_prefix(workload.mounts), *substitute_ports(workload.command, ports),
         ]  # fmt: skip
         with (s.dir / SHIM_LOG).open("ab") as shim_log:
             s.popen = subprocess.Popen(
@@ -652,8 +654,10 @@ class LocalRuntime:
 
     def _stop(self, s: _Supervised) -> asyncio.Task[int | None]:
         """Stop a replica gracefully and forget it; marks it stopping at once (so a second apply
-        counts it out), and any number of callers may await the same stop."""
-        if s.stop_task is None:
+        counts it out), and any number of callers may await the same stop. A stop cancelled with the
+        caller that awaited it (a reconcile cancelled at shutdown) is started again: the replica still
+        has to go."""
+        if s.stop_task is None or s.stop_task.cancelled():
             s.replica.state = "stopping"
             s.stop_task = asyncio.create_task(self._stop_now(s))
             s.wake.set()

@@ -1,5 +1,5 @@
-"""Wiring of the integrations service with the service kit: bus, the newest spec and outcome of every
-deployment read back on start, the spec subscriber, the periodic resync (retries), ops endpoint."""
+"""Wiring of the integrations service with the service kit: bus, the newest spec, aliases and outcomes
+of every deployment read back on start, the spec and alias subscribers, the periodic resync (retries), ops endpoint."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from nats.js.api import DeliverPolicy
 
 from libs.bus import (
+    ALIAS_EVENTS,
     CONTROL,
+    DURABLE_INTEGRATIONS_ALIASES,
     DURABLE_INTEGRATIONS_RETRIES,
     DURABLE_INTEGRATIONS_SPECS,
     INTEGRATIONS_EVENTS,
@@ -19,7 +21,7 @@ from libs.bus import (
     latest_per_subject,
 )
 from libs.config import Settings
-from libs.events import DeploymentDeleted, IntegrationsRetryRequested, SpecApplied
+from libs.events import DeploymentAliasSet, DeploymentDeleted, IntegrationsRetryRequested, SpecApplied
 from libs.kit import Service
 from libs.logging import get_logger
 from libs.sealing import Sealer
@@ -48,8 +50,12 @@ async def start_integrations(settings: Settings) -> IntegrationsHandle:
         Cache(settings.resolved_integrations_dir), secrets, service.publish,
         max_bytes=settings.integrations_cache_max_bytes, in_use=lambda: contents_in_use(js),
         host_volumes=settings.runtime == "local",
+        concurrent_fetches=settings.integrations_concurrent_fetches,
     )  # fmt: skip
-    materialiser.rebuild(await latest_per_subject(js, SPEC_EVENTS), await latest_per_subject(js, INTEGRATIONS_EVENTS))
+    materialiser.rebuild(
+        await latest_per_subject(js, SPEC_EVENTS), await latest_per_subject(js, INTEGRATIONS_EVENTS),
+        aliases=await latest_per_subject(js, ALIAS_EVENTS),
+    )  # fmt: skip
     service.subscribe(
         SPEC_EVENTS,
         stream=SPECS,
@@ -57,6 +63,10 @@ async def start_integrations(settings: Settings) -> IntegrationsHandle:
         events=(SpecApplied, DeploymentDeleted),
         handler=materialiser.on_spec,
     )
+    service.subscribe(  # an aliased version runs beside the newest: its revision needs its integrations too
+        ALIAS_EVENTS, stream=SPECS, durable=DURABLE_INTEGRATIONS_ALIASES, events=(DeploymentAliasSet,),
+        handler=materialiser.on_spec, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+    )  # fmt: skip
     service.subscribe(  # when first created, only new ones: an old request has had its answer
         RETRY_REQUESTS, stream=CONTROL, durable=DURABLE_INTEGRATIONS_RETRIES, events=(IntegrationsRetryRequested,),
         handler=materialiser.retry_now, deliver_policy=DeliverPolicy.NEW,

@@ -65,9 +65,10 @@ class Cache:
         used(path)
         return path
 
-    def written(self) -> Tally:
-        """Files and bytes in the sources' working copies (a fetch's progress is how this grows)."""
-        return tally(self.root / "sources")
+    def written(self, identifying: tuple[str, ...]) -> Tally:
+        """Files and bytes in a source's working copy (a fetch's progress is how this grows)."""
+        path = self.root / "sources" / digest(*identifying)
+        return tally(path) if path.exists() else Tally(0, 0)
 
     def content_dir(self, kind: str, identity: str) -> Path:
         return self.root / "content" / f"{kind}-{identity}"

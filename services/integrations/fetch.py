@@ -39,8 +39,11 @@ _INTEGRATIONS = TypeAdapter(list[Integration])
 def credential_fields(integration: Integration) -> dict[str, str]:
     """field -> value as the spec gives it (`secret:<name>` or, for a git username, plain text) of the
     credentials a fetch of `integration` needs; empty when it needs none."""
-    if isinstance(integration, GitLfsIntegration) and integration.password is not None:
-        return {"username": integration.username or git.DEFAULT_USERNAME, "password": integration.password}
+    if isinstance(integration, GitLfsIntegration):
+        fields = {"sshKey": integration.sshKey} if integration.sshKey is not None else {}
+        if integration.password is not None:
+            fields |= {"username": integration.username or git.DEFAULT_USERNAME, "password": integration.password}
+        return fields
     if isinstance(integration, S3Integration) and integration.secretAccessKey is not None:
         return {"secretAccessKey": integration.secretAccessKey}
     return {}
@@ -53,7 +56,8 @@ def fetch(integration: Integration, cache: Cache, values: dict[str, str], host_v
         return volume.resolve(integration, on_this_machine=host_volumes)
     if isinstance(integration, GitLfsIntegration):
         auth = git.GitCredentials(values["username"], values["password"]) if "password" in values else None
-        return git.fetch(integration, cache, auth)
+        key = git.SshKey(values["sshKey"]) if "sshKey" in values else None
+        return git.fetch(integration, cache, auth, key)
     credentials = None
     if integration.accessKeyId is not None and "secretAccessKey" in values:
         credentials = s3.S3Credentials(integration.accessKeyId, values["secretAccessKey"])

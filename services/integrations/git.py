@@ -8,8 +8,12 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shlex
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,6 +27,8 @@ GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "tr
 # The user of a password given without one: token hosts (Hugging Face, GitHub) accept any name.
 DEFAULT_USERNAME = "git"
 _REASONS = (
+    (re.compile(r"host key verification failed|remote host identification has changed", re.I),
+     "ssh host key verification failed (the host's key is not the one first seen)"),
     (re.compile(r"authentication failed|could not read username|permission denied|403", re.I), "authentication failed"),
     (re.compile(r"couldn't find remote ref|not our ref|invalid refspec", re.I), "ref not found"),
     (re.compile(r"not found|does not appear to be a git repository|does not exist|404", re.I), "repository not found"),
@@ -55,41 +61,86 @@ class GitCredentials:
         }
 
 
+@dataclass(frozen=True)
+class SshKey:
+    """An unsealed ssh private key, held only for one fetch. repr hides it (tracebacks, logs)."""
+
+    private_key: str
+
+    def __repr__(self) -> str:
+        return "SshKey(<redacted>)"
+
+
+@contextmanager
+def ssh_env(url: str, source: Path, key: SshKey | None) -> Iterator[dict[str, str]]:
+    """For an ssh:// URL, the ssh command git (and git-lfs) run: never prompting, the host's key
+    accepted the first time and pinned after (in the source's own known_hosts file), and with a key
+    from the spec, only that key — written to an owner-only file in an owner-only temporary directory,
+    removed when the fetch ends."""
+    if not url.startswith("ssh://"):
+        yield {}
+        return
+    command = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
+               "-o", f"UserKnownHostsFile={source / 'known_hosts'}"]  # fmt: skip
+    if key is None:  # the machine's keys and ssh configuration
+        yield {"GIT_SSH_COMMAND": shlex.join(command)}
+        return
+    with tempfile.TemporaryDirectory(prefix="berth-ssh-") as tmp:
+        path = Path(tmp) / "key"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(key.private_key.strip() + "\n")  # ssh refuses a key without its final newline
+        command += ["-i", str(path), "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"]
+        yield {"GIT_SSH_COMMAND": shlex.join(command)}
+
+
 def lfs_available() -> bool:
     return shutil.which("git-lfs") is not None
 
 
-def fetch(integration: GitLfsIntegration, cache: Cache, credentials: GitCredentials | None = None) -> Fetched:
+def source(integration: GitLfsIntegration) -> tuple[str, ...]:
+    """What identifies the repository's working copy in the cache: one per URL."""
+    return ("git", integration.url)
+
+
+def fetch(
+    integration: GitLfsIntegration, cache: Cache, credentials: GitCredentials | None = None, ssh_key: SshKey | None = None
+) -> Fetched:
     if shutil.which("git") is None:
         raise FetchFailed("git is not installed on this machine")
-    repo = cache.source_dir("git", integration.url) / "repo"
+    repo = cache.source_dir(*source(integration)) / "repo"
     try:
-        before = tally(repo / ".git") if (repo / ".git").exists() else Tally(0, 0)
-        if not (repo / ".git").exists():
-            _git(repo.parent, "init", "-q", repo.name)
-        _git(repo, "remote", "remove", "origin", check=False)
-        _git(repo, "remote", "add", "origin", integration.url)
-        auth = credentials.env(integration.url) if credentials is not None else {}
-        _git(repo, "fetch", "-q", "--depth", "1", "origin", integration.ref or "HEAD", what="fetch", env=auth)
-        commit = _git(repo, "rev-parse", "FETCH_HEAD").strip()
-        target = cache.content_dir("git", commit)
-        if target.exists():
-            used(target)
-            return Fetched(commit, target, tally(target), Tally(0, 0))
-        previous = _git(repo, "rev-parse", "--verify", "-q", "HEAD", check=False).strip()
-        _git(repo, "checkout", "-q", "--force", "--detach", commit, lfs_smudge=False)
-        if _uses_lfs(repo):
-            if not lfs_available():
-                raise FetchFailed("the repository has LFS files and git-lfs is not installed on this machine")
-            _git(repo, "lfs", "pull", "origin", what="fetch of LFS objects", env=auth)
-        changed = _changed_files(repo, previous, commit)
-        grown = tally(repo / ".git")
-        path, total = cache.publish("git", commit, repo, skip=(".git",))
+        with ssh_env(integration.url, repo.parent, ssh_key) as ssh:
+            return _fetch(integration, cache, repo, {**(credentials.env(integration.url) if credentials else {}), **ssh})
     except Refused as exc:
         raise FetchFailed(str(exc)) from None
     except OSError as exc:
         raise FetchFailed(os_error(exc)) from None
-    return Fetched(commit, path, total, Tally(changed if changed is not None else total.files, max(grown.bytes - before.bytes, 0)))
+
+
+def _fetch(integration: GitLfsIntegration, cache: Cache, repo: Path, auth: dict[str, str]) -> Fetched:
+    before = tally(repo / ".git") if (repo / ".git").exists() else Tally(0, 0)
+    if not (repo / ".git").exists():
+        _git(repo.parent, "init", "-q", repo.name)
+    _git(repo, "remote", "remove", "origin", check=False)
+    _git(repo, "remote", "add", "origin", integration.url)
+    _git(repo, "fetch", "-q", "--depth", "1", "origin", integration.ref or "HEAD", what="fetch", env=auth)
+    commit = _git(repo, "rev-parse", "FETCH_HEAD").strip()
+    target = cache.content_dir("git", commit)
+    if target.exists():
+        used(target)
+        return Fetched(commit, target, tally(target), Tally(0, 0))
+    previous = _git(repo, "rev-parse", "--verify", "-q", "HEAD", check=False).strip()
+    _git(repo, "checkout", "-q", "--force", "--detach", commit, lfs_smudge=False)
+    if _uses_lfs(repo):
+        if not lfs_available():
+            raise FetchFailed("the repository has LFS files and git-lfs is not installed on this machine")
+        _git(repo, "lfs", "pull", "origin", what="fetch of LFS objects", env=auth)
+    changed = _changed_files(repo, previous, commit)
+    grown = tally(repo / ".git")
+    path, total = cache.publish("git", commit, repo, skip=(".git",))
+    fetched = Tally(changed if changed is not None else total.files, max(grown.bytes - before.bytes, 0))
+    return Fetched(commit, path, total, fetched)
 
 
 def _uses_lfs(repo: Path) -> bool:

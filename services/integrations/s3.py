@@ -38,6 +38,12 @@ def split_url(url: str) -> tuple[str, str]:
     return bucket, prefix
 
 
+def source(integration: S3Integration) -> tuple[str, ...]:
+    """What identifies the mirror in the cache: one per endpoint, bucket and prefix."""
+    bucket, prefix = split_url(integration.url)
+    return ("s3", integration.endpointUrl or "", bucket, prefix)
+
+
 def sync(integration: S3Integration, credentials: S3Credentials | None, cache: Cache) -> Fetched:
     """Sync the bucket or prefix into the cache. Without credentials boto3's default chain applies
     (environment, profile, instance role)."""
@@ -46,7 +52,7 @@ def sync(integration: S3Integration, credentials: S3Credentials | None, cache: C
     if credentials is not None:
         options |= {"aws_access_key_id": credentials.access_key_id, "aws_secret_access_key": credentials.secret_access_key}
     client = boto3.client("s3", config=Config(retries={"max_attempts": 3}, max_pool_connections=PARALLEL_TRANSFERS), **options)
-    mirror = cache.source_dir("s3", integration.endpointUrl or "", bucket, prefix)
+    mirror = cache.source_dir(*source(integration))
     try:
         objects = _list(client, bucket, prefix)
         fetched = _update_mirror(client, bucket, objects, mirror)

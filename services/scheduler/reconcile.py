@@ -61,7 +61,7 @@ from libs.runtime.base import (
     Runtime,
     Workload,
 )
-from libs.spec import DeploymentSpec, HealthChecks
+from libs.spec import DeploymentSpec, HealthChecks, VolumeIntegration
 from libs.tasks import cancel_and_wait
 from services.scheduler import aliases, traffic
 from services.scheduler.analysis import analysed, canary_failure
@@ -704,7 +704,10 @@ class Reconciler:
         ]
         # What the runtime cannot give is a property of the workload, whether or not it runs yet.
         shape = render(desired.applied, ResolvedEnv({}, frozenset()), desired.replicas)
-        shape = replace(shape, mounts=tuple(Mount(i.name, i.mount, "") for i in desired.applied.spec.integrations))
+        shape = replace(shape, mounts=tuple(
+            Mount(i.name, i.mount, "", i.readOnly if isinstance(i, VolumeIntegration) else True)
+            for i in desired.applied.spec.integrations
+        ))  # fmt: skip
         not_provided = self._runtime.not_provided(shape) + not_acted_on(desired.applied.spec)
         outcome = state.integrations.get(desired.revision_id)
         pending = waiting_for_integrations(desired, outcome)

@@ -16,7 +16,7 @@ from libs.events import IntegrationsReady, SpecApplied
 from libs.revision import revision_id
 from libs.runtime.base import Mount, Workload
 from libs.secrets import SecretNotFound
-from libs.spec import DeploymentSpec, is_secret_ref, secret_name
+from libs.spec import CREDENTIAL_FIELDS, DeploymentSpec, is_secret_ref, secret_name
 
 REVISION_LABEL = "berth.dev/revision"
 # Workloads written before revisions carried their template hash (the same hash) under this label.
@@ -24,7 +24,6 @@ LEGACY_TEMPLATE_LABEL = "berth.dev/template"
 MAX_NAME = 63
 MODEL_ID_ENV = "BERTH_MODEL_ID"
 MODEL_VERSION_ENV = "BERTH_MODEL_VERSION"
-CREDENTIAL_FIELDS = ("username", "password", "secretAccessKey")  # of integrations; may be secret refs
 
 
 class RenderError(Exception):
@@ -122,7 +121,7 @@ def render(
         container_registry=spec.containerRegistry,
         health_checks=spec.healthChecks.model_dump(exclude_defaults=True),
         mounts=tuple(
-            Mount(i.name, i.mount, i.local_path) for i in (integrations.integrations if integrations else ())
+            Mount(i.name, i.mount, i.local_path, i.read_only) for i in (integrations.integrations if integrations else ())
         ),
         integrations=tuple(i.model_dump(mode="json", exclude_none=True) for i in spec.integrations),
         integration_secrets=dict(integration_secrets or {}),

@@ -19,11 +19,12 @@ import psutil
 import pytest
 
 from libs.events import utcnow
-from libs.runtime.base import Replica, ReplicaEventKind, ReplicaNotFound, Usage, Workload
+from libs.runtime.base import Mount, Replica, ReplicaEventKind, ReplicaNotFound, Usage, Workload
 from libs.runtime.local import LocalRuntime
 from libs.runtime.logfiles import split_stamp
 from services.scheduler import logs as logs_rpc
 from services.scheduler.logs import LogsRequest
+from libs.runtime.mounts import read_only_wrapper_works
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow  # every test here runs real replica processes
@@ -637,3 +638,35 @@ async def test_a_crash_looping_replica_backs_off_as_the_kubelet_does_from_its_fi
     # machine: CI on 2 shared cores has taken 0.7 s more; the announced delays above are exact.
     assert all(wanted - 0.05 <= took <= wanted + 1.5 for took, wanted in zip(waited, expected)), waited
     assert [s.replica.restart_count for s in starts] == [1, 2, 3, 4]
+
+
+# Tries to write into each integration it is given and reports what happened, then waits.
+TRIES_TO_WRITE = (
+    "import os, time; "
+    "report = []\n"
+    "for name in ('weights', 'scratch'):\n"
+    "    try:\n"
+    "        open(os.path.join(os.environ['BERTH_INTEGRATION_' + name.upper()], 'new.txt'), 'w').write('x')\n"
+    "        report.append(name + ' written')\n"
+    "    except OSError as exc:\n"
+    "        report.append(name + ' ' + os.strerror(exc.errno))\n"
+    "open('report.txt', 'w').write(', '.join(report)); time.sleep(600)"
+)
+
+
+@pytest.mark.skipif(not read_only_wrapper_works(), reason="this machine gives no private mount namespace (unshare)")
+async def test_read_only_integrations_cannot_be_written_by_replicas(runtime: LocalRuntime, tmp_path: Path) -> None:
+    """A read-only integration (cached content, or a volume with readOnly) refuses the replica's writes;
+    a volume with `readOnly: false` takes them; outside the replica the content stays writable."""
+    weights, scratch = tmp_path / "cache" / "weights", tmp_path / "scratch"
+    weights.mkdir(parents=True)
+    scratch.mkdir()
+    mounts = (Mount("weights", "/models/weights", str(weights)), Mount("scratch", "/data/scratch", str(scratch), read_only=False))
+    await runtime.apply(workload(replicas=1, command=(sys.executable, "-c", TRIES_TO_WRITE), ports=(), mounts=mounts))
+    assert not [text for text in runtime.not_provided(workload(mounts=mounts)) if text.startswith("readOnly")]
+    (replica,) = await runtime.replicas()
+    report = runtime.state_dir / replica.replica_id / "report.txt"
+    await eventually(lambda: report.exists() and report.read_text(), what="the replica's report")
+    assert report.read_text() == "weights Read-only file system, scratch written"
+    assert not (weights / "new.txt").exists() and (scratch / "new.txt").read_text() == "x"
+    (weights / "fetched.bin").write_bytes(b"w")  # berth's own processes still write the cache

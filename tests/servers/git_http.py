@@ -2,7 +2,8 @@
 for each request) and the Git LFS batch API serving the objects of the repositories under `root`.
 Counts the LFS objects it sends, so a test can see that a re-fetch downloads only what changed.
 With `auth` (user, password), every request — git's and the LFS batch and object downloads — needs
-that HTTP basic auth, else 401."""
+that HTTP basic auth, else 401. With `meet=n`, the first n ref advertisements (`info/refs`, where every
+fetch begins) are answered only once all n have arrived: fetches made one at a time never finish."""
 
 from __future__ import annotations
 
@@ -21,8 +22,12 @@ LFS_TYPE = "application/vnd.git-lfs+json"
 
 
 class GitHttpServer(ThreadingHTTPServer):
-    def __init__(self, root: Path, auth: tuple[str, str] | None = None) -> None:
+    def __init__(self, root: Path, auth: tuple[str, str] | None = None, meet: int = 0) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
+        self.meet = meet
+        self.arrived = 0
+        self.all_here = threading.Event()
+        self._count = threading.Lock()
         self.root = root
         self.authorization = None if auth is None else "Basic " + base64.b64encode(":".join(auth).encode()).decode()
         self.refused = 0  # requests answered 401
@@ -56,7 +61,19 @@ class _Handler(BaseHTTPRequestHandler):
         if "/info/lfs/objects/" in self.path:
             self._lfs_object()
         else:
+            if "/info/refs" in self.path:
+                self._gather()
             self._backend()
+
+    def _gather(self) -> None:
+        with self.server._count:
+            self.server.arrived += 1
+            if self.server.arrived > self.server.meet:
+                return
+            if self.server.arrived == self.server.meet:
+                self.server.all_here.set()
+        if not self.server.all_here.wait(timeout=60):  # a test bound, not a timing: the test fails then
+            raise ConnectionAbortedError("the other fetches never arrived")
 
     def do_POST(self) -> None:
         if not self._authorised():
@@ -114,8 +131,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def git_http_server(root: Path, auth: tuple[str, str] | None = None) -> Iterator[GitHttpServer]:
-    server = GitHttpServer(root, auth)
+def git_http_server(root: Path, auth: tuple[str, str] | None = None, meet: int = 0) -> Iterator[GitHttpServer]:
+    server = GitHttpServer(root, auth, meet)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

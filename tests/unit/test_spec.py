@@ -148,6 +148,8 @@ def test_every_error_is_reported_at_once() -> None:
         (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "ssh://h/x", "password": "secret:t"}]), "integrations[0].password", "the url must be http:// or https://"),
         (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "https://h/x", "username": "alice"}]), "integrations[0].username", "needs a password"),
         (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "https://alice:hf_x@h/x"}]), "integrations[0].url", "must not hold a password"),
+        (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "ssh://git@h/x", "sshKey": "-----BEGIN OPENSSH PRIVATE KEY-----"}]), "integrations[0].sshKey", "never the key itself"),
+        (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "https://h/x", "sshKey": "secret:deploy-key"}]), "integrations[0].sshKey", "the url must be ssh://"),
         (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/a", "url": "https://h/x"}, {"type": "git-lfs", "name": "a", "path": "/b", "url": "https://h/y"}]), "integrations[1].name", "must be unique: integrations[0].name"),
         (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/m", "url": "https://h/x"}, {"type": "git-lfs", "name": "b", "path": "/m", "url": "https://h/y"}]), "integrations[1].path", "must be unique: integrations[0].path"),
         (with_(integrations=[{"type": "git-lfs", "name": "a", "path": "/models/../etc", "url": "https://h/x"}]), "integrations[0].path", "'..' segments"),
@@ -200,6 +202,8 @@ def test_git_credentials_are_secret_references_checked_against_the_project() -> 
         ("integrations[0].username", "hf-user"), ("integrations[0].password", "hf-token"),
         ("integrations[1].password", "hf-token"),
     ]
+    with_key = validate_spec(with_(integrations=[{**git, "url": "ssh://git@h/x", "sshKey": "secret:deploy-key"}]))
+    assert with_key.secret_ref_fields() == [("integrations[0].sshKey", "deploy-key")]
 
 
 @pytest.mark.parametrize("text", ["name: [unclosed", "- just\n- a list\n", "42"])

@@ -32,7 +32,7 @@ from typing import Any
 
 from libs.runtime.base import Workload
 from libs.runtime.kubernetes.machines import MachineTable
-from libs.spec import HealthChecks, Probe
+from libs.spec import CREDENTIAL_FIELDS, HealthChecks, Probe
 
 Manifest = dict[str, Any]
 
@@ -107,7 +107,7 @@ def fetch_secrets(workload: Workload) -> list[str]:
     names = {
         value.removeprefix("secret:")
         for i in fetched(workload)
-        for field in ("username", "password", "secretAccessKey")
+        for field in CREDENTIAL_FIELDS
         if isinstance(value := i.get(field), str) and value.startswith("secret:")
     }
     return sorted(names)
