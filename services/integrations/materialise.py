@@ -32,9 +32,10 @@ from libs.kit import RetryPolicy
 from libs.logging import get_logger
 from libs.revision import revision_id
 from libs.secrets import SecretNotFound
-from libs.spec import Integration, VolumeIntegration
+from libs.spec import GitLfsIntegration, Integration, S3Integration, VolumeIntegration
 from libs.tasks import cancel_and_wait
 from services.integrations.cache import Cache, Fetched, FetchFailed
+from services.integrations import git, s3
 from services.integrations.fetch import credential_fields, fetch
 
 log = get_logger(__name__)
