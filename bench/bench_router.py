@@ -12,6 +12,11 @@ run says little). Per proxy and concurrency: requests per second, p99 latency, C
 process spent per request (psutil), and after the c64 run the connections it holds to the upstream.
 Ratios are printed against nginx (with one worker, the reference a router should match).
 
+`--instructions` instead runs every proxy under valgrind's callgrind and prints the user-space
+instructions each spends per request at 16 connections (collection on only around the measured wrk
+run): a figure that does not move with the machine's load, for comparing two versions of the router.
+It leaves out the kernel's share (the socket calls), which is most of nginx's and HAProxy's cost.
+
 `--baseline DIR` also starts a router from another source tree (e.g. `git archive main | tar -x -C
 DIR`), measured in the same rounds: before/after figures from one run.
 
@@ -53,6 +58,7 @@ CONCURRENCIES = (16, 64)
 
 NGINX_CONF = """
 worker_processes 1;
+master_process {master};
 daemon off;
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log warn;
@@ -224,12 +230,31 @@ async def wait_until_served(url: str, timeout: float = 15.0) -> None:
             await asyncio.sleep(0.05)
 
 
-def start_router(source: Path, nats_url: str, port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+def start_router(source: Path, nats_url: str, port: int, data_dir: Path, prefix: list[str]) -> subprocess.Popen[bytes]:
     env = {
         **os.environ, "BERTH_NATS_URL": nats_url, "BERTH_ROUTER_PORT": str(port), "BERTH_LOG_LEVEL": "WARNING",
         "BERTH_DATA_DIR": str(data_dir), "PYTHONPATH": str(source),
     }
-    return subprocess.Popen([PYTHON, "-m", "services.router"], cwd=source, env=env)
+    return subprocess.Popen([*prefix, PYTHON, "-m", "services.router"], cwd=source, env=env)
+
+
+def callgrind(tmp: Path, name: str) -> list[str]:
+    """The command prefix that runs a proxy under callgrind, collecting nothing until told."""
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={tmp}/callgrind.{name}"]
+
+
+def count_instructions(target: Target, tmp: Path, seconds: float) -> dict[str, float]:
+    """User-space instructions per request at 16 connections, collected around one wrk run."""
+    pid = str(target.process.pid)
+    subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True, timeout=60)
+    path = PATH if target.name != "direct" else "/predict"
+    run = wrk(f"http://127.0.0.1:{target.port}{path}", 16, seconds)
+    subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True, timeout=60)
+    subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True, timeout=60)
+    dump = max(tmp.glob(f"callgrind.{target.name}.*"), key=lambda f: f.stat().st_mtime)
+    totals = re.search(r"^totals: (\d+)", dump.read_text(), re.M)
+    assert totals is not None, dump
+    return {**run, "instructions": int(totals[1]) / run["requests"]}
 
 
 # -- the run --------------------------------------------------------------------------------------------
@@ -260,9 +285,11 @@ def report(targets: list[Target], rounds: int, seconds: float) -> None:
     print("held: ESTABLISHED connections from the proxy to the upstream 0.3 s after the c64 run")
 
 
-def bench(rounds: int, seconds: float, baseline: Path | None, new: int) -> None:
+def bench(rounds: int, seconds: float, baseline: Path | None, new: int, instructions: bool) -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install -y wrk (and nginx haproxy for the references)")
+    if instructions and shutil.which("valgrind") is None:
+        sys.exit("--instructions needs valgrind: apt-get install -y valgrind")
     targets: list[Target] = []
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -279,13 +306,17 @@ def bench(rounds: int, seconds: float, baseline: Path | None, new: int) -> None:
             routers = [("router", ROOT)] + ([("router@base", baseline)] if baseline is not None else [])
             for name, source in routers:
                 port = free_port()
-                process = start_router(source, nats_url, port, tmp / name)
+                prefix = callgrind(tmp, name) if instructions else []
+                process = start_router(source, nats_url, port, tmp / name, prefix)
                 processes.append(process)
                 targets.append(Target(name, port, process))
             if shutil.which("nginx"):
                 port = free_port()
-                (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, upstream=upstream_port, port=port))
-                process = subprocess.Popen(["nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
+                master = "off" if instructions else "on"  # under valgrind: the one process does the work
+                conf = NGINX_CONF.format(tmp=tmp, upstream=upstream_port, port=port, master=master)
+                (tmp / "nginx.conf").write_text(conf)
+                prefix = callgrind(tmp, "nginx") if instructions else []
+                process = subprocess.Popen([*prefix, "nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
                 processes.append(process)
                 targets.append(Target("nginx", port, process))
             else:
@@ -293,15 +324,23 @@ def bench(rounds: int, seconds: float, baseline: Path | None, new: int) -> None:
             if shutil.which("haproxy"):
                 port = free_port()
                 (tmp / "haproxy.cfg").write_text(HAPROXY_CONF.format(upstream=upstream_port, port=port))
-                process = subprocess.Popen(["haproxy", "-db", "-f", str(tmp / "haproxy.cfg")])
+                prefix = callgrind(tmp, "haproxy") if instructions else []
+                process = subprocess.Popen([*prefix, "haproxy", "-db", "-f", str(tmp / "haproxy.cfg")])
                 processes.append(process)
                 targets.append(Target("haproxy", port, process))
             else:
                 print("HAProxy not installed: no HAProxy reference (apt-get install -y haproxy)")
             for target in targets:
                 path = PATH if target.name != "direct" else "/predict"
-                asyncio.run(wait_until_served(f"http://127.0.0.1:{target.port}{path}"))
+                asyncio.run(wait_until_served(f"http://127.0.0.1:{target.port}{path}", 900.0 if instructions else 15.0))
                 wrk(f"http://127.0.0.1:{target.port}{path}", max(CONCURRENCIES), 1)  # warm-up
+            if instructions:
+                print(f"user-space instructions per request at 16 connections, wrk for {seconds:g}s, under callgrind")
+                for target in targets:
+                    if target.name != "direct":
+                        run = count_instructions(target, tmp, seconds)
+                        print(f"  {target.name:14}{run['instructions']:10.0f}  ({run['requests']:.0f} requests)")
+                return
             for _ in range(rounds):
                 for target in targets:
                     for connections in CONCURRENCIES:
@@ -329,8 +368,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=4, help="duration of each wrk run")
     parser.add_argument("--baseline", type=Path, help="also run the router from this source tree")
     parser.add_argument("--new", type=int, default=100, help="new deployments timed to their first request")
+    parser.add_argument("--instructions", action="store_true", help="count instructions under callgrind instead")
     args = parser.parse_args()
-    bench(args.rounds, args.seconds, args.baseline, args.new)
+    bench(args.rounds, args.seconds, args.baseline, args.new, args.instructions)
 
 
 if __name__ == "__main__":
