@@ -235,6 +235,7 @@ class Request:
 class _Connection(WriteFlowControl):
     def __init__(self, server: Server) -> None:
         self.server = server
+        self._loop = asyncio.get_running_loop()
         self.idle_since = 0.0
         self.task: asyncio.Task[None] | None = None  # answering the current request
         self._transport: asyncio.Transport | None = None
@@ -340,7 +341,7 @@ class _Connection(WriteFlowControl):
             self._answer(self._waiting.popleft())
             self.sync_reading()
         else:
-            self.idle_since = asyncio.get_running_loop().time()
+            self.idle_since = self._loop.time()
 
     def sync_reading(self) -> None:
         """Read from the client unless a body or waiting requests pile up unread."""

@@ -145,8 +145,9 @@ class Connection(WriteFlowControl):
     def expect(self, listener: Callable[[Connection], None]) -> None:
         """Call `listener(self)` once the response head (and a small body) is in, or the exchange
         failed (`error` says why): `response()` without a Task or a Future, for the hot path."""
-        self.deadline = asyncio.get_running_loop().time() + self.pool.response_timeout
-        self.pool.awaiting.add(self)
+        pool = self.pool
+        self.deadline = pool.loop.time() + pool.response_timeout
+        pool.awaiting.add(self)
         self._listener = listener
 
     @property
@@ -311,7 +312,8 @@ class AddressPool:
         self.response_timeout = response_timeout
         self.awaiting = awaiting  # every pool's connections waiting for a response head
         self._idle: list[Connection] = []
-        self.last_used = asyncio.get_running_loop().time()  # when a connection last came back
+        self.loop = asyncio.get_running_loop()
+        self.last_used = self.loop.time()  # when a connection last came back
         self.retired = False  # no replica is at this address any more: connections are not kept
 
     def take_idle(self) -> Connection | None:
@@ -339,7 +341,7 @@ class AddressPool:
 
     def release(self, connection: Connection) -> None:
         if connection.reusable and not self.retired and len(self._idle) < MAX_IDLE_PER_ADDRESS:
-            connection.idle_since = self.last_used = asyncio.get_running_loop().time()
+            connection.idle_since = self.last_used = self.loop.time()
             self._idle.append(connection)
         else:
             connection.close()
