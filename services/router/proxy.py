@@ -24,6 +24,7 @@ from services.router.balancers import AFFINITY_COOKIE, Balancer, RequestKey
 from services.router.server import Body, Request
 from services.router.table import Replica, Route, RoutingTable
 from services.router.upstream import (
+    HOP_BY_HOP,
     SMALL_BODY_BYTES,
     ConnectFailed,
     Connection,
@@ -34,13 +35,9 @@ from services.router.upstream import (
 
 OPS_PREFIX = "_berth/"  # a reserved project name: the router's own endpoints
 
-# RFC 7230 section 6.1 hop-by-hop headers (and the pre-standard Proxy-Connection). Host is
-# replaced by the replica's address; the client's Host travels in X-Forwarded-Host.
-HOP_BY_HOP = (
-    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
-    "TE", "Trailer", "Transfer-Encoding", "Upgrade",
-)
-_HOP_BY_HOP_LOWER = frozenset(name.lower().encode() for name in HOP_BY_HOP)
+# Hop-by-hop headers (upstream.HOP_BY_HOP) are not passed on either way. Host is replaced by the
+# replica's address; the client's Host travels in X-Forwarded-Host.
+_HOP_BY_HOP_LOWER = HOP_BY_HOP
 # The router writes Host and the X-Forwarded-* headers itself.
 _SKIPPED_REQUEST_HEADERS = _HOP_BY_HOP_LOWER | {
     b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-prefix",
