@@ -264,7 +264,7 @@ class _Exchange:
         replica.in_flight += 1
         connection.begin(request.method == "HEAD")
         lines[1] = pool.host_header
-        connection.write(b"".join(lines))
+        pool.loop.call_soon(connection.write, b"".join(lines))  # with the others read in this turn
         connection.expect(self._on_response)
         return None
 

@@ -290,7 +290,10 @@ class Connection(WriteFlowControl):
         listener, self._listener, self._notify = self._listener, None, False
         self.pool.awaiting.discard(self)
         if listener is not None:
-            listener(self)
+            # After the loop has read every socket that is ready: the answers then go out together,
+            # as they did when a task was woken per request (measured: without this, fewer requests
+            # per second at 16 connections on a 2-core machine).
+            self.pool.loop.call_soon(listener, self)
 
     def _fail(self, error: UpstreamError) -> None:
         if self._error is None:  # the first says why; the connection_lost that closing brings does not
