@@ -356,7 +356,11 @@ def bench(rounds: int, seconds: float, baseline: Path | None, new: int, instruct
         finally:
             for process in reversed(processes):
                 process.terminate()
-                process.wait(10)
+            for process in processes:
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()  # a router whose bus went first may take its stop steps' full bound
     targets.sort(key=lambda t: ["direct", "nginx", "haproxy", "router@base", "router"].index(t.name))
     report(targets, rounds, seconds)
     print(f"assignment published -> first request served, {new} new deployments: "
