@@ -1,33 +1,46 @@
-"""Router overhead: the same load sent directly to a replica and through the router, in one run.
+"""The router against nginx and HAProxy in front of the same upstream, in one run, driven by wrk.
 
-    .venv/bin/python bench/bench_router.py [--requests 2000] [--concurrency 16] [--seconds 4]
+    .venv/bin/python bench/bench_router.py [--rounds 3] [--seconds 4] [--baseline DIR]
 
-Starts its own nats-server, one fast upstream replica (tests/servers/echo_fast.py) and the router
-(`python -m services.router`), each its own process, registers the replica by publishing the traffic
-assignment the scheduler would, then drives the load from a separate client process (aiohttp; no wrk
-needed). Loopback only. Prints p50/p99 latency at concurrency 1, requests per second at the given
-concurrency, the latency the router adds and the routed/direct throughput ratio.
+Starts its own nats-server, one upstream replica (tests/servers/echo_fast.py), the router
+(`python -m services.router`), nginx and HAProxy (each one worker, upstream keep-alive on, the same
+path rewrite as the router's), registers the replica with the router by publishing the traffic
+assignment the scheduler would, then measures every proxy with wrk (one thread) at 16 and 64
+connections for `--seconds` each. Runs are interleaved: each round measures every proxy once, in
+turn, and the figures printed are medians over the rounds (the machine's cores are shared, so a single
+run says little). Per proxy and concurrency: requests per second, p99 latency, CPU seconds the proxy
+process spent per request (psutil), and after the c64 run the connections it holds to the upstream.
+Ratios are printed against nginx (with one worker, the reference a router should match).
 
-Last, it publishes assignments for `--new` deployments one at a time and times each from its publish
-to the first request the router answers 200 for it (p50/p99): the router's share of "apply → first
-request served".
+`--instructions` instead runs every proxy under valgrind's callgrind and prints the user-space
+instructions each spends per request at 16 connections (collection on only around the measured wrk
+run): a figure that does not move with the machine's load, for comparing two versions of the router.
+It leaves out the kernel's share (the socket calls), which is most of nginx's and HAProxy's cost.
 
-`--revisions 2` splits the traffic 50/50 across two revisions (two replica ids at the one upstream
-address): the cost of the weighted choice, against the default single revision.
+`--baseline DIR` also starts a router from another source tree (e.g. `git archive main | tar -x -C
+DIR`), measured in the same rounds: before/after figures from one run.
+
+The run ends by timing `--new` new deployments from the publish of their assignment to the first
+request the router answers 200 for (p50/p99): the router's share of "apply → first request served".
+
+nginx, HAProxy and wrk are bench-only tools from the OS packages (`apt-get install -y nginx haproxy
+wrk` on Debian); wrk is required, nginx and HAProxy are skipped (saying so) when missing.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
+import re
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import quantiles
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -40,63 +53,98 @@ from libs.events import RevisionTarget, ServingReplica, TrafficAssigned
 from libs.natsd import free_port, start_nats_server, wait_for_port
 
 PYTHON = sys.executable
+PATH = "/default/bench/predict"
+CONCURRENCIES = (16, 64)
+
+NGINX_CONF = """
+worker_processes 1;
+master_process {master};
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-uwsgi;
+    scgi_temp_path {tmp}/nginx-scgi;
+    upstream replica {{
+        server 127.0.0.1:{upstream};
+        keepalive 32;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location /default/bench/ {{
+            proxy_pass http://replica/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Forwarded-Prefix /default/bench;
+        }}
+    }}
+}}
+"""
+
+HAPROXY_CONF = """
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 75s
+    timeout server 60s
+    option http-keep-alive
+    http-reuse safe
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend replica
+backend replica
+    option forwardfor
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Prefix /default/bench
+    http-request replace-path /default/bench(/.*) \\1
+    server r1 127.0.0.1:{upstream}
+"""
 
 
-# -- the client process ---------------------------------------------------------------------------
+@dataclass
+class Target:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    runs: dict[int, list[dict[str, float]]] = field(default_factory=dict)
+
+    def worker(self) -> psutil.Process:
+        """The process doing the proxying (nginx's one worker, not its master)."""
+        process = psutil.Process(self.process.pid)
+        children = process.children()
+        return children[0] if self.name == "nginx" and children else process
 
 
-async def latency(url: str, requests: int) -> list[float]:
-    """Seconds per request, one request at a time on a kept-alive connection."""
-    samples: list[float] = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
-        for _ in range(requests // 10):  # warm-up
-            async with session.get(url) as response:
-                await response.read()
-        for _ in range(requests):
-            began = time.perf_counter()
-            async with session.get(url) as response:
-                await response.read()
-            samples.append(time.perf_counter() - began)
-    return samples
+# -- wrk ------------------------------------------------------------------------------------------------
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-async def throughput(url: str, concurrency: int, seconds: float) -> tuple[int, float]:
-    """Requests done by `concurrency` workers looping for `seconds`, and the seconds it took."""
-    done = 0
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-
-        async def worker(until: float) -> None:
-            nonlocal done
-            while time.perf_counter() < until:
-                async with session.get(url) as response:
-                    await response.read()
-                    if response.status != 200:
-                        raise RuntimeError(f"{url} answered {response.status}")
-                done += 1
-
-        await asyncio.gather(*(worker(time.perf_counter() + 0.5) for _ in range(concurrency)))  # warm-up
-        done = 0
-        began = time.perf_counter()
-        await asyncio.gather(*(worker(began + seconds) for _ in range(concurrency)))
-        return done, time.perf_counter() - began
-
-
-def client_main(mode: str, url: str, amount: float, concurrency: int) -> None:
-    if mode == "latency":
-        samples = asyncio.run(latency(url, int(amount)))
-        cuts = quantiles(samples, n=100)
-        print(json.dumps({"p50": cuts[49], "p99": cuts[98]}))
-    else:
-        done, elapsed = asyncio.run(throughput(url, concurrency, amount))
-        print(json.dumps({"requests": done, "rps": done / elapsed}))
-
-
-def run_client(mode: str, url: str, amount: float, concurrency: int = 1) -> dict[str, float]:
+def wrk(url: str, connections: int, seconds: float) -> dict[str, float]:
+    """Requests, requests per second and p99 (ms) from one wrk run (one thread)."""
     out = subprocess.run(
-        [PYTHON, __file__, "--client", mode, url, str(amount), str(concurrency)],
-        check=True, capture_output=True, text=True, timeout=120,
-    )
-    return json.loads(out.stdout)
+        ["wrk", "-t1", f"-c{connections}", f"-d{round(seconds)}s", "--latency", url],
+        check=True, capture_output=True, text=True, timeout=seconds + 30,
+    ).stdout
+    p99 = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    done = re.search(r"^\s*(\d+) requests in", out, re.M)
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
+    if not (p99 and done and rps):
+        raise RuntimeError(f"cannot read wrk's output:\n{out}")
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"errors through {url}:\n{out}")
+    return {"requests": float(done[1]), "rps": float(rps[1]), "p99_ms": float(p99[1]) * _UNITS[p99[2]]}
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -104,31 +152,44 @@ def cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-# -- orchestration ------------------------------------------------------------------------------------
-
-
-def assignment(deployment: str, upstream_port: int, revisions: int) -> TrafficAssigned:
-    """`revisions` revisions sharing the traffic evenly, one replica each, all at the one upstream."""
-    address = f"127.0.0.1:{upstream_port}"
-    targets = [
-        RevisionTarget(
-            revision_id=f"rev{i}", percent=100 // revisions + (i < 100 % revisions), spec_versions=[i + 1],
-            replicas=[ServingReplica(replica_id=f"{deployment}-r{i}", address=address)],
-        )
-        for i in range(revisions)
-    ]
-    return TrafficAssigned(
-        deployment_id=deployment, project="default", slug=deployment, name=deployment, generation=1,
-        spec_version=revisions, targets=targets,
+def upstream_connections(process: psutil.Process, upstream_port: int) -> int:
+    return sum(
+        1 for c in process.net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == upstream_port and c.status == psutil.CONN_ESTABLISHED
     )
 
 
-async def register_replica(nats_url: str, upstream_port: int, revisions: int) -> None:
+def measure(target: Target, upstream_port: int, connections: int, seconds: float) -> None:
+    worker = target.worker()
+    before = cpu_seconds(worker)
+    run = wrk(f"http://127.0.0.1:{target.port}{PATH}", connections, seconds)
+    run["cpu_us"] = (cpu_seconds(worker) - before) / run["requests"] * 1e6
+    if connections == max(CONCURRENCIES):
+        time.sleep(2.5)  # what the pool keeps once the load is over (the router trims at its next sweep)
+    run["held"] = upstream_connections(worker, upstream_port)
+    target.runs.setdefault(connections, []).append(run)
+
+
+# -- the router's side ----------------------------------------------------------------------------------
+
+
+def assignment(deployment: str, upstream_port: int) -> TrafficAssigned:
+    target = RevisionTarget(
+        revision_id="rev0", percent=100, spec_versions=[1],
+        replicas=[ServingReplica(replica_id=f"{deployment}-r0", address=f"127.0.0.1:{upstream_port}")],
+    )
+    return TrafficAssigned(
+        deployment_id=deployment, project="default", slug=deployment, name=deployment, generation=1,
+        spec_version=1, targets=[target],
+    )
+
+
+async def register_replica(nats_url: str, upstream_port: int) -> None:
     broker = make_broker(nats_url, "bench")
     await broker.start()
     try:
         await ensure_streams(broker.connection.jetstream())
-        await publish(broker, assignment("bench", upstream_port, revisions))
+        await publish(broker, assignment("bench", upstream_port))
     finally:
         await broker.stop()
 
@@ -143,7 +204,7 @@ async def time_to_routed(nats_url: str, router_port: int, upstream_port: int, co
             for i in range(count):
                 deployment = f"new{i}"
                 began = time.perf_counter()
-                await publish(broker, assignment(deployment, upstream_port, 1))
+                await publish(broker, assignment(deployment, upstream_port))
                 while True:
                     async with session.get(f"http://127.0.0.1:{router_port}/default/{deployment}/") as response:
                         await response.read()
@@ -155,7 +216,7 @@ async def time_to_routed(nats_url: str, router_port: int, upstream_port: int, co
     return samples
 
 
-async def wait_until_routed(url: str, timeout: float = 10.0) -> None:
+async def wait_until_served(url: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
         while True:
@@ -166,73 +227,155 @@ async def wait_until_routed(url: str, timeout: float = 10.0) -> None:
             except aiohttp.ClientError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} not routed after {timeout}s")
+                raise TimeoutError(f"{url} not served after {timeout}s")
             await asyncio.sleep(0.05)
 
 
-def bench(requests: int, concurrency: int, seconds: float, revisions: int, new: int) -> None:
+def start_router(source: Path, nats_url: str, port: int, data_dir: Path, prefix: list[str]) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ, "BERTH_NATS_URL": nats_url, "BERTH_ROUTER_PORT": str(port), "BERTH_LOG_LEVEL": "WARNING",
+        "BERTH_DATA_DIR": str(data_dir), "PYTHONPATH": str(source),
+    }
+    return subprocess.Popen([*prefix, PYTHON, "-m", "services.router"], cwd=source, env=env)
+
+
+def callgrind(tmp: Path, name: str) -> list[str]:
+    """The command prefix that runs a proxy under callgrind, collecting nothing until told."""
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={tmp}/callgrind.{name}"]
+
+
+def count_instructions(target: Target, tmp: Path, seconds: float) -> dict[str, float]:
+    """User-space instructions per request at 16 connections, collected around one wrk run."""
+    pid = str(target.process.pid)
+    subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True, timeout=60)
+    path = PATH if target.name != "direct" else "/predict"
+    run = wrk(f"http://127.0.0.1:{target.port}{path}", 16, seconds)
+    subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True, timeout=60)
+    subprocess.run(["callgrind_control", "-i", "off", pid], check=True, capture_output=True, timeout=60)
+    dump = max(tmp.glob(f"callgrind.{target.name}.*"), key=lambda f: f.stat().st_mtime)
+    totals = re.search(r"^totals: (\d+)", dump.read_text(), re.M)
+    assert totals is not None, dump
+    return {**run, "instructions": int(totals[1]) / run["requests"]}
+
+
+# -- the run --------------------------------------------------------------------------------------------
+
+
+def median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(run[key] for run in runs)
+
+
+def report(targets: list[Target], rounds: int, seconds: float) -> None:
+    print(f"router vs nginx/HAProxy, 1 upstream replica (echo_fast), wrk -t1 for {seconds:g}s per run, "
+          f"medians of {rounds} interleaved rounds, {os.cpu_count()} cores shared by wrk, proxy and upstream")
+    print(f"{'':14}{'conns':>6}{'rps':>9}{'p99 ms':>9}{'CPU us/req':>12}{'held':>6}"
+          f"{'rps/nginx':>11}{'CPU/nginx':>11}{'p99/nginx':>11}")
+    reference = {t.name: t for t in targets}.get("nginx")
+    for connections in CONCURRENCIES:
+        for target in targets:
+            runs = target.runs[connections]
+            rps, p99, cpu = median(runs, "rps"), median(runs, "p99_ms"), median(runs, "cpu_us")
+            held = f"{median(runs, 'held'):.0f}" if connections == max(CONCURRENCIES) else ""
+            ratios = ""
+            if reference is not None and target.name not in ("direct", "nginx"):
+                ref = reference.runs[connections]
+                ratios = (f"{rps / median(ref, 'rps'):10.2f}x{cpu / median(ref, 'cpu_us'):10.2f}x"
+                          f"{p99 / median(ref, 'p99_ms'):10.2f}x")
+            cpu_text = f"{cpu:12.1f}" if target.name != "direct" else f"{'(upstream)':>12}"
+            print(f"{target.name:14}{connections:6}{rps:9.0f}{p99:9.2f}{cpu_text}{held:>6} {ratios}")
+    print("held: ESTABLISHED connections from the proxy to the upstream 2.5 s after the c64 run")
+
+
+def bench(rounds: int, seconds: float, baseline: Path | None, new: int, instructions: bool) -> None:
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install -y wrk (and nginx haproxy for the references)")
+    if instructions and shutil.which("valgrind") is None:
+        sys.exit("--instructions needs valgrind: apt-get install -y valgrind")
+    targets: list[Target] = []
     processes: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        nats_port, upstream_port, router_port = free_port(), free_port(), free_port()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        nats_port, upstream_port = free_port(), free_port()
         nats_url = f"nats://127.0.0.1:{nats_port}"
         try:
-            processes.append(start_nats_server(Path(tmp) / "nats", nats_port))
-            processes.append(subprocess.Popen([PYTHON, str(ROOT / "tests/servers/echo_fast.py"), str(upstream_port)]))
-            env = {
-                **os.environ, "BERTH_NATS_URL": nats_url, "BERTH_ROUTER_PORT": str(router_port),
-                "BERTH_LOG_LEVEL": "WARNING", "BERTH_DATA_DIR": str(Path(tmp) / "berth"),
-            }
-            processes.append(subprocess.Popen([PYTHON, "-m", "services.router"], cwd=ROOT, env=env))
+            processes.append(start_nats_server(tmp / "nats", nats_port))
+            upstream = subprocess.Popen([PYTHON, str(ROOT / "tests/servers/echo_fast.py"), str(upstream_port)])
+            processes.append(upstream)
             wait_for_port("127.0.0.1", upstream_port)
-            wait_for_port("127.0.0.1", router_port)
-            asyncio.run(register_replica(nats_url, upstream_port, revisions))
-            direct = f"http://127.0.0.1:{upstream_port}/predict"
-            routed = f"http://127.0.0.1:{router_port}/default/bench/predict"
-            asyncio.run(wait_until_routed(routed))
-
-            lat_direct = run_client("latency", direct, requests)
-            lat_routed = run_client("latency", routed, requests)
-            upstream_cpu, router_cpu = psutil.Process(processes[1].pid), psutil.Process(processes[2].pid)
-            before = cpu_seconds(upstream_cpu)
-            load_direct = run_client("throughput", direct, seconds, concurrency)
-            upstream_us = (cpu_seconds(upstream_cpu) - before) / load_direct["requests"] * 1e6
-            before = cpu_seconds(router_cpu)
-            load_routed = run_client("throughput", routed, seconds, concurrency)
-            router_us = (cpu_seconds(router_cpu) - before) / load_routed["requests"] * 1e6
-            rps_direct, rps_routed = load_direct["rps"], load_routed["rps"]
-            routable = quantiles(asyncio.run(time_to_routed(nats_url, router_port, upstream_port, new)), n=100)
+            asyncio.run(register_replica(nats_url, upstream_port))
+            targets.append(Target("direct", upstream_port, upstream))
+            routers = [("router", ROOT)] + ([("router@base", baseline)] if baseline is not None else [])
+            for name, source in routers:
+                port = free_port()
+                prefix = callgrind(tmp, name) if instructions else []
+                process = start_router(source, nats_url, port, tmp / name, prefix)
+                processes.append(process)
+                targets.append(Target(name, port, process))
+            if shutil.which("nginx"):
+                port = free_port()
+                master = "off" if instructions else "on"  # under valgrind: the one process does the work
+                conf = NGINX_CONF.format(tmp=tmp, upstream=upstream_port, port=port, master=master)
+                (tmp / "nginx.conf").write_text(conf)
+                prefix = callgrind(tmp, "nginx") if instructions else []
+                process = subprocess.Popen([*prefix, "nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
+                processes.append(process)
+                targets.append(Target("nginx", port, process))
+            else:
+                print("nginx not installed: no nginx reference (apt-get install -y nginx)")
+            if shutil.which("haproxy"):
+                port = free_port()
+                (tmp / "haproxy.cfg").write_text(HAPROXY_CONF.format(upstream=upstream_port, port=port))
+                prefix = callgrind(tmp, "haproxy") if instructions else []
+                process = subprocess.Popen([*prefix, "haproxy", "-db", "-f", str(tmp / "haproxy.cfg")])
+                processes.append(process)
+                targets.append(Target("haproxy", port, process))
+            else:
+                print("HAProxy not installed: no HAProxy reference (apt-get install -y haproxy)")
+            for target in targets:
+                path = PATH if target.name != "direct" else "/predict"
+                asyncio.run(wait_until_served(f"http://127.0.0.1:{target.port}{path}", 900.0 if instructions else 15.0))
+                wrk(f"http://127.0.0.1:{target.port}{path}", max(CONCURRENCIES), 1)  # warm-up
+            if instructions:
+                print(f"user-space instructions per request at 16 connections, wrk for {seconds:g}s, under callgrind")
+                for target in targets:
+                    if target.name != "direct":
+                        run = count_instructions(target, tmp, seconds)
+                        print(f"  {target.name:14}{run['instructions']:10.0f}  ({run['requests']:.0f} requests)")
+                return
+            for _ in range(rounds):
+                for target in targets:
+                    for connections in CONCURRENCIES:
+                        if target.name == "direct":
+                            run = wrk(f"http://127.0.0.1:{upstream_port}/predict", connections, seconds)
+                            target.runs.setdefault(connections, []).append({**run, "cpu_us": 0.0, "held": 0.0})
+                        else:
+                            measure(target, upstream_port, connections, seconds)
+                targets.append(targets.pop(0))  # interleaved: each round starts with the next target
+            router = next(t for t in targets if t.name == "router")
+            routable = statistics.quantiles(asyncio.run(time_to_routed(nats_url, router.port, upstream_port, new)), n=100)
         finally:
             for process in reversed(processes):
                 process.terminate()
-                process.wait(10)
-
-    ms = 1000.0
-    print(f"router benchmark: {requests} sequential requests, then {concurrency} concurrent for {seconds:g}s each, "
-          f"{revisions} revision(s)")
-    print(f"{'':10}{'p50 ms':>10}{'p99 ms':>10}{'rps':>10}")
-    print(f"{'direct':10}{lat_direct['p50'] * ms:10.3f}{lat_direct['p99'] * ms:10.3f}{rps_direct:10.0f}")
-    print(f"{'routed':10}{lat_routed['p50'] * ms:10.3f}{lat_routed['p99'] * ms:10.3f}{rps_routed:10.0f}")
-    print(f"added latency p50 {(lat_routed['p50'] - lat_direct['p50']) * ms:.3f} ms, "
-          f"p99 {(lat_routed['p99'] - lat_direct['p99']) * ms:.3f} ms")
-    print(f"throughput routed/direct {rps_routed / rps_direct:.0%}")
-    print(f"CPU per request: upstream {upstream_us:.0f} us, router {router_us:.0f} us "
-          f"(on {os.cpu_count()} cores shared by client, router and upstream)")
+            for process in processes:
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()  # a router whose bus went first may take its stop steps' full bound
+    targets.sort(key=lambda t: ["direct", "nginx", "haproxy", "router@base", "router"].index(t.name))
+    report(targets, rounds, seconds)
     print(f"assignment published -> first request served, {new} new deployments: "
-          f"p50 {routable[49] * ms:.2f} ms, p99 {routable[98] * ms:.2f} ms")
+          f"p50 {routable[49] * 1000:.2f} ms, p99 {routable[98] * 1000:.2f} ms")
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--client":
-        client_main(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))
-        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=2000, help="sequential requests for latency")
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=4.0, help="duration of each throughput run")
-    parser.add_argument("--revisions", type=int, default=1, help="revisions the traffic is split across")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians are printed)")
+    parser.add_argument("--seconds", type=int, default=4, help="duration of each wrk run")
+    parser.add_argument("--baseline", type=Path, help="also run the router from this source tree")
     parser.add_argument("--new", type=int, default=100, help="new deployments timed to their first request")
+    parser.add_argument("--instructions", action="store_true", help="count instructions under callgrind instead")
     args = parser.parse_args()
-    bench(args.requests, args.concurrency, args.seconds, args.revisions, args.new)
+    bench(args.rounds, args.seconds, args.baseline, args.new, args.instructions)
 
 
 if __name__ == "__main__":

@@ -14,16 +14,17 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from services.router.auth import CHALLENGE
 from services.router.balancers import AFFINITY_COOKIE, Balancer, RequestKey
-from services.router.server import Request
+from services.router.server import Body, Request
 from services.router.table import Replica, Route, RoutingTable
 from services.router.upstream import (
+    HOP_BY_HOP,
     SMALL_BODY_BYTES,
     ConnectFailed,
     Connection,
@@ -34,13 +35,9 @@ from services.router.upstream import (
 
 OPS_PREFIX = "_berth/"  # a reserved project name: the router's own endpoints
 
-# RFC 7230 section 6.1 hop-by-hop headers (and the pre-standard Proxy-Connection). Host is
-# replaced by the replica's address; the client's Host travels in X-Forwarded-Host.
-HOP_BY_HOP = (
-    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
-    "TE", "Trailer", "Transfer-Encoding", "Upgrade",
-)
-_HOP_BY_HOP_LOWER = frozenset(name.lower().encode() for name in HOP_BY_HOP)
+# Hop-by-hop headers (upstream.HOP_BY_HOP) are not passed on either way. Host is replaced by the
+# replica's address; the client's Host travels in X-Forwarded-Host.
+_HOP_BY_HOP_LOWER = HOP_BY_HOP
 # The router writes Host and the X-Forwarded-* headers itself.
 _SKIPPED_REQUEST_HEADERS = _HOP_BY_HOP_LOWER | {
     b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-prefix",
@@ -92,13 +89,14 @@ class Proxy:
         bus_connected: Callable[[], bool],
     ) -> None:
         self._by_key = table.by_key
-        self._pools = pools
-        self._trust_forwarded_for = trust_forwarded_for
+        self.pools = pools
+        self.trust_forwarded_for = trust_forwarded_for
         self._registry = registry
         self._bus_connected = bus_connected
         self.unrouted = 0
 
-    async def handle(self, request: Request) -> None:
+    def handle(self, request: Request) -> Awaitable[None] | None:
+        """Answer `request`, at once or from a callback (None), or by the awaitable returned."""
         path, _, query = request.target.partition("?")
         first = path.find("/", 1)
         second = path.find("/", first + 1) if first > 0 else -1
@@ -110,167 +108,15 @@ class Proxy:
             route = self._by_key.get(base) if at else None
             if route is None:
                 self._unrouted(base).send(request)
-                return
+                return None
         rest = path[second:] if second > 0 else "/"
         target = f"{rest}?{query}" if query else rest
-        await self._serve(request, route, pin, path[: second if second > 0 else len(path)], target)
-
-    async def _serve(self, request: Request, route: Route, pin: str | None, prefix: str, target: str) -> None:
-        stats = route.stats
-        stats.in_flight += 1
-        started = time.perf_counter()
-        status, answered = 502, False
-        replica: Replica | None = None
+        exchange = _Exchange(self, request, route, path[: second if second > 0 else len(path)], target)
         try:
-            if route.auth is not None and not route.auth.allows(_header(request, b"authorization")):
-                status = UNAUTHORIZED.send(request)
-                return
-            if not route.enabled:
-                status = STOPPED.send(request)
-                return
-            balancer: Balancer = route.balancer
-            replicas = route.serving
-            if pin is not None:
-                pinned = _pinned(route, pin)
-                if isinstance(pinned, Reply):
-                    status = pinned.send(request)
-                    return
-                replicas, balancer = pinned, route.inner
-            if not replicas and pin is None and route.hold_seconds > 0:
-                replicas, balancer = await _held(route), route.balancer  # scale to zero: wait for one
-            if not replicas:
-                status = NO_READY_REPLICA.send(request)
-                return
-            status, replica, answered = await self._forward(request, route, replicas, balancer, prefix, target)
-        finally:
-            stats.in_flight -= 1
-            stats.observe(time.perf_counter() - started, status, replica, answered)
-
-    async def _forward(
-        self,
-        request: Request,
-        route: Route,
-        replicas: tuple[Replica, ...],
-        balancer: Balancer,
-        prefix: str,
-        target: str,
-    ) -> tuple[int, Replica, bool]:
-        """Send the request to a replica and relay its answer; the status the client got, the replica
-        that answered or was tried last (metrics per revision and replica), and whether it answered."""
-        peer = request.peer
-        headers = request.headers
-        forwarded_for = _header(request, b"x-forwarded-for")
-        client_ip = forwarded_for.partition(",")[0].strip() if forwarded_for and self._trust_forwarded_for else peer
-        affinity = _cookie(headers.get(b"cookie"), AFFINITY_COOKIE) if route.sticky else None
-        request_key = RequestKey(client_ip, affinity)
-        replica = balancer.pick(replicas, request_key)
-
-        body = request.body
-        length = request.content_length
-        expect_continue = body is not None and headers.get(b"expect", b"").lower() == b"100-continue"
-        connection_header = headers.get(b"connection")
-        skip = _SKIPPED_REQUEST_HEADERS
-        if connection_header or route.auth is not None or expect_continue:
-            skip = _request_skips(connection_header, route.auth is not None, expect_continue)
-        if expect_continue:
-            # The client waits for this before it sends the body; the replica gets the body at once.
-            request.send_continue()
-        host = _header(request, b"host") or ""
-        lines = [
-            f"{request.method} {target} HTTP/1.1\r\n".encode("latin-1"),
-            b"",  # the replica's Host line
-            *[name + b": " + value + b"\r\n" for name, value in request.raw_headers if name.lower() not in skip],
-            _forwarded(forwarded_for, peer, host, prefix),
-        ]
-        streamed = body is not None and (length is None or length > SMALL_BODY_BYTES)
-        if streamed and length is None:
-            lines.append(b"Transfer-Encoding: chunked\r\n")
-        lines.append(b"\r\n")
-        if body is not None and not streamed:
-            lines.append(await body.read())  # small: sent with the head, in one write
-
-        try:
-            upstream = await self._send(replica, request, lines, streamed, length is None)
-        except ResponseTimeout as exc:
-            # It may be at work on it: not resent.
-            return _gateway_timeout(replica, exc).send(request), replica, False
-        except UpstreamError as exc:
-            # Retry once when nothing of the request can have been consumed: the connection was never
-            # made (the replica died since its last probe: try another), or there is no body (also
-            # when a kept-alive connection had been closed by the only replica: try it afresh).
-            refused = isinstance(exc, ConnectFailed)
-            others = tuple(r for r in replicas if r is not replica)
-            if not (refused or body is None) or (refused and not others):
-                return _bad_gateway(replica, exc).send(request), replica, False
-            if others:  # any other serving replica will do (within its revision, for a pinned version)
-                replica = route.inner.pick(others, request_key)
-            try:
-                upstream = await self._send(replica, request, lines, streamed, length is None, fresh=True)
-            except ResponseTimeout as timeout:
-                return _gateway_timeout(replica, timeout).send(request), replica, False
-            except UpstreamError as retry_exc:
-                return _bad_gateway(replica, retry_exc).send(request), replica, False
-        try:
-            await self._relay(request, route, replica, affinity, prefix, upstream)
-            return upstream.status, replica, True
-        finally:
-            upstream.pool.release(upstream)
-            replica.in_flight -= 1
-
-    async def _send(
-        self,
-        replica: Replica,
-        request: Request,
-        lines: list[bytes],
-        streamed: bool,
-        chunked: bool,
-        fresh: bool = False,
-    ) -> Connection:
-        """Send the request to `replica` and wait for its response head; the replica counts as busy
-        from here until the caller has relayed the response."""
-        pool = self._pools.pool(replica.base_url)
-        replica.in_flight += 1
-        try:
-            connection = await pool.acquire(fresh)
-            try:
-                connection.begin(request.method == "HEAD")
-                lines[1] = pool.host_header
-                connection.write(b"".join(lines))
-                if streamed:
-                    assert request.body is not None
-                    await _send_body(request.body.chunks(), connection, chunked)
-                await connection.response()
-            except BaseException:
-                connection.close()
-                raise
-            return connection
+            return exchange.serve(pin)
         except BaseException:
-            replica.in_flight -= 1
+            exchange.done()
             raise
-
-    async def _relay(
-        self, request: Request, route: Route, replica: Replica, affinity: str | None, prefix: str, upstream: Connection
-    ) -> None:
-        headers = _response_headers(upstream.headers, replica.replica_id)
-        if route.sticky and affinity != replica.replica_id:
-            headers += (
-                f"Set-Cookie: {AFFINITY_COOKIE}={replica.replica_id}; HttpOnly; Path={prefix}; SameSite=Lax\r\n"
-            ).encode()
-        if upstream.body is not None:
-            # A small body goes out with the head in one write (on loopback each send costs about as
-            # much as the rest of the request).
-            request.respond(upstream.status, upstream.reason, headers, upstream.body)
-            return
-        request.start(upstream.status, upstream.reason, headers, upstream.length is not None)
-        try:
-            while chunk := await upstream.read_chunk():
-                await request.write(chunk)
-        except UpstreamError:
-            request.abort()  # the replica broke off: closing is how the client learns the body is cut
-            raise
-        except ConnectionResetError:
-            return  # the client left; the replica's connection, not read to its end, is closed
-        request.end()
 
     def _unrouted(self, key: str) -> Reply:
         if key.startswith(OPS_PREFIX):
@@ -290,6 +136,285 @@ class Proxy:
         if name == "metrics":
             return reply(200, generate_latest(self._registry), CONTENT_TYPE_LATEST)
         return problem(404, "Not Found", "the router serves /_berth/healthz and /_berth/metrics")
+
+
+class _Exchange:
+    """One proxied request, from its route to its answer. The hot path (no body, or a small one all
+    in; an idle connection to the replica) runs in callbacks: `forward` writes the request and the
+    upstream connection calls `_on_response` with the answer, no Task, Future or coroutine involved.
+    Whatever has to wait (a new connection, a body still arriving, a retry, a streamed response, a
+    scaled-to-zero deployment) goes on in a coroutine. Every way ends in `done`, once: the route's
+    in-flight count and its one Stats call."""
+
+    __slots__ = (
+        "affinity", "lines", "prefix", "proxy", "replica", "replicas", "request", "request_key", "tried", "answered",
+        "route", "started", "status", "streamed", "target", "ended",
+    )
+
+    def __init__(self, proxy: Proxy, request: Request, route: Route, prefix: str, target: str) -> None:
+        self.proxy = proxy
+        self.request = request
+        self.route = route
+        self.prefix = prefix
+        self.target = target
+        self.status = 502  # what the client got (a failure before any answer counts as 502)
+        self.tried: Replica | None = None  # the replica that answered, or was tried last
+        self.answered = False  # False: the router answered for it (no replica reached, or a 502/504)
+        self.ended = False
+        route.stats.in_flight += 1
+        self.started = time.perf_counter()
+
+    def done(self) -> None:
+        if self.ended:  # a failure on the way out may reach more than one handler
+            return
+        self.ended = True
+        stats = self.route.stats
+        stats.in_flight -= 1
+        stats.observe(time.perf_counter() - self.started, self.status, self.tried, self.answered)
+
+    def answer(self, reply: Reply) -> None:
+        """A reply of the router's own ends the exchange."""
+        try:
+            self.status = reply.send(self.request)
+        finally:
+            self.done()
+
+    def serve(self, pin: str | None) -> Awaitable[None] | None:
+        route, request = self.route, self.request
+        if route.auth is not None and not route.auth.allows(_header(request, b"authorization")):
+            self.answer(UNAUTHORIZED)
+            return None
+        if not route.enabled:
+            self.answer(STOPPED)
+            return None
+        balancer: Balancer = route.balancer
+        replicas = route.serving
+        if pin is not None:
+            pinned = _pinned(route, pin)
+            if isinstance(pinned, Reply):
+                self.answer(pinned)
+                return None
+            replicas, balancer = pinned, route.inner
+        if not replicas and pin is None and route.hold_seconds > 0:
+            return self._held()
+        if not replicas:
+            self.answer(NO_READY_REPLICA)
+            return None
+        return self.forward(replicas, balancer)
+
+    async def _held(self) -> None:
+        try:
+            replicas = await _held(self.route)  # scale to zero: wait for one
+        except BaseException:
+            self.done()
+            raise
+        if not replicas:
+            self.answer(NO_READY_REPLICA)
+            return
+        try:
+            answer = self.forward(replicas, self.route.balancer)
+        except BaseException:
+            self.done()
+            raise
+        if answer is not None:
+            await answer
+
+    def forward(self, replicas: tuple[Replica, ...], balancer: Balancer) -> Awaitable[None] | None:
+        """Send the request to a replica: written at once when it can be, else by the coroutine
+        returned."""
+        request, route, proxy = self.request, self.route, self.proxy
+        peer = request.peer
+        headers = request.headers
+        forwarded_for = _header(request, b"x-forwarded-for")
+        client_ip = forwarded_for.partition(",")[0].strip() if forwarded_for and proxy.trust_forwarded_for else peer
+        self.affinity = _cookie(headers.get(b"cookie"), AFFINITY_COOKIE) if route.sticky else None
+        self.request_key = RequestKey(client_ip, self.affinity)
+        self.replicas = replicas
+        replica = self.replica = balancer.pick(replicas, self.request_key)
+
+        body = request.body
+        length = request.content_length
+        expect_continue = body is not None and headers.get(b"expect", b"").lower() == b"100-continue"
+        connection_header = headers.get(b"connection")
+        skip = _SKIPPED_REQUEST_HEADERS
+        if connection_header or route.auth is not None or expect_continue:
+            skip = _request_skips(connection_header, route.auth is not None, expect_continue)
+        host = _header(request, b"host") or ""
+        lines = self.lines = [
+            f"{request.method} {self.target} HTTP/1.1\r\n".encode("latin-1"),
+            b"",  # the replica's Host line
+            *[name + b": " + value + b"\r\n" for name, value in request.raw_headers if name.lower() not in skip],
+            _forwarded(forwarded_for, peer, host, self.prefix),
+        ]
+        self.streamed = streamed = body is not None and (length is None or length > SMALL_BODY_BYTES)
+        if streamed and length is None:
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        lines.append(b"\r\n")
+        if body is not None and not streamed:
+            whole = None if expect_continue else body.read_now()
+            if whole is None:
+                return self._forward_later(expect_continue, body)
+            lines.append(whole)
+        elif streamed:
+            return self._forward_later(expect_continue, body)
+
+        pool = proxy.pools.pool(replica.base_url)
+        connection = pool.take_idle()
+        if connection is None:
+            return self._complete(None)  # a new connection to make
+        replica.in_flight += 1
+        connection.begin(request.method == "HEAD")
+        lines[1] = pool.host_header
+        pool.loop.call_soon(connection.write, b"".join(lines))  # with the others read in this turn
+        connection.expect(self._on_response)
+        return None
+
+    async def _forward_later(self, expect_continue: bool, body: Body | None) -> None:
+        if expect_continue:
+            # The client waits for this before it sends the body; the replica gets the body at once.
+            self.request.send_continue()
+        if body is not None and not self.streamed:
+            try:
+                self.lines.append(await body.read())  # small: sent with the head, in one write
+            except BaseException:
+                self.done()
+                raise
+        await self._complete(None)
+
+    def _on_response(self, upstream: Connection) -> None:
+        """The replica's answer (or its failure) on the hot path."""
+        error = upstream.error
+        if error is not None:
+            upstream.close()
+            self.replica.in_flight -= 1
+            self.request.spawn(self._complete(error))
+            return
+        if upstream.body is None:  # a body to stream
+            self.request.spawn(self._relay_and_release(upstream))
+            return
+        try:
+            self._respond(upstream)
+        except Exception as exc:
+            self.request.fail(exc)
+        finally:
+            upstream.pool.release(upstream)
+            self.replica.in_flight -= 1
+            self.done()
+
+    async def _complete(self, error: UpstreamError | None) -> None:
+        """Send the request (unless `error` says how the first attempt failed), retry once where that
+        is safe, and relay the answer."""
+        try:
+            upstream = await self._answered(error)
+        except BaseException:
+            self.done()
+            raise
+        if upstream is None:
+            self.done()
+            return
+        await self._relay_and_release(upstream)
+
+    async def _answered(self, error: UpstreamError | None) -> Connection | None:
+        """The connection with the replica's response head, or None when the client was answered
+        502 or 504."""
+        request, replica = self.request, self.replica
+        if error is None:
+            try:
+                return await self._send(replica, fresh=False)
+            except UpstreamError as exc:
+                error = exc
+        self.tried = replica
+        if isinstance(error, ResponseTimeout):
+            # It may be at work on it: not resent.
+            self.status = _gateway_timeout(replica, error).send(request)
+            return None
+        # Retry once when nothing of the request can have been consumed: the connection was never made
+        # (the replica died since its last probe: try another), or there is no body (also when a
+        # kept-alive connection had been closed by the only replica: try it afresh).
+        refused = isinstance(error, ConnectFailed)
+        others = tuple(r for r in self.replicas if r is not replica)
+        if not (refused or request.body is None) or (refused and not others):
+            self.status = _bad_gateway(replica, error).send(request)
+            return None
+        if others:  # any other serving replica will do (within its revision, for a pinned version)
+            replica = self.replica = self.route.inner.pick(others, self.request_key)
+            self.tried = replica
+        try:
+            return await self._send(replica, fresh=True)
+        except ResponseTimeout as timeout:
+            self.status = _gateway_timeout(replica, timeout).send(request)
+        except UpstreamError as retry_error:
+            self.status = _bad_gateway(replica, retry_error).send(request)
+        return None
+
+    async def _send(self, replica: Replica, fresh: bool) -> Connection:
+        """Send the request to `replica` and wait for its response head; the replica counts as busy
+        from here until the caller has relayed the response."""
+        request = self.request
+        pool = self.proxy.pools.pool(replica.base_url)
+        replica.in_flight += 1
+        try:
+            connection = await pool.acquire(fresh)
+            try:
+                connection.begin(request.method == "HEAD")
+                self.lines[1] = pool.host_header
+                connection.write(b"".join(self.lines))
+                if self.streamed:
+                    assert request.body is not None
+                    await _send_body(request.body.chunks(), connection, request.content_length is None)
+                await connection.response()
+            except BaseException:
+                connection.close()
+                raise
+            return connection
+        except BaseException:
+            replica.in_flight -= 1
+            raise
+
+    async def _relay_and_release(self, upstream: Connection) -> None:
+        """Relay the answer, then give the connection back (or close it) and end the exchange."""
+        try:
+            if upstream.body is not None:
+                self._respond(upstream)
+            else:
+                await self._stream(upstream)
+        finally:
+            upstream.pool.release(upstream)
+            self.replica.in_flight -= 1
+            self.done()
+
+    def _head(self, upstream: Connection) -> bytes:
+        replica = self.replica
+        if upstream.hop_by_hop:
+            headers = _response_headers(upstream.headers, replica.replica_id)
+        else:  # the usual case: every header passes, as it came
+            headers = b"".join([name + b": " + value + b"\r\n" for name, value in upstream.headers])
+            headers += f"{REPLICA_HEADER}: {replica.replica_id}\r\n".encode()
+        if self.route.sticky and self.affinity != replica.replica_id:
+            headers += (
+                f"Set-Cookie: {AFFINITY_COOKIE}={replica.replica_id}; HttpOnly; Path={self.prefix}; SameSite=Lax\r\n"
+            ).encode()
+        return headers
+
+    def _respond(self, upstream: Connection) -> None:
+        """A small body goes out with the head in one write (on loopback each send costs about as much
+        as the rest of the request)."""
+        self.request.respond(upstream.status, upstream.reason, self._head(upstream), upstream.body or b"")
+        self.status, self.tried, self.answered = upstream.status, self.replica, True
+
+    async def _stream(self, upstream: Connection) -> None:
+        request = self.request
+        request.start(upstream.status, upstream.reason, self._head(upstream), upstream.length is not None)
+        self.status, self.tried, self.answered = upstream.status, self.replica, True
+        try:
+            while chunk := await upstream.read_chunk():
+                await request.write(chunk)
+        except UpstreamError:
+            request.abort()  # the replica broke off: closing is how the client learns the body is cut
+            raise
+        except ConnectionResetError:
+            return  # the client left; the replica's connection, not read to its end, is closed
+        request.end()
 
 
 def _pinned(route: Route, pin: str) -> tuple[Replica, ...] | Reply:

@@ -351,6 +351,40 @@ async def test_a_replica_that_does_not_answer_in_time_gets_504_and_is_not_sent_t
         await handle.stop()
 
 
+async def test_a_request_under_way_when_the_router_stops_is_answered_then_the_connection_closed(
+    router_settings: Settings, js: JetStreamContext, bus: Bus, upstreams: list[Upstream], http: aiohttp.ClientSession
+) -> None:
+    """The answer comes from a callback (no task per request): stopping waits for it all the same."""
+    handle = await start_router(router_settings)
+    stopped = False
+    try:
+        _, url = await deployed(bus, http, handle, upstreams)
+        pending = asyncio.ensure_future(http.get(f"{url}/hold"))
+        await eventually(lambda: sum(u.held for u in upstreams) == 1, what="the request at the replica")
+        stopping = asyncio.ensure_future(handle.stop())
+        stopped = True
+
+        async def refused() -> bool:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", handle.port)
+            except OSError:
+                return True
+            writer.close()
+            return False
+
+        await eventually(refused, what="the router no longer taking connections")
+        assert not stopping.done()
+        for upstream in upstreams:
+            upstream.release.set()
+        async with await pending as response:
+            assert response.status == 200 and response.headers["Connection"] == "close"
+            assert await response.text() in ("a", "b")
+        await stopping
+    finally:
+        if not stopped:
+            await handle.stop()
+
+
 async def test_round_robin_spreads_over_both_replicas(
     router: RouterHandle, bus: Bus, upstreams: list[Upstream], http: aiohttp.ClientSession
 ) -> None:

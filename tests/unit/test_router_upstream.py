@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from services.router.upstream import (
+    MAX_IDLE_PER_ADDRESS,
     SMALL_BODY_BYTES,
     BrokenResponse,
     ClosedBeforeResponse,
@@ -257,3 +258,42 @@ async def test_the_sweep_forgets_a_pool_left_without_connections(
         assert connection.closed
     finally:
         await pools.close()
+
+
+async def test_after_a_burst_at_most_the_idle_bound_is_kept_and_reused_before_opening(
+    replica_with: Callable[[Script], asyncio.Future[Replica]], pools: UpstreamPools
+) -> None:
+    """As nginx's `keepalive N`: a burst opens what it needs, then only N stay open for reuse (the
+    rest close at the next sweep, once unused for one)."""
+    replica = await replica_with(fixed("HTTP/1.1 200 OK\nContent-Length: 2\n", b"ok"))
+    burst = MAX_IDLE_PER_ADDRESS + 8
+    connections = [connection for connection, _ in await asyncio.gather(*(exchange(pools, replica) for _ in range(burst)))]
+    pool = pools.pool(replica.base_url)
+    for connection in connections:
+        pool.release(connection)
+    assert replica.connections == burst
+    await eventually(lambda: pool.idle == MAX_IDLE_PER_ADDRESS, timeout=10, what="the idle connections trimmed")
+    assert sum(c.closed for c in connections) == burst - MAX_IDLE_PER_ADDRESS
+    for _ in range(3):  # one at a time: the most recently used idle connection, no new one
+        connection, body = await exchange(pools, replica)
+        pool.release(connection)
+        assert body == b"ok"
+    assert replica.connections == burst
+
+
+async def test_expect_calls_back_once_with_the_answer_or_the_failure(
+    replica_with: Callable[[Script], asyncio.Future[Replica]], pools: UpstreamPools
+) -> None:
+    """The hot path's way to wait for a response: a callback, no coroutine."""
+    replica = await replica_with(lambda _head, nth: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" if nth == 0 else None)
+    pool = pools.pool(replica.base_url)
+    called: list[tuple[int, bytes | None, object]] = []
+    connection = await pool.acquire()
+    for _ in range(2):  # the second time the replica closes the connection instead of answering
+        connection.begin(False)
+        connection.write(b"GET / HTTP/1.1\r\n" + pool.host_header + b"\r\n")
+        connection.expect(lambda c: called.append((c.status, c.body, c.error)))
+        count = len(called)
+        await eventually(lambda: len(called) > count, what="the callback")
+    assert called[0] == (200, b"ok", None)
+    assert called[1][0] == 0 and isinstance(called[1][2], ClosedBeforeResponse) and len(called) == 2
