@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import ConnectionPoolEntry
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 READ_ONLY = "berth_read_only"
@@ -19,6 +21,8 @@ READ_ONLY = "berth_read_only"
 # more may open at a peak. Well below PostgreSQL's default max_connections (100) for a few registries.
 PG_POOL_SIZE = 8
 PG_MAX_OVERFLOW = 8
+# A pooled PostgreSQL connection idle longer than this is checked (SELECT 1) before it is used.
+PING_IDLE_SECONDS = 2.0
 # SQLite readers: WAL lets them read a snapshot beside the one writer, each on a connection of its own.
 SQLITE_READERS = 4
 # A writer waits this long for the single SQLite writer connection (in-process, in order) before failing.
@@ -46,8 +50,12 @@ def open_store(url: str) -> Store:
     """The writer and reader engines for `settings.sqlalchemy_url`."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        writer = sa.create_engine(url, pool_pre_ping=True, pool_size=PG_POOL_SIZE, max_overflow=PG_MAX_OVERFLOW)
-        read_only = sa.create_engine(url, pool_pre_ping=True, pool_size=PG_POOL_SIZE, max_overflow=PG_MAX_OVERFLOW)
+        writer, read_only = (
+            sa.create_engine(url, pool_size=PG_POOL_SIZE, max_overflow=PG_MAX_OVERFLOW) for _ in range(2)
+        )
+        for engine in (writer, read_only):
+            sa.event.listen(engine, "checkin", _checked_in)
+            sa.event.listen(engine, "checkout", _ping_when_idle)
         return Store(writer, read_only.execution_options(postgresql_readonly=True))
     if not parsed.database or parsed.database == ":memory:":
         engine = create_engine(url)  # one in-memory database lives on one connection: nothing to split
@@ -56,6 +64,25 @@ def open_store(url: str) -> Store:
     readers = create_engine(url, pool_size=SQLITE_READERS, max_overflow=SQLITE_READERS)
     sa.event.listen(readers, "connect", _sqlite_query_only)
     return Store(writer, reader(readers))
+
+
+def _checked_in(_: Any, record: ConnectionPoolEntry) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_when_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _: Any) -> None:
+    """`pool_pre_ping`, but only for a connection idle longer than PING_IDLE_SECONDS: a server restart
+    is still noticed before a request uses a dead connection, and a busy pool pays no round trip per
+    transaction. Raising DisconnectionError makes the pool retry with a fresh connection."""
+    if time.monotonic() - record.info.get("idle_since", 0.0) < PING_IDLE_SECONDS:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SELECT 1")
+        cursor.close()
+        dbapi_connection.rollback()  # end the transaction the ping began, as the pool hands out none
+    except Exception as exc:
+        raise sa.exc.DisconnectionError() from exc
 
 
 def create_engine(url: str, **pool: Any) -> sa.Engine:
