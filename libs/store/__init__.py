@@ -1,6 +1,6 @@
 """The spec-registry's SQL store: tables, engine creation, Alembic migrations (`migrate(url)`)."""
 
-from libs.store.engine import create_engine, migrate, reader
+from libs.store.engine import Store, create_engine, migrate, open_store, reader
 from libs.store.tables import (
     AliasRow,
     DeploymentRow,
@@ -21,11 +21,13 @@ __all__ = [
     "OutboxRow",
     "ProjectRow",
     "SecretNameRow",
+    "Store",
     "SpecVersionRow",
     "TokenRow",
     "WebhookRow",
     "create_engine",
     "migrate",
+    "open_store",
     "reader",
     "utcnow",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,22 +11,97 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import ConnectionPoolEntry
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 READ_ONLY = "berth_read_only"
 
 
-def create_engine(url: str) -> sa.Engine:
-    """An engine for `settings.sqlalchemy_url`; SQLite gets WAL and write-serialising transactions."""
+# PostgreSQL: connections kept open per engine (writes and reads have an engine each), and how many
+# more may open at a peak. Well below PostgreSQL's default max_connections (100) for a few registries.
+PG_POOL_SIZE = 8
+PG_MAX_OVERFLOW = 8
+# A pooled PostgreSQL connection idle longer than this is checked (SELECT 1) before it is used.
+PING_IDLE_SECONDS = 2.0
+# SQLite readers: WAL lets them read a snapshot beside the one writer, each on a connection of its own.
+SQLITE_READERS = 4
+# A writer waits this long for the single SQLite writer connection (in-process, in order) before failing.
+SQLITE_WRITER_WAIT_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Store:
+    """The engines of one database: `writer` takes every write transaction, `reader` the reads, so a
+    read never queues behind (or holds up) a write. On SQLite the writer is a single connection: writes
+    are serialised in this process, in arrival order, instead of competing for the file lock with
+    busy back-off; the readers are query-only connections. On PostgreSQL each has a pool of its own and
+    the readers' transactions are READ ONLY."""
+
+    writer: sa.Engine
+    reader: sa.Engine
+
+    def dispose(self) -> None:
+        self.writer.dispose()
+        if self.reader is not self.writer:
+            self.reader.dispose()
+
+
+def open_store(url: str) -> Store:
+    """The writer and reader engines for `settings.sqlalchemy_url`."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
+        writer, read_only = (
+            sa.create_engine(url, pool_size=PG_POOL_SIZE, max_overflow=PG_MAX_OVERFLOW) for _ in range(2)
+        )
+        for engine in (writer, read_only):
+            sa.event.listen(engine, "checkin", _checked_in)
+            sa.event.listen(engine, "checkout", _ping_when_idle)
+        return Store(writer, read_only.execution_options(postgresql_readonly=True))
+    if not parsed.database or parsed.database == ":memory:":
+        engine = create_engine(url)  # one in-memory database lives on one connection: nothing to split
+        return Store(engine, reader(engine))
+    writer = create_engine(url, pool_size=1, max_overflow=0, pool_timeout=SQLITE_WRITER_WAIT_SECONDS)
+    readers = create_engine(url, pool_size=SQLITE_READERS, max_overflow=SQLITE_READERS)
+    sa.event.listen(readers, "connect", _sqlite_query_only)
+    return Store(writer, reader(readers))
+
+
+def _checked_in(_: Any, record: ConnectionPoolEntry) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_when_idle(dbapi_connection: Any, record: ConnectionPoolEntry, _: Any) -> None:
+    """`pool_pre_ping`, but only for a connection idle longer than PING_IDLE_SECONDS: a server restart
+    is still noticed before a request uses a dead connection, and a busy pool pays no round trip per
+    transaction. Raising DisconnectionError makes the pool retry with a fresh connection."""
+    if time.monotonic() - record.info.get("idle_since", 0.0) < PING_IDLE_SECONDS:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SELECT 1")
+        cursor.close()
+        dbapi_connection.rollback()  # end the transaction the ping began, as the pool hands out none
+    except Exception as exc:
+        raise sa.exc.DisconnectionError() from exc
+
+
+def create_engine(url: str, **pool: Any) -> sa.Engine:
+    """An engine for `settings.sqlalchemy_url`; SQLite gets WAL and write-serialising transactions.
+    `pool`: keyword arguments for the connection pool (sizes, timeout)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True, **pool)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
     sa.event.listen(engine, "connect", _sqlite_connect)
     sa.event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _sqlite_query_only(dbapi_connection: Any, _: Any) -> None:
+    # A reader that tried to write would fail at once instead of taking the write lock.
+    dbapi_connection.execute("PRAGMA query_only=ON")
 
 
 def _sqlite_connect(dbapi_connection: Any, _: Any) -> None:

@@ -26,7 +26,7 @@ from libs.kit import Service
 from libs.logging import get_logger
 from libs.sealing import Sealer
 from libs.secrets import SecretStore
-from libs.store import create_engine, migrate
+from libs.store import migrate, open_store
 from services.spec_registry.alerts import AlertBoard
 from services.spec_registry.auth import TokenCache, bootstrap_admin
 from services.spec_registry.metrics import REQUESTS
@@ -76,11 +76,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     await asyncio.to_thread(migrate, settings.sqlalchemy_url)
-    engine = create_engine(settings.sqlalchemy_url)
+    store = open_store(settings.sqlalchemy_url)
     service = Service("spec-registry", settings)
     async with contextlib.AsyncExitStack() as cleanup:
-        cleanup.callback(engine.dispose)
-        repo = Repository(engine)
+        cleanup.callback(store.dispose)
+        repo = Repository(store)
         await asyncio.to_thread(bootstrap_admin, settings, repo)
 
         cleanup.push_async_callback(service.stop)

@@ -50,10 +50,13 @@ class Registry:
     async def check(self, project: str, document: Any) -> DeploymentSpec:
         """The validated spec; SpecInvalid lists every broken rule, then every missing secret.
         Validated in a worker thread, like parsing: the event loop serves others meanwhile."""
-        spec = await asyncio.to_thread(validate_spec, document)
+        return await asyncio.to_thread(self._check, project, document)
+
+    def _check(self, project: str, document: Any) -> DeploymentSpec:
+        spec = validate_spec(document)
         refs = spec.secret_ref_fields()
         if refs:
-            existing = await asyncio.to_thread(self.repo.secret_names, project)
+            existing = self.repo.secret_names(project)
             missing = [
                 SpecError(field, f"names the secret '{name}', which does not exist in the project")
                 for field, name in refs
@@ -64,8 +67,10 @@ class Registry:
         return spec
 
     async def create(self, project: str, document: Any, by: int | None = None) -> StoredDeployment:
-        spec = await self.check(project, document)
-        stored = await asyncio.to_thread(self.repo.create_deployment, project, spec, by)
+        def create() -> StoredDeployment:  # validation and the write in one worker thread: one hand-off
+            return self.repo.create_deployment(project, self._check(project, document), by)
+
+        stored = await asyncio.to_thread(create)
         self._accepted(stored)
         return stored
 
@@ -73,8 +78,11 @@ class Registry:
         self, project: str, ref: str, document: Any, if_match: list[str], by: int | None = None
     ) -> StoredDeployment:
         """A new spec version, based on the version whose spec_id is in `if_match`."""
-        spec = await self.check(project, document)
-        stored = await asyncio.to_thread(self.repo.update_deployment, project, ref, spec, if_match, by)
+
+        def update() -> StoredDeployment:  # validation and the write in one worker thread: one hand-off
+            return self.repo.update_deployment(project, ref, self._check(project, document), if_match, by)
+
+        stored = await asyncio.to_thread(update)
         self._accepted(stored)
         return stored
 

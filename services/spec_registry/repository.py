@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +42,7 @@ from libs.store import (
     ProjectRow,
     SecretNameRow,
     SpecVersionRow,
+    Store,
     TokenRow,
     WebhookRow,
     reader,
@@ -89,10 +90,25 @@ def canonical(spec: DeploymentSpec | dict[str, Any]) -> dict[str, Any]:
     return model.model_dump(mode="json")
 
 
+# Canonical forms of recent current specs, by spec_id (immutable): an update compares against the
+# current spec without validating it again. Bounded; cleared whole when full (the next update refills).
+CANONICAL_CACHE_SIZE = 4096
+
+_DEPLOYMENTS: sa.Table = DeploymentRow.__table__  # type: ignore[attr-defined]
+_VERSIONS: sa.Table = SpecVersionRow.__table__  # type: ignore[attr-defined]
+_STATUS: sa.Table = DeploymentStatusRow.__table__  # type: ignore[attr-defined]
+_OUTBOX: sa.Table = OutboxRow.__table__  # type: ignore[attr-defined]
+
+
 class Repository:
-    def __init__(self, engine: sa.Engine) -> None:
-        self._engine = engine
-        self._reader = reader(engine)
+    """`store`: the writer and reader engines (libs/store); a bare engine serves both."""
+
+    def __init__(self, store: Store | sa.Engine) -> None:
+        if isinstance(store, sa.Engine):
+            store = Store(store, reader(store))
+        self._engine = store.writer
+        self._reader = store.reader
+        self._canonical: dict[str, dict[str, Any]] = {}
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
@@ -110,6 +126,25 @@ class Repository:
         with self._write() as session:
             yield session
         crash_point("crash_after_commit")
+
+    @contextmanager
+    def _core_write_with_event(self) -> Iterator[sa.Connection]:
+        """`_write_with_event` on SQLAlchemy Core, for the hot path (spec updates): no unit of work."""
+        with self._engine.begin() as connection:
+            yield connection
+        crash_point("crash_after_commit")
+
+    def _canonical_of(self, spec_id: str, spec: dict[str, Any]) -> dict[str, Any]:
+        found = self._canonical.get(spec_id)
+        if found is None:
+            found = self._remember(spec_id, canonical(spec))
+        return found
+
+    def _remember(self, spec_id: str, canonical_spec: dict[str, Any]) -> dict[str, Any]:
+        if len(self._canonical) >= CANONICAL_CACHE_SIZE:
+            self._canonical.clear()
+        self._canonical[spec_id] = canonical_spec
+        return canonical_spec
 
     def ping(self) -> bool:
         with self._read() as session:
@@ -185,23 +220,45 @@ class Repository:
     def update_deployment(
         self, project: str, ref: str, spec: DeploymentSpec, if_match: list[str], by: int | None = None
     ) -> StoredDeployment:
-        """A new spec version based on the one `if_match` names."""
+        """A new spec version based on the one `if_match` names. One transaction on SQLAlchemy Core
+        (the hot path of every apply): lock the deployment's row, read its current spec and status,
+        update it, insert the version and its outbox event."""
+        # The row alone is locked (and re-read after a concurrent update committed): a join here would
+        # let PostgreSQL drop the updated row from the answer instead of giving its new version.
+        query = (
+            sa.select(_DEPLOYMENTS)
+            .where(_DEPLOYMENTS.c.project == project, sa.or_(_DEPLOYMENTS.c.id == ref, _DEPLOYMENTS.c.slug == ref))
+            .with_for_update()
+        )
         try:
-            with self._write_with_event() as session:
-                row = self._find(session, project, ref, for_update=True)
-                self._check_update(session, project, row, spec, if_match)
-                status = session.get(DeploymentStatusRow, row.id)
-                current = self._version(session, row)
-                if canonical(current.spec) == canonical(spec):
-                    return StoredDeployment(row, current.spec, status.status if status else None, unchanged=True)
+            with self._core_write_with_event() as connection:
+                found = connection.execute(query).all()
+                if not found:
+                    raise NotFound("no deployment with this id or slug in the project")
+                row = _deployment_row(next((r for r in found if r.id == ref), found[0])._mapping)
+                self._check_update(connection, project, row, spec, if_match)
+                current = connection.execute(
+                    sa.select(_VERSIONS.c.spec, _STATUS.c.status)
+                    .outerjoin(_STATUS, _STATUS.c.deployment_id == _VERSIONS.c.deployment_id)
+                    .where(_VERSIONS.c.spec_id == row.spec_id)
+                ).one()
+                status = current.status
+                new_canonical = canonical(spec)
+                if self._canonical_of(row.spec_id, current.spec) == new_canonical:
+                    return StoredDeployment(row, current.spec, status, unchanged=True)
                 row.spec_id, row.spec_version = new_id(), row.spec_version + 1
                 row.environment, row.updated_at = spec.environment, utcnow()
-                self._supersede_scale(session, row, spec)
-                session.add(row)
-                self._add_version(session, row, spec, by)
+                self._supersede_scale(connection, row, spec)
+                connection.execute(
+                    sa.update(_DEPLOYMENTS)
+                    .where(_DEPLOYMENTS.c.id == row.id)
+                    .values({c.name: getattr(row, c.name) for c in _DEPLOYMENTS.c if c.name not in ("id", "created_at")})
+                )
+                self._add_version(connection, row, spec, by)
         except IntegrityError as exc:  # another update based on the same version committed first
             raise StaleVersion("the deployment changed meanwhile; read it again") from exc
-        return StoredDeployment(row, submitted(spec), status.status if status else None)
+        self._remember(row.spec_id, new_canonical)
+        return StoredDeployment(row, submitted(spec), status)
 
     def preview_update(self, project: str, ref: str, spec: DeploymentSpec, if_match: list[str]) -> StoredDeployment:
         """The current version, after the checks the update would make (a dry run stores nothing)."""
@@ -549,7 +606,7 @@ class Repository:
         return version
 
     def _check_update(
-        self, session: Session, project: str, row: DeploymentRow, spec: DeploymentSpec, if_match: list[str]
+        self, session: Session | sa.Connection, project: str, row: DeploymentRow, spec: DeploymentSpec, if_match: list[str]
     ) -> None:
         if row.spec_id not in if_match:
             raise StaleVersion(
@@ -575,7 +632,7 @@ class Repository:
         query = select(AliasRow).where(AliasRow.deployment_id == deployment_id).order_by(col(AliasRow.name))
         return list(session.exec(query).all())
 
-    def _add_alias_event(self, session: Session, row: DeploymentRow, alias: str, version: SpecVersionRow | None) -> None:
+    def _add_alias_event(self, session: Session | sa.Connection, row: DeploymentRow, alias: str, version: SpecVersionRow | None) -> None:
         target = None
         if version is not None:
             spec = DeploymentSpec.model_validate(version.spec)
@@ -583,7 +640,7 @@ class Repository:
         event = DeploymentAliasSet(deployment_id=row.id, project=row.project, slug=row.slug, alias=alias, target=target)
         self._add_event(session, event)
 
-    def _supersede_scale(self, session: Session, row: DeploymentRow, spec: DeploymentSpec) -> None:
+    def _supersede_scale(self, session: Session | sa.Connection, row: DeploymentRow, spec: DeploymentSpec) -> None:
         """A spec that sets another `resources.replicas` than the user's scale was made against ends
         that decision. The decision is also replaced on the bus by one that follows the new spec, so
         a later spec returning to the old count does not bring the old decision back."""
@@ -593,7 +650,7 @@ class Repository:
         replicas = spec.resources.replicas
         self._add_scaled(session, row, replicas, replicas, f"superseded by spec version {row.spec_version}")
 
-    def _add_scaled(self, session: Session, row: DeploymentRow, replicas: int, spec_replicas: int, reason: str) -> None:
+    def _add_scaled(self, session: Session | sa.Connection, row: DeploymentRow, replicas: int, spec_replicas: int, reason: str) -> None:
         self._add_event(
             session,
             DeploymentScaled(
@@ -609,18 +666,25 @@ class Repository:
         )
 
     @staticmethod
-    def _taken(session: Session, project: str, spec: DeploymentSpec, exclude_id: str | None) -> DeploymentRow | None:
-        query = select(DeploymentRow).where(
-            DeploymentRow.project == project,
-            sa.or_(col(DeploymentRow.name) == spec.name, col(DeploymentRow.slug) == spec.slug),
+    def _taken(
+        session: Session | sa.Connection, project: str, spec: DeploymentSpec, exclude_id: str | None
+    ) -> DeploymentRow | None:
+        query = sa.select(_DEPLOYMENTS).where(
+            _DEPLOYMENTS.c.project == project,
+            sa.or_(_DEPLOYMENTS.c.name == spec.name, _DEPLOYMENTS.c.slug == spec.slug),
         )
         if exclude_id is not None:
-            query = query.where(DeploymentRow.id != exclude_id)
-        return session.exec(query).first()
+            query = query.where(_DEPLOYMENTS.c.id != exclude_id)
+        found = session.execute(query).first()
+        return None if found is None else _deployment_row(found._mapping)
 
-    def _add_version(self, session: Session, row: DeploymentRow, spec: DeploymentSpec, by: int | None) -> None:
-        session.add(
-            SpecVersionRow(
+    def _add_version(
+        self, session: Session | sa.Connection, row: DeploymentRow, spec: DeploymentSpec, by: int | None
+    ) -> None:
+        """Insert the version and its SpecApplied (Core statements: on a Session they run at once, after
+        the deployment row it refers to was flushed)."""
+        session.execute(
+            sa.insert(_VERSIONS).values(
                 spec_id=row.spec_id,
                 deployment_id=row.id,
                 version=row.spec_version,
@@ -642,19 +706,24 @@ class Repository:
                 spec=spec,
             ),
         )
-        session.flush()
 
     @staticmethod
-    def _add_event(session: Session, event: Event) -> None:
+    def _add_event(session: Session | sa.Connection, event: Event) -> None:
         """Commit the event with the change; it keeps the current trace context for the relay."""
-        session.add(
-            OutboxRow(
+        session.execute(
+            sa.insert(_OUTBOX).values(
                 msg_id=event.event_id,
                 subject=event.subject(),
                 payload=event.model_dump(mode="json"),
                 headers=trace_headers() or None,
+                created_at=utcnow(),
             )
         )
+
+
+def _deployment_row(mapping: Mapping[str, Any]) -> DeploymentRow:
+    """A DeploymentRow (detached) from a Core result row holding the deployments' columns."""
+    return DeploymentRow(**{c.name: mapping[c.name] for c in _DEPLOYMENTS.c})
 
 
 def _pending() -> sa.ColumnElement[bool]:
