@@ -22,6 +22,7 @@ from libs.events import DeploymentScaled, utcnow
 from libs.secrets import SecretStore
 from libs.spec import DeploymentSpec, SpecError, SpecInvalid, validate_spec
 from services.spec_registry.metrics import SPEC_VERSIONS_ACCEPTED
+from services.spec_registry.live import DeploymentFeed
 from services.spec_registry.outbox import OutboxRelay
 from libs.store import AliasRow
 from services.spec_registry.problems import BadGateway, Invalid, Unavailable
@@ -36,9 +37,12 @@ SpecEdit = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class Registry:
-    def __init__(self, repo: Repository, secrets: SecretStore, relay: OutboxRelay, nc: Client) -> None:
+    def __init__(
+        self, repo: Repository, secrets: SecretStore, relay: OutboxRelay, nc: Client, feed: DeploymentFeed
+    ) -> None:
         self.repo = repo
         self.secrets = secrets
+        self.feed = feed  # what the API changes is shown at once to the console (GET /v1/deployments/events)
         self._relay = relay
         self._nc = nc
 
@@ -87,6 +91,7 @@ class Registry:
         stored = await asyncio.to_thread(self.repo.scale_deployment, project, ref, replicas)
         if not stored.unchanged:
             self._relay.notify()
+            self.feed.changed(stored)
         return stored
 
     async def change(self, project: str, ref: str, edit: SpecEdit, by: int | None = None) -> StoredDeployment:
@@ -108,6 +113,7 @@ class Registry:
     async def promote(self, project: str, ref: str) -> StoredDeployment:
         stored = await asyncio.to_thread(self.repo.promote, project, ref)
         self._relay.notify()
+        self.feed.changed(stored)
         return stored
 
     async def set_alias(self, project: str, ref: str, alias: str, version: int) -> tuple[AliasRow, bool]:
@@ -129,8 +135,10 @@ class Registry:
         return stored
 
     async def delete(self, project: str, ref: str) -> None:
-        await asyncio.to_thread(self.repo.delete_deployment, project, ref)
+        current = await asyncio.to_thread(self.repo.get_deployment, project, ref)
+        await asyncio.to_thread(self.repo.delete_deployment, project, current.row.id)
         self._relay.notify()
+        self.feed.deleted(project, current.row.id, current.row.name)
 
     async def logs(self, deployment_id: str, replica: str | None, tail: int, since: str | None) -> LogPage:
         """Ask the scheduler, which owns the replicas, for their log lines."""
@@ -160,6 +168,7 @@ class Registry:
             return
         SPEC_VERSIONS_ACCEPTED.inc()
         self._relay.notify()
+        self.feed.changed(stored)
 
 
 def dry_run_answer(current: StoredDeployment | None, spec: DeploymentSpec) -> DryRun:
