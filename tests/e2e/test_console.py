@@ -110,7 +110,7 @@ async def test_the_iris_deployment_through_every_page_of_the_console(
     await page.get_by_role("button", name="Create Deployment").click()
 
     # Ready shows on the details page without a reload (the SSE feed): a mark set on the page stays.
-    await page.get_by_role("heading", name="iris").wait_for()
+    await page.get_by_role("heading", name="iris", exact=True).wait_for()
     await page.evaluate("window.__sameDocument = true")
     await phase_shown(page, "Ready")
     await expect(page.locator(".current-instances")).to_contain_text("2 ready of 2 desired")
@@ -162,7 +162,7 @@ async def test_the_iris_deployment_through_every_page_of_the_console(
     await expect(verdict.locator("tr", has_text="description")).to_contain_text("applies live")
     await shot(page, "edit")
     await page.get_by_role("button", name="Update Deployment").click()
-    await page.get_by_role("heading", name="iris").wait_for()
+    await page.get_by_role("heading", name="iris", exact=True).wait_for()
     edited = await deployment(api)
     assert edited["spec_version"] == 2 and edited["spec"]["description"] == "iris, edited in the console"
     assert edited["spec"]["resources"]["cpu"] == 1 and edited["spec"]["name"] == "iris"
@@ -221,7 +221,7 @@ async def test_the_iris_deployment_through_every_page_of_the_console(
     await expect(page.locator("form tr", has_text="model.version")).to_contain_text("replaces replicas")
     await shot(page, "rollback")
     await page.get_by_role("button", name="Roll back").click()
-    await page.get_by_role("heading", name="iris").wait_for()
+    await page.get_by_role("heading", name="iris", exact=True).wait_for()
     rolled = await deployment(api)
     assert rolled["spec_version"] == 6 and rolled["spec"]["model"]["version"] == "1"
     assert "cpu" not in rolled["spec"]["resources"]
