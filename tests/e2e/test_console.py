@@ -5,7 +5,8 @@ what the page shows and what the API then says. The screenshots in docs/console/
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 from tests.e2e.browser import ARGS, CHROMIUM, missing
 from tests.e2e.conftest import REPO, Platform
 from tests.helpers import eventually
+from tests.servers.registry import RegistryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing() is not None, reason=missing() or "")]
 
@@ -42,7 +44,7 @@ IRIS_FORM = {
 
 
 @pytest.fixture
-async def page(platform: Platform) -> AsyncIterator[Any]:
+async def page() -> AsyncIterator[Any]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as driver:
@@ -248,3 +250,96 @@ async def test_the_iris_deployment_through_every_page_of_the_console(
     # A narrow window still reads.
     await page.set_viewport_size({"width": 420, "height": 800})
     await shot(page, "list-narrow")
+
+
+# -- the pages that read the metrics (contract A) and alerts (contract B) APIs -------------------------
+# Answered here by the browser (Playwright's routing) in those APIs' documented shapes, so the charts,
+# the list's figures and the alerts are checked whether or not those services are installed; the
+# test above checks what the pages say while they answer 404.
+
+NOW = 1_790_000_000
+SUMMARY = {"at": "2026-09-21T10:00:00Z", "window_seconds": 60, "request_rate": 12.5, "error_rate": 0.02,
+           "client_error_rate": 0.0, "latency_p50": 0.004, "latency_p95": 0.03, "latency_p99": 0.12,
+           "in_flight": 1, "cpu_percent": 35.0, "memory_percent": 20.0, "gpu_percent": None}  # fmt: skip
+ALERT = {"deployment_id": "d", "deployment": "stopped-one", "slug": "stopped-one", "name": "high-errors", "state": "firing",
+         "since": "2026-09-21T09:55:00Z", "value": 7.5, "metric": "error_rate_percent", "op": ">", "threshold": 5.0,
+         "for": "5m", "window": "5m"}  # fmt: skip
+
+
+def series(value: float | None, steps: int = 60) -> list[list[float | None]]:
+    return [[NOW - (steps - i) * 60, None if value is None or i < 10 else value] for i in range(steps)]
+
+
+def metrics_answer(deployment_id: str) -> dict[str, Any]:
+    names = {"request_rate": 12.5, "error_rate": 0.02, "client_error_rate": 0.0, "latency_p50": 0.004,
+             "latency_p95": 0.03, "latency_p99": 0.12, "in_flight": 1, "replicas_desired": 2, "replicas_ready": 2,
+             "restarts": 0, "cpu_percent": 35.0, "memory_percent": 20.0, "gpu_percent": None}  # fmt: skip
+    replica = {k: series(names[k]) for k in ("request_rate", "error_rate", "latency_p99", "cpu_percent", "memory_percent", "gpu_percent", "restarts")}
+    return {
+        "deployment_id": deployment_id, "version": None, "window_seconds": 3600, "step_seconds": 60,
+        "start": "2026-09-21T09:00:00Z", "end": "2026-09-21T10:00:00Z",
+        "series": {name: series(value) for name, value in names.items()},
+        "replicas": [{"replica_id": f"r{i}", "revision_id": "rev", "series": replica} for i in (1, 2)],
+        "current": SUMMARY,
+    }  # fmt: skip
+
+
+@pytest.fixture
+def registry(tmp_path: Path, nats_url: str) -> Iterator[RegistryProcess]:
+    process = RegistryProcess(tmp_path, nats_url)
+    try:
+        process.start()
+        yield process
+    finally:
+        process.stop()
+
+
+async def test_charts_list_figures_and_alerts_from_the_metrics_and_alerts_apis(registry: RegistryProcess, page: Any) -> None:
+    from playwright.async_api import Route, expect
+
+    async with registry.client() as api:
+        spec = {"name": "stopped-one", "image": "python:3.11", "enabled": False, "resources": {"ports": [8000]}}
+        created = (await api.post("/v1/deployments", json=spec)).json()
+    seen: list[str] = []
+
+    async def metrics(route: Route) -> None:
+        seen.append(route.request.url)
+        await route.fulfill(json=metrics_answer(created["deployment_id"]))
+
+    async def listing(route: Route) -> None:
+        answer = await route.fetch()
+        body = await answer.json()
+        for item in body["items"]:
+            item["status"]["metrics"] = SUMMARY
+        await route.fulfill(response=answer, json=body)
+
+    await page.route("**/v1/deployments/*/metrics?*", metrics)
+    await page.route("**/v1/deployments?*", listing)
+    await page.route("**/v1/deployments/*/alerts", lambda route: route.fulfill(json={"items": [ALERT]}))
+    await page.route("**/v1/alerts*", lambda route: route.fulfill(json={"items": [ALERT]}))
+    await page.context.add_init_script(f"sessionStorage.setItem('berth.token', {registry.token()!r})")
+
+    await page.goto(f"{registry.url}/ui/")
+    row = page.locator("tbody tr", has_text="stopped-one")
+    await expect(row).to_contain_text("12.5/s")
+    await expect(row).to_contain_text("120 ms")
+
+    await row.get_by_role("link", name="stopped-one").click()
+    charts = page.locator(".chart")
+    await expect(charts).to_have_count(6)
+    await expect(page.locator(".chart", has_text="Latency").locator(".legend")).to_contain_text("p99: 120 ms")
+    await expect(page.locator(".chart", has_text="Error rate").locator(".legend")).to_contain_text("5xx / failed: 2.00 %")
+    await expect(page.locator(".chart", has_text="CPU per replica").locator(".legend li")).to_have_count(2)
+    # No line is drawn through the steps without data: the path starts where the data does.
+    assert (await page.locator(".chart", has_text="Request rate").locator("path").get_attribute("d") or "").count("M") == 1
+    assert "window=1h&step=1m" in seen[-1]
+    await page.get_by_label("Time range").select_option("24h")
+    await eventually(lambda: "window=24h&step=15m" in seen[-1], what="the 24 h range asked for")
+    alerts = page.locator("section.card", has=page.get_by_role("heading", name="Alerts", exact=True))
+    await expect(alerts).to_contain_text("high-errors")
+    await expect(alerts).to_contain_text("error_rate_percent > 5 for 5m")
+    await shot(page, "details-metrics")
+
+    await page.get_by_role("link", name="Alerts").click()
+    await expect(page.locator("tbody tr", has_text="high-errors")).to_contain_text("firing")
+    await shot(page, "alerts-firing")

@@ -362,7 +362,7 @@ function alertRows(items) {
     h("thead", {}, h("tr", {}, ["Deployment", "Rule", "State", "Since", "Value"].map((c) => h("th", { scope: "col" }, c)))),
     h("tbody", {}, items.map((a) => h("tr", {},
       h("td", {}, a.deployment || a.deployment_name || a.deployment_id || "–"),
-      h("td", {}, a.name, a.metric ? h("span", { class: "muted" }, ` ${a.metric} ${a.op} ${a.threshold}`) : ""),
+      h("td", {}, a.name, a.metric ? h("span", { class: "muted" }, ` ${a.metric} ${a.op} ${a.threshold}${a.for && a.for !== "0s" ? ` for ${a.for}` : ""}`) : ""),
       h("td", {}, h("span", { class: `phase alert-${a.state}` }, a.state)), h("td", {}, when(a.since)), h("td", { class: "num" }, a.value ?? "–")))));
 }
 
@@ -688,7 +688,7 @@ async function logsPage(ref) {
 // --- alerts -----------------------------------------------------------------------------------------
 
 async function alertsPage() {
-  const state = h("select", { id: "alert-state", "aria-label": "State" }, [["", "All states"], ["firing", "Firing"], ["pending", "Pending"], ["resolved", "Resolved"]].map(([v, t]) => h("option", { value: v }, t)));
+  const state = h("select", { id: "alert-state", "aria-label": "State" }, [["", "Active (pending or firing)"], ["firing", "Firing"], ["pending", "Pending"], ["resolved", "Resolved"], ["inactive", "Inactive"]].map(([v, t]) => h("option", { value: v }, t)));
   const box = h("div");
   const load = async () => {
     const answer = await optional(`/alerts${state.value ? `?state=${state.value}` : ""}`);
@@ -697,7 +697,7 @@ async function alertsPage() {
       return;
     }
     const items = itemsOf(answer);
-    box.replaceChildren(items.length ? alertRows(items) : h("div", { class: "empty" }, h("h2", {}, state.value ? `No ${state.value} alerts` : "No alerts configured"), h("p", {}, "Add `alerts:` rules (metric, op, threshold, for) to a deployment's spec with Edit → YAML or `berth apply`.")));
+    box.replaceChildren(items.length ? alertRows(items) : h("div", { class: "empty" }, h("h2", {}, state.value ? `No ${state.value} alerts` : "No active alerts"), h("p", {}, "Nothing is pending or firing. Alerts come from `alerts:` rules (metric, op, threshold, for) in a deployment's spec (`berth apply`); each deployment's page lists its rules.")));
   };
   state.addEventListener("change", load);
   main.replaceChildren(h("div", { class: "page-head" }, h("h1", {}, "Alerts"), state), box);

@@ -15,7 +15,7 @@ export function format(value, unit) {
   if (unit === "s") return value < 1 ? `${(value * 1000).toFixed(value < 0.01 ? 1 : 0)} ms` : `${value.toFixed(2)} s`;
   if (unit === "%") return `${value.toFixed(1)} %`;
   if (unit === "ratio") return `${(value * 100).toFixed(2)} %`;
-  if (unit === "/s") return `${value < 10 ? value.toFixed(2) : value.toFixed(0)}/s`;
+  if (unit === "/s") return `${value.toFixed(value < 10 ? 2 : value < 100 ? 1 : 0)}/s`;
   return `${Number.isInteger(value) ? value : value.toFixed(2)}`;
 }
 
