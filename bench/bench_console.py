@@ -10,7 +10,8 @@ tab's sessionStorage, as after signing in), and reads the browser's Performance 
   its rows are rendered and its controls answer (the modules loaded, GET /v1/deployments read);
 - DOM interactive (the HTML parsed) from the navigation entry;
 - bytes transferred: the navigation's and every resource's transferSize (HTML, CSS, ES modules, the
-  API's JSON; headers included).
+  API's JSON; headers included; the registry gzips answers over 1 KiB);
+- how long the list's API call took (request sent to answer read), the part of the time the server has.
 
 First with no deployment, then with `--deployments` created through the API with `enabled: false`
 (no replica starts: what is measured is the console, not the machine running replicas).
@@ -43,6 +44,7 @@ MEASURE = """() => {
     tti: ready.startTime, domInteractive: nav.domInteractive,
     bytes: nav.transferSize + resources.reduce((n, r) => n + r.transferSize, 0),
     apiBytes: api.reduce((n, r) => n + r.transferSize, 0), requests: resources.length + 1,
+    listApi: Math.max(0, ...api.filter((r) => r.name.includes("/v1/deployments?")).map((r) => r.responseEnd - r.startTime)),
     rows: document.querySelectorAll("tbody tr").length,
   };
 }"""
@@ -68,7 +70,7 @@ def row(figures: dict[str, float]) -> str:
     return (
         f"interactive {figures['tti']:6.0f} ms   DOM interactive {figures['domInteractive']:5.0f} ms   "
         f"{figures['bytes'] / 1024:7.1f} KiB in {figures['requests']:.0f} requests "
-        f"(API {figures['apiBytes'] / 1024:.1f} KiB)   rows {figures['rows']:.0f}"
+        f"(API {figures['apiBytes'] / 1024:.1f} KiB)   GET /v1/deployments {figures['listApi']:4.0f} ms   rows {figures['rows']:.0f}"
     )
 
 
@@ -91,7 +93,7 @@ async def bench(deployments: int, runs: int, work: Path) -> None:
     async with berth_up(work) as (api, _router), async_playwright() as driver:
         browser = await driver.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         token = api.headers["Authorization"].removeprefix("Bearer ")
-        url = f"{api.base_url}ui/".replace("//ui", "/ui")
+        url = f"{str(api.base_url).rstrip('/')}/ui/"
         empty = await measure(browser, url, token, runs)
         await create_stopped(api, deployments)
         full = await measure(browser, url, token, runs)

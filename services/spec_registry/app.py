@@ -15,6 +15,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -58,6 +59,9 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     install_problem_handlers(app)
+    # Compressed answers for clients that ask (the console's list of 500 deployments: 450 KiB of
+    # JSON); Starlette leaves text/event-stream alone, so the SSE feed is not buffered.
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
     app.add_middleware(BodyLimit)
     app.middleware("http")(_observe)  # added last, so outermost: it also sees what BodyLimit refuses
     for module in (ops, events, deployments, admin):  # events before deployments/{ref}

@@ -297,9 +297,6 @@ def registry(tmp_path: Path, nats_url: str) -> Iterator[RegistryProcess]:
 async def test_charts_list_figures_and_alerts_from_the_metrics_and_alerts_apis(registry: RegistryProcess, page: Any) -> None:
     from playwright.async_api import Route, expect
 
-    async with registry.client() as api:
-        spec = {"name": "stopped-one", "image": "python:3.11", "enabled": False, "resources": {"ports": [8000]}}
-        created = (await api.post("/v1/deployments", json=spec)).json()
     seen: list[str] = []
 
     async def metrics(route: Route) -> None:
@@ -319,7 +316,20 @@ async def test_charts_list_figures_and_alerts_from_the_metrics_and_alerts_apis(r
     await page.route("**/v1/alerts*", lambda route: route.fulfill(json={"items": [ALERT]}))
     await page.context.add_init_script(f"sessionStorage.setItem('berth.token', {registry.token()!r})")
 
-    await page.goto(f"{registry.url}/ui/")
+    # Created from the YAML tab, as `berth apply` would read it (after one the API refused).
+    await page.goto(f"{registry.url}/ui/#/create")
+    await page.get_by_role("tab", name="YAML").click()
+    await page.locator("#yaml").fill("name: stopped-one\nimage: python:3.11\nresources: {ports: [8000]}\nreplica: 2\n")
+    await page.get_by_role("button", name="Create Deployment").click()
+    await expect(page.locator("#panel-yaml .error-summary")).to_contain_text("replica: unknown field")
+    await page.locator("#yaml").fill("name: stopped-one\nimage: python:3.11\nenabled: false\nresources: {ports: [8000]}\n")
+    await page.get_by_role("button", name="Create Deployment").click()
+    await page.get_by_role("heading", name="stopped-one", exact=True).wait_for()
+    async with registry.client() as api:
+        created = (await api.get("/v1/deployments/stopped-one")).json()
+    assert created["spec"] == {"name": "stopped-one", "image": "python:3.11", "enabled": False, "resources": {"ports": [8000]}}
+
+    await page.get_by_role("link", name="Deployments", exact=True).click()
     row = page.locator("tbody tr", has_text="stopped-one")
     await expect(row).to_contain_text("12.5/s")
     await expect(row).to_contain_text("120 ms")
