@@ -301,7 +301,8 @@ async def test_charts_list_figures_and_alerts_from_the_metrics_and_alerts_apis(r
 
     async def metrics(route: Route) -> None:
         seen.append(route.request.url)
-        await route.fulfill(json=metrics_answer(created["deployment_id"]))
+        deployment_id = route.request.url.split("/v1/deployments/")[1].split("/")[0]
+        await route.fulfill(json=metrics_answer(deployment_id))
 
     async def listing(route: Route) -> None:
         answer = await route.fetch()
