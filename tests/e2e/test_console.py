@@ -234,6 +234,13 @@ async def test_the_iris_deployment_through_every_page_of_the_console(
     await expect(page.locator("main")).to_contain_text("alert")
     await shot(page, "alerts")
 
+    # A narrow window still reads.
+    await page.get_by_role("link", name="Deployments", exact=True).click()
+    await expect(page.locator("tbody tr", has_text="iris")).to_be_visible()
+    await page.set_viewport_size({"width": 420, "height": 800})
+    await shot(page, "list-narrow")
+    await page.set_viewport_size({"width": 1280, "height": 800})
+
     # Delete: the seed's warnings and the name typed to confirm.
     await page.goto(f"{console}#/d/iris/delete")
     await expect(page.locator(".warning")).to_contain_text("This action cannot be undone!")
@@ -246,10 +253,6 @@ async def test_the_iris_deployment_through_every_page_of_the_console(
     await delete.click()
     await expect(page.get_by_role("heading", name="No deployments yet")).to_be_visible()
     assert (await api.get("/v1/deployments/iris")).status_code == 404
-
-    # A narrow window still reads.
-    await page.set_viewport_size({"width": 420, "height": 800})
-    await shot(page, "list-narrow")
 
 
 # -- the pages that read the metrics (contract A) and alerts (contract B) APIs -------------------------

@@ -115,7 +115,8 @@ async function listPage() {
   const count = h("p", { class: "muted", role: "status" }, "Loading…");
   const table = h("table", { class: "list" },
     h("caption", { class: "sr-only" }, "Deployments"),
-    h("thead", {}, h("tr", {}, ["Name", "Environment", "Model", "Replicas (ready/desired)", "Phase", "Requests", "p99"].map((c) => h("th", { scope: "col" }, c)))),
+    h("thead", {}, h("tr", {}, ["Name", "Environment", "Model", "Replicas (ready/desired)", "Phase", "Requests/s", "p99 latency"]
+      .map((c, i) => h("th", { scope: "col", class: [3, 5, 6].includes(i) ? "num" : null }, c)))),
     body);
   const empty = h("div", { class: "empty", hidden: true });
   main.replaceChildren(
