@@ -322,7 +322,10 @@ async def test_charts_list_figures_and_alerts_from_the_metrics_and_alerts_apis(r
 
     # Created from the YAML tab, as `berth apply` would read it (after one the API refused).
     await page.goto(f"{registry.url}/ui/#/create")
-    await page.get_by_role("tab", name="YAML").click()
+    await page.get_by_role("tab", name="Form").focus()
+    await page.keyboard.press("ArrowRight")  # the tabs answer the keyboard
+    await expect(page.get_by_role("tab", name="YAML")).to_have_attribute("aria-selected", "true")
+    await expect(page.locator("#yaml")).to_be_visible()
     await page.locator("#yaml").fill("name: stopped-one\nimage: python:3.11\nresources: {ports: [8000]}\nreplica: 2\n")
     await page.get_by_role("button", name="Create Deployment").click()
     await expect(page.locator("#panel-yaml .error-summary")).to_contain_text("replica: unknown field")
