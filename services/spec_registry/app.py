@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from libs.bus import DURABLE_REGISTRY_STATUS, STATUS, STATUS_EVENTS
@@ -47,6 +48,20 @@ from services.spec_registry.routes import admin, deployments, events, ops
 log = get_logger("spec_registry")
 # The web console (docs/console.md): static ES modules shipped as package data, no build step.
 CONSOLE = Path(__file__).parent / "console"
+# The console's pages run only their own files and talk only to this origin: an injected script could
+# neither run nor send the token elsewhere.
+CONSOLE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+class ConsoleFiles(StaticFiles):
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers["Content-Security-Policy"] = CONSOLE_CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -67,7 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (ops, events, deployments, admin):  # events before deployments/{ref}
         app.include_router(module.router)
     # The console under /ui: its pages call the same API with the user's token, like the CLI.
-    app.mount("/ui", StaticFiles(directory=CONSOLE, html=True), name="console")
+    app.mount("/ui", ConsoleFiles(directory=CONSOLE, html=True), name="console")
     app.add_api_route("/ui", lambda: RedirectResponse("/ui/"), include_in_schema=False)
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
     # A server span per request, continuing the caller's W3C `traceparent`; the events the request

@@ -321,7 +321,10 @@ async def test_charts_list_figures_and_alerts_from_the_metrics_and_alerts_apis(r
     await page.context.add_init_script(f"sessionStorage.setItem('berth.token', {registry.token()!r})")
 
     # Created from the YAML tab, as `berth apply` would read it (after one the API refused).
-    await page.goto(f"{registry.url}/ui/#/create")
+    served = await page.goto(f"{registry.url}/ui/#/create")
+    # Only the console's own files run, and they talk only to berth (the token cannot be sent away).
+    assert "script-src 'self'" in served.headers["content-security-policy"]
+    assert "connect-src 'self'" in served.headers["content-security-policy"]
     await page.get_by_role("tab", name="Form").focus()
     await page.keyboard.press("ArrowRight")  # the tabs answer the keyboard
     await expect(page.get_by_role("tab", name="YAML")).to_have_attribute("aria-selected", "true")
