@@ -374,6 +374,7 @@ class Launcher:
         absent = "" if registry else "  [yellow](services.spec_registry is not present)[/]"
         lines = [
             f"[bold]API[/]          {api}{absent}",
+            f"[bold]Console[/]      {api}/ui/",
             f"[bold]Router[/]       {router}/<project>/<deployment>/",
             f"[bold]Admin token[/]  {escape(str(s.token_file))}  (the CLI reads it)",
             f"[bold]NATS[/]         {escape(self.nats_url)}",

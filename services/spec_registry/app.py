@@ -10,11 +10,16 @@ import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from nats.js.api import DeliverPolicy
+from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from libs.bus import (
@@ -29,10 +34,12 @@ from libs.secrets import SecretStore
 from libs.store import migrate, open_store
 from services.spec_registry.alerts import AlertBoard
 from services.spec_registry.auth import TokenCache, bootstrap_admin
+from services.spec_registry.live import DeploymentFeed
 from services.spec_registry.metrics import REQUESTS
 from services.spec_registry.outbox import OutboxRelay
 from services.spec_registry.limits import EVENT_ENVELOPE_BYTES, MAX_SPEC_BYTES, BodyLimit
 from services.spec_registry.problems import (
+    NotFound,
     install_problem_handlers,
     problems_in_openapi,
     unexpected_error_response,
@@ -40,9 +47,25 @@ from services.spec_registry.problems import (
 from services.spec_registry.registry import Registry
 from services.spec_registry.relay_lock import RelayLock
 from services.spec_registry.repository import Repository
-from services.spec_registry.routes import admin, alerts, deployments, ops
+from services.spec_registry.routes import admin, alerts, deployments, events, ops
 
 log = get_logger("spec_registry")
+# The web console (docs/console.md): static ES modules shipped as package data, no build step.
+CONSOLE = Path(__file__).parent / "console"
+# The console's pages run only their own files and talk only to this origin: an injected script could
+# neither run nor send the token elsewhere.
+CONSOLE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+class ConsoleFiles(StaticFiles):
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers["Content-Security-Policy"] = CONSOLE_CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -55,10 +78,16 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     install_problem_handlers(app)
+    # Compressed answers for clients that ask (the console's list of 500 deployments: 450 KiB of
+    # JSON); Starlette leaves text/event-stream alone, so the SSE feed is not buffered.
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
     app.add_middleware(BodyLimit)
     app.middleware("http")(_observe)  # added last, so outermost: it also sees what BodyLimit refuses
-    for module in (ops, deployments, alerts, admin):
+    for module in (ops, events, deployments, alerts, admin):  # events before deployments/{ref}
         app.include_router(module.router)
+    # The console under /ui: its pages call the same API with the user's token, like the CLI.
+    app.mount("/ui", ConsoleFiles(directory=CONSOLE, html=True), name="console")
+    app.add_api_route("/ui", lambda: RedirectResponse("/ui/"), include_in_schema=False)
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
     # A server span per request, continuing the caller's W3C `traceparent`; the events the request
     # commits keep its context (outbox headers), so the trace goes on through every service.
@@ -89,8 +118,15 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         _check_max_payload(connection.max_payload)
         relay = OutboxRelay(repo, service.broker, lock=RelayLock(settings.sqlalchemy_url))
 
+        feed = DeploymentFeed()
+
         async def on_status(event: DeploymentStatusChanged) -> None:
-            await asyncio.to_thread(repo.save_status, event)
+            if await asyncio.to_thread(repo.save_status, event) and feed.clients(event.project):
+                try:
+                    stored = await asyncio.to_thread(repo.get_deployment, event.project, event.deployment_id)
+                except NotFound:
+                    return  # deleted since: its `deleted` went out with the delete
+                feed.changed(stored)
 
         # Pull: several registry instances share the read model's writes.
         service.subscribe(
@@ -116,7 +152,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         secrets = await SecretStore.open(js, Sealer.from_settings(settings))  # it only seals
         if indexed := await asyncio.to_thread(repo.backfill_secret_names, await secrets.stored_names()):
             log.info("secret names indexed", secrets=indexed)
-        app.state.registry = Registry(repo, secrets, relay, connection, board)
+        app.state.registry = Registry(repo, secrets, relay, connection, feed, board)
         app.state.tokens = TokenCache(repo)
         app.state.bus = connection
         relay.start()

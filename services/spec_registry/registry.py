@@ -23,6 +23,7 @@ from libs.events import DeploymentScaled, utcnow
 from libs.secrets import SecretStore
 from libs.spec import DeploymentSpec, SpecError, SpecInvalid, secret_name, validate_spec
 from services.spec_registry.metrics import SPEC_VERSIONS_ACCEPTED
+from services.spec_registry.live import DeploymentFeed
 from services.spec_registry.outbox import OutboxRelay
 from libs.store import AliasRow, WebhookRow
 from services.spec_registry.alerts import MAX_WEBHOOKS, AlertBoard, check_webhook, valid_url
@@ -39,11 +40,18 @@ SpecEdit = Callable[[dict[str, Any]], dict[str, Any]]
 
 class Registry:
     def __init__(
-        self, repo: Repository, secrets: SecretStore, relay: OutboxRelay, nc: Client, alerts: AlertBoard | None = None
+        self,
+        repo: Repository,
+        secrets: SecretStore,
+        relay: OutboxRelay,
+        nc: Client,
+        feed: DeploymentFeed,
+        alerts: AlertBoard | None = None,
     ) -> None:
         self.repo = repo
         self.alerts = alerts or AlertBoard()
         self.secrets = secrets
+        self.feed = feed  # what the API changes is shown at once to the console (GET /v1/deployments/events)
         self._relay = relay
         self._nc = nc
 
@@ -100,6 +108,7 @@ class Registry:
         stored = await asyncio.to_thread(self.repo.scale_deployment, project, ref, replicas)
         if not stored.unchanged:
             self._relay.notify()
+            self.feed.changed(stored)
         return stored
 
     async def change(self, project: str, ref: str, edit: SpecEdit, by: int | None = None) -> StoredDeployment:
@@ -121,6 +130,7 @@ class Registry:
     async def promote(self, project: str, ref: str) -> StoredDeployment:
         stored = await asyncio.to_thread(self.repo.promote, project, ref)
         self._relay.notify()
+        self.feed.changed(stored)
         return stored
 
     async def set_alias(self, project: str, ref: str, alias: str, version: int) -> tuple[AliasRow, bool]:
@@ -142,8 +152,10 @@ class Registry:
         return stored
 
     async def delete(self, project: str, ref: str) -> None:
-        await asyncio.to_thread(self.repo.delete_deployment, project, ref)
+        current = await asyncio.to_thread(self.repo.get_deployment, project, ref)
+        await asyncio.to_thread(self.repo.delete_deployment, project, current.row.id)
         self._relay.notify()
+        self.feed.deleted(project, current.row.id, current.row.name)
 
     async def set_webhook(self, project: str, url: str, secret: str) -> tuple[WebhookRow, WebhookOutcome]:
         """Add or update a webhook; its key must be a secret of the project (checked, never read here)."""
@@ -214,6 +226,7 @@ class Registry:
             return
         SPEC_VERSIONS_ACCEPTED.inc()
         self._relay.notify()
+        self.feed.changed(stored)
 
 
 def dry_run_answer(current: StoredDeployment | None, spec: DeploymentSpec) -> DryRun:

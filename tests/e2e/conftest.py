@@ -117,8 +117,9 @@ def platform(
     try:
         for service in (*SERVICES, *extra_services):
             platform.start(service)
-        wait_for_port("127.0.0.1", ports["API_PORT"], timeout=90)  # importing the registry takes 25 s on a loaded machine
-        wait_for_port("127.0.0.1", ports["ROUTER_PORT"], timeout=30)
+        # Generous: importing a service takes over 30 s on a loaded 2-core machine (load 20 seen).
+        wait_for_port("127.0.0.1", ports["API_PORT"], timeout=90)
+        wait_for_port("127.0.0.1", ports["ROUTER_PORT"], timeout=90)
         yield platform
     finally:
         platform.stop_all()

@@ -114,6 +114,11 @@ async def test_up_apply_history_stop_and_up_again(
     await eventually(lambda: "berth is up" in berth.output(), timeout=60, what="the ready panel")
     assert await berth.healthy()
     assert str(berth.data_dir / "logs" / "spec_registry.log") in berth.output()
+    # The web console's address is printed, and berth serves it there (docs/console.md).
+    assert f"{berth.api_url}/ui/" in berth.output()
+    async with httpx.AsyncClient() as browser:
+        page = await browser.get(f"{berth.api_url}/ui/")
+    assert page.status_code == 200 and '<script type="module" src="app.js">' in page.text
 
     first = berth.cli("apply", "-f", str(write_spec(tmp_path / "echo.yaml")))
     assert first.exit_code == 0, first.output
