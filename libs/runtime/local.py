@@ -290,6 +290,17 @@ class LocalRuntime:
         self._secrets_gate(workload.name).set()
         await self._scale(workload)
 
+    async def scale(self, name: str, replicas: int) -> None:
+        workload = self._workloads.get(name)
+        if workload is None:
+            return
+        if replicas < 0:
+            raise InvalidWorkload(f"workload {name} asks for {replicas} replicas")
+        workload = replace(workload, replicas=replicas)
+        self._workloads[name] = workload
+        self._save_workload(workload)
+        await self._scale(workload)  # the secrets gate stays as apply left it: a scale up still waits
+
     async def delete(self, name: str) -> None:
         self._workloads.pop(name, None)
         self._secrets_known.pop(name, None)
