@@ -33,7 +33,7 @@ from libs.spec import is_secret_ref, secret_name
 
 @dataclass(frozen=True)
 class Call:
-    method: str  # apply, delete, restart
+    method: str  # apply, scale, delete, restart
     name: str  # workload name, or replica id for restart
     replicas: int | None = None
 
@@ -69,6 +69,15 @@ class FakeRuntime:
         if not workload.command:
             raise InvalidWorkload(f"workload {workload.name} has no command")
         self.calls.append(Call("apply", workload.name, workload.replicas))
+        await self._resize(workload)
+
+    async def scale(self, name: str, replicas: int) -> None:
+        self.calls.append(Call("scale", name, replicas))
+        if (workload := self._workloads.get(name)) is None:
+            return
+        await self._resize(replace(workload, replicas=replicas))
+
+    async def _resize(self, workload: Workload) -> None:
         self._workloads[workload.name] = workload
         mine = sorted(self._of(workload.name), key=lambda r: (r.created_at, r.replica_id))
         for _ in range(workload.replicas - len(mine)):

@@ -7,6 +7,7 @@ running, restarts a replica whose process exits (with exponential back-off, as t
 reports what actually runs (`replicas`). The mapping to Kubernetes is one to one:
 
     apply(workload)       -> create/patch Deployment + Service (+ Secret for env)
+    scale(name, n)        -> the Deployment's scale subresource (the template is left as it is)
     delete(name)          -> delete Deployment, Service, Secret
     workloads()           -> list Deployments labelled berth
     replicas(name)        -> list Pods of the Deployment, with their status
@@ -168,6 +169,11 @@ class Runtime(Protocol):
 
     async def apply(self, workload: Workload) -> None:
         """Create the workload or bring it to `workload.replicas`; idempotent."""
+
+    async def scale(self, name: str, replicas: int) -> None:
+        """Bring a workload to `replicas` and change nothing else (a workload it does not hold: nothing).
+        A count alone needs no template: the scheduler never re-applies a workload read back from
+        `workloads()`, which need not hold what it was applied with (secret values, probes ...)."""
 
     async def delete(self, name: str) -> None:
         """Stop every replica of the workload (graceful: SIGTERM, then SIGKILL) and forget it."""

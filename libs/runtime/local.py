@@ -273,7 +273,7 @@ class LocalRuntime:
                 orphans.append(supervised)  # its workload was deleted while this one kept running
             log.info("replica adopted" if supervised.shim else "replica found ended", **self._ids(supervised))
         self._terminate_unknown_shims()
-        await asyncio.gather(*(self._stop(s) for s in orphans))
+        await self._stop_all(orphans)
         self._pruner = asyncio.create_task(self._prune_every(LOGS_PRUNE_INTERVAL_SECONDS))
         for workload in self._workloads.values():
             if self._secrets_gate(workload.name).is_set():
@@ -287,7 +287,7 @@ class LocalRuntime:
             await cancel_and_wait([self._pruner])
         if stop_replicas:
             while self._replicas:
-                await asyncio.gather(*(self._stop(s) for s in list(self._replicas.values())))
+                await self._stop_all(list(self._replicas.values()))
             return
         # Let go: the shims run on, for the next runtime to adopt.
         await cancel_and_wait([s.task for s in self._replicas.values() if s.task is not None])
@@ -308,11 +308,22 @@ class LocalRuntime:
         self._secrets_gate(workload.name).set()
         await self._scale(workload)
 
+    async def scale(self, name: str, replicas: int) -> None:
+        workload = self._workloads.get(name)
+        if workload is None:
+            return
+        if replicas < 0:
+            raise InvalidWorkload(f"workload {name} asks for {replicas} replicas")
+        workload = replace(workload, replicas=replicas)
+        self._workloads[name] = workload
+        self._save_workload(workload)
+        await self._scale(workload)  # the secrets gate stays as apply left it: a scale up still waits
+
     async def delete(self, name: str) -> None:
         self._workloads.pop(name, None)
         self._secrets_known.pop(name, None)
         (self.state_dir / WORKLOADS_DIR / f"{name}.json").unlink(missing_ok=True)
-        await asyncio.gather(*(self._stop(s) for s in self._of(name)))
+        await self._stop_all(self._of(name))
 
     async def workloads(self) -> list[Workload]:
         return list(self._workloads.values())
@@ -629,7 +640,7 @@ class LocalRuntime:
         current = sorted(self._of(workload.name), key=lambda s: s.created_at)
         for _ in range(0 if self._closing else workload.replicas - len(current)):
             self._create(workload)
-        await asyncio.gather(*(self._stop(s) for s in current[workload.replicas :]))  # newest go first
+        await self._stop_all(current[workload.replicas :])  # newest go first
 
     def _create(self, workload: Workload) -> None:
         replica_id = self._new_replica_id(workload.name)
@@ -651,6 +662,13 @@ class LocalRuntime:
         s.save()
         self._replicas[replica_id] = s
         s.task = asyncio.create_task(self._supervise(s, launch=True))
+
+    async def _stop_all(self, replicas: Iterable[_Supervised]) -> None:
+        """Stop replicas and wait until they are stopped. A stop is shared by whoever waits for it (a
+        reconcile scaling down, `close`): a caller cancelled while it waits (the scheduler cancels its
+        reconciles when it shuts down) must not cancel the stop itself, which would leave the replica
+        half stopped and every other waiter with a CancelledError."""
+        await asyncio.shield(asyncio.gather(*(self._stop(s) for s in replicas)))
 
     def _stop(self, s: _Supervised) -> asyncio.Task[int | None]:
         """Stop a replica gracefully and forget it; marks it stopping at once (so a second apply

@@ -18,6 +18,7 @@ from libs.bus import (
     SPEC_EVENTS,
     STATUS_EVENTS,
     TRAFFIC_EVENTS,
+    all_events,
     latest_per_subject,
 )
 from libs.config import Settings
@@ -60,7 +61,9 @@ async def start_scheduler(settings: Settings, runtime: Runtime | None = None) ->
     secrets = await SecretStore.open(js, Sealer.from_settings(settings))
     reconciler = Reconciler(runtime, secrets, service.publish, drain_seconds=settings.traffic_drain_seconds)
     reconciler.rebuild(
-        specs=await latest_per_subject(js, SPEC_EVENTS),
+        # Every spec version, not only the newest: a revision still running (an update's previous one) is
+        # rendered from its own spec when a rollback restores it, never from what the runtime reads back.
+        specs=await all_events(js, SPEC_EVENTS),
         scales=await latest_per_subject(js, SCALE_EVENTS),
         replicas=await latest_per_subject(js, REPLICA_EVENTS),
         health=await latest_per_subject(js, HEALTH_EVENTS),

@@ -200,10 +200,12 @@ class Reconciler:
         if isinstance(event, DeploymentDeleted):
             state.deleted, state.applied = event, None
         elif state.applied is not None and state.applied.spec_version >= event.spec_version:
+            state.learn_spec(event)  # an earlier version (the history read on start): its revision may still run
             return False
         else:
             state.applied = event
             state.learn_version(event)
+            state.learn_spec(event)
         DEPLOYMENTS.set(sum(s.applied is not None for s in self._states.values()))
         return True
 
@@ -436,15 +438,16 @@ class Reconciler:
         rolled_back = state.rolled_back == desired.revision_id
         came_up = state.came_up == desired.revision_id
         promoted = state.promoted >= desired.applied.spec_version
-        plans = plan_revisions(desired, observed, ready, now, since, rolled_back, came_up, promoted)  # 2. revisions
+        specs = state.specs
+        plans = plan_revisions(desired, observed, ready, now, since, rolled_back, came_up, promoted, specs)  # 2.
         if not plans[0].complete:
             state.came_up = desired.revision_id
-        fallback = not rolled_back and can_roll_back(desired, observed, ready)  # an update, not a first start
+        fallback = not rolled_back and can_roll_back(desired, observed, ready, specs)  # an update, not a first start
         why = self._give_up(deployment_id, state, desired, plans[0], ready, now) if fallback else None
         if why is not None:
             state.rolled_back, state.rolled_back_why = desired.revision_id, why
             log.warning("update rolled back", revision_id=desired.revision_id, reason=why)
-            plans = plan_revisions(desired, observed, ready, now, since, rolled_back=True, came_up=came_up)
+            plans = plan_revisions(desired, observed, ready, now, since, rolled_back=True, came_up=came_up, specs=specs)
         state.canary_tally = analysed(desired, plans[0], state.canary_tally)
         self._wake_after_hold(deployment_id, state, desired, state.completed(desired.revision_id, plans[0].complete, now))
         state.keep_revisions(p.revision_id for p in plans)
@@ -458,7 +461,7 @@ class Reconciler:
             if plan.current:
                 error = why
             elif why:
-                log.warning("aliased version cannot run", revision_id=plan.revision_id, reason=why)
+                log.warning("revision cannot run", revision_id=plan.revision_id, reason=why)
         before = state.alias_serving
         state.alias_serving = aliases.resolve(state.wanted_aliases(), before, ready_revisions(plans, ready))
         resolved = {alias: t.spec_version for alias, t in state.alias_serving.items()}
@@ -522,24 +525,26 @@ class Reconciler:
 
     async def _target(self, state: DeploymentState, plan: RevisionPlan) -> tuple[Workload | None, str | None]:
         """The workload a revision's plan wants, or why its spec cannot run. Nothing to render while no
-        replica should run (stopping needs no secret), nor while its integrations are not ready."""
-        if plan.restore and plan.workload is not None:  # rolled back to: the workload as it runs, grown
-            return replace(plan.workload, replicas=plan.keep), None
-        if plan.keep == 0 or plan.applied is None:
+        replica should run (stopping needs no secret), nor while its integrations are not ready.
+        Always rendered from the spec version the revision runs (a restored one's too), never from the
+        workload read back from the runtime: that lacks what a runtime does not echo (secret values;
+        on Kubernetes probes, resources, integrations), so applying it would change what runs."""
+        applied = plan.applied
+        if plan.keep == 0 or applied is None:
             return None, None
         integrations = state.integrations.get(plan.revision_id)
-        if plan.applied.spec.integrations and not isinstance(integrations, IntegrationsReady):
+        if applied.spec.integrations and not isinstance(integrations, IntegrationsReady):
             return None, integrations.reason if isinstance(integrations, IntegrationsFailed) else None
         try:
-            env = await resolve_env(plan.applied.spec, plan.applied.project, self._secrets)
+            env = await resolve_env(applied.spec, applied.project, self._secrets)
             credentials = (
-                await resolve_integration_secrets(plan.applied.spec, plan.applied.project, self._secrets)
+                await resolve_integration_secrets(applied.spec, applied.project, self._secrets)
                 if self._runtime.fetches_integrations
                 else {}
             )
         except RenderError as exc:
             return None, str(exc)
-        return render(plan.applied, env, plan.keep, integrations, credentials), None
+        return render(applied, env, plan.keep, integrations, credentials), None
 
     async def _grow(self, plan: RevisionPlan, target: Workload | None) -> str | None:
         """Create the desired revision's workload, or bring it up to its count (never down: that waits
@@ -584,9 +589,10 @@ class Reconciler:
             if plan.retire:
                 log.info("removing workload", workload=plan.workload.name, reason=reason)
                 await self._runtime.delete(plan.workload.name)
-            else:
-                shrunk = targets.get(plan.revision_id) or plan.workload
-                await self._runtime.apply(replace(shrunk, name=plan.workload.name, replicas=plan.keep))
+            elif (target := targets.get(plan.revision_id)) is not None:  # rendered from its spec
+                await self._runtime.apply(replace(target, name=plan.workload.name, replicas=plan.keep))
+            else:  # a count alone: never the workload read back, which would change what runs
+                await self._runtime.scale(plan.workload.name, plan.keep)
 
     async def _drain(self) -> None:
         """Give routers time to apply the assignment just published before replicas it removed are

@@ -11,7 +11,7 @@ published: the plan names them so that the reconciler can do it in that order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -65,6 +65,7 @@ def plan_revisions(
     rolled_back: bool = False,
     came_up: bool = True,
     promoted: bool = False,
+    specs: Mapping[str, SpecApplied] | None = None,
 ) -> list[RevisionPlan]:
     """The desired revision first, then every previous one still running, then pinned ones to start.
     `complete_since`: when the desired revision first had all its replicas ready (blue-green's hold).
@@ -72,8 +73,11 @@ def plan_revisions(
     revision with a ready replica serves alone at the desired count again. `came_up`: the desired
     revision was seen without all its replicas ready; one that was complete from the start (a rollback
     to a running revision, a canary's abort) takes all traffic at once instead of a canary's steps.
-    `promoted`: the user promoted this update: no canary step and no blue-green hold any more."""
-    if rolled_back and (restored := _rolled_back(desired, observed, ready)) is not None:
+    `promoted`: the user promoted this update: no canary step and no blue-green hold any more.
+    `specs`: revision -> the spec version it runs; a rollback restores only a revision whose spec is
+    known, for it is rendered from that spec (as a Knative Revision's Pods come from the Revision, not
+    from the Deployment it owns), never from the workload read back."""
+    if rolled_back and (restored := _rolled_back(desired, observed, ready, specs or {})) is not None:
         return restored
     strategy = desired.applied.spec.updateStrategy
     mine = [o for o in observed if o.revision_id == desired.revision_id]
@@ -121,28 +125,36 @@ def plan_revisions(
     return plans
 
 
-def can_roll_back(desired: Desired, observed: Sequence[ObservedWorkload], ready: set[str]) -> bool:
-    """Whether a previous revision (not one an alias pins) has a ready replica to fall back to."""
-    return _stable(desired, observed, ready) is not None
+def can_roll_back(
+    desired: Desired, observed: Sequence[ObservedWorkload], ready: set[str], specs: Mapping[str, SpecApplied]
+) -> bool:
+    """Whether a previous revision (not one an alias pins) with a known spec has a ready replica to
+    fall back to."""
+    return _stable(desired, observed, ready, specs) is not None
 
 
-def _stable(desired: Desired, observed: Sequence[ObservedWorkload], ready: set[str]) -> ObservedWorkload | None:
+def _stable(
+    desired: Desired, observed: Sequence[ObservedWorkload], ready: set[str], specs: Mapping[str, SpecApplied]
+) -> ObservedWorkload | None:
     previous = [
         o for o in observed
         if o.revision_id != desired.revision_id and o.revision_id not in desired.pinned
-        and any(r.replica_id in ready for r in o.live)
+        and o.revision_id in specs and any(r.replica_id in ready for r in o.live)
     ]  # fmt: skip
     return max(previous, key=_age) if previous else None
 
 
-def _rolled_back(desired: Desired, observed: Sequence[ObservedWorkload], ready: set[str]) -> list[RevisionPlan] | None:
-    stable = _stable(desired, observed, ready)
+def _rolled_back(
+    desired: Desired, observed: Sequence[ObservedWorkload], ready: set[str], specs: Mapping[str, SpecApplied]
+) -> list[RevisionPlan] | None:
+    stable = _stable(desired, observed, ready, specs)
     if stable is None:
         return None
     plans = []
     for o in observed:
         if o is stable:
-            plans.append(RevisionPlan(o.revision_id, False, o, desired.replicas, restore=True))
+            restored = specs[o.revision_id]
+            plans.append(RevisionPlan(o.revision_id, False, o, desired.replicas, applied=restored, restore=True))
         elif (pinned := desired.pinned.get(o.revision_id)) is not None:
             plans.append(_pinned_plan(o, pinned, serving=False))
         else:

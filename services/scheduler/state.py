@@ -37,6 +37,9 @@ class DeploymentState:
     aliases: dict[str, DeploymentAliasSet] = field(default_factory=dict)  # newest per alias (removals too)
     alias_serving: dict[str, AliasTarget] = field(default_factory=dict)  # what each alias resolved to last
     versions: dict[str, list[int]] = field(default_factory=dict)  # revision -> spec versions running it
+    # revision -> the newest spec version of it: what the revision is rendered from whenever it is
+    # (re)applied (a rollback restoring it, a scale down, after a restart), never the workload read back.
+    specs: dict[str, SpecApplied] = field(default_factory=dict)
     health: dict[str, ReplicaHealthChanged] = field(default_factory=dict)  # by replica id
     # The newest integrations outcome per revision (only revisions with integrations have one).
     integrations: dict[str, IntegrationsEvent] = field(default_factory=dict)
@@ -66,6 +69,13 @@ class DeploymentState:
             versions.sort()
             del versions[:-MAX_VERSIONS_PER_REVISION]
 
+    def learn_spec(self, applied: SpecApplied) -> None:
+        """Remember the spec of `applied`'s revision (the newest version of it wins)."""
+        revision = revision_id(applied.spec)
+        known = self.specs.get(revision)
+        if known is None or known.spec_version < applied.spec_version:
+            self.specs[revision] = applied
+
     def wanted_aliases(self) -> dict[str, AliasTarget]:
         return {alias: e.target for alias, e in self.aliases.items() if e.target is not None}
 
@@ -84,8 +94,9 @@ class DeploymentState:
         keep = set(revisions)
         for revision in [r for r in self.versions if r not in keep]:
             del self.versions[revision]
-        for revision in [r for r in self.integrations if r not in keep]:
-            del self.integrations[revision]
+        for held in (self.integrations, self.specs):
+            for revision in [r for r in held if r not in keep]:
+                del held[revision]
 
     def forget_replicas(self, present: set[str]) -> None:
         """Drop what is held about replicas that no longer run here."""

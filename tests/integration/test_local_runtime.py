@@ -472,6 +472,33 @@ async def test_close_with_stop_replicas_leaves_no_process(runtime: LocalRuntime,
     assert sorted(p.name for p in state_dir.iterdir()) == ["_retained_logs", "_workloads"]
 
 
+async def test_a_scale_down_cancelled_midway_still_stops_the_replica_and_close_waits_for_it(
+    runtime: LocalRuntime, recorder: Recorder, state_dir: Path
+) -> None:
+    """The scheduler cancels a reconcile that is scaling down when it shuts down, then closes the
+    runtime with stop_replicas: the stop the reconcile began goes on, and close neither fails nor
+    leaves the replica behind."""
+    stubborn = (sys.executable, "-c", IGNORES_SIGTERM)  # its stop takes the grace period: time to cancel
+    await runtime.apply(workload(replicas=1, command=stubborn))
+    (replica,) = await runtime.replicas()
+    await eventually(lambda: logged(runtime, replica.replica_id, "stubborn"), what="SIGTERM ignored")
+    scaling_down = asyncio.create_task(runtime.scale(workload().name, 0))
+
+    async def stopping() -> bool:
+        return [r.state for r in await runtime.replicas()] == ["stopping"]
+
+    await eventually(stopping, what="the stop under way")
+    scaling_down.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await scaling_down
+
+    await runtime.close(stop_replicas=True)
+
+    assert gone(replica.pid or 0)
+    assert [e.replica.replica_id for e in recorder.of("stopped")] == [replica.replica_id]
+    assert [p.name for p in state_dir.iterdir()] == ["_workloads"]
+
+
 async def test_logs_show_what_the_replica_printed(runtime: LocalRuntime) -> None:
     await runtime.apply(workload(replicas=1))
     [replica] = await running(runtime, 1)

@@ -252,7 +252,7 @@ async def test_stop_then_start(world: World) -> None:
     await world.reconcile()
     assignment = world.assignment()
     assert (assignment.enabled, assignment.targets) == (False, [])
-    assert world.timeline.index(assignment) < world.timeline.index(Call("apply", f"default-iris-{rev}", 0))
+    assert world.timeline.index(assignment) < world.timeline.index(Call("scale", f"default-iris-{rev}", 0))
     assert {e.reason for e in world.of(ReplicaStopped)} == {"stopped (enabled: false)"}
     assert await world.runtime.replicas() == []
     assert (world.status().phase, world.status().desired_replicas) == ("Stopped", 0)

@@ -7,7 +7,7 @@ ready >= desired - maxUnavailable and running <= desired + maxSurge."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -203,7 +203,7 @@ async def test_aborting_a_canary_sends_all_traffic_back_at_once(world: World) ->
     world.apply(spec(replicas=2))  # the previous spec again (berth deployments rollback)
     await world.reconcile()
     assert world.serving() == {old_rev: (100, old)}
-    assert not any(c.method == "apply" and c.name.endswith(old_rev) and c.replicas != 2 for c in world.calls())
+    assert not any(c.method in ("apply", "scale") and c.name.endswith(old_rev) and c.replicas != 2 for c in world.calls())
     assert sorted(e.replica_id for e in world.of(ReplicaStopped)) == canary
 
 
@@ -289,3 +289,33 @@ async def test_an_update_in_a_crash_loop_is_rolled_back_before_its_deadline(worl
     assert world.serving().get(revision_id(crashing), (0, []))[1] == []
     status = world.status()
     assert status.phase == "Degraded" and "restarted 3 times without getting ready" in status.reason
+
+
+async def test_a_rollback_after_a_restart_restores_the_previous_revision_from_its_spec(world: World) -> None:
+    """A new scheduler adopts what runs, and the runtime reads a workload back without its secret
+    values (the local runtime never writes them to disk). The rollback grows the previous revision
+    from its own spec version (read from the spec stream), so its new replica has the value."""
+    world.secrets.values["apiKey"] = "the-key"
+    stable = spec(replicas=2, env=[{"name": "API_KEY", "value": "secret:apiKey"}],
+                  updateStrategy={"type": "rolling", "maxSurge": 0, "maxUnavailable": 1})  # fmt: skip
+    await world.running(stable)
+    crashing = stable.model_copy(update={"command": ["python", "crash.py"]})
+    first, update = world.reconciler.applied(DID), world.apply(crashing)
+    await world.reconcile()  # the previous revision is scaled down to 1 for the update's first replica
+    await world.reconcile()
+    name = next(w.name for w in await world.runtime.workloads() if w.revision_id == revision_id(stable))
+    world.runtime._workloads[name] = replace(world.runtime._workloads[name], env={})  # as read back
+
+    world.reconciler = reconcile.Reconciler(world.runtime, world.secrets, world.publish)  # a restart
+    world.reconciler.rebuild(specs=[first, update])  # every version, as the scheduler reads BERTH_SPECS
+    await world.ready()
+    (replica,) = await world.replica_ids(revision_id(crashing))
+    for _ in range(3):
+        world.runtime.crash(replica, exit_code=1)
+        world.runtime.recover(replica)
+        await world.ready(*await world.replica_ids(revision_id(stable)))
+        await world.reconcile()
+
+    assert world.status().phase == "Degraded" and world.status().rolled_back_version == update.spec_version
+    (restored,) = await world.runtime.workloads()
+    assert (restored.revision_id, restored.replicas, restored.env["API_KEY"]) == (revision_id(stable), 2, "the-key")

@@ -154,28 +154,44 @@ class KubernetesRuntime:
         current = await self._read(self.apps.read_namespaced_deployment, workload.name)
         digest = r.APPLIED_ANNOTATION
         if current is not None and workload.replicas < current["spec"].get("replicas", 0):
-            await self._mark_leaving(workload)
+            await self._mark_leaving(workload.name, workload.replicas)
         if current is None or current["metadata"].get("annotations", {}).get(digest) != desired["metadata"][
             "annotations"
         ][digest]:
             await self._call(self._apply, self.apps.patch_namespaced_deployment, desired)
         elif current["spec"].get("replicas") != workload.replicas:
-            await self._call(
-                self.apps.patch_namespaced_deployment_scale,
-                workload.name,
-                self.namespace,
-                {"spec": {"replicas": workload.replicas}},
-                _preload_content=False,
-            )
+            await self._patch_scale(workload.name, workload.replicas)
         self._spec_ids[workload.name] = workload.spec_id
 
-    async def _mark_leaving(self, workload: Workload) -> None:
+    async def scale(self, name: str, replicas: int) -> None:
+        """Through the scale subresource: the Pod template stays what `apply` made it."""
+        current = await self._read(self.apps.read_namespaced_deployment, name)
+        if current is None or current["spec"].get("replicas") == replicas:
+            return
+        if replicas < current["spec"].get("replicas", 0):
+            await self._mark_leaving(name, replicas)
+        try:
+            await self._patch_scale(name, replicas)
+        except ApiException as exc:
+            if exc.status != NOT_FOUND:  # deleted meanwhile: nothing to scale
+                raise
+
+    async def _patch_scale(self, name: str, replicas: int) -> None:
+        await self._call(
+            self.apps.patch_namespaced_deployment_scale,
+            name,
+            self.namespace,
+            {"spec": {"replicas": replicas}},
+            _preload_content=False,
+        )
+
+    async def _mark_leaving(self, name: str, replicas: int) -> None:
         """Before a scale down: the newest Pods go first, as the scheduler expects (it has taken them
         out of traffic). The ReplicaSet deletes Pods of lower `pod-deletion-cost` first, among Pods of
         equal readiness (a not-ready Pod still goes before a ready one)."""
-        alive = [rep for rep in await self.replicas(workload.name) if rep.state != "stopping"]
+        alive = [rep for rep in await self.replicas(name) if rep.state != "stopping"]
         newest_first = sorted(alive, key=lambda rep: rep.created_at or datetime.min.replace(tzinfo=UTC), reverse=True)
-        for rep in newest_first[: max(len(alive) - workload.replicas, 0)]:
+        for rep in newest_first[: max(len(alive) - replicas, 0)]:
             body = {"metadata": {"annotations": {DELETION_COST: LEAVING_COST}}}
             with contextlib.suppress(ReplicaNotFound):  # gone already: nothing to order
                 await self._pod_call(self.core.patch_namespaced_pod, rep.replica_id, body=body)
@@ -219,7 +235,9 @@ class KubernetesRuntime:
         return [w for w in found if w is not None]
 
     def _workload_of(self, dep: dict[str, Any]) -> Workload | None:
-        """The workload a Deployment runs, as far as it can be read back (secret values are not)."""
+        """The workload a Deployment runs, as far as it can be read back: for observing only. Secret
+        values, probes, resources and integrations are not read back, so this is never applied again
+        (the scheduler renders a revision from its spec; a count alone goes through `scale`)."""
         meta, spec = dep["metadata"], dep.get("spec", {})
         labels = meta.get("labels") or {}
         if r.WORKLOAD_LABEL not in labels:
