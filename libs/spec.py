@@ -30,6 +30,8 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from libs.durations import duration_seconds
+
 SECRET_PREFIX = "secret:"
 # Dot-separated words: a secret is the JetStream KV key `<project>.<name>`, whose tokens may not be
 # empty (`a.`, `a..b` and `.a` are not keys).
@@ -564,11 +566,6 @@ def _is_zero(value: int | str | None) -> bool:
 # -- alerts -----------------------------------------------------------------------------------------
 
 MAX_ALERTS = 20
-# A Prometheus duration (model.ParseDuration): units from years to milliseconds, each at most once and
-# largest first, e.g. `90s`, `5m`, `1h30m`; `0` alone is zero.
-DURATION = re.compile(r"^(?:0|(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?)$")
-_DURATION_UNITS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1, 0.001)
-DURATION_RULE = "must be a duration such as 30s, 5m or 1h30m (units y, w, d, h, m, s, ms, largest first)"
 MAX_ALERT_WINDOW_SECONDS = 3600  # BERTH_METRICS keeps an hour of reports: a longer range has no data
 MAX_ALERT_FOR_SECONDS = 7 * 86400
 ALERT_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,62}$"
@@ -576,14 +573,6 @@ AlertMetric = Literal[
     "error_rate_percent", "client_error_rate_percent", "request_rate", "latency_p50_seconds",
     "latency_p95_seconds", "latency_p99_seconds", "ready_below_desired", "restarts", "cpu_percent", "memory_percent",
 ]  # fmt: skip
-
-
-def duration_seconds(text: str) -> float:
-    """Seconds of a Prometheus duration (`5m` -> 300.0); ValueError naming the rule when it is not one."""
-    match = DURATION.fullmatch(text) if text else None
-    if match is None:
-        raise ValueError(DURATION_RULE)
-    return sum(int(count) * unit for count, unit in zip(match.groups(), _DURATION_UNITS, strict=True) if count)
 
 
 def _duration(maximum: float, minimum: float = 0.0) -> Any:

@@ -31,7 +31,7 @@ from services.spec_registry.problems import BadGateway, Invalid, NotFound, Unava
 from services.spec_registry.repository import Repository, StoredDeployment, WebhookOutcome
 from services.spec_registry.schemas import ALIAS_NAME, DryRun, FieldChange, LogPage
 
-LOGS_TIMEOUT_SECONDS = 5.0
+RPC_TIMEOUT_SECONDS = 5.0
 # Aliases per deployment. Each aliased version keeps replicas running (docs/api.md): a bound on cost too.
 MAX_ALIASES = 16
 ALIAS_RULE = "must be a DNS-1123 label (a-z, 0-9 and '-', at most 63, starting and ending alphanumeric) and not all digits"
@@ -182,37 +182,34 @@ class Registry:
         """Ask the scheduler, which owns the replicas, for their log lines."""
         request = {"deployment_id": deployment_id, "replica_id": replica, "tail": tail, "since": since,
                    **(search or LogSearch()).fields()}  # fmt: skip
+        answer = await self._ask(LOGS_RPC, request, "the scheduler")
         try:
-            reply = await self._nc.request(LOGS_RPC, json.dumps(request).encode(), timeout=LOGS_TIMEOUT_SECONDS)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-            raise Unavailable(
-                f"the scheduler did not answer the logs request within {LOGS_TIMEOUT_SECONDS:g} s; is it running?"
-            ) from exc
-        try:
-            answer = json.loads(reply.data)
-            if answer.get("error"):
-                raise BadGateway(f"the scheduler could not answer the logs request: {answer['error']}")
             return LogPage.model_validate(answer)
-        except (ValueError, AttributeError, ValidationError) as exc:
-            raise BadGateway("the scheduler's answer to the logs request was not understood") from exc
+        except ValidationError as exc:
+            raise BadGateway("the scheduler's answer was not understood") from exc
 
     async def metrics(self, deployment_id: str, window: int, step: int, version: int | None) -> dict[str, Any]:
         """Ask the metrics service, which keeps the history, for a deployment's series."""
         request = {"deployment_id": deployment_id, "window": window, "step": step, "version": version}
+        return await self._ask(METRICS_RPC, request, "the metrics service")
+
+    async def _ask(self, subject: str, request: dict[str, Any], who: str) -> dict[str, Any]:
+        """One request/reply to the service that owns the answer; its `error` (with a `field`: a query
+        it cannot answer as asked) becomes the API's problem."""
         try:
-            reply = await self._nc.request(METRICS_RPC, json.dumps(request).encode(), timeout=LOGS_TIMEOUT_SECONDS)
+            reply = await self._nc.request(subject, json.dumps(request).encode(), timeout=RPC_TIMEOUT_SECONDS)
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-            raise Unavailable(
-                f"the metrics service did not answer within {LOGS_TIMEOUT_SECONDS:g} s; is it running?"
-            ) from exc
+            raise Unavailable(f"{who} did not answer within {RPC_TIMEOUT_SECONDS:g} s; is it running?") from exc
         try:
-            answer: dict[str, Any] = json.loads(reply.data)
+            answer = json.loads(reply.data)
         except ValueError as exc:
-            raise BadGateway("the metrics service's answer was not understood") from exc
+            raise BadGateway(f"{who}'s answer was not understood") from exc
+        if not isinstance(answer, dict):
+            raise BadGateway(f"{who}'s answer was not understood")
         if answer.get("error"):
-            if answer.get("field"):  # a query the history cannot answer as asked (e.g. a step too fine)
+            if answer.get("field"):  # e.g. a step finer than the history keeps
                 raise Invalid("bad query", [SpecError(str(answer["field"]), str(answer.get("rule", "")))])
-            raise BadGateway(f"the metrics service could not answer: {answer['error']}")
+            raise BadGateway(f"{who} could not answer: {answer['error']}")
         return answer
 
     async def autoscaler_decision(self, deployment_id: str) -> DeploymentScaled | None:

