@@ -93,7 +93,7 @@ class Settings(BaseSettings):
         description="Between publishing an assignment that removes replicas and stopping them: time for routers to apply it.",
     )
     usage_report_interval_seconds: float = Field(
-        default=10.0, gt=0, description="How often the scheduler publishes ReplicaUsageReported (autoscaled deployments)."
+        default=10.0, gt=0, description="How often the scheduler publishes ReplicaUsageReported (one per deployment with replicas)."
     )
     autoscaler_ops_port: int = Field(default=8093, description="/healthz and /metrics of the autoscaler.")
     autoscaler_interval_seconds: float = Field(

@@ -9,6 +9,9 @@ sums the rows it finds. Two resolutions: `raw` (`resolution_seconds`, 10 s by de
 
 `replica_id` "" is the whole deployment (what the router saw, including requests no replica
 answered); other rows are one replica, and carry its revision (what `?version=` selects).
+
+The schema is migrated with Alembic, on a chain of its own (services/metrics/migrations, version
+table `alembic_version_metrics`): `open_store` upgrades it to head before the service uses it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import (
     Column,
     Engine,
@@ -32,11 +37,17 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     literal,
     select,
 )
 
 from libs.events import LATENCY_BUCKETS_SECONDS
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "alembic_version_metrics"  # not the registry's `alembic_version`: the chains are apart
+TABLE_PREFIX = "metrics_"  # every table of this chain; nothing else is its to create or drop
+BEFORE_ALEMBIC = "metrics_0001"  # the schema `metadata.create_all` made before there was a chain
 
 RAW, DOWNSAMPLED = 0, 1
 _BUCKETS = len(LATENCY_BUCKETS_SECONDS)
@@ -140,7 +151,7 @@ class StoredSlot:
 
 def database_url(url: str | None, shared: str | None, data_dir: Path) -> str:
     """Where the history lies: `url` if set; else the production database (`shared`, e.g. the
-    PostgreSQL the registry uses: the tables are metrics_*, outside its migrations); else a SQLite
+    PostgreSQL the registry uses: the tables are metrics_*, on a chain of their own); else a SQLite
     file of its own, so that on the embedded default its writes never contend with the registry's."""
     if url or shared:
         return url or shared  # type: ignore[return-value]
@@ -148,7 +159,27 @@ def database_url(url: str | None, shared: str | None, data_dir: Path) -> str:
     return f"sqlite:///{(data_dir / 'metrics.db').resolve()}"
 
 
+def migrate(url: str) -> None:
+    """Upgrade the metrics tables at `url` to the newest revision shipped in this package."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = connection
+            tables = set(inspect(connection).get_table_names())
+            if samples.name in tables and VERSION_TABLE not in tables:
+                # Made by an earlier berth with create_all: the first revision's schema, kept as it is.
+                command.stamp(config, BEFORE_ALEMBIC)
+            command.upgrade(config, "head")
+            connection.commit()
+    finally:
+        engine.dispose()
+
+
 def open_store(url: str) -> Engine:
+    """The engine of the metrics tables at `url`, migrated to head first."""
+    migrate(url)
     engine = create_engine(url)
     if engine.dialect.name == "sqlite":
 
@@ -158,10 +189,6 @@ def open_store(url: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
-
-    # The schema is created, not migrated: it is this service's alone and holds history that may be
-    # dropped (docs/architecture.md); a change of it will get its own Alembic chain.
-    metadata.create_all(engine)
     return engine
 
 

@@ -1,8 +1,10 @@
-"""The scheduler's usage report: every interval, the runtime's CPU and memory of each replica of an
-autoscaled deployment, with what the HPA reads of the replica besides (state, start time, readiness
-and when it last changed), as one `ReplicaUsageReported` per deployment on BERTH_METRICS.
+"""The scheduler's usage report: every interval, the runtime's CPU and memory of each replica of every
+deployment the scheduler runs, with what the HPA reads of the replica besides (state, start time,
+readiness and when it last changed), as one `ReplicaUsageReported` per deployment on BERTH_METRICS:
+the metrics history keeps it and alert rules on cpu_percent/memory_percent read it; the autoscaler
+keeps only the last report of each deployment and acts on it only when its spec autoscales.
 
-Only the scheduler holds the runtime, so it samples; the autoscaler only reads the reports. GPU
+Only the scheduler holds the runtime, so it samples; the others only read the reports. GPU
 utilisation comes from NVML where a GPU is visible (libs/runtime/gpu.py); elsewhere it travels as
 missing (None), never as zero.
 """
@@ -45,8 +47,8 @@ class UsageReporter:
         self.latest = {replica: usage for replica, usage in samples_of.items() if usage is not None}
         for deployment_id, replicas in by_deployment.items():
             applied = self._reconciler.applied(deployment_id)
-            if applied is None or applied.spec.resources.replica_bounds() is None:
-                continue  # only autoscaled deployments are published: nobody else reads the reports
+            if applied is None:
+                continue  # a replica of no deployment this scheduler runs (being removed): nobody's figures
             samples = [samples_of[r.replica_id] for r in replicas]
             await self._publish(ReplicaUsageReported(
                 deployment_id=deployment_id, project=applied.project, slug=applied.slug,

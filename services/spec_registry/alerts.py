@@ -50,16 +50,6 @@ def _since(event: AlertChanged | None) -> datetime | None:
     )
 
 
-def not_evaluated(spec: DeploymentSpec) -> list[str]:
-    """The rules whose metric nothing reports for this deployment (their alert can never be active),
-    for status `not_provided`."""
-    found = []
-    for index, rule in enumerate(spec.alerts):
-        if rule.metric in ("cpu_percent", "memory_percent") and spec.resources.replica_bounds() is None:
-            found.append(f"alerts[{index}]: {rule.metric} is sampled only for autoscaled deployments (no data)")
-    return found
-
-
 def summaries(board: AlertBoard, deployment_id: str, spec: DeploymentSpec) -> list[AlertSummary]:
     """Every rule of the spec with its alert's state (inactive until the alerting service says otherwise)."""
     found = []

@@ -36,7 +36,8 @@ def extra_services() -> tuple[str, ...]:
 
 @pytest.fixture
 def extra_env() -> dict[str, str]:
-    return {"BERTH_ROUTER_METRICS_INTERVAL_SECONDS": "1", "BERTH_METRICS_SUMMARY_INTERVAL_SECONDS": "1"}
+    return {"BERTH_ROUTER_METRICS_INTERVAL_SECONDS": "1", "BERTH_METRICS_SUMMARY_INTERVAL_SECONDS": "1",
+            "BERTH_USAGE_REPORT_INTERVAL_SECONDS": "1"}
 
 
 def bucket(seconds: float) -> int:
@@ -91,6 +92,12 @@ async def test_rates_and_quantiles_match_what_the_clients_measured(api: httpx.As
     assert bucket(series["latency_p50"]) == bucket(STEADY_SECONDS) and bucket(series["latency_p99"]) == bucket(SLOW_SECONDS)
     slow = next(r for r in body["replicas"] if r["replica_id"] == replicas[0]["replica_id"])
     assert bucket(slow["series"]["latency_p99"][0][1]) == bucket(SLOW_SECONDS)
+    # The iris spec does not autoscale, and its usage is kept all the same: per replica and in all.
+    assert "autoscaling" not in document["resources"]
+    assert series["cpu_percent"] is not None and series["memory_percent"] > 0
+    for replica in replicas:
+        measured = next(r for r in body["replicas"] if r["replica_id"] == replica["replica_id"])["series"]
+        assert measured["cpu_percent"][0][1] is not None and measured["memory_percent"][0][1] > 0, replica
 
     async def in_status() -> dict[str, Any] | None:  # what `berth deployments get` shows
         figures = (await api.get("/v1/deployments/iris")).json()["status"].get("metrics")

@@ -100,3 +100,15 @@ async def test_alerts_show_per_rule_in_status_and_in_the_project_listing(
     async with await registry.project_client("other") as other:  # another project sees none of it
         assert (await other.get("/v1/alerts")).json() == {"items": []}
         assert (await other.get(f"/v1/deployments/{deployment_id}/alerts")).status_code == 404
+
+
+async def test_a_usage_rule_of_a_deployment_without_autoscaling_is_evaluated_not_said_unprovided(
+    registry: Registry, api: httpx.AsyncClient
+) -> None:
+    # The scheduler reports usage of every deployment with replicas, so cpu/memory rules get data.
+    usage_rules = [{"name": "hot", "metric": "cpu_percent", "op": ">", "threshold": 90, "for": "5m"},
+                   {"name": "full", "metric": "memory_percent", "op": ">", "threshold": 90, "for": "5m"}]  # fmt: skip
+    created = await create(api, spec(alerts=usage_rules))  # two fixed replicas, no autoscaling
+    status = (await api.get(f"/v1/deployments/{created['deployment_id']}")).json()["status"]
+    assert [a["name"] for a in status["alerts"]] == ["hot", "full"]
+    assert not [item for item in status["not_provided"] if item.startswith("alerts[")], status["not_provided"]

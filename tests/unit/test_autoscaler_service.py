@@ -196,3 +196,27 @@ async def test_scaled_to_zero_shows_in_status_and_the_assignment_asks_the_router
     plain = World()
     await plain.running(spec(1))
     assert plain.assignment().hold_seconds == 0  # no scale to zero: 503 at once, as before
+
+
+async def test_usage_of_a_deployment_without_autoscaling_is_reported_and_the_autoscaler_leaves_it_alone() -> None:
+    world = World()
+    ids = await world.running(spec(2))  # two fixed replicas: the metrics history still wants its usage
+
+    async def usage(replica_id: str) -> Usage | None:
+        return Usage(cpu_percent=95.0, memory_percent=50.0, memory_bytes=1)
+
+    world.runtime.usage = usage  # type: ignore[method-assign]
+    reporter = UsageReporter(world.runtime, world.reconciler, world.publish, 10.0)
+    await reporter.report()
+    await reporter.report()
+    reports = [e for e in world.history if isinstance(e, ReplicaUsageReported)]
+    assert len(reports) == 2  # one message per deployment per interval, however many replicas
+    assert sorted(r.replica_id for r in reports[-1].replicas) == sorted(ids)
+    assert {r.cpu_percent for r in reports[-1].replicas} == {95.0}
+
+    loop = Loop()  # far above any target, yet a deployment without autoscaling is never scaled
+    fixed = validate_spec({"name": "chat", "image": "i", "resources": {"ports": [8000], "replicas": 2}})
+    await loop.feed(SpecApplied(**REF, name="chat", spec_id="s1", spec_version=1, spec=fixed),
+                    reports[-1].model_copy(update=REF), report(95, 500, 50.0, 100))  # fmt: skip
+    await loop.decider.decide_all()
+    assert loop.published == []

@@ -19,7 +19,7 @@ from libs.logcursor import MAX_CURSOR_CHARS, MAX_GREP_CHARS, CursorInvalid, LogS
 from libs.revision import revision_id
 from libs.spec import DeploymentSpec, SpecError, StrategyType, scale_errors, with_strategy
 from libs.store import AliasRow, SpecVersionRow
-from services.spec_registry.alerts import AlertBoard, not_evaluated, summaries
+from services.spec_registry.alerts import AlertBoard, summaries
 from services.spec_registry.auth import Caller
 from services.spec_registry.pagination import DEFAULT_LIMIT, After, Limit, decode_cursor, paginate
 from services.spec_registry.problems import (
@@ -453,7 +453,6 @@ def _status(stored: StoredDeployment, spec: DeploymentSpec, alerts: AlertBoard |
         status, reported = Status(reason="waiting for the scheduler's first report"), None
     status.desired_replicas, status.desired_source = desired(stored.row, spec, reported)
     status.alerts = summaries(alerts or AlertBoard(), stored.row.id, spec)
-    status.not_provided += not_evaluated(spec)
     return status
 
 
