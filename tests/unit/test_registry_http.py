@@ -39,6 +39,7 @@ CONTRACT = {
     "/v1/alerts": {"get"},
     "/v1/webhooks": {"get", "put", "delete"},
     "/v1/deployments/{ref}/metrics": {"get"},
+    "/v1/deployments/events": {"get"},
 }
 
 
