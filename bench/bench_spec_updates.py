@@ -185,7 +185,7 @@ async def one_configuration(
             token = (workdir / "berth" / "token").read_text().strip()
             if profile is not None:  # py-spy samples the registry until it exits (folded stacks)
                 profiler = subprocess.Popen(
-                    ["py-spy", "record", "--pid", str(registry.pid), "--format", "raw", "--rate", "250",
+                    [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(registry.pid), "--format", "raw", "--rate", "250",
                      "--nonblocking", "--output", str(profile)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
