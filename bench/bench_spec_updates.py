@@ -57,6 +57,8 @@ class Figures:
     p50_ms: float
     p99_ms: float
     cpu: float  # registry CPU while accepting, % of one core
+    cpu_ms: float  # registry CPU per accepted update (user + system), ms: steadier than rates on a loaded machine
+    load: float  # the machine's 1-minute load average when the PUTs ended
 
 
 def postgres_reachable() -> bool:
@@ -156,10 +158,13 @@ async def registry_updates(
     finally:
         for session in sessions:
             await session.close()
-    cpu = (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system) / accepting * 100
+    cpu_seconds = cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system
     cuts = statistics.quantiles(latencies, n=100)
     done = clients * per_client
-    return Figures(done / accepting, done / total, cuts[49] * 1000, cuts[98] * 1000, cpu)
+    return Figures(
+        done / accepting, done / total, cuts[49] * 1000, cuts[98] * 1000, cpu_seconds / accepting * 100,
+        cpu_seconds / done * 1000, os.getloadavg()[0],
+    )  # fmt: skip
 
 
 async def one_configuration(
@@ -180,7 +185,7 @@ async def one_configuration(
             token = (workdir / "berth" / "token").read_text().strip()
             if profile is not None:  # py-spy samples the registry until it exits (folded stacks)
                 profiler = subprocess.Popen(
-                    ["py-spy", "record", "--pid", str(registry.pid), "--format", "raw", "--rate", "250",
+                    [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(registry.pid), "--format", "raw", "--rate", "250",
                      "--nonblocking", "--output", str(profile)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
@@ -252,18 +257,20 @@ async def run(args: argparse.Namespace) -> None:
                     print(
                         f"  round {round_ + 1} {label:6} {backend:8} {clients} client(s): "
                         f"{figures.accepted:6.0f}/s accepted, {figures.end_to_end:6.0f}/s end to end, "
-                        f"p50 {figures.p50_ms:6.1f} ms, p99 {figures.p99_ms:6.1f} ms, CPU {figures.cpu:4.0f} %",
+                        f"p50 {figures.p50_ms:6.1f} ms, p99 {figures.p99_ms:6.1f} ms, CPU {figures.cpu:4.0f} %, "
+                        f"{figures.cpu_ms:5.2f} CPU ms/update, load {figures.load:.1f}",
                         flush=True,
                     )
         raw.append(await raw_publishes(args.updates))
 
     print(f"\nspec updates, {args.updates} per configuration, medians of {args.runs} interleaved runs ({os.cpu_count()} cores)")
-    print(f"  {'code':6} {'database':8} {'clients':>7} {'accepted/s':>10} {'e2e/s':>7} {'PUT p50':>9} {'PUT p99':>9} {'CPU':>6}")
+    print(f"  {'code':6} {'database':8} {'clients':>7} {'accepted/s':>10} {'e2e/s':>7} {'PUT p50':>9} {'PUT p99':>9} {'CPU':>6} {'CPU/update':>10} {'load':>5}")
     for (label, backend, clients), runs in results.items():
         print(
             f"  {label:6} {backend:8} {clients:7} {median([r.accepted for r in runs]):10.0f} "
             f"{median([r.end_to_end for r in runs]):7.0f} {median([r.p50_ms for r in runs]):6.1f} ms "
-            f"{median([r.p99_ms for r in runs]):6.1f} ms {median([r.cpu for r in runs]):5.0f} %"
+            f"{median([r.p99_ms for r in runs]):6.1f} ms {median([r.cpu for r in runs]):5.0f} % "
+            f"{median([r.cpu_ms for r in runs]):7.2f} ms {median([r.load for r in runs]):5.1f}"
         )
     print(
         f"  raw js.publish ({raw[0][2]} B): {median([r[0] for r in raw]):.0f} msgs/s awaited one by one, "

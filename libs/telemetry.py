@@ -1,19 +1,18 @@
 """Tracing and the operations endpoint every service exposes (`/healthz`, `/metrics`).
 
 One trace follows a change through berth: the registry's API request span, the publish of its event
-(the outbox keeps the request's context, `trace_headers`, and the relay publishes within it,
-`continued_trace`), and every consumer and publish after it (FastStream's telemetry middleware carries
+(the outbox keeps the request's context, `trace_headers`, and the relay sends it as the message's
+headers), and every consumer and publish after it (FastStream's telemetry middleware carries
 a W3C `traceparent` in the NATS headers; asyncio tasks copy the context they are created in).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 
 from aiohttp import web
-from opentelemetry import context, propagate, trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
@@ -53,16 +52,6 @@ def trace_headers() -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier
-
-
-@contextmanager
-def continued_trace(headers: Mapping[str, str] | None) -> Iterator[None]:
-    """Run the block within the trace context `trace_headers` saved (a new trace when there is none)."""
-    token = context.attach(propagate.extract(dict(headers or {})))
-    try:
-        yield
-    finally:
-        context.detach(token)
 
 
 def ops_routes(is_healthy: Callable[[], bool]) -> list[web.RouteDef]:

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from nats.js.api import DeliverPolicy
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from libs.bus import (
@@ -82,7 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
     # JSON); Starlette leaves text/event-stream alone, so the SSE feed is not buffered.
     app.add_middleware(GZipMiddleware, minimum_size=1024)
     app.add_middleware(BodyLimit)
-    app.middleware("http")(_observe)  # added last, so outermost: it also sees what BodyLimit refuses
+    app.add_middleware(RequestLog)  # added last, so outermost: it also sees what BodyLimit refuses
     for module in (ops, events, deployments, alerts, admin):  # events before deployments/{ref}
         app.include_router(module.router)
     # The console under /ui: its pages call the same API with the user's token, like the CLI.
@@ -116,7 +116,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         js = await service.connect()
         connection = await service.broker.connect()  # the same connection: for the logs request/reply
         _check_max_payload(connection.max_payload)
-        relay = OutboxRelay(repo, service.broker, lock=RelayLock(settings.sqlalchemy_url))
+        relay = OutboxRelay(repo, js, lock=RelayLock(settings.sqlalchemy_url))
 
         feed = DeploymentFeed()
 
@@ -161,24 +161,47 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
 
 
-async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    """Count and log every request by its route template (headers, bodies and tokens are not logged)."""
-    started = time.perf_counter()
-    try:
-        response = await call_next(request)
-    except Exception:
-        response = unexpected_error_response(request)
-    route = request.scope.get("route")
-    template = getattr(route, "path", "unmatched")
-    REQUESTS.labels(request.method, template, str(response.status_code)).inc()
+class RequestLog:
+    """ASGI middleware: count and log every request by its route template when its answer starts
+    (headers, bodies and tokens are not logged); answer an error nothing else handled with a 500.
+
+    Plain ASGI rather than `app.middleware("http")`: Starlette's BaseHTTPMiddleware runs the rest of
+    the app in a task of its own and passes the response through a memory stream, which cost more
+    per request than the registry's own work on a spec update (docs/benchmarks.md)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        answered = False
+
+        async def observed(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = True
+                _log_request(scope, message["status"], started)
+            await send(message)
+
+        try:
+            await self._app(scope, receive, observed)
+        except Exception:
+            if answered:  # too late for another answer; the server closes the connection
+                raise
+            await unexpected_error_response(Request(scope))(scope, receive, observed)
+
+
+def _log_request(scope: Scope, status: int, started: float) -> None:
+    template = getattr(scope.get("route"), "path", "unmatched")
+    method = scope["method"]
+    REQUESTS.labels(method, template, str(status)).inc()
     log.info(
-        "request",
-        method=request.method,
-        route=template,
-        status=response.status_code,
+        "request", method=method, route=template, status=status,
         duration_ms=round((time.perf_counter() - started) * 1000, 1),
-    )
-    return response
+    )  # fmt: skip
 
 
 def _check_max_payload(max_payload: int) -> None:

@@ -1,7 +1,11 @@
 """The outbox relay: publishes committed events to JetStream in commit order, then marks them.
 
-Each event is published within the trace context its row kept (the API request that committed it),
-so the publish span and the `traceparent` it sends belong to that request's trace.
+Each event carries the trace context its row kept (the API request that committed it): the row's
+W3C headers (`traceparent`, ...) go out as the message's headers, so the consumers' spans continue
+that request's trace. The relay publishes with nats-py's JetStream client directly rather than through
+FastStream: its per-message middleware (an OpenTelemetry publish span, serialisation, logging) was
+the largest cost of an update after the store (docs/benchmarks.md); no span of the relay's own is
+recorded, the consumers' spans are children of the request's.
 
 It wakes as soon as a change commits (`notify`) and also every `poll_seconds`, so events left by a
 crash are published after the restart. A crash between publishing and marking makes the next run
@@ -30,13 +34,12 @@ from datetime import timedelta
 
 import nats.errors
 import nats.js.errors
-from faststream.nats import NatsBroker
+from nats.js import JetStreamContext
 
-from libs.bus import publish
+from libs.bus import publish_raw
 from libs.events import Event, decode_event
 from libs.logging import get_logger
 from libs.store import OutboxRow, utcnow
-from libs.telemetry import continued_trace
 from services.spec_registry.faults import crash_point
 from services.spec_registry.metrics import (
     EVENTS_PUBLISHED,
@@ -80,7 +83,7 @@ class OutboxRelay:
     def __init__(
         self,
         repo: Repository,
-        broker: NatsBroker,
+        js: JetStreamContext,
         poll_seconds: float = 1.0,
         batch: int = 100,
         lock: RelayLock | None = None,
@@ -88,7 +91,7 @@ class OutboxRelay:
         self._repo = repo
         self._lock = lock  # None: this relay is the only one (SQLite, tests)
         self._relaying: bool | None = None
-        self._broker = broker
+        self._js = js
         self._poll_seconds = poll_seconds
         self._batch = batch
         self._wake = asyncio.Event()
@@ -191,8 +194,7 @@ class OutboxRelay:
         except Exception as exc:  # a row written by another version of berth, or edited by hand
             raise Unpublishable("undecodable", "not an event this version of berth can read") from exc
         try:
-            with continued_trace(row.headers):
-                await publish(self._broker, event)
+            await publish_raw(self._js, event, row.headers)
         except nats.errors.MaxPayloadError as exc:
             raise Unpublishable("too-large", "larger than the bus carries (nats-server max_payload)") from exc
         except nats.js.errors.BadRequestError as exc:

@@ -6,12 +6,11 @@ across a crash between publishing and marking. Real SQLite / PostgreSQL, real na
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
-from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
 
 from libs.bus import all_events, ensure_streams
@@ -47,12 +46,10 @@ def repo(store: Store) -> Repository:
 
 
 @pytest.fixture
-async def broker(nats_url: str, js: JetStreamContext) -> AsyncIterator[NatsBroker]:
+async def streams(js: JetStreamContext) -> JetStreamContext:
+    """berth's streams, on the test's own nats-server."""
     await ensure_streams(js)
-    broker = NatsBroker(nats_url)
-    await broker.connect()
-    yield broker
-    await broker.stop()
+    return js
 
 
 def apply_updates(repo: Repository, name: str) -> list[int]:
@@ -121,25 +118,25 @@ async def spec_versions_on_the_bus(js: JetStreamContext) -> dict[str, list[int]]
 
 @pytest.mark.parametrize("database_url", SQL_BACKENDS, indirect=True)
 async def test_relay_publishes_a_batch_in_order_per_deployment_and_once_across_a_crash(
-    repo: Repository, store: Store, broker: NatsBroker, js: JetStreamContext
+    repo: Repository, store: Store, streams: JetStreamContext
 ) -> None:
     names = [f"relayed-{n}" for n in range(4)]
     with ThreadPoolExecutor(len(names)) as pool:  # interleaved commits of four deployments
         list(pool.map(lambda name: apply_updates(repo, name), names))
-    relay = OutboxRelay(repo, broker, batch=1000)
+    relay = OutboxRelay(repo, streams, batch=1000)
 
     assert await relay.relay_batch() == len(names) * (UPDATES + 1)
     expected = {name: list(range(1, UPDATES + 2)) for name in names}
-    assert await spec_versions_on_the_bus(js) == expected
+    assert await spec_versions_on_the_bus(streams) == expected
     assert repo.outbox_lag() == 0
 
     # A crash after the acks and before the mark leaves the rows pending: the next relay publishes
     # them again, and JetStream drops every copy by its event id.
     with store.writer.begin() as connection:
         connection.execute(sa.update(OutboxRow.__table__).values(published_at=None))  # type: ignore[attr-defined]
-    assert await OutboxRelay(repo, broker, batch=7).relay_batch() == 7
+    assert await OutboxRelay(repo, streams, batch=7).relay_batch() == 7
     while await relay.relay_batch():
         pass
-    assert await spec_versions_on_the_bus(js) == expected
-    assert (await js.stream_info("BERTH_SPECS")).state.messages == len(names) * (UPDATES + 1)
+    assert await spec_versions_on_the_bus(streams) == expected
+    assert (await streams.stream_info("BERTH_SPECS")).state.messages == len(names) * (UPDATES + 1)
     assert repo.outbox_lag() == 0

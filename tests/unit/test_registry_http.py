@@ -37,6 +37,7 @@ CONTRACT = {
     "/v1/deployments/{ref}/aliases/{alias}": {"put", "delete"},
     "/v1/deployments/{ref}/alerts": {"get"},
     "/v1/alerts": {"get"},
+    "/v1/deployments/events": {"get"},
     "/v1/webhooks": {"get", "put", "delete"},
     "/v1/deployments/{ref}/metrics": {"get"},
     "/v1/deployments/events": {"get"},

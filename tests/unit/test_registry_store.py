@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from faststream.nats import NatsBroker
+from nats.aio.client import Client as NatsClient
 from sqlmodel import SQLModel, col, select
 
 from libs.events import DeploymentStatusChanged, FetchProgress, IntegrationStatus
@@ -87,7 +87,7 @@ async def test_published_events_are_pruned_after_a_day_and_pending_ones_never(re
     with repo._write() as session:
         session.execute(sa.update(OutboxRow).where(col(OutboxRow.id) == old.id).values(published_at=two_days_ago))
 
-    assert await OutboxRelay(repo, NatsBroker()).prune() == 1
+    assert await OutboxRelay(repo, NatsClient().jetstream()).prune() == 1
 
     with repo._read() as session:
         left = {row.msg_id for row in session.exec(select(OutboxRow)).all()}

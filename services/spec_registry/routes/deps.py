@@ -13,6 +13,7 @@ from services.spec_registry.problems import UnsupportedMediaType
 from services.spec_registry.registry import Registry
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")
+PARSE_INLINE_BYTES = 8 * 1024
 SPEC_SCHEMA = {"$ref": "#/components/schemas/DeploymentSpec"}
 SPEC_BODY: dict[str, Any] = {
     "requestBody": {
@@ -23,12 +24,14 @@ SPEC_BODY: dict[str, Any] = {
 }
 
 
-def _registry(request: Request) -> Registry:
+# The two below are `async def` though they never await: FastAPI runs a plain `def` dependency in a
+# worker thread, and those hand-offs were the largest own cost of a spec update (docs/benchmarks.md).
+async def _registry(request: Request) -> Registry:
     registry: Registry = request.app.state.registry
     return registry
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -36,8 +39,9 @@ def _settings(request: Request) -> Settings:
 async def _spec_document(request: Request) -> Any:
     """The parsed spec body (validation comes later, so that every error is reported at once).
 
-    Parsed in a worker thread: even a body within the size limit takes a while to parse, and the
-    event loop serves every other request meanwhile."""
+    A large body is parsed in a worker thread: one within the size limit still takes a while, and
+    the event loop serves every other request meanwhile. A small one (most specs) is parsed at once:
+    the hand-off to a thread costs more than the parse."""
     media_type = request.headers.get("content-type", "application/yaml").split(";")[0].strip().lower()
     if media_type == "application/json" or media_type.endswith("+json"):
         parse = parse_json
@@ -50,6 +54,8 @@ async def _spec_document(request: Request) -> Any:
         text = body.decode()
     except UnicodeDecodeError as exc:
         raise SpecInvalid([SpecError("(spec)", "the body is not UTF-8 text")]) from exc
+    if len(body) <= PARSE_INLINE_BYTES:
+        return parse(text)
     return await asyncio.to_thread(parse, text)
 
 
