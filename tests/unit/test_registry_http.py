@@ -40,7 +40,6 @@ CONTRACT = {
     "/v1/deployments/events": {"get"},
     "/v1/webhooks": {"get", "put", "delete"},
     "/v1/deployments/{ref}/metrics": {"get"},
-    "/v1/deployments/events": {"get"},
 }
 
 
