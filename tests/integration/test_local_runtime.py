@@ -496,7 +496,7 @@ async def test_a_scale_down_cancelled_midway_still_stops_the_replica_and_close_w
 
     assert gone(replica.pid or 0)
     assert [e.replica.replica_id for e in recorder.of("stopped")] == [replica.replica_id]
-    assert [p.name for p in state_dir.iterdir()] == ["_workloads"]
+    assert sorted(p.name for p in state_dir.iterdir()) == ["_retained_logs", "_workloads"]  # its logs kept
 
 
 async def test_logs_show_what_the_replica_printed(runtime: LocalRuntime) -> None:
