@@ -455,11 +455,16 @@ class Launcher:
 
 
 def _runnable(package: str) -> bool:
-    """Whether `python -m package` can run it (it exists and has a __main__)."""
+    """Whether `python -m package` can run it (it exists and has a __main__). Looked up on disk: a
+    find_spec of `package.__main__` would import `package`, and with it what the service uses, into
+    the supervisor."""
+    parent, _, name = package.rpartition(".")
     try:
-        return importlib.util.find_spec(f"{package}.__main__") is not None
+        spec = importlib.util.find_spec(parent)
     except ModuleNotFoundError:
         return False
+    locations = (spec.submodule_search_locations or []) if spec is not None else []
+    return any((Path(location) / name / "__main__.py").is_file() for location in locations)
 
 
 def _port_free(port: int) -> bool:
