@@ -36,7 +36,7 @@ from libs.natsd import free_port  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 ECHO = str(REPO / "tests" / "servers" / "echo.py")
 POLL_SECONDS = 0.005
-UP_TIMEOUT_SECONDS = 60.0
+UP_TIMEOUT_SECONDS = 240.0  # a loaded machine starts it slowly
 READINESS = {"readiness": {"path": "/", "periodSeconds": 1}}
 
 

@@ -17,7 +17,7 @@ Prints p50 / p99 / max of each. Target: p99 to process started <= 100 ms.
 The footprint of an idle `berth up` (issue 15: <= 200 MiB, <= 0.5 % of a core): starts it on free ports
 in a fresh data directory, waits for the API, lets it settle, then reads every process of its tree
 (nats-server, the services, the supervisor): RSS and USS (memory only that process holds; RSS counts
-shared libraries once per process), and CPU over `--window` seconds of idling. Prints each process and
+shared libraries once per process; PSS shares them out, so its total is what the machine holds), and CPU over `--window` seconds of idling. Prints each process and
 the total, the median of `--runs` runs.
 """
 
@@ -189,8 +189,8 @@ MIB = 1024 * 1024
 SETTLE_SECONDS = 5.0
 
 
-def footprint_once(work: Path, window: float) -> dict[str, tuple[float, float, float]]:
-    """One idle `berth up`: {process: (RSS MiB, USS MiB, % of a core)}, the supervisor as `supervisor`."""
+def footprint_once(work: Path, window: float) -> dict[str, tuple[float, float, float, float]]:
+    """One idle `berth up`: {process: (RSS, USS, PSS MiB, % of a core)}, the supervisor as `supervisor`."""
     ports = ("API", "ROUTER", "NATS", "SCHEDULER_OPS", "HEALTH_MONITOR_OPS", "INTEGRATIONS_OPS",
              "AUTOSCALER_OPS", "ALERTING_OPS", "METRICS_OPS")  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_") or k == "BERTH_UP_PROCESSES"}
@@ -209,16 +209,16 @@ def footprint_once(work: Path, window: float) -> dict[str, tuple[float, float, f
         processes = [root, *root.children(recursive=True)]
         before = {p.pid: sum(p.cpu_times()[:2]) for p in processes}
         time.sleep(window)  # the idle window CPU is measured over
-        figures: dict[str, tuple[float, float, float]] = {}
+        figures: dict[str, tuple[float, float, float, float]] = {}
         for p in processes:
             info = p.memory_full_info()
             cpu = 100 * (sum(p.cpu_times()[:2]) - before[p.pid]) / window
             name = "supervisor" if p.pid == up.pid else _label(p)
-            figures[name] = (info.rss / MIB, info.uss / MIB, cpu)
+            figures[name] = (info.rss / MIB, info.uss / MIB, info.pss / MIB, cpu)
         return figures
     finally:
         up.send_signal(signal.SIGINT)
-        up.wait(60)
+        up.wait(180)
 
 
 def _label(process: psutil.Process) -> str:
@@ -236,14 +236,14 @@ def footprint(runs: int, window: float) -> None:
             results.append(footprint_once(Path(work), window))
     mode = os.environ.get("BERTH_UP_PROCESSES", "(default)")
     print(f"idle `berth up` (BERTH_UP_PROCESSES={mode}), median of {runs} runs, CPU over {window:.0f} s")
-    print(f"{'process':<70} {'RSS MiB':>8} {'USS MiB':>8} {'CPU %':>6}")
+    print(f"{'process':<70} {'RSS MiB':>8} {'USS MiB':>8} {'PSS MiB':>8} {'CPU %':>6}")
     for name in results[0]:
         rows = [r[name] for r in results if name in r]
-        rss, uss, cpu = (statistics.median(v[i] for v in rows) for i in range(3))
-        print(f"{name:<70} {rss:8.1f} {uss:8.1f} {cpu:6.2f}")
-    totals = [tuple(sum(v[i] for v in r.values()) for i in range(3)) for r in results]
-    rss, uss, cpu = (statistics.median(t[i] for t in totals) for i in range(3))
-    print(f"{'total (' + str(len(results[0])) + ' processes)':<70} {rss:8.1f} {uss:8.1f} {cpu:6.2f}")
+        rss, uss, pss, cpu = (statistics.median(v[i] for v in rows) for i in range(4))
+        print(f"{name:<70} {rss:8.1f} {uss:8.1f} {pss:8.1f} {cpu:6.2f}")
+    totals = [tuple(sum(v[i] for v in r.values()) for i in range(4)) for r in results]
+    rss, uss, pss, cpu = (statistics.median(t[i] for t in totals) for i in range(4))
+    print(f"{'total (' + str(len(results[0])) + ' processes)':<70} {rss:8.1f} {uss:8.1f} {pss:8.1f} {cpu:6.2f}")
 
 
 def main() -> None:

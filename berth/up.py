@@ -501,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return Launcher(settings).run()
     except CannotStart as exc:
-        Console(stderr=True).print(f"[red]✗[/] {escape(str(exc))}")
+        Console(stderr=True, soft_wrap=True).print(f"[red]✗[/] {escape(str(exc))}")  # as berth.render.failure
         return 1
 
 
