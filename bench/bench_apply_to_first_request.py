@@ -36,7 +36,7 @@ from libs.natsd import free_port  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 ECHO = str(REPO / "tests" / "servers" / "echo.py")
 POLL_SECONDS = 0.005
-UP_TIMEOUT_SECONDS = 60.0
+UP_TIMEOUT_SECONDS = 240.0  # a loaded machine starts it slowly
 READINESS = {"readiness": {"path": "/", "periodSeconds": 1}}
 
 
@@ -63,7 +63,8 @@ async def berth_up(
 
 
 def _start_berth_up(work: Path, extra_env: dict[str, str] | None) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    names = ("API", "ROUTER", "NATS", "SCHEDULER_OPS", "HEALTH_MONITOR_OPS", "AUTOSCALER_OPS", "INTEGRATIONS_OPS")
+    names = ("API", "ROUTER", "NATS", "SCHEDULER_OPS", "HEALTH_MONITOR_OPS", "AUTOSCALER_OPS", "INTEGRATIONS_OPS",
+             "METRICS_OPS", "ALERTING_OPS")
     ports = {k: free_port() for k in names}
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     env |= {f"BERTH_{k}_PORT": str(v) for k, v in ports.items()}
@@ -74,6 +75,8 @@ def _start_berth_up(work: Path, extra_env: dict[str, str] | None) -> tuple[subpr
     deadline = time.monotonic() + UP_TIMEOUT_SECONDS
     while "berth is up" not in (work / "up.out").read_text(errors="replace"):
         if process.poll() is not None or time.monotonic() > deadline:
+            process.send_signal(signal.SIGINT)  # not left running behind a failed run
+            process.wait(120)
             raise SystemExit(f"berth up did not come up; see {work / 'up.out'}")
         time.sleep(0.1)
     return process, env

@@ -10,6 +10,15 @@ scheduler holds that many in its state, then applies `--new` deployments one at 
 - ReplicaStarted received: the scheduler announced it on the bus;
 - ready: the health-monitor's ReplicaHealthChanged(ready=true) (its TCP probe: the port accepts).
 Prints p50 / p99 / max of each. Target: p99 to process started <= 100 ms.
+
+    .venv/bin/python bench/bench_control_plane.py --footprint [--runs 3] [--window 20]
+    BERTH_UP_PROCESSES=shared .venv/bin/python bench/bench_control_plane.py --footprint
+
+The footprint of an idle `berth up` (issue 15: <= 200 MiB, <= 0.5 % of a core): starts it on free ports
+in a fresh data directory, waits for the API, lets it settle, then reads every process of its tree
+(nats-server, the services, the supervisor): RSS and USS (memory only that process holds; RSS counts
+shared libraries once per process; PSS shares them out, so its total is what the machine holds), and CPU over `--window` seconds of idling. Prints each process and
+the total, the median of `--runs` runs.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from datetime import datetime
 from pathlib import Path
 
 import nats
+import psutil
 from nats.aio.msg import Msg
 
 from libs.bus import ensure_streams, make_broker, publish
@@ -175,11 +185,78 @@ async def bench(existing: int, new: int, work: Path) -> bool:
     return p99 <= TARGET_P99_MS
 
 
+MIB = 1024 * 1024
+SETTLE_SECONDS = 5.0
+
+
+def footprint_once(work: Path, window: float) -> dict[str, tuple[float, float, float, float]]:
+    """One idle `berth up`: {process: (RSS, USS, PSS MiB, % of a core)}, the supervisor as `supervisor`."""
+    ports = ("API", "ROUTER", "NATS", "SCHEDULER_OPS", "HEALTH_MONITOR_OPS", "INTEGRATIONS_OPS",
+             "AUTOSCALER_OPS", "ALERTING_OPS", "METRICS_OPS")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_") or k == "BERTH_UP_PROCESSES"}
+    env |= {f"BERTH_{k}_PORT": str(free_port()) for k in ports}
+    env |= {"BERTH_DATA_DIR": str(work / "berth"), "BERTH_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)}
+    with (work / "up.out").open("ab") as out:
+        up = subprocess.Popen([sys.executable, "-m", "berth", "up"], env=env, cwd=REPO, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 240  # a loaded machine starts it slowly
+        while "berth is up" not in (work / "up.out").read_text(errors="replace"):
+            if time.monotonic() > deadline or up.poll() is not None:
+                raise RuntimeError(f"berth up did not come up: {(work / 'up.out').read_text(errors='replace')}")
+            time.sleep(0.2)  # polling a file the child writes; no event to await across processes
+        time.sleep(SETTLE_SECONDS)  # startup work (imports, first resyncs) is not idling
+        root = psutil.Process(up.pid)
+        processes = [root, *root.children(recursive=True)]
+        before = {p.pid: sum(p.cpu_times()[:2]) for p in processes}
+        time.sleep(window)  # the idle window CPU is measured over
+        figures: dict[str, tuple[float, float, float, float]] = {}
+        for p in processes:
+            info = p.memory_full_info()
+            cpu = 100 * (sum(p.cpu_times()[:2]) - before[p.pid]) / window
+            name = "supervisor" if p.pid == up.pid else _label(p)
+            figures[name] = (info.rss / MIB, info.uss / MIB, info.pss / MIB, cpu)
+        return figures
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(180)
+
+
+def _label(process: psutil.Process) -> str:
+    """nats-server, or the services a Python process runs (`services.x` in its command line)."""
+    if process.name() == "nats-server":
+        return "nats-server"
+    names = [a.removeprefix("services.") for a in process.cmdline() if a.startswith("services.")]
+    return "+".join(names) or " ".join(process.cmdline()[-2:])
+
+
+def footprint(runs: int, window: float) -> None:
+    results = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory(prefix="berth-footprint-") as work:
+            results.append(footprint_once(Path(work), window))
+    mode = os.environ.get("BERTH_UP_PROCESSES", "(default)")
+    print(f"idle `berth up` (BERTH_UP_PROCESSES={mode}), median of {runs} runs, CPU over {window:.0f} s")
+    print(f"{'process':<70} {'RSS MiB':>8} {'USS MiB':>8} {'PSS MiB':>8} {'CPU %':>6}")
+    for name in results[0]:
+        rows = [r[name] for r in results if name in r]
+        rss, uss, pss, cpu = (statistics.median(v[i] for v in rows) for i in range(4))
+        print(f"{name:<70} {rss:8.1f} {uss:8.1f} {pss:8.1f} {cpu:6.2f}")
+    totals = [tuple(sum(v[i] for v in r.values()) for i in range(4)) for r in results]
+    rss, uss, pss, cpu = (statistics.median(t[i] for t in totals) for i in range(4))
+    print(f"{'total (' + str(len(results[0])) + ' processes)':<70} {rss:8.1f} {uss:8.1f} {pss:8.1f} {cpu:6.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--existing", type=int, default=200)
     parser.add_argument("--new", type=int, default=30)
+    parser.add_argument("--footprint", action="store_true", help="measure an idle `berth up` instead")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--window", type=float, default=20.0)
     args = parser.parse_args()
+    if args.footprint:
+        footprint(args.runs, args.window)
+        return
     with tempfile.TemporaryDirectory(prefix="berth-bench-") as work:
         ok = asyncio.run(bench(args.existing, args.new, Path(work)))
     sys.exit(0 if ok else 1)

@@ -8,6 +8,7 @@ import asyncio
 import enum
 import functools
 import json
+import os
 import re
 import sys
 import time
@@ -164,15 +165,10 @@ def up(
     ] = None,
 ) -> None:
     """Start berth on this machine: nats-server and every service, until Ctrl-C."""
-    from berth.up import CannotStart, Launcher
-
-    settings = Settings(data_dir=data_dir) if data_dir else Settings()
-    try:
-        code = Launcher(settings).run()
-    except CannotStart as exc:
-        render.failure(str(exc))
-        raise typer.Exit(1) from None
-    raise typer.Exit(code)
+    # The supervisor replaces this process (same pid): it idles without the CLI's imports (berth/up.py).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "berth.up", *(["--data-dir", str(data_dir)] if data_dir else [])])
 
 
 # -- apply ----------------------------------------------------------------------------------------

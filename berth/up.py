@@ -18,7 +18,7 @@ with the same Python and packages as berth, whatever its working directory.
 
 from __future__ import annotations
 
-import asyncio
+import argparse
 import fcntl
 import importlib.util
 import os
@@ -28,28 +28,31 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import IO
 
-import httpx
 import psutil
+from pydantic import SecretStr
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
-from faststream.nats.security import NatsSecurity
-from pydantic import SecretStr
 from rich.text import Text
 
-from libs.bus import ensure_streams, make_broker
+# Light on purpose: the supervisor idles for as long as berth runs, so what needs the bus libraries
+# (faststream, nats, cryptography) runs in short-lived `python -m berth.prepare` processes instead.
 from libs.config import Settings
-from libs.natsd import service_passwords, start_nats_server
-from libs.sealing import Sealer, ensure_key_file
-from libs.secrets import SecretStore
+from libs.natsd import read_passwords, start_nats_server
 
 SERVICES = ("spec_registry", "integrations", "scheduler", "health_monitor", "router", "autoscaler", "metrics", "alerting")
+# The data plane: its own process (and uvloop) whatever BERTH_UP_PROCESSES says, so that no control-plane
+# work sits between a request and its replica.
+OWN_PROCESS = ("router",)
+PLANE = "control-plane"
 CHECKOUT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_SECONDS = 60.0
 TICK_SECONDS = 0.25
@@ -57,6 +60,7 @@ TICK_SECONDS = 0.25
 STABLE_AFTER_SECONDS = 30.0
 BACKOFF_MAX_SECONDS = 30.0
 CENSUS_SECONDS = 2.0
+PREPARE_TIMEOUT_SECONDS = 60.0
 PRIVATE_UMASK = 0o077  # files and directories berth writes: owner-only
 
 
@@ -135,6 +139,7 @@ class Launcher:
         self.grace = self.settings.stop_grace_seconds
         self._stopping = threading.Event()
         self.children: list[Child] = []
+        self.registry_log: Path | None = None  # the log of the process that runs the spec-registry
 
     # -- the whole run ----------------------------------------------------------------------------
 
@@ -142,14 +147,17 @@ class Launcher:
         os.umask(PRIVATE_UMASK)  # the children inherit it: database, logs, replicas, JetStream store
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)  # also one made before berth kept its files private
-        if self.settings.secrets_key is None and ensure_key_file(self.settings.resolved_secrets_key_file):
-            self.console.print(f"made the secrets key {escape(str(self.settings.resolved_secrets_key_file))} (owner-only)")
         lock = DataDirLock(self.data_dir)
         lock.acquire()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             self._check_ports()
             self.logs_dir.mkdir(parents=True, exist_ok=True)
+            # One interpreter start for both: the secrets key, the NATS passwords and config.
+            key = [] if self.settings.secrets_key else ["--key", str(self.settings.resolved_secrets_key_file)]
+            auth = ["--auth", str(self.auth_dir)] if self.settings.nats_url is None else []
+            if key or auth:
+                self._prepare("files", *key, *auth, env=None)
             self.children = self._children()
             self._announce_logs()
             for child in self.children:
@@ -158,8 +166,7 @@ class Launcher:
                 try:
                     child.start()
                     if child.name == "nats-server":
-                        registry = self._service_settings("spec_registry")
-                        asyncio.run(set_up_bus(self.nats_url, registry.nats_security(), Sealer.from_settings(self.settings)))
+                        self._prepare("bus", env=self.child_env("spec_registry"))
                 except (OSError, TimeoutError) as exc:
                     raise CannotStart(f"{child.name} did not start: {exc} (see {child.log_file})") from exc
             self._supervise()
@@ -169,6 +176,21 @@ class Launcher:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             lock.release()
+
+    def _prepare(self, *args: str, env: dict[str, str] | None) -> None:
+        """One step of berth.prepare in a process of its own; its output goes to the terminal."""
+        if env is None:
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in [str(CHECKOUT), env.get("PYTHONPATH", "")] if p)
+        try:
+            done = subprocess.run([sys.executable, "-m", "berth.prepare", *args], env=env, stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, timeout=PREPARE_TIMEOUT_SECONDS)  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise CannotStart(f"berth could not {args[0]} within {PREPARE_TIMEOUT_SECONDS:.0f}s") from None
+        if done.stdout:
+            self.console.print(escape(done.stdout.rstrip()))
+        if done.returncode != 0:
+            raise CannotStart(f"berth could not {' '.join(args[:1])}: {done.stderr.strip().splitlines()[-1:]}")
 
     def _on_signal(self, signum: int, _: FrameType | None) -> None:
         if not self._stopping.is_set():
@@ -181,10 +203,22 @@ class Launcher:
         children = []
         if self.settings.nats_url is None:
             children.append(Child("nats-server", self.logs_dir / "nats-server.log", self._spawn_nats))
+        present = []
         for name in SERVICES:
             if not _runnable(f"services.{name}"):
                 self.console.print(f"[yellow]services.{name} is not present: not started[/]")
                 continue
+            present.append(name)
+        if self.settings.up_processes == "shared":
+            shared = [n for n in present if n not in OWN_PROCESS]
+            if shared:  # one child, restarted whole when any of its services fails (berth/plane.py)
+                children.append(Child(PLANE, self.logs_dir / f"{PLANE}.log", self._plane_spawner(shared)))
+            if "spec_registry" in shared:
+                self.registry_log = self.logs_dir / f"{PLANE}.log"
+            present = [n for n in present if n in OWN_PROCESS]
+        if "spec_registry" in present:
+            self.registry_log = self.logs_dir / "spec_registry.log"
+        for name in present:
             children.append(Child(name, self.logs_dir / f"{name}.log", self._spawner(name)))
         return children
 
@@ -195,6 +229,7 @@ class Launcher:
             self.logs_dir / "nats-server.log",
             own_session=True,
             auth_dir=self.auth_dir,
+            write_config=False,  # berth.prepare wrote it
         )
 
     def _service_settings(self, name: str) -> Settings:
@@ -202,7 +237,7 @@ class Launcher:
         if self.settings.nats_url is not None:
             return self.settings
         user = name.replace("_", "-")
-        password = service_passwords(self.auth_dir)[user]
+        password = read_passwords(self.auth_dir)[user]
         return self.settings.model_copy(update={"nats_user": user, "nats_password": SecretStr(password)})
 
     def _spawner(self, name: str) -> Callable[[], subprocess.Popen[bytes]]:
@@ -218,8 +253,26 @@ class Launcher:
 
         return spawn
 
-    def child_env(self, name: str) -> dict[str, str]:
-        s = self._service_settings(name)
+    def _plane_spawner(self, names: list[str]) -> Callable[[], subprocess.Popen[bytes]]:
+        # Each service connects as its own NATS user: the plane reads the passwords from the auth dir.
+        auth = ["--nats-auth-dir", str(self.auth_dir)] if self.settings.nats_url is None else []
+        command = [sys.executable, "-m", "berth.plane", *auth, *(f"services.{n}" for n in names)]
+
+        def spawn() -> subprocess.Popen[bytes]:
+            with open(self.logs_dir / f"{PLANE}.log", "ab") as log:
+                return subprocess.Popen(
+                    command,
+                    env=self.child_env(None),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+
+        return spawn
+
+    def child_env(self, name: str | None) -> dict[str, str]:
+        """The environment of a service's process; `name` None: of the plane (no NATS user of its own)."""
+        s = self._service_settings(name) if name is not None else self.settings
         env = dict(os.environ)
         if s.nats_user is not None:
             env["BERTH_NATS_USER"] = s.nats_user
@@ -269,7 +322,7 @@ class Launcher:
     # -- supervision ------------------------------------------------------------------------------
 
     def _supervise(self) -> None:
-        announced = "spec_registry" not in {c.name for c in self.children}
+        announced = self.registry_log is None
         if announced:
             self._announce_ready(registry=False)
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
@@ -284,9 +337,9 @@ class Launcher:
                 self._announce_ready(registry=True)
                 announced = True
             elif not announced and time.monotonic() > deadline:
-                log = self.logs_dir / "spec_registry.log"
                 self.console.print(
-                    f"[yellow]the API is not answering after {READY_TIMEOUT_SECONDS:.0f}s; see {escape(str(log))}[/]"
+                    f"[yellow]the API is not answering after {READY_TIMEOUT_SECONDS:.0f}s;"
+                    f" see {escape(str(self.registry_log))}[/]"
                 )
                 deadline = float("inf")
 
@@ -325,8 +378,9 @@ class Launcher:
     def _registry_healthy(self) -> bool:
         url = f"http://{self.settings.api_host}:{self.settings.api_port}/healthz"
         try:
-            return httpx.get(url, timeout=0.5).status_code == 200
-        except httpx.HTTPError:
+            with urllib.request.urlopen(url, timeout=0.5) as response:  # noqa: S310 - our own http:// URL
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
             return False
 
     # -- stopping ---------------------------------------------------------------------------------
@@ -400,27 +454,17 @@ class Launcher:
         self.console.print(Panel(body, title="berth is up", expand=False), soft_wrap=False)
 
 
-async def set_up_bus(url: str, registry: NatsSecurity | None, sealer: Sealer | None = None) -> None:
-    """Streams and the secrets bucket, as the spec-registry: the other services may only read them;
-    with `sealer`, values stored in plain text by an older berth are sealed."""
-    broker = make_broker(url, "spec-registry", registry)
-    connection = await broker.connect()
-    try:
-        js = connection.jetstream()
-        await ensure_streams(js)
-        store = await SecretStore.open(js, sealer)
-        if sealer is not None:  # values a berth from before sealing left in plain text
-            await store.seal_plaintext()
-    finally:
-        await broker.stop()
-
-
 def _runnable(package: str) -> bool:
-    """Whether `python -m package` can run it (it exists and has a __main__)."""
+    """Whether `python -m package` can run it (it exists and has a __main__). Looked up on disk: a
+    find_spec of `package.__main__` would import `package`, and with it what the service uses, into
+    the supervisor."""
+    parent, _, name = package.rpartition(".")
     try:
-        return importlib.util.find_spec(f"{package}.__main__") is not None
+        spec = importlib.util.find_spec(parent)
     except ModuleNotFoundError:
         return False
+    locations = (spec.submodule_search_locations or []) if spec is not None else []
+    return any((Path(location) / name / "__main__.py").is_file() for location in locations)
 
 
 def _port_free(port: int) -> bool:
@@ -446,3 +490,20 @@ def _running(process: psutil.Process) -> bool:
         return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`berth up` execs this: the supervisor runs without the CLI's imports (typer, the API client)."""
+    parser = argparse.ArgumentParser(prog="berth up")
+    parser.add_argument("--data-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    settings = Settings(data_dir=args.data_dir) if args.data_dir else Settings()
+    try:
+        return Launcher(settings).run()
+    except CannotStart as exc:
+        Console(stderr=True, soft_wrap=True).print(f"[red]✗[/] {escape(str(exc))}")  # as berth.render.failure
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -48,6 +48,7 @@ from libs.bus import (
     WEBHOOKS,
     inbox_prefix,
 )
+from libs.natsd import password_variable
 
 SECRETS_STREAM = f"KV_{SECRETS_BUCKET}"
 
@@ -191,11 +192,6 @@ def authorization_block(passwords: dict[str, str]) -> dict[str, Any]:
             for service in PERMISSIONS
         ]
     }
-
-
-def password_variable(service: str) -> str:
-    """The environment variable of nats-server that holds one service's password."""
-    return "BERTH_NATS_PASSWORD_" + service.upper().replace("-", "_")
 
 
 def render_config() -> str:

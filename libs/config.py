@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from faststream.nats import NatsUserPassword
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from faststream.nats import NatsUserPassword
 
 
 class Settings(BaseSettings):
@@ -103,6 +105,13 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="Router reports within this span are combined into one sample."
     )
     stop_grace_seconds: float = 10.0
+    up_processes: Literal["shared", "per-service"] = Field(
+        # Not yet the default: under the crash-consistency chaos on a loaded machine the shared process,
+        # restarted whole at each kill of any of its services, kept the API down past the test's 120 s.
+        default="per-service",
+        description="`berth up`: the control-plane services in one process (shared) or each in its own;"
+        " the router always runs in its own (docs/architecture.md).",
+    )
     alerting_ops_port: int = Field(default=8096, description="/healthz and /metrics of the alerting service.")
     alerting_interval_seconds: float = Field(
         default=15.0, gt=0, description="How often every alerting rule is evaluated (Prometheus' evaluation_interval)."
@@ -172,6 +181,9 @@ class Settings(BaseSettings):
         """The credentials to connect to NATS with, when a user is set."""
         if self.nats_user is None:
             return None
+        # Imported here: faststream is ~40 MiB that `berth up`'s supervisor, which reads settings, does without.
+        from faststream.nats import NatsUserPassword
+
         password = self.nats_password.get_secret_value() if self.nats_password else ""
         return NatsUserPassword(self.nats_user, password)
 

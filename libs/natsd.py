@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-from libs.busauth import PERMISSIONS, password_variable, render_config
 
 NATS_START_TIMEOUT_SECONDS = 30.0
 
@@ -65,12 +64,28 @@ CREDENTIALS_FILE = "credentials.json"
 CONFIG_FILE = "nats-server.conf"
 
 
+def password_variable(service: str) -> str:
+    """The environment variable of nats-server that holds one service's password."""
+    return "BERTH_NATS_PASSWORD_" + service.upper().replace("-", "_")
+
+
+def read_passwords(auth_dir: Path) -> dict[str, str]:
+    """The passwords `service_passwords` made, as they are (none made here)."""
+    path = auth_dir / CREDENTIALS_FILE
+    passwords: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    return passwords
+
+
 def service_passwords(auth_dir: Path) -> dict[str, str]:
     """The NATS password of every service: made on first use (and for a service added since), kept
     in `auth_dir/credentials.json`, readable by the owner only."""
+    # Imported here: the bus's subjects bring faststream along, which `berth up`'s supervisor (that
+    # starts nats-server from a config berth.prepare wrote) does without.
+    from libs.busauth import PERMISSIONS
+
     auth_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = auth_dir / CREDENTIALS_FILE
-    passwords: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    passwords = read_passwords(auth_dir)
     missing = [service for service in PERMISSIONS if service not in passwords]
     if missing:
         # nats-server parses a variable's value as config: letters first and hex, so it is a plain string.
@@ -94,19 +109,26 @@ def start_nats_server(
     log_file: Path | None = None,
     own_session: bool = False,
     auth_dir: Path | None = None,
+    write_config: bool = True,
 ) -> subprocess.Popen[bytes]:
     """Start nats-server with JetStream on 127.0.0.1:port and wait until it accepts connections.
 
     With `own_session` a Ctrl-C in the terminal does not reach it: `berth up` stops it itself, last,
     after the services that still publish while they shut down. With `auth_dir` it admits only the
-    services' users (see the module docstring); without, anyone.
+    services' users (see the module docstring); without, anyone. `write_config` False: the passwords
+    and config are already in `auth_dir` (`python -m berth.prepare auth`).
     """
     store_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     command = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)]
     env = dict(os.environ)
     if auth_dir is not None:
-        passwords = service_passwords(auth_dir)
-        write_private(auth_dir / CONFIG_FILE, render_config())
+        if write_config:
+            from libs.busauth import render_config
+
+            passwords = service_passwords(auth_dir)
+            write_private(auth_dir / CONFIG_FILE, render_config())
+        else:
+            passwords = read_passwords(auth_dir)
         command += ["-c", str(auth_dir / CONFIG_FILE)]
         env |= {password_variable(service): password for service, password in passwords.items()}
     log = open(log_file or store_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child

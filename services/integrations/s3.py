@@ -9,14 +9,13 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
-
-import boto3
-import botocore.exceptions
-from botocore.config import Config
+from typing import TYPE_CHECKING, Any
 
 from libs.spec import S3Integration
 from services.integrations.cache import Cache, Fetched, FetchFailed, Refused, Tally, digest, os_error
+
+if TYPE_CHECKING:
+    import botocore.exceptions
 
 MANIFEST = ".berth-manifest.json"  # key -> ETag of what the mirror holds
 PARALLEL_TRANSFERS = 8
@@ -47,6 +46,12 @@ def source(integration: S3Integration) -> tuple[str, ...]:
 def sync(integration: S3Integration, credentials: S3Credentials | None, cache: Cache) -> Fetched:
     """Sync the bucket or prefix into the cache. Without credentials boto3's default chain applies
     (environment, profile, instance role)."""
+    # Imported on the first s3 sync: boto3 and botocore hold ~25 MiB and take 0.5 s to import, which
+    # a control plane without s3 integrations should not pay.
+    import boto3
+    import botocore.exceptions
+    from botocore.config import Config
+
     bucket, prefix = split_url(integration.url)
     options: dict[str, Any] = {"region_name": integration.region, "endpoint_url": integration.endpointUrl}
     if credentials is not None:

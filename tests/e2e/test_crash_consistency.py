@@ -97,7 +97,7 @@ class Up:
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[Up]:
     ports = {k: free_port() for k in ("API", "ROUTER", "NATS", "SCHEDULER_OPS", "HEALTH_MONITOR_OPS", "INTEGRATIONS_OPS",
-                                   "METRICS_OPS")}
+                                   "METRICS_OPS", "AUTOSCALER_OPS", "ALERTING_OPS")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     env |= {f"BERTH_{k}_PORT": str(v) for k, v in ports.items()}
     env |= {

@@ -24,7 +24,7 @@ from libs.sealing import Sealer
 from libs.secrets import SecretStore
 from libs.spec import validate_spec
 from services.alerting.app import start_alerting
-from berth.up import set_up_bus
+from berth.prepare import set_up_bus
 from tests.helpers import eventually
 from tests.integration.test_autoscaler import _user, publish_as
 

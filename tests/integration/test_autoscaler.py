@@ -14,7 +14,7 @@ import pytest
 from faststream.nats import NatsUserPassword
 from pydantic import SecretStr
 
-from berth.up import set_up_bus
+from berth.prepare import set_up_bus
 
 from libs.autoscaling import hpa
 from libs.autoscaling.trace import TraceDecision

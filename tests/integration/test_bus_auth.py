@@ -16,7 +16,7 @@ from faststream.nats import NatsUserPassword
 from nats.aio.client import Client
 from nats.js.api import StreamConfig, StreamSource
 
-from berth.up import set_up_bus
+from berth.prepare import set_up_bus
 from libs.bus import SECRETS_BUCKET, SPECS, inbox_prefix
 from libs.events import RequestMetricsReported, SpecApplied
 from libs.natsd import CONFIG_FILE, CREDENTIALS_FILE, free_port, service_passwords, start_nats_server

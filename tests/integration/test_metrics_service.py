@@ -15,7 +15,7 @@ import pytest
 from faststream.nats import NatsUserPassword
 from pydantic import SecretStr
 
-from berth.up import set_up_bus
+from berth.prepare import set_up_bus
 from libs.bus import METRICS_RPC, METRICS_SUMMARIES, latest_per_subject, make_broker, publish
 from libs.config import Settings
 from libs.events import (

@@ -4,6 +4,7 @@ own, driven by the CLI; Ctrl-C leaves no process behind and the next `up` finds 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -83,6 +84,7 @@ def berth(tmp_path: Path) -> Berth:
     ports = {k: free_port() for k in ("API", "ROUTER", "NATS", "SCHEDULER_OPS", "HEALTH_MONITOR_OPS", "INTEGRATIONS_OPS",
                                       "AUTOSCALER_OPS", "ALERTING_OPS", "METRICS_OPS")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
+    env["BERTH_UP_PROCESSES"] = "shared"  # the control plane in one process (docs/architecture.md)
     env |= {f"BERTH_{k}_PORT": str(v) for k, v in ports.items()}
     env |= {
         "BERTH_DATA_DIR": str(tmp_path / "berth"),
@@ -113,7 +115,9 @@ async def test_up_apply_history_stop_and_up_again(
 ) -> None:
     await eventually(lambda: "berth is up" in berth.output(), timeout=60, what="the ready panel")
     assert await berth.healthy()
-    assert str(berth.data_dir / "logs" / "spec_registry.log") in berth.output()
+    # The control-plane services share one process and one log (docs/architecture.md); the router has its own.
+    assert str(berth.data_dir / "logs" / "control-plane.log") in berth.output()
+    assert str(berth.data_dir / "logs" / "router.log") in berth.output()
     # The web console's address is printed, and berth serves it there (docs/console.md).
     assert f"{berth.api_url}/ui/" in berth.output()
     async with httpx.AsyncClient() as browser:
@@ -197,8 +201,9 @@ async def test_up_runs_private_with_a_user_per_service_and_json_logs(
     passwords = json.loads((berth.data_dir / "nats" / "credentials.json").read_text())
     assert {"spec-registry", "scheduler", "health-monitor", "router", "alerting"} <= set(passwords)
     # The alerting service reads what it needs (specs, metrics, status, alerts, webhooks, secrets) as its own user.
-    alerting_log = berth.data_dir / "logs" / "alerting.log"
-    await eventually(lambda: alerting_log.exists() and "alerting started" in alerting_log.read_text(), timeout=60,
+    # Its lines in the control plane's shared log name it.
+    plane_log = berth.data_dir / "logs" / "control-plane.log"
+    await eventually(lambda: plane_log.exists() and _logged(plane_log, "alerting", "alerting started"), timeout=60,
                      what="the alerting service started under its NATS user")  # fmt: skip
     with pytest.raises(Exception, match="Authorization Violation"):
         await nats.connect(f"nats://127.0.0.1:{berth.env['BERTH_NATS_PORT']}", allow_reconnect=False)
@@ -263,6 +268,16 @@ async def test_up_runs_private_with_a_user_per_service_and_json_logs(
             for line in log.read_text().splitlines():
                 record = json.loads(line)
                 assert record["level"] != "error", f"{log.name}: {line}"
+
+
+def _logged(log: Path, service: str, event: str) -> bool:
+    """Whether a JSON line of `log` from `service` says `event`."""
+    for line in log.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if record.get("service") == service and record.get("event") == event:
+                return True
+    return False
 
 
 async def _tree_with_replicas(pid: int) -> list[psutil.Process]:

@@ -21,7 +21,7 @@ from tests.helpers import eventually
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     ports = {k: free_port() for k in ("API", "ROUTER", "NATS", "SCHEDULER_OPS", "HEALTH_MONITOR_OPS", "INTEGRATIONS_OPS",
-                                   "METRICS_OPS")}
+                                   "METRICS_OPS", "AUTOSCALER_OPS", "ALERTING_OPS")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     env |= {f"BERTH_{k}_PORT": str(v) for k, v in ports.items()}
     env |= {"BERTH_DATA_DIR": str(tmp_path / "berth"), "BERTH_STOP_GRACE_SECONDS": "3"}
