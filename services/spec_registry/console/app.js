@@ -4,7 +4,11 @@ import { h, when, phaseBadge, notify, confirmDialog } from "./dom.js";
 import { deploymentForm, formSpec, showErrors, clearErrors, yamlText } from "./form.js";
 import { lineChart, format } from "./charts.js";
 
-const main = document.getElementById("main");
+const root = document.getElementById("main");
+// The current page's view: a fresh element at each navigation. Each page takes it as its own `main` when
+// it starts, so a page still loading when the user moves on (a slow metrics read, a list reload) writes
+// into its own detached view, never over the next page.
+let currentView = root;
 let cleanup = () => {};
 
 const ROUTES = [
@@ -33,17 +37,21 @@ async function route() {
   const found = ROUTES.find(([pattern]) => pattern.test(hash));
   if (!found) { location.replace("#/deployments"); return; }
   const args = hash.match(found[0]).slice(1).map(decodeURIComponent);
-  delete main.dataset.ready;
-  main.replaceChildren(h("p", { class: "muted" }, "Loading…"));
+  const view = currentView = h("div", { class: "view" }, h("p", { class: "muted" }, "Loading…"));
+  root.replaceChildren(view);
   try {
     const stop = await found[1](...args);
-    if (typeof stop === "function") cleanup = stop;
+    if (typeof stop === "function") {
+      if (currentView !== view) { stop(); return; } // navigated away while it loaded: its live feed is not wanted
+      cleanup = stop;
+    }
   } catch (error) {
-    main.replaceChildren(failure(error));
+    view.replaceChildren(failure(error));
   }
-  const heading = main.querySelector("h1");
+  if (currentView !== view) return;
+  const heading = view.querySelector("h1");
   document.title = heading ? `${heading.textContent} · berth` : "berth console";
-  main.focus({ preventScroll: true });
+  root.focus({ preventScroll: true });
 }
 
 function failure(error) {
@@ -66,6 +74,7 @@ function setLive(on) {
 // --- login -----------------------------------------------------------------------------------------
 
 async function loginPage() {
+  const main = currentView; // this page's own view (see route)
   const tokenInput = h("input", { type: "password", id: "token", name: "token", autocomplete: "current-password", required: true, "aria-describedby": "token-help token-error" });
   const error = h("p", { class: "error", id: "token-error", role: "alert", hidden: true });
   const form = h("form", { class: "card narrow", onsubmit: async (event) => {
@@ -105,6 +114,7 @@ function rowOf(d) {
 }
 
 async function listPage() {
+  const main = currentView; // this page's own view (see route)
   const deployments = new Map();
   const params = new URLSearchParams(sessionStorage.getItem("berth.filters") || "");
   const env = h("select", { id: "env", "aria-label": "Environment" },
@@ -172,6 +182,7 @@ async function secretNames() {
 }
 
 async function createPage() {
+  const main = currentView; // this page's own view (see route)
   const form = deploymentForm(null, "create", await secretNames());
   const yaml = h("textarea", { id: "yaml", class: "yaml", rows: 24, spellcheck: "false", "aria-label": "Deployment spec (YAML)" });
   const yamlErrors = h("div", { class: "summary error-summary", role: "alert", hidden: true });
@@ -406,6 +417,7 @@ async function aliasesSection(d) {
 }
 
 async function detailsPage(ref) {
+  const main = currentView; // this page's own view (see route)
   let d = await api("GET", `/deployments/${encodeURIComponent(ref)}`);
   let history = (await api("GET", `/deployments/${d.deployment_id}/history?diff=true&limit=50`)).items;
   const head = h("div");
@@ -493,6 +505,7 @@ function staleOr(error, show) {
 }
 
 async function editPage(ref) {
+  const main = currentView; // this page's own view (see route)
   const d = await api("GET", `/deployments/${encodeURIComponent(ref)}`);
   const form = deploymentForm(d.spec, "edit", await secretNames());
   const flow = reviewAndSave(d, () => { clearErrors(form); return formSpec(form, d.spec); }, (updated) => {
@@ -517,6 +530,7 @@ const STRATEGY_HELP = {
 };
 
 async function updateModelPage(ref) {
+  const main = currentView; // this page's own view (see route)
   const d = await api("GET", `/deployments/${encodeURIComponent(ref)}`);
   const current = d.spec.updateStrategy?.type || "rolling";
   const version = h("input", { type: "text", id: "model-version", required: true, value: d.spec.model?.version || "", "aria-describedby": "model-version-help model-version-error" });
@@ -559,6 +573,7 @@ async function updateModelPage(ref) {
 // --- scale, rollback, delete --------------------------------------------------------------------------
 
 async function scalePage(ref) {
+  const main = currentView; // this page's own view (see route)
   const d = await api("GET", `/deployments/${encodeURIComponent(ref)}`);
   const bounds = d.spec.resources.autoscaling?.enabled ? ` Auto-scaling is on (${d.spec.resources.autoscaling.minReplicas ?? d.spec.resources.replicas}-${d.spec.resources.autoscaling.maxReplicas}): the count must be within its bounds, and the autoscaler moves it later.` : "";
   const count = h("input", { type: "number", id: "replicas", min: 0, max: 1000, step: 1, value: d.status.desired_replicas, "aria-describedby": "replicas-help replicas-error" });
@@ -584,6 +599,7 @@ async function scalePage(ref) {
 }
 
 async function rollbackPage(ref) {
+  const main = currentView; // this page's own view (see route)
   const d = await api("GET", `/deployments/${encodeURIComponent(ref)}`);
   const history = (await api("GET", `/deployments/${d.deployment_id}/history?limit=100`)).items.filter((v) => v.spec_version !== d.spec_version);
   if (!history.length) {
@@ -614,6 +630,7 @@ async function rollbackPage(ref) {
 }
 
 async function deletePage(ref) {
+  const main = currentView; // this page's own view (see route)
   const d = await api("GET", `/deployments/${encodeURIComponent(ref)}`);
   const typed = h("input", { type: "text", id: "confirm-name", autocomplete: "off", "aria-describedby": "confirm-help" });
   const button = h("button", { class: "danger", type: "submit", disabled: true }, "Delete deployment");
@@ -640,6 +657,7 @@ async function deletePage(ref) {
 // --- logs -------------------------------------------------------------------------------------------
 
 async function logsPage(ref) {
+  const main = currentView; // this page's own view (see route)
   const d = await api("GET", `/deployments/${encodeURIComponent(ref)}`);
   const replica = h("select", { id: "replica", "aria-label": "Replica" }, h("option", { value: "" }, "All replicas"),
     (d.status.replicas || []).map((r) => h("option", { value: r.replica_id }, r.replica_id)));
@@ -689,6 +707,7 @@ async function logsPage(ref) {
 // --- alerts -----------------------------------------------------------------------------------------
 
 async function alertsPage() {
+  const main = currentView; // this page's own view (see route)
   const state = h("select", { id: "alert-state", "aria-label": "State" }, [["", "Active (pending or firing)"], ["firing", "Firing"], ["pending", "Pending"], ["resolved", "Resolved"], ["inactive", "Inactive"]].map(([v, t]) => h("option", { value: v }, t)));
   const box = h("div");
   const load = async () => {
