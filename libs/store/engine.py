@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,11 @@ def reader(engine: sa.Engine) -> sa.Engine:
     return engine.execution_options(**{READ_ONLY: True})
 
 
+# Alembic's `context` and `op` are module-level proxies: two migrations at once in one process (the
+# shared control plane starts the registry and the metrics service together) would trample each other.
+ALEMBIC_LOCK = threading.Lock()
+
+
 def migrate(url: str) -> None:
     """Upgrade the database at `url` to the newest Alembic revision shipped in this package."""
     engine = create_engine(url)
@@ -135,7 +141,8 @@ def migrate(url: str) -> None:
             config = Config()
             config.set_main_option("script_location", str(MIGRATIONS))
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            with ALEMBIC_LOCK:
+                command.upgrade(config, "head")
             connection.commit()
     finally:
         engine.dispose()

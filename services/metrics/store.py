@@ -43,6 +43,7 @@ from sqlalchemy import (
 )
 
 from libs.events import LATENCY_BUCKETS_SECONDS
+from libs.store.engine import ALEMBIC_LOCK
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_metrics"  # not the registry's `alembic_version`: the chains are apart
@@ -168,10 +169,11 @@ def migrate(url: str) -> None:
             config.set_main_option("script_location", str(MIGRATIONS))
             config.attributes["connection"] = connection
             tables = set(inspect(connection).get_table_names())
-            if samples.name in tables and VERSION_TABLE not in tables:
-                # Made by an earlier berth with create_all: the first revision's schema, kept as it is.
-                command.stamp(config, BEFORE_ALEMBIC)
-            command.upgrade(config, "head")
+            with ALEMBIC_LOCK:  # the registry may migrate in this process at the same time
+                if samples.name in tables and VERSION_TABLE not in tables:
+                    # Made by an earlier berth with create_all: the first revision's schema, kept as it is.
+                    command.stamp(config, BEFORE_ALEMBIC)
+                command.upgrade(config, "head")
             connection.commit()
     finally:
         engine.dispose()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import promql_parser
@@ -176,14 +178,17 @@ def test_the_schedulers_metrics_with_500_deployments_parse_and_stay_under_the_bo
 
 
 def test_every_service_process_exposes_conventional_names() -> None:
-    """The process-wide registry every service's ops port serves, with each service's figures loaded."""
-    import services.health_monitor.metrics  # noqa: F401
-    import services.scheduler.metrics  # noqa: F401
-    import services.spec_registry.metrics  # noqa: F401
-    from libs.kit import MESSAGES
-
-    MESSAGES.labels("scheduler", "specs", "handled").inc()
-    families = parse(generate_latest(REGISTRY).decode())
+    """The process-wide registry every service's ops port serves, with each service's figures loaded,
+    read in a process of its own (this test process's registry holds what earlier tests counted)."""
+    script = (
+        "import services.health_monitor.metrics, services.scheduler.metrics, services.spec_registry.metrics\n"
+        "from libs.kit import MESSAGES\n"
+        "from prometheus_client import REGISTRY, generate_latest\n"
+        "MESSAGES.labels('scheduler', 'specs', 'handled').inc()\n"
+        "print(generate_latest(REGISTRY).decode())\n"
+    )
+    text = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    families = parse(text)
     assert_conventions(families)
     assert "berth_messages" in families and series(families) < FIXED_SERIES
 
