@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,13 +136,22 @@ ALEMBIC_LOCK = threading.Lock()
 
 def migrate(url: str) -> None:
     """Upgrade the database at `url` to the newest Alembic revision shipped in this package."""
+    upgrade(url, MIGRATIONS)
+
+
+def upgrade(url: str, script_location: Path, adopt: Callable[[sa.Connection], str | None] | None = None) -> None:
+    """Upgrade the database at `url` to the head of the Alembic chain at `script_location` (the
+    registry's, or the metrics service's, which has a version table of its own). `adopt` may name a
+    revision to stamp first: a schema made before its chain existed."""
     engine = create_engine(url)
     try:
         with engine.connect() as connection:
             config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS))
+            config.set_main_option("script_location", str(script_location))
             config.attributes["connection"] = connection
             with ALEMBIC_LOCK:
+                if adopt is not None and (revision := adopt(connection)) is not None:
+                    command.stamp(config, revision)
                 command.upgrade(config, "head")
             connection.commit()
     finally:

@@ -21,10 +21,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import (
     Column,
+    Connection,
     Engine,
     Float,
     Index,
@@ -43,7 +42,7 @@ from sqlalchemy import (
 )
 
 from libs.events import LATENCY_BUCKETS_SECONDS
-from libs.store.engine import ALEMBIC_LOCK
+from libs.store.engine import upgrade
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_metrics"  # not the registry's `alembic_version`: the chains are apart
@@ -162,21 +161,13 @@ def database_url(url: str | None, shared: str | None, data_dir: Path) -> str:
 
 def migrate(url: str) -> None:
     """Upgrade the metrics tables at `url` to the newest revision shipped in this package."""
-    engine = create_engine(url)
-    try:
-        with engine.connect() as connection:
-            config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS))
-            config.attributes["connection"] = connection
-            tables = set(inspect(connection).get_table_names())
-            with ALEMBIC_LOCK:  # the registry may migrate in this process at the same time
-                if samples.name in tables and VERSION_TABLE not in tables:
-                    # Made by an earlier berth with create_all: the first revision's schema, kept as it is.
-                    command.stamp(config, BEFORE_ALEMBIC)
-                command.upgrade(config, "head")
-            connection.commit()
-    finally:
-        engine.dispose()
+    upgrade(url, MIGRATIONS, adopt=_made_by_create_all)
+
+
+def _made_by_create_all(connection: Connection) -> str | None:
+    """The first revision, for tables an earlier berth made with create_all (kept as they are)."""
+    tables = set(inspect(connection).get_table_names())
+    return BEFORE_ALEMBIC if samples.name in tables and VERSION_TABLE not in tables else None
 
 
 def open_store(url: str) -> Engine:
