@@ -1,10 +1,15 @@
 """The web console in a real browser (Chromium through Playwright) against the whole platform: a user
 signs in, creates the iris deployment through the form (after the API refused a field of it), watches
 it become Ready without reloading, and drives it through every action of seeds/002. Each step checks
-what the page shows and what the API then says. The screenshots in docs/console/ come from here."""
+what the page shows and what the API then says. The screenshots in docs/console/ come from here:
+`BERTH_CONSOLE_SHOTS=docs/console pytest tests/e2e/test_console.py` refreshes them; otherwise they go to
+a temporary directory, so running the suite changes no tracked file."""
 
 from __future__ import annotations
 
+import functools
+import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,13 +18,12 @@ import httpx
 import pytest
 
 from tests.e2e.browser import ARGS, CHROMIUM, missing
-from tests.e2e.conftest import REPO, Platform
+from tests.e2e.conftest import Platform
 from tests.helpers import eventually
 from tests.servers.registry import RegistryProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing() is not None, reason=missing() or "")]
 
-SHOTS = REPO / "docs" / "console"
 SETOSA = [5.1, 3.5, 1.4, 0.2]
 # The iris form as a user fills it (examples/iris.yaml).
 IRIS_FORM = {
@@ -58,9 +62,16 @@ async def page() -> AsyncIterator[Any]:
             await browser.close()
 
 
+@functools.cache
+def shots() -> Path:
+    chosen = os.environ.get("BERTH_CONSOLE_SHOTS")
+    folder = Path(chosen) if chosen else Path(tempfile.mkdtemp(prefix="berth-console-shots-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 async def shot(page: Any, name: str) -> None:
-    SHOTS.mkdir(exist_ok=True)
-    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=name != "details")
+    await page.screenshot(path=str(shots() / f"{name}.png"), full_page=name != "details")
 
 
 async def deployment(api: httpx.AsyncClient) -> dict[str, Any]:
@@ -230,7 +241,7 @@ async def test_the_iris_deployment_through_every_page_of_the_console(
 
     # Alerts: rules and firing alerts, or what to do while alerting is not installed.
     await page.get_by_role("link", name="Alerts").click()
-    await expect(page.get_by_role("heading", name="Alerts")).to_be_visible()
+    await expect(page.get_by_role("heading", name="Alerts", exact=True)).to_be_visible()
     await expect(page.locator("main")).to_contain_text("alert")
     await shot(page, "alerts")
 
