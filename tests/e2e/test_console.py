@@ -139,7 +139,7 @@ async def test_the_iris_deployment_through_every_page_of_the_console(
 
     # The list: the deployment at a glance, filtered by environment and searched by name.
     await page.get_by_role("link", name="Deployments", exact=True).click()
-    row = page.locator("tbody tr", has_text="iris")
+    row = page.locator(".deployments-table tbody tr", has_text="iris")
     await expect(row).to_contain_text("2/2")
     await expect(row).to_contain_text("Ready")
     await expect(row).to_contain_text("iris-logistic-regression · 1")
@@ -241,13 +241,13 @@ async def test_the_iris_deployment_through_every_page_of_the_console(
 
     # Alerts: rules and firing alerts, or what to do while alerting is not installed.
     await page.get_by_role("link", name="Alerts").click()
-    await expect(page.get_by_role("heading", name="Alerts", exact=True)).to_be_visible()
+    await expect(page.get_by_role("heading", name="Alerts", exact=True, level=1)).to_be_visible()
     await expect(page.locator("main")).to_contain_text("alert")
     await shot(page, "alerts")
 
     # A narrow window still reads.
     await page.get_by_role("link", name="Deployments", exact=True).click()
-    await expect(page.locator("tbody tr", has_text="iris")).to_be_visible()
+    await expect(page.locator(".deployments-table tbody tr", has_text="iris")).to_be_visible()
     await page.set_viewport_size({"width": 420, "height": 800})
     await shot(page, "list-narrow")
     await page.set_viewport_size({"width": 1280, "height": 800})
@@ -351,7 +351,7 @@ async def test_charts_list_figures_and_alerts_from_the_metrics_and_alerts_apis(r
     assert created["spec"] == {"name": "stopped-one", "image": "python:3.11", "enabled": False, "resources": {"ports": [8000]}}
 
     await page.get_by_role("link", name="Deployments", exact=True).click()
-    row = page.locator("tbody tr", has_text="stopped-one")
+    row = page.locator(".deployments-table tbody tr", has_text="stopped-one")
     await expect(row).to_contain_text("12.5/s")
     await expect(row).to_contain_text("120 ms")
 
@@ -372,5 +372,6 @@ async def test_charts_list_figures_and_alerts_from_the_metrics_and_alerts_apis(r
     await shot(page, "details-metrics")
 
     await page.get_by_role("link", name="Alerts").click()
+    await expect(page.get_by_role("heading", name="Alerts", exact=True, level=1)).to_be_visible()
     await expect(page.locator("tbody tr", has_text="high-errors")).to_contain_text("firing")
     await shot(page, "alerts-firing")

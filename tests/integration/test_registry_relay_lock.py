@@ -64,9 +64,10 @@ async def test_one_registry_relays_and_another_takes_over_when_it_dies(
 ) -> None:
     first, second = registries
     first.start()
-    await eventually(lambda: _is(first, "relaying"), what="the first registry relaying")
+    # A registry process takes seconds to start on a loaded machine (imports, migrations checked).
+    await eventually(lambda: _is(first, "relaying"), timeout=60, what="the first registry relaying")
     second.start()
-    await eventually(lambda: _is(second, "standby"), what="the second registry standing by")
+    await eventually(lambda: _is(second, "standby"), timeout=60, what="the second registry standing by")
 
     names = [f"model-{i}" for i in range(6)]
     for i, name in enumerate(names[:4]):  # through both APIs: the outbox is shared

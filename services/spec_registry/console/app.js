@@ -123,7 +123,7 @@ async function listPage() {
   const search = h("input", { type: "search", id: "search", placeholder: "Search by name", "aria-label": "Search by name", value: params.get("q") || "" });
   const body = h("tbody");
   const count = h("p", { class: "muted", role: "status" }, "Loading…");
-  const table = h("table", { class: "list" },
+  const table = h("table", { class: "list deployments-table" },
     h("caption", { class: "sr-only" }, "Deployments"),
     h("thead", {}, h("tr", {}, ["Name", "Environment", "Model", "Replicas (ready/desired)", "Phase", "Requests/s", "p99 latency"]
       .map((c, i) => h("th", { scope: "col", class: [3, 5, 6].includes(i) ? "num" : null }, c)))),
