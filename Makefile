@@ -29,11 +29,14 @@ up: $(STAMP)
 	$(BIN)/berth up
 
 # pytest's exit code 5 (no tests collected) is a failure here, as every non-zero code is.
+# Unit and integration tests run in two workers (pytest-xdist: most of their time is spent waiting on
+# processes they start); the slow end-to-end tests, which run whole platforms, one at a time after them.
 test: install
-	$(BIN)/python -m pytest -ra --durations=15
+	$(BIN)/python -m pytest -ra --durations=10 -m "not slow" -n 2
+	$(BIN)/python -m pytest -ra --durations=10 -m slow
 
 test-fast: install
-	$(BIN)/python -m pytest -ra -m "not slow"
+	$(BIN)/python -m pytest -ra -m "not slow" -n 2
 
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
