@@ -1,6 +1,6 @@
 """The shim between the local runtime and one replica process (containerd-shim's job, in small).
 
-    python -m libs.runtime.shim --dir <replica dir> --grace <s> [--log-max-bytes N --log-backups K] -- cmd...
+    python -I -S libs/runtime/shim.py --dir <replica dir> --grace <s> [--log-max-bytes N --log-backups K] -- cmd...
 
 The runtime starts the shim in a session of its own, so the replica outlives a scheduler that is
 killed; a restarted scheduler finds the shim by pid and adopts it. The shim:
@@ -12,26 +12,28 @@ killed; a restarted scheduler finds the shim by pid and adopts it. The shim:
   `exit_code`, kills what is left of its process group, and exits with that same code;
 - on SIGTERM (or SIGINT) forwards SIGTERM to the process group and SIGKILLs it after the grace period.
 
-Standard library only: it starts fast and depends on nothing the replica could break.
+Standard library only: it starts fast and depends on nothing the replica could break. The local
+runtime starts it with `-S` (it needs no site-packages, and a venv's .pth files cost milliseconds), and
+it starts the command before it imports what only the copying and the exit need (logging, threading,
+pathlib, datetime, argparse): up to the command's exec it uses `os`, `signal`, `sys` and `ctypes`
+alone, so the command's own start overlaps the shim's imports instead of following them
+(docs/benchmarks.md, "Apply -> first request": the shim used to add ~40 ms before the command ran).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import ctypes
-import logging
 import os
 import signal
-import subprocess
 import sys
-import threading
-from collections.abc import Callable
-from datetime import UTC, datetime
-from logging.handlers import RotatingFileHandler
-from pathlib import Path
-from types import FrameType
-from typing import IO
+
+TYPE_CHECKING = False  # not typing's: importing typing costs milliseconds before the command starts
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from datetime import datetime
+    from logging.handlers import RotatingFileHandler
+    from pathlib import Path
+    from types import FrameType
+    from typing import IO
 
 OUTPUT_LOG = "output.log"
 PID_FILE = "pid"
@@ -59,6 +61,8 @@ def _die_with_parent() -> Callable[[], None] | None:
     """For the child before exec: the kernel SIGKILLs it when the shim dies, whatever kills the shim."""
     if sys.platform != "linux":
         return None
+    import ctypes
+
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: the child only calls it
     shim_pid = os.getpid()
 
@@ -70,12 +74,61 @@ def _die_with_parent() -> Callable[[], None] | None:
     return in_child
 
 
+def spawn(command: list[str]) -> tuple[int, int]:
+    """Run `command` in a process group of its own, stdin from /dev/null, stdout and stderr into a pipe;
+    returns its pid and the pipe's read end. Raises the OSError of a command that cannot be run, as
+    subprocess.Popen does (whose import alone took ~12 ms, more than the fork and exec written out)."""
+    die_with_parent = _die_with_parent()
+    read_end, write_end = os.pipe()
+    failed_read, failed_write = os.pipe()  # close-on-exec: EOF once the exec succeeded, else its errno
+    null = os.open(os.devnull, os.O_RDONLY)
+    pid = os.fork()
+    if pid == 0:  # the child: nothing but system calls until the exec
+        try:
+            os.setpgid(0, 0)
+            if die_with_parent is not None:
+                die_with_parent()
+            for ignored in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; the command must not
+                signal.signal(ignored, signal.SIG_DFL)
+            os.dup2(null, 0)
+            os.dup2(write_end, 1)
+            os.dup2(write_end, 2)
+            os.execvp(command[0], command)
+        except OSError as exc:
+            os.write(failed_write, str(exc.errno or 0).encode())
+        finally:
+            os._exit(EXIT_CODE_NOT_STARTED)
+    for fd in (write_end, failed_write, null):
+        os.close(fd)
+    try:
+        failure = os.read(failed_read, 32)
+    finally:
+        os.close(failed_read)
+    if failure:
+        os.waitpid(pid, 0)
+        os.close(read_end)
+        errno = int(failure)
+        raise OSError(errno, os.strerror(errno), command[0])
+    return pid, read_end
+
+
 def stamp(line: str, at: datetime) -> str:
     """`line` as the log file holds it: the UTC time it was written, a space, the line."""
+    from datetime import UTC
+
     return f"{at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')} {line}"
 
 
+def _now() -> datetime:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
 def _output_log(replica_dir: Path, max_bytes: int, backups: int) -> RotatingFileHandler:
+    import logging
+    from logging.handlers import RotatingFileHandler
+
     handler = RotatingFileHandler(
         replica_dir / OUTPUT_LOG, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
     )
@@ -84,15 +137,22 @@ def _output_log(replica_dir: Path, max_bytes: int, backups: int) -> RotatingFile
     return handler
 
 
+def _write_line(handler: RotatingFileHandler, line: str) -> None:
+    import logging
+
+    handler.handle(logging.makeLogRecord({"msg": stamp(line, _now())}))
+
+
 def _copy_output(stream: IO[bytes], handler: RotatingFileHandler) -> None:
     for raw in iter(lambda: stream.readline(_MAX_LINE_BYTES), b""):
-        line = raw.decode("utf-8", errors="replace")
-        handler.handle(logging.makeLogRecord({"msg": stamp(line, datetime.now(UTC))}))
+        _write_line(handler, raw.decode("utf-8", errors="replace"))
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
+    try:
         os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
 
 
 class _Stopper:
@@ -101,7 +161,7 @@ class _Stopper:
     def __init__(self, grace_seconds: float) -> None:
         self.grace_seconds = max(grace_seconds, 0.001)  # a zero timer would mean "no timer"
         self.requested = False
-        self.child: subprocess.Popen[bytes] | None = None
+        self.child: int | None = None  # the command's pid, which is also its process group's id
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -116,54 +176,90 @@ class _Stopper:
 
     def terminate(self) -> None:
         if self.child is not None:
-            _kill_group(self.child.pid, signal.SIGTERM)
+            _kill_group(self.child, signal.SIGTERM)
             signal.setitimer(signal.ITIMER_REAL, self.grace_seconds)
 
     def _on_grace_over(self, _signum: int, _frame: FrameType | None) -> None:
         if self.child is not None:
-            _kill_group(self.child.pid, signal.SIGKILL)
+            _kill_group(self.child, signal.SIGKILL)
 
 
-def run(replica_dir: Path, command: list[str], grace_seconds: float, max_bytes: int, backups: int) -> int:
-    handler = _output_log(replica_dir, max_bytes, backups)
+def run(replica_dir: str | Path, command: list[str], grace_seconds: float, max_bytes: int, backups: int) -> int:
     stopper = _Stopper(grace_seconds)
     stopper.install()
     if stopper.requested:  # stopped before anything ran
-        write_atomically(replica_dir / EXIT_CODE_FILE, "0")
+        from pathlib import Path
+
+        write_atomically(Path(replica_dir) / EXIT_CODE_FILE, "0")
         return 0
     try:
-        child = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            process_group=0,
-            preexec_fn=_die_with_parent(),
-        )
+        pid, output = spawn(command)
     except OSError as exc:
-        message = stamp(f"berth: cannot run {command[0]!r}: {exc}\n", datetime.now(UTC))
-        handler.handle(logging.makeLogRecord({"msg": message}))
-        write_atomically(replica_dir / EXIT_CODE_FILE, str(EXIT_CODE_NOT_STARTED))
+        from pathlib import Path
+
+        handler = _output_log(Path(replica_dir), max_bytes, backups)
+        _write_line(handler, f"berth: cannot run {command[0]!r}: {exc}\n")
+        handler.close()
+        write_atomically(Path(replica_dir) / EXIT_CODE_FILE, str(EXIT_CODE_NOT_STARTED))
         return EXIT_CODE_NOT_STARTED
-    stopper.child = child
-    write_atomically(replica_dir / PID_FILE, str(child.pid))
+    stopper.child = pid
     if stopper.requested:  # the signal came while the child was being spawned
         stopper.terminate()
-    assert child.stdout is not None
-    copier = threading.Thread(target=_copy_output, args=(child.stdout, handler), daemon=True)
+    import threading  # only now: what is left is for the copying and the exit
+    from pathlib import Path
+
+    directory = Path(replica_dir)
+    handler = _output_log(directory, max_bytes, backups)
+    write_atomically(directory / PID_FILE, str(pid))
+    copier = threading.Thread(target=_copy_output, args=(os.fdopen(output, "rb"), handler), daemon=True)
     copier.start()
-    code = exit_code_of(child.wait())
+    _, status = os.waitpid(pid, 0)
+    code = exit_code_of(os.waitstatus_to_exitcode(status))
     signal.setitimer(signal.ITIMER_REAL, 0)
     # As when a container's main process ends: what it left running in its group goes too.
-    _kill_group(child.pid, signal.SIGKILL)
+    _kill_group(pid, signal.SIGKILL)
     copier.join(timeout=2)
     handler.close()
-    write_atomically(replica_dir / EXIT_CODE_FILE, str(code))
+    write_atomically(directory / EXIT_CODE_FILE, str(code))
     return code
 
 
+_OPTIONS = frozenset({"--dir", "--grace", "--log-max-bytes", "--log-backups"})
+
+
+def _parse_quickly(argv: list[str]) -> tuple[str, float, int, int, list[str]] | None:
+    """The arguments as the local runtime writes them (`--option value` ..., `--`, the command), without
+    argparse, whose import took ~20 ms before the command could start; None for anything else, which
+    argparse then reads (or explains)."""
+    found: dict[str, str] = {}
+    i = 0
+    while i < len(argv) and argv[i] != "--" and argv[i].startswith("-"):
+        if argv[i] not in _OPTIONS or i + 1 >= len(argv):
+            return None
+        found[argv[i]] = argv[i + 1]
+        i += 2
+    command = argv[i + 1 :] if argv[i : i + 1] == ["--"] else argv[i:]
+    if "--dir" not in found or not command:
+        return None
+    try:
+        grace = float(found.get("--grace", 10.0))
+        max_bytes = int(found.get("--log-max-bytes", LOG_MAX_BYTES))
+        backups = int(found.get("--log-backups", LOG_BACKUPS))
+    except ValueError:
+        return None
+    return found["--dir"], grace, max_bytes, backups, command
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m libs.runtime.shim")
+    argv = sys.argv[1:] if argv is None else argv
+    quick = _parse_quickly(argv)
+    if quick is not None:
+        directory, grace, max_bytes, backups, command = quick
+        return run(directory, command, grace, max_bytes, backups)
+    import argparse
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -I -S libs/runtime/shim.py")
     parser.add_argument("--dir", type=Path, required=True, help="the replica's directory")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds from SIGTERM to SIGKILL")
     parser.add_argument("--log-max-bytes", type=int, default=LOG_MAX_BYTES)
