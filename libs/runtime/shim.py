@@ -12,12 +12,13 @@ killed; a restarted scheduler finds the shim by pid and adopts it. The shim:
   `exit_code`, kills what is left of its process group, and exits with that same code;
 - on SIGTERM (or SIGINT) forwards SIGTERM to the process group and SIGKILLs it after the grace period.
 
-Standard library only: it starts fast and depends on nothing the replica could break. The local
-runtime starts it with `-S` (it needs no site-packages, and a venv's .pth files cost milliseconds), and
-it starts the command before it imports what only the copying and the exit need (logging, threading,
-pathlib, datetime, argparse): up to the command's exec it uses `os`, `signal`, `sys` and `ctypes`
-alone, so the command's own start overlaps the shim's imports instead of following them
-(docs/benchmarks.md, "Apply -> first request": the shim used to add ~40 ms before the command ran).
+Standard library only, and little of it: the shim's CPU is spent while the command starts, on the same
+cores (docs/benchmarks.md, "Apply -> first request": the shim used to add ~40 ms before the command
+ran). The local runtime starts it with `-S` (it needs no site-packages, and a venv's .pth files cost
+milliseconds); up to the command's exec it uses `os`, `signal`, `sys`, `time` and `ctypes` alone (fork
+and exec are written out: importing subprocess cost more than they do; the runtime's command line is
+read without argparse), then `threading` for the copier. The log is written without the logging
+package (`OutputLog`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,11 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 TYPE_CHECKING = False  # not typing's: importing typing costs milliseconds before the command starts
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from datetime import datetime
-    from logging.handlers import RotatingFileHandler
-    from pathlib import Path
     from types import FrameType
     from typing import IO
 
@@ -50,10 +49,12 @@ def exit_code_of(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: str | os.PathLike[str], text: str) -> None:
     """Readers see the whole file or none of it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    path = os.fspath(path)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w") as file:
+        file.write(text)
     os.replace(tmp, path)
 
 
@@ -112,40 +113,45 @@ def spawn(command: list[str]) -> tuple[int, int]:
     return pid, read_end
 
 
-def stamp(line: str, at: datetime) -> str:
-    """`line` as the log file holds it: the UTC time it was written, a space, the line."""
-    from datetime import UTC
-
-    return f"{at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')} {line}"
-
-
-def _now() -> datetime:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
+def stamp(line: str, at_ns: int) -> str:
+    """`line` as the log file holds it: the UTC time it was written (time.time_ns()), a space, the line."""
+    seconds, ns = divmod(at_ns, 1_000_000_000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{ns // 1000:06d}Z {line}"
 
 
-def _output_log(replica_dir: Path, max_bytes: int, backups: int) -> RotatingFileHandler:
-    import logging
-    from logging.handlers import RotatingFileHandler
+class OutputLog:
+    """`output.log`, each line stamped, rotated by size as logging's RotatingFileHandler rotates (the
+    newest backup is `.1`, at most `backups` of them, none: the file starts over), written out because
+    the logging package cost ~10 ms of CPU, which the shim spent beside the command's own start."""
 
-    handler = RotatingFileHandler(
-        replica_dir / OUTPUT_LOG, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
-    )
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.terminator = ""  # lines keep their own newline: the file holds what the process printed
-    return handler
+    def __init__(self, replica_dir: str | os.PathLike[str], max_bytes: int, backups: int) -> None:
+        self.path = os.path.join(os.fspath(replica_dir), OUTPUT_LOG)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - held for the replica's life
+
+    def write(self, line: str) -> None:
+        data = stamp(line, time.time_ns()).encode("utf-8")
+        if 0 < self.max_bytes <= self._file.tell() + len(data):
+            self._rotate()
+        self._file.write(data)  # unbuffered: a reader sees each line as soon as it is written
+
+    def _rotate(self) -> None:
+        self._file.close()
+        if self.backups > 0:
+            for i in range(self.backups - 1, 0, -1):
+                if os.path.exists(older := f"{self.path}.{i}"):
+                    os.replace(older, f"{self.path}.{i + 1}")
+            os.replace(self.path, f"{self.path}.1")
+        self._file = open(self.path, "ab" if self.backups > 0 else "wb", buffering=0)  # noqa: SIM115
+
+    def close(self) -> None:
+        self._file.close()
 
 
-def _write_line(handler: RotatingFileHandler, line: str) -> None:
-    import logging
-
-    handler.handle(logging.makeLogRecord({"msg": stamp(line, _now())}))
-
-
-def _copy_output(stream: IO[bytes], handler: RotatingFileHandler) -> None:
+def _copy_output(stream: IO[bytes], log: OutputLog) -> None:
     for raw in iter(lambda: stream.readline(_MAX_LINE_BYTES), b""):
-        _write_line(handler, raw.decode("utf-8", errors="replace"))
+        log.write(raw.decode("utf-8", errors="replace"))
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
@@ -184,34 +190,28 @@ class _Stopper:
             _kill_group(self.child, signal.SIGKILL)
 
 
-def run(replica_dir: str | Path, command: list[str], grace_seconds: float, max_bytes: int, backups: int) -> int:
+def run(replica_dir: str | os.PathLike[str], command: list[str], grace_seconds: float, max_bytes: int, backups: int) -> int:
     stopper = _Stopper(grace_seconds)
     stopper.install()
     if stopper.requested:  # stopped before anything ran
-        from pathlib import Path
-
-        write_atomically(Path(replica_dir) / EXIT_CODE_FILE, "0")
+        write_atomically(os.path.join(replica_dir, EXIT_CODE_FILE), "0")
         return 0
     try:
         pid, output = spawn(command)
     except OSError as exc:
-        from pathlib import Path
-
-        handler = _output_log(Path(replica_dir), max_bytes, backups)
-        _write_line(handler, f"berth: cannot run {command[0]!r}: {exc}\n")
-        handler.close()
-        write_atomically(Path(replica_dir) / EXIT_CODE_FILE, str(EXIT_CODE_NOT_STARTED))
+        log = OutputLog(replica_dir, max_bytes, backups)
+        log.write(f"berth: cannot run {command[0]!r}: {exc}\n")
+        log.close()
+        write_atomically(os.path.join(replica_dir, EXIT_CODE_FILE), str(EXIT_CODE_NOT_STARTED))
         return EXIT_CODE_NOT_STARTED
     stopper.child = pid
     if stopper.requested:  # the signal came while the child was being spawned
         stopper.terminate()
     import threading  # only now: what is left is for the copying and the exit
-    from pathlib import Path
 
-    directory = Path(replica_dir)
-    handler = _output_log(directory, max_bytes, backups)
-    write_atomically(directory / PID_FILE, str(pid))
-    copier = threading.Thread(target=_copy_output, args=(os.fdopen(output, "rb"), handler), daemon=True)
+    log = OutputLog(replica_dir, max_bytes, backups)
+    write_atomically(os.path.join(replica_dir, PID_FILE), str(pid))
+    copier = threading.Thread(target=_copy_output, args=(os.fdopen(output, "rb"), log), daemon=True)
     copier.start()
     _, status = os.waitpid(pid, 0)
     code = exit_code_of(os.waitstatus_to_exitcode(status))
@@ -219,8 +219,8 @@ def run(replica_dir: str | Path, command: list[str], grace_seconds: float, max_b
     # As when a container's main process ends: what it left running in its group goes too.
     _kill_group(pid, signal.SIGKILL)
     copier.join(timeout=2)
-    handler.close()
-    write_atomically(directory / EXIT_CODE_FILE, str(code))
+    log.close()
+    write_atomically(os.path.join(replica_dir, EXIT_CODE_FILE), str(code))
     return code
 
 
@@ -257,10 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         directory, grace, max_bytes, backups, command = quick
         return run(directory, command, grace, max_bytes, backups)
     import argparse
-    from pathlib import Path
-
     parser = argparse.ArgumentParser(prog="python -I -S libs/runtime/shim.py")
-    parser.add_argument("--dir", type=Path, required=True, help="the replica's directory")
+    parser.add_argument("--dir", required=True, help="the replica's directory")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds from SIGTERM to SIGKILL")
     parser.add_argument("--log-max-bytes", type=int, default=LOG_MAX_BYTES)
     parser.add_argument("--log-backups", type=int, default=LOG_BACKUPS)
