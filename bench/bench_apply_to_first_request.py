@@ -1,6 +1,6 @@
 """Apply -> first request served: from the POST of a new deployment to the first 200 through the router.
 
-    .venv/bin/python bench/bench_apply_to_first_request.py [--deployments 30]
+    .venv/bin/python bench/bench_apply_to_first_request.py [--deployments 30] [--before DIR] [--runs N]
 
 Starts `berth up` (the embedded default, as a user runs it) on a temporary data dir and free ports,
 then creates `--deployments` fresh deployments one at a time, each 1 replica of a tiny stdlib HTTP
@@ -8,6 +8,18 @@ server (tests/servers/echo.py), and for each asks its endpoint every 5 ms until 
 200. Twice: without a readiness probe (ready once the port accepts) and with an HTTP readiness probe
 of periodSeconds 1. Uses only the REST API and the endpoint, so it measures any version of berth the
 same way. One warm-up deployment per variant is left out of the figures.
+
+Beside each deployment without a probe it starts the same command directly (no berth) and times it
+until its port accepts, tried every ~1 ms: the app's own start, which berth cannot shorten; the figure
+"beyond the app's own start" is each apply -> 200 minus the own start measured next to it. Then where
+the time went, per stage, from what berth leaves behind (read after the deployments, so nothing is
+added to what is measured): the stream times of SpecApplied, the first ready ReplicaHealthChanged and
+the first TrafficAssigned with a replica (read as the scheduler's NATS user), the shim's start in the
+runtime's replica.json, and the time the shim stamped on the app's "echo listening" line. Under heavy
+load the shim reads that line late, and the next stage can then come out negative.
+
+`--before DIR` runs `berth up` of another checkout too (e.g. `git archive` of main into /tmp), in the
+same rounds, alternating; `--runs N` repeats the rounds and prints medians of the rounds' p50 and p99.
 """
 
 from __future__ import annotations

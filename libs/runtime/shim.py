@@ -121,8 +121,8 @@ def stamp(line: str, at_ns: int) -> str:
 
 class OutputLog:
     """`output.log`, each line stamped, rotated by size as logging's RotatingFileHandler rotates (the
-    newest backup is `.1`, at most `backups` of them, none: the file starts over), written out because
-    the logging package cost ~10 ms of CPU, which the shim spent beside the command's own start."""
+    newest backup is `.1`, at most `backups` of them; with no backups, never), written out because the
+    logging package cost ~10 ms of CPU, which the shim spent beside the command's own start."""
 
     def __init__(self, replica_dir: str | os.PathLike[str], max_bytes: int, backups: int) -> None:
         self.path = os.path.join(os.fspath(replica_dir), OUTPUT_LOG)
@@ -132,18 +132,17 @@ class OutputLog:
 
     def write(self, line: str) -> None:
         data = stamp(line, time.time_ns()).encode("utf-8")
-        if 0 < self.max_bytes <= self._file.tell() + len(data):
+        if self.backups > 0 and 0 < self.max_bytes <= self._file.tell() + len(data):
             self._rotate()
         self._file.write(data)  # unbuffered: a reader sees each line as soon as it is written
 
     def _rotate(self) -> None:
         self._file.close()
-        if self.backups > 0:
-            for i in range(self.backups - 1, 0, -1):
-                if os.path.exists(older := f"{self.path}.{i}"):
-                    os.replace(older, f"{self.path}.{i + 1}")
-            os.replace(self.path, f"{self.path}.1")
-        self._file = open(self.path, "ab" if self.backups > 0 else "wb", buffering=0)  # noqa: SIM115
+        for i in range(self.backups - 1, 0, -1):
+            if os.path.exists(older := f"{self.path}.{i}"):
+                os.replace(older, f"{self.path}.{i + 1}")
+        os.replace(self.path, f"{self.path}.1")
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115
 
     def close(self) -> None:
         self._file.close()
