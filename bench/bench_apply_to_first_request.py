@@ -284,7 +284,8 @@ async def bench(deployments: int, work: Path, tree: Path) -> dict[str, list[floa
     )
     for label, spans in stages.items():
         report(f"  where the time goes, {label}:", [(stage, fine(values)) for stage, values in spans.items()])
-    return {label: samples for label, samples in rows_samples(results, own)}
+    headline = dict(rows_samples(results, own))
+    return headline | {f"  {stage}": spans for stage, spans in stages["port accepts (no probe)"].items()}
 
 
 def rows_samples(results: dict[str, list[Sample]], own: list[float]) -> list[tuple[str, list[float]]]:
@@ -320,7 +321,7 @@ def median_of(runs: list[dict[str, list[float]]], label: str) -> str:
     cuts = [statistics.quantiles(run[label], n=100, method="inclusive") for run in runs]
     p50 = statistics.median(c[49] for c in cuts) * 1000
     p99 = statistics.median(c[98] for c in cuts) * 1000
-    return f"p50 {p50:6.0f} ms   p99 {p99:6.0f} ms"
+    return f"p50 {p50:7.1f} ms   p99 {p99:7.1f} ms"
 
 
 if __name__ == "__main__":
