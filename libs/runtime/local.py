@@ -6,7 +6,7 @@
     ...
     await runtime.close(stop_replicas=settings.stop_replicas_on_exit)
 
-A replica is `python -I libs/runtime/shim.py --dir <state_dir>/<replica_id> ... -- <command>`, started
+A replica is `python -I -S libs/runtime/shim.py --dir <state_dir>/<replica_id> ... -- <command>`, started
 in a session of its own so that it outlives the scheduler (see libs/runtime/shim.py). Its directory is
 the command's working directory and holds `output.log` (rotated), the command's `pid` and `exit_code`
 (written by the shim) and `replica.json` (written here: ports, shim pid and create time, restarts).
@@ -581,7 +581,8 @@ class LocalRuntime:
         ports = port_env(s.replica.ports)
         env = self._environment(workload, s.replica, ports) | link_mounts(s.dir, workload.mounts)  # see mounts.py
         command = [
-            sys.executable, "-I", shim.__file__,  # -I: the workload's PYTHON* env must not touch the shim
+            # -I: the workload's PYTHON* env must not touch the shim; -S: it needs no site-packages (shim.py)
+            sys.executable, "-I", "-S", shim.__file__,
             "--dir", str(s.dir),
             "--grace", str(self.grace_seconds),
             "--log-max-bytes", str(self.log_max_bytes),

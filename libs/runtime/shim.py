@@ -1,6 +1,6 @@
 """The shim between the local runtime and one replica process (containerd-shim's job, in small).
 
-    python -m libs.runtime.shim --dir <replica dir> --grace <s> [--log-max-bytes N --log-backups K] -- cmd...
+    python -I -S libs/runtime/shim.py --dir <replica dir> --grace <s> [--log-max-bytes N --log-backups K] -- cmd...
 
 The runtime starts the shim in a session of its own, so the replica outlives a scheduler that is
 killed; a restarted scheduler finds the shim by pid and adopts it. The shim:
@@ -12,26 +12,27 @@ killed; a restarted scheduler finds the shim by pid and adopts it. The shim:
   `exit_code`, kills what is left of its process group, and exits with that same code;
 - on SIGTERM (or SIGINT) forwards SIGTERM to the process group and SIGKILLs it after the grace period.
 
-Standard library only: it starts fast and depends on nothing the replica could break.
+Standard library only, and little of it: the shim's CPU is spent while the command starts, on the same
+cores (docs/benchmarks.md, "Apply -> first request": from its spawn to the command's exec it took
+76 ms at median on the loaded 2-core machine, 27 ms now; its CPU 54 -> 24 ms). The local runtime starts it with `-S` (it needs no site-packages, and a venv's .pth files cost
+milliseconds); up to the command's exec it uses `os`, `signal`, `sys`, `time` and `ctypes` alone (fork
+and exec are written out: importing subprocess cost more than they do; the runtime's command line is
+read without argparse), then `threading` for the copier. The log is written without the logging
+package (`OutputLog`).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import ctypes
-import logging
 import os
 import signal
-import subprocess
 import sys
-import threading
-from collections.abc import Callable
-from datetime import UTC, datetime
-from logging.handlers import RotatingFileHandler
-from pathlib import Path
-from types import FrameType
-from typing import IO
+import time
+
+TYPE_CHECKING = False  # not typing's: importing typing costs milliseconds before the command starts
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import FrameType
+    from typing import IO
 
 OUTPUT_LOG = "output.log"
 PID_FILE = "pid"
@@ -48,10 +49,12 @@ def exit_code_of(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: str | os.PathLike[str], text: str) -> None:
     """Readers see the whole file or none of it."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    path = os.fspath(path)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w") as file:
+        file.write(text)
     os.replace(tmp, path)
 
 
@@ -59,6 +62,8 @@ def _die_with_parent() -> Callable[[], None] | None:
     """For the child before exec: the kernel SIGKILLs it when the shim dies, whatever kills the shim."""
     if sys.platform != "linux":
         return None
+    import ctypes
+
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: the child only calls it
     shim_pid = os.getpid()
 
@@ -70,29 +75,89 @@ def _die_with_parent() -> Callable[[], None] | None:
     return in_child
 
 
-def stamp(line: str, at: datetime) -> str:
-    """`line` as the log file holds it: the UTC time it was written, a space, the line."""
-    return f"{at.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')} {line}"
+def spawn(command: list[str]) -> tuple[int, int]:
+    """Run `command` in a process group of its own, stdin from /dev/null, stdout and stderr into a pipe;
+    returns its pid and the pipe's read end. Raises the OSError of a command that cannot be run, as
+    subprocess.Popen does (whose import alone took ~12 ms, more than the fork and exec written out)."""
+    die_with_parent = _die_with_parent()
+    read_end, write_end = os.pipe()
+    failed_read, failed_write = os.pipe()  # close-on-exec: EOF once the exec succeeded, else its errno
+    null = os.open(os.devnull, os.O_RDONLY)
+    pid = os.fork()
+    if pid == 0:  # the child: nothing but system calls until the exec
+        try:
+            os.setpgid(0, 0)
+            if die_with_parent is not None:
+                die_with_parent()
+            for ignored in (signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores these; the command must not
+                signal.signal(ignored, signal.SIG_DFL)
+            os.dup2(null, 0)
+            os.dup2(write_end, 1)
+            os.dup2(write_end, 2)
+            os.execvp(command[0], command)
+        except OSError as exc:
+            os.write(failed_write, str(exc.errno or 0).encode())
+        finally:
+            os._exit(EXIT_CODE_NOT_STARTED)
+    for fd in (write_end, failed_write, null):
+        os.close(fd)
+    try:
+        failure = os.read(failed_read, 32)
+    finally:
+        os.close(failed_read)
+    if failure:
+        os.waitpid(pid, 0)
+        os.close(read_end)
+        code = int(failure)
+        raise OSError(code, os.strerror(code), command[0])  # FileNotFoundError and the like, by errno
+    return pid, read_end
 
 
-def _output_log(replica_dir: Path, max_bytes: int, backups: int) -> RotatingFileHandler:
-    handler = RotatingFileHandler(
-        replica_dir / OUTPUT_LOG, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
-    )
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.terminator = ""  # lines keep their own newline: the file holds what the process printed
-    return handler
+def stamp(line: str, at_ns: int) -> str:
+    """`line` as the log file holds it: the UTC time it was written (time.time_ns()), a space, the line."""
+    seconds, ns = divmod(at_ns, 1_000_000_000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{ns // 1000:06d}Z {line}"
 
 
-def _copy_output(stream: IO[bytes], handler: RotatingFileHandler) -> None:
+class OutputLog:
+    """`output.log`, each line stamped, rotated by size as logging's RotatingFileHandler rotates (the
+    newest backup is `.1`, at most `backups` of them; with no backups, never), written out because the
+    logging package cost ~10 ms of CPU, which the shim spent beside the command's own start."""
+
+    def __init__(self, replica_dir: str | os.PathLike[str], max_bytes: int, backups: int) -> None:
+        self.path = os.path.join(os.fspath(replica_dir), OUTPUT_LOG)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - held for the replica's life
+
+    def write(self, line: str) -> None:
+        data = stamp(line, time.time_ns()).encode("utf-8")
+        if self.backups > 0 and 0 < self.max_bytes <= self._file.tell() + len(data):
+            self._rotate()
+        self._file.write(data)  # unbuffered: a reader sees each line as soon as it is written
+
+    def _rotate(self) -> None:
+        self._file.close()
+        for i in range(self.backups - 1, 0, -1):
+            if os.path.exists(older := f"{self.path}.{i}"):
+                os.replace(older, f"{self.path}.{i + 1}")
+        os.replace(self.path, f"{self.path}.1")
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _copy_output(stream: IO[bytes], log: OutputLog) -> None:
     for raw in iter(lambda: stream.readline(_MAX_LINE_BYTES), b""):
-        line = raw.decode("utf-8", errors="replace")
-        handler.handle(logging.makeLogRecord({"msg": stamp(line, datetime.now(UTC))}))
+        log.write(raw.decode("utf-8", errors="replace"))
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
+    try:
         os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
 
 
 class _Stopper:
@@ -101,7 +166,7 @@ class _Stopper:
     def __init__(self, grace_seconds: float) -> None:
         self.grace_seconds = max(grace_seconds, 0.001)  # a zero timer would mean "no timer"
         self.requested = False
-        self.child: subprocess.Popen[bytes] | None = None
+        self.child: int | None = None  # the command's pid, which is also its process group's id
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -116,55 +181,86 @@ class _Stopper:
 
     def terminate(self) -> None:
         if self.child is not None:
-            _kill_group(self.child.pid, signal.SIGTERM)
+            _kill_group(self.child, signal.SIGTERM)
             signal.setitimer(signal.ITIMER_REAL, self.grace_seconds)
 
     def _on_grace_over(self, _signum: int, _frame: FrameType | None) -> None:
         if self.child is not None:
-            _kill_group(self.child.pid, signal.SIGKILL)
+            _kill_group(self.child, signal.SIGKILL)
 
 
-def run(replica_dir: Path, command: list[str], grace_seconds: float, max_bytes: int, backups: int) -> int:
-    handler = _output_log(replica_dir, max_bytes, backups)
+def run(
+    replica_dir: str | os.PathLike[str], command: list[str], grace_seconds: float, max_bytes: int, backups: int
+) -> int:
     stopper = _Stopper(grace_seconds)
     stopper.install()
     if stopper.requested:  # stopped before anything ran
-        write_atomically(replica_dir / EXIT_CODE_FILE, "0")
+        write_atomically(os.path.join(replica_dir, EXIT_CODE_FILE), "0")
         return 0
     try:
-        child = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            process_group=0,
-            preexec_fn=_die_with_parent(),
-        )
+        pid, output = spawn(command)
     except OSError as exc:
-        message = stamp(f"berth: cannot run {command[0]!r}: {exc}\n", datetime.now(UTC))
-        handler.handle(logging.makeLogRecord({"msg": message}))
-        write_atomically(replica_dir / EXIT_CODE_FILE, str(EXIT_CODE_NOT_STARTED))
+        log = OutputLog(replica_dir, max_bytes, backups)
+        log.write(f"berth: cannot run {command[0]!r}: {exc}\n")
+        log.close()
+        write_atomically(os.path.join(replica_dir, EXIT_CODE_FILE), str(EXIT_CODE_NOT_STARTED))
         return EXIT_CODE_NOT_STARTED
-    stopper.child = child
-    write_atomically(replica_dir / PID_FILE, str(child.pid))
+    stopper.child = pid
     if stopper.requested:  # the signal came while the child was being spawned
         stopper.terminate()
-    assert child.stdout is not None
-    copier = threading.Thread(target=_copy_output, args=(child.stdout, handler), daemon=True)
+    import threading  # only now: what is left is for the copying and the exit
+
+    log = OutputLog(replica_dir, max_bytes, backups)
+    write_atomically(os.path.join(replica_dir, PID_FILE), str(pid))
+    copier = threading.Thread(target=_copy_output, args=(os.fdopen(output, "rb"), log), daemon=True)
     copier.start()
-    code = exit_code_of(child.wait())
+    _, status = os.waitpid(pid, 0)
+    code = exit_code_of(os.waitstatus_to_exitcode(status))
     signal.setitimer(signal.ITIMER_REAL, 0)
     # As when a container's main process ends: what it left running in its group goes too.
-    _kill_group(child.pid, signal.SIGKILL)
+    _kill_group(pid, signal.SIGKILL)
     copier.join(timeout=2)
-    handler.close()
-    write_atomically(replica_dir / EXIT_CODE_FILE, str(code))
+    log.close()
+    write_atomically(os.path.join(replica_dir, EXIT_CODE_FILE), str(code))
     return code
 
 
+_OPTIONS = frozenset({"--dir", "--grace", "--log-max-bytes", "--log-backups"})
+
+
+def _parse_quickly(argv: list[str]) -> tuple[str, float, int, int, list[str]] | None:
+    """The arguments as the local runtime writes them (`--option value` ..., `--`, the command), without
+    argparse, whose import took ~20 ms before the command could start; None for anything else, which
+    argparse then reads (or explains)."""
+    found: dict[str, str] = {}
+    i = 0
+    while i < len(argv) and argv[i] != "--" and argv[i].startswith("-"):
+        if argv[i] not in _OPTIONS or i + 1 >= len(argv):
+            return None
+        found[argv[i]] = argv[i + 1]
+        i += 2
+    command = argv[i + 1 :] if argv[i : i + 1] == ["--"] else argv[i:]
+    if "--dir" not in found or not command:
+        return None
+    try:
+        grace = float(found.get("--grace", 10.0))
+        max_bytes = int(found.get("--log-max-bytes", LOG_MAX_BYTES))
+        backups = int(found.get("--log-backups", LOG_BACKUPS))
+    except ValueError:
+        return None
+    return found["--dir"], grace, max_bytes, backups, command
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m libs.runtime.shim")
-    parser.add_argument("--dir", type=Path, required=True, help="the replica's directory")
+    argv = sys.argv[1:] if argv is None else argv
+    quick = _parse_quickly(argv)
+    if quick is not None:
+        directory, grace, max_bytes, backups, command = quick
+        return run(directory, command, grace, max_bytes, backups)
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -I -S libs/runtime/shim.py")
+    parser.add_argument("--dir", required=True, help="the replica's directory")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds from SIGTERM to SIGKILL")
     parser.add_argument("--log-max-bytes", type=int, default=LOG_MAX_BYTES)
     parser.add_argument("--log-backups", type=int, default=LOG_BACKUPS)

@@ -14,7 +14,7 @@ from libs.runtime.base import InvalidWorkload, Replica, ReplicaNotFound, Workloa
 from libs.runtime.local import LocalRuntime, _Supervised, port_env, substitute_ports
 from libs.runtime.logfiles import tail_lines
 from libs.runtime.processes import detect_gpus
-from libs.runtime.shim import exit_code_of
+from libs.runtime.shim import LOG_BACKUPS, LOG_MAX_BYTES, OutputLog, _parse_quickly, exit_code_of
 
 
 def workload(**fields: object) -> Workload:
@@ -205,3 +205,25 @@ def test_a_process_killed_by_a_signal_exits_with_128_plus_the_signal() -> None:
     assert exit_code_of(-9) == 137
     assert exit_code_of(-15) == 143
     assert exit_code_of(3) == 3
+
+
+def test_the_shim_reads_the_runtimes_command_line_and_leaves_anything_else_to_argparse() -> None:
+    written = ["--dir", "d", "--grace", "2.5", "--log-max-bytes", "10", "--log-backups", "1", "--", "serve", "--dir", "x"]
+    assert _parse_quickly(written) == ("d", 2.5, 10, 1, ["serve", "--dir", "x"])  # the command's own --dir kept
+    assert _parse_quickly(["--dir", "d", "serve"]) == ("d", 10.0, LOG_MAX_BYTES, LOG_BACKUPS, ["serve"])
+    for odd in (["--help"], ["--dir"], ["--dir", "d", "--"], ["--grace", "soon", "--dir", "d", "--", "serve"],
+                ["-v", "--dir", "d", "--", "serve"]):  # fmt: skip
+        assert _parse_quickly(odd) is None, odd
+
+
+def test_the_shims_log_rotates_by_size_and_keeps_its_backups_only(tmp_path: Path) -> None:
+    log = OutputLog(tmp_path, max_bytes=100, backups=1)
+    for i in range(10):
+        log.write(f"line {i}\n")  # 35 bytes once stamped: two to a file
+    log.close()
+
+    def text(name: str) -> list[str]:
+        return [stamped.split(" ", 1)[1] for stamped in (tmp_path / name).read_text().splitlines()]
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["output.log", "output.log.1"]
+    assert (text("output.log.1"), text("output.log")) == (["line 6", "line 7"], ["line 8", "line 9"])
