@@ -32,9 +32,7 @@ from libs.logging import get_logger
 from libs.sealing import Sealer
 from libs.secrets import SecretStore
 from libs.store import migrate, open_store
-from libs.store.group import GroupCommit
 from services.spec_registry.alerts import AlertBoard
-from services.spec_registry.faults import crash_point
 from services.spec_registry.auth import TokenCache, bootstrap_admin
 from services.spec_registry.live import DeploymentFeed
 from services.spec_registry.metrics import REQUESTS
@@ -154,15 +152,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         secrets = await SecretStore.open(js, Sealer.from_settings(settings))  # it only seals
         if indexed := await asyncio.to_thread(repo.backfill_secret_names, await secrets.stored_names()):
             log.info("secret names indexed", secrets=indexed)
-        # SQLite: spec updates in group commits on its one writer connection (libs/store/group.py); the
-        # thread finishes what it was given before the store closes (callbacks run in reverse order).
-        # PostgreSQL: a transaction per update on the pool, side by side (grouped on one connection
-        # they waited on each other's round trips: docs/benchmarks.md).
-        writes = None
-        if store.writer.dialect.name == "sqlite":
-            writes = GroupCommit(store.writer, after_commit=lambda: crash_point("crash_after_commit"))
-            cleanup.callback(writes.close)
-        app.state.registry = Registry(repo, secrets, relay, connection, feed, writes, board)
+        app.state.registry = Registry(repo, secrets, relay, connection, feed, board)
         app.state.tokens = TokenCache(repo)
         app.state.bus = connection
         relay.start()

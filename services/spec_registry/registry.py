@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 import nats.errors
-import sqlalchemy as sa
 from nats.aio.client import Client
 from pydantic import ValidationError
 
@@ -27,7 +26,6 @@ from services.spec_registry.metrics import SPEC_VERSIONS_ACCEPTED
 from services.spec_registry.live import DeploymentFeed
 from services.spec_registry.outbox import OutboxRelay
 from libs.store import AliasRow, WebhookRow
-from libs.store.group import GroupCommit
 from services.spec_registry.alerts import MAX_WEBHOOKS, AlertBoard, check_webhook, valid_url
 from services.spec_registry.problems import BadGateway, Invalid, NotFound, Unavailable
 from services.spec_registry.repository import Repository, StoredDeployment, WebhookOutcome
@@ -48,14 +46,9 @@ class Registry:
         relay: OutboxRelay,
         nc: Client,
         feed: DeploymentFeed,
-        writes: GroupCommit | None,
         alerts: AlertBoard | None = None,
     ) -> None:
-        """`writes`: the group commit on the repository's writer engine that spec updates take (SQLite:
-        its one writer connection); None: each update is a transaction of its own (PostgreSQL: a pool
-        runs them side by side)."""
         self.repo = repo
-        self._writes = writes
         self.alerts = alerts or AlertBoard()
         self.secrets = secrets
         self.feed = feed  # what the API changes is shown at once to the console (GET /v1/deployments/events)
@@ -94,17 +87,10 @@ class Registry:
     ) -> StoredDeployment:
         """A new spec version, based on the version whose spec_id is in `if_match`."""
 
-        if self._writes is None:  # a transaction of its own; validation in the same worker thread: one hand-off
-            stored = await asyncio.to_thread(
-                lambda: self.repo.update_deployment(project, ref, self._check(project, document), if_match, by)
-            )
-        else:  # validation in the writer thread too, off the event loop
+        def update() -> StoredDeployment:  # validation and the write in one worker thread: one hand-off
+            return self.repo.update_deployment(project, ref, self._check(project, document), if_match, by)
 
-            def update(connection: sa.Connection) -> StoredDeployment:
-                return self.repo.update_on(connection, project, ref, self._check(project, document), if_match, by)
-
-            stored = await self._writes.run(update)
-            self.repo.updated(stored)
+        stored = await asyncio.to_thread(update)
         self._accepted(stored)
         return stored
 

@@ -10,7 +10,7 @@ import contextlib
 import hmac
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -76,7 +76,6 @@ class StoredDeployment:
     spec: dict[str, Any]  # as submitted
     status: dict[str, Any] | None  # the newest DeploymentStatusChanged, or None before the first
     unchanged: bool = False  # the write asked for what was already so: nothing stored, nothing published
-    canonical: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # of a new version
 
 
 def submitted(spec: DeploymentSpec) -> dict[str, Any]:
@@ -245,46 +244,32 @@ class Repository:
     def update_deployment(
         self, project: str, ref: str, spec: DeploymentSpec, if_match: list[str], by: int | None = None
     ) -> StoredDeployment:
-        """A new spec version based on the one `if_match` names, in a transaction of its own (the
-        registry's API path runs `update_on` in a group commit instead: `Registry.update`)."""
-        with self._core_write_with_event() as connection:
-            stored = self.update_on(connection, project, ref, spec, if_match, by)
-        self.updated(stored)
-        return stored
-
-    def update_on(
-        self, connection: sa.Connection, project: str, ref: str, spec: DeploymentSpec, if_match: list[str],
-        by: int | None = None,
-    ) -> StoredDeployment:  # fmt: skip
-        """The update on SQLAlchemy Core (the hot path of every apply) within `connection`'s
-        transaction: lock the deployment's row, read its current spec and status, update it, insert
-        the version and its outbox event. Call `updated` once the transaction has committed."""
+        """A new spec version based on the one `if_match` names. One transaction on SQLAlchemy Core
+        (the hot path of every apply), its statements built once: lock the deployment's row, read its
+        current spec and status, update it, insert the version and its outbox event."""
         try:
-            found = connection.execute(_LOCK_DEPLOYMENT, {"project": project, "ref": ref}).all()
-            if not found:
-                raise NotFound("no deployment with this id or slug in the project")
-            row = _deployment_row(next((r for r in found if r.id == ref), found[0])._mapping)
-            self._check_update(connection, project, row, spec, if_match)
-            current = connection.execute(_CURRENT_SPEC, {"current_spec_id": row.spec_id}).one()
-            status = current.status
-            new_canonical = canonical(spec)
-            if self._canonical_of(row.spec_id, current.spec) == new_canonical:
-                return StoredDeployment(row, current.spec, status, unchanged=True)
-            row.spec_id, row.spec_version = new_id(), row.spec_version + 1
-            row.environment, row.updated_at = spec.environment, utcnow()
-            self._supersede_scale(connection, row, spec)
-            connection.execute(
-                _UPDATE_DEPLOYMENT, {"row_id": row.id, **{name: getattr(row, name) for name in _UPDATED_COLUMNS}}
-            )
-            self._add_version(connection, row, spec, by)
+            with self._core_write_with_event() as connection:
+                found = connection.execute(_LOCK_DEPLOYMENT, {"project": project, "ref": ref}).all()
+                if not found:
+                    raise NotFound("no deployment with this id or slug in the project")
+                row = _deployment_row(next((r for r in found if r.id == ref), found[0])._mapping)
+                self._check_update(connection, project, row, spec, if_match)
+                current = connection.execute(_CURRENT_SPEC, {"current_spec_id": row.spec_id}).one()
+                status = current.status
+                new_canonical = canonical(spec)
+                if self._canonical_of(row.spec_id, current.spec) == new_canonical:
+                    return StoredDeployment(row, current.spec, status, unchanged=True)
+                row.spec_id, row.spec_version = new_id(), row.spec_version + 1
+                row.environment, row.updated_at = spec.environment, utcnow()
+                self._supersede_scale(connection, row, spec)
+                connection.execute(
+                    _UPDATE_DEPLOYMENT, {"row_id": row.id, **{name: getattr(row, name) for name in _UPDATED_COLUMNS}}
+                )
+                self._add_version(connection, row, spec, by)
         except IntegrityError as exc:  # another update based on the same version committed first
             raise StaleVersion("the deployment changed meanwhile; read it again") from exc
-        return StoredDeployment(row, submitted(spec), status, canonical=new_canonical)
-
-    def updated(self, stored: StoredDeployment) -> None:
-        """After the commit of `update_on`: its canonical spec is remembered for the next update."""
-        if stored.canonical is not None:
-            self._remember(stored.row.spec_id, stored.canonical)
+        self._remember(row.spec_id, new_canonical)
+        return StoredDeployment(row, submitted(spec), status)
 
     def preview_update(self, project: str, ref: str, spec: DeploymentSpec, if_match: list[str]) -> StoredDeployment:
         """The current version, after the checks the update would make (a dry run stores nothing)."""

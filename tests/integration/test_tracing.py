@@ -217,7 +217,7 @@ async def test_one_trace_follows_a_spec_from_the_api_through_every_service(
     ]
     assert any(line.get("trace_id") == TRACE_ID and line.get("span_id") for line in request_lines)
 
-    # An update (written by the registry's group-commit thread, not the request's task) keeps its own trace.
+    # An update (written in a worker thread, not the request's task) keeps its own request's trace.
     async with services.api() as api:
         response = await api.put(
             f"/v1/deployments/{deployment_id}",
