@@ -7,9 +7,11 @@ updates accepted per second, end to end per second, PUT p50 / p99 and the regist
 core while the PUTs run). Beside them the raw nats-py rate of `js.publish` for messages of the same
 size, awaited one by one and pipelined (64 in flight): the ceiling the relay publishes against.
 
-    .venv/bin/python bench/bench_spec_updates.py [--updates 400] [--runs 3] [--before DIR]
+    .venv/bin/python bench/bench_spec_updates.py [--updates 400] [--runs 3] [--before DIR] [--registries N]
 
-`--profile DIR` samples each registry with py-spy (folded stacks, for flamegraphs or
+`--registries N` also runs N registry processes of this checkout against the one PostgreSQL database
+(the clients spread over them round-robin, the CPU summed over the processes; one relays, holding the
+relay lock). `--profile DIR` samples each registry with py-spy (folded stacks, for flamegraphs or
 `bench/profile_top.py`). `--runs N` repeats every configuration N times, interleaved, and prints medians. `--before DIR` also
 runs the registry from another checkout of berth (e.g. `git worktree add /tmp/before main`), in the
 same rounds, and prints the two side by side. Each configuration starts its own nats-server and
@@ -126,15 +128,17 @@ async def client_updates(
 
 
 async def registry_updates(
-    url: str, token: str, js: nats.js.JetStreamContext, process: psutil.Process, clients: int, updates: int
-) -> Figures:
+    urls: list[str], token: str, js: nats.js.JetStreamContext, processes: list[psutil.Process], clients: int,
+    updates: int,
+) -> Figures:  # fmt: skip
+    """Client n talks to urls[n % len(urls)]; the CPU is that of every registry process."""
     headers = {"Authorization": f"Bearer {token}"}
     per_client = updates // clients
     sessions = [aiohttp.ClientSession(headers=headers) for _ in range(clients)]
     try:
         created = []
         for n, session in enumerate(sessions):
-            async with session.post(f"{url}/v1/deployments", json={**SPEC, "name": f"bench-{n}"}) as answer:
+            async with session.post(f"{urls[n % len(urls)]}/v1/deployments", json={**SPEC, "name": f"bench-{n}"}) as answer:
                 created.append((f"bench-{n}", (await answer.json())["spec_id"]))
         received = 0
         all_received = asyncio.Event()
@@ -148,17 +152,18 @@ async def registry_updates(
 
         await js.subscribe("berth.spec.v1.*", durable="bench-consumer", cb=on_event)
         latencies: list[float] = []
-        cpu_before, started = process.cpu_times(), time.perf_counter()
+        cpu_before, started = _cpu_seconds(processes), time.perf_counter()
         await asyncio.gather(
-            *(client_updates(s, url, name, spec_id, per_client, latencies) for s, (name, spec_id) in zip(sessions, created))
-        )
-        accepting, cpu_after = time.perf_counter() - started, process.cpu_times()
+            *(client_updates(s, urls[n % len(urls)], name, spec_id, per_client, latencies)
+              for n, (s, (name, spec_id)) in enumerate(zip(sessions, created)))
+        )  # fmt: skip
+        accepting, cpu_after = time.perf_counter() - started, _cpu_seconds(processes)
         await asyncio.wait_for(all_received.wait(), timeout=300)
         total = time.perf_counter() - started
     finally:
         for session in sessions:
             await session.close()
-    cpu_seconds = cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system
+    cpu_seconds = cpu_after - cpu_before
     cuts = statistics.quantiles(latencies, n=100)
     done = clients * per_client
     return Figures(
@@ -167,21 +172,28 @@ async def registry_updates(
     )  # fmt: skip
 
 
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+    return sum(t.user + t.system for t in (p.cpu_times() for p in processes))
+
+
 async def one_configuration(
-    code: Path, backend: str, clients: int, updates: int, profile: Path | None = None
+    code: Path, backend: str, clients: int, updates: int, profile: Path | None = None, registries: int = 1
 ) -> Figures:
     with tempfile.TemporaryDirectory(prefix="berth-bench-") as tmp:
         workdir = Path(tmp)
-        nats_port, api_port = free_port(), free_port()
+        nats_port, api_ports = free_port(), [free_port() for _ in range(registries)]
         nats_server = start_nats_server(workdir / "jetstream", nats_port)
         nats_url = f"nats://127.0.0.1:{nats_port}"
         scratch = ScratchDatabase() if backend == "postgres" else None
-        registry = profiler = None
+        started: list[subprocess.Popen[bytes]] = []
+        profiler = None
         nc = await nats.connect(nats_url)
         try:
             js = nc.jetstream()
             await ensure_streams(js)
-            registry = start_registry(code, workdir, nats_url, api_port, scratch.url if scratch else None)
+            for api_port in api_ports:  # one after the other: each migrates the database as it starts
+                started.append(start_registry(code, workdir, nats_url, api_port, scratch.url if scratch else None))
+            registry = started[0]
             token = (workdir / "berth" / "token").read_text().strip()
             if profile is not None:  # py-spy samples the registry until it exits (folded stacks)
                 profiler = subprocess.Popen(
@@ -190,12 +202,14 @@ async def one_configuration(
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
             return await registry_updates(
-                f"http://127.0.0.1:{api_port}", token, js, psutil.Process(registry.pid), clients, updates
-            )
+                [f"http://127.0.0.1:{port}" for port in api_ports], token, js,
+                [psutil.Process(r.pid) for r in started], clients, updates,
+            )  # fmt: skip
         finally:
             await nc.close()
-            if registry is not None:
+            for registry in started:
                 registry.terminate()
+            for registry in started:
                 registry.wait(30)
             if profile is not None and profiler is not None:
                 profiler.wait(30)
@@ -240,22 +254,26 @@ def median(values: list[float]) -> float:
 
 
 async def run(args: argparse.Namespace) -> None:
-    codes = {"after": REPO} if args.before is None else {"before": Path(args.before).resolve(), "after": REPO}
+    codes = {"after": (REPO, 1)} if args.before is None else {"before": (Path(args.before).resolve(), 1), "after": (REPO, 1)}
+    if args.registries > 1:  # PostgreSQL only: SQLite is one registry's file
+        codes[f"after×{args.registries}"] = (REPO, args.registries)
     backends = ["sqlite"] + (["postgres"] if postgres_reachable() else [])
     results: dict[tuple[str, str, int], list[Figures]] = {}
     raw: list[tuple[float, float, int]] = []
     for round_ in range(args.runs):
         for backend in backends:
             for clients in CLIENTS:
-                for label, code in codes.items():  # interleaved: before and after in the same round
+                for label, (code, registries) in codes.items():  # interleaved: before and after in the same round
+                    if registries > 1 and backend != "postgres":
+                        continue
                     profile = None
                     if args.profile:
                         profile = Path(args.profile) / f"{label}-{backend}-{clients}-{round_ + 1}.folded"
                         profile.parent.mkdir(parents=True, exist_ok=True)
-                    figures = await one_configuration(code, backend, clients, args.updates, profile)
+                    figures = await one_configuration(code, backend, clients, args.updates, profile, registries)
                     results.setdefault((label, backend, clients), []).append(figures)
                     print(
-                        f"  round {round_ + 1} {label:6} {backend:8} {clients} client(s): "
+                        f"  round {round_ + 1} {label:8} {backend:8} {clients} client(s): "
                         f"{figures.accepted:6.0f}/s accepted, {figures.end_to_end:6.0f}/s end to end, "
                         f"p50 {figures.p50_ms:6.1f} ms, p99 {figures.p99_ms:6.1f} ms, CPU {figures.cpu:4.0f} %, "
                         f"{figures.cpu_ms:5.2f} CPU ms/update, load {figures.load:.1f}",
@@ -264,10 +282,10 @@ async def run(args: argparse.Namespace) -> None:
         raw.append(await raw_publishes(args.updates))
 
     print(f"\nspec updates, {args.updates} per configuration, medians of {args.runs} interleaved runs ({os.cpu_count()} cores)")
-    print(f"  {'code':6} {'database':8} {'clients':>7} {'accepted/s':>10} {'e2e/s':>7} {'PUT p50':>9} {'PUT p99':>9} {'CPU':>6} {'CPU/update':>10} {'load':>5}")
+    print(f"  {'code':8} {'database':8} {'clients':>7} {'accepted/s':>10} {'e2e/s':>7} {'PUT p50':>9} {'PUT p99':>9} {'CPU':>6} {'CPU/update':>10} {'load':>5}")
     for (label, backend, clients), runs in results.items():
         print(
-            f"  {label:6} {backend:8} {clients:7} {median([r.accepted for r in runs]):10.0f} "
+            f"  {label:8} {backend:8} {clients:7} {median([r.accepted for r in runs]):10.0f} "
             f"{median([r.end_to_end for r in runs]):7.0f} {median([r.p50_ms for r in runs]):6.1f} ms "
             f"{median([r.p99_ms for r in runs]):6.1f} ms {median([r.cpu for r in runs]):5.0f} % "
             f"{median([r.cpu_ms for r in runs]):7.2f} ms {median([r.load for r in runs]):5.1f}"
@@ -285,6 +303,10 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=400, help="PUTs per configuration, shared by the clients")
     parser.add_argument("--runs", type=int, default=1, help="rounds; medians are printed")
     parser.add_argument("--before", help="another checkout of berth to run in the same rounds")
+    parser.add_argument(
+        "--registries", type=int, default=1,
+        help="also run N registry processes of this checkout on PostgreSQL, the clients spread over them",
+    )  # fmt: skip
     parser.add_argument("--profile", help="a directory: sample each registry with py-spy into <dir>/<config>.folded")
     asyncio.run(run(parser.parse_args()))
 

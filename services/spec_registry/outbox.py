@@ -135,7 +135,8 @@ class OutboxRelay:
             await asyncio.to_thread(self._lock.close)  # another registry takes over at its next poll
 
     async def _holds_lock(self) -> bool:
-        relaying = True if self._lock is None else await asyncio.to_thread(self._lock.hold)
+        # Unshared (SQLite): always held, and asked without a worker-thread hand-off at every pass.
+        relaying = True if self._lock is None or not self._lock.shared else await asyncio.to_thread(self._lock.hold)
         if relaying != self._relaying:
             self._relaying = relaying
             OUTBOX_RELAY.state("relaying" if relaying else "standby")

@@ -40,6 +40,8 @@ REPO = Path(__file__).resolve().parents[2]
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{CALLER_SPAN_ID}-01"
+UPDATE_TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+UPDATE_TRACEPARENT = f"00-{UPDATE_TRACE_ID}-b7ad6b7169203331-01"
 SPEC = {
     "name": "traced",
     "image": "python:3.11",
@@ -214,3 +216,16 @@ async def test_one_trace_follows_a_spec_from_the_api_through_every_service(
         json.loads(line) for line in services.log_of("spec_registry").splitlines() if '"event": "request"' in line
     ]
     assert any(line.get("trace_id") == TRACE_ID and line.get("span_id") for line in request_lines)
+
+    # An update (written in a worker thread, not the request's task) keeps its own request's trace.
+    async with services.api() as api:
+        response = await api.put(
+            f"/v1/deployments/{deployment_id}",
+            json={**SPEC, "env": [{"name": "V", "value": "2"}]},
+            headers={"traceparent": UPDATE_TRACEPARENT, "If-Match": response.headers["ETag"]},
+        )
+    assert response.status_code == 200, response.text
+    updated = await eventually(
+        lambda: first(messages, SpecApplied, deployment_id=deployment_id, spec_version=2), what="the update's SpecApplied"
+    )
+    assert trace_id_of(updated) == UPDATE_TRACE_ID
