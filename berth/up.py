@@ -19,6 +19,7 @@ with the same Python and packages as berth, whatever its working directory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import importlib.util
 import os
@@ -55,7 +56,9 @@ OWN_PROCESS = ("router",)
 PLANE = "control-plane"
 CHECKOUT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_SECONDS = 60.0
-TICK_SECONDS = 0.25
+# The supervisor sleeps until something is due: a child's exit wakes it at once (SIGCHLD), else the
+# next restart, census, or (until the API answers) readiness poll.
+READY_POLL_SECONDS = 0.25
 # A child that ran this long before dying starts its back-off from the beginning again.
 STABLE_AFTER_SECONDS = 30.0
 BACKOFF_MAX_SECONDS = 30.0
@@ -138,6 +141,7 @@ class Launcher:
         self.nats_url = self.settings.resolved_nats_url
         self.grace = self.settings.stop_grace_seconds
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # set by SIGCHLD and by the stop signals
         self.children: list[Child] = []
         self.registry_log: Path | None = None  # the log of the process that runs the spec-registry
 
@@ -150,6 +154,7 @@ class Launcher:
         lock = DataDirLock(self.data_dir)
         lock.acquire()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._on_child_signal)
         try:
             self._check_ports()
             self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -196,6 +201,10 @@ class Launcher:
         if not self._stopping.is_set():
             self.console.print(f"\n[bold]{signal.Signals(signum).name}[/]: stopping berth …")
         self._stopping.set()
+        self._wake.set()
+
+    def _on_child_signal(self, _signum: int, _: FrameType | None) -> None:
+        self._wake.set()
 
     # -- what to run ------------------------------------------------------------------------------
 
@@ -327,7 +336,7 @@ class Launcher:
             self._announce_ready(registry=False)
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         next_census = 0.0
-        while not self._stopping.wait(TICK_SECONDS):
+        while not self._stopping.is_set():
             for child in self.children:
                 self._look_after(child)
             if time.monotonic() >= next_census:
@@ -342,6 +351,15 @@ class Launcher:
                     f" see {escape(str(self.registry_log))}[/]"
                 )
                 deadline = float("inf")
+            self._sleep(next_census, polling=not announced)
+
+    def _sleep(self, next_census: float, polling: bool) -> None:
+        """Until a child exits, a signal comes, or the next restart, census or readiness poll is due."""
+        due = [next_census, *(c.restart_at for c in self.children if c.restart_at is not None)]
+        if polling:
+            due.append(time.monotonic() + READY_POLL_SECONDS)
+        self._wake.wait(max(min(due) - time.monotonic(), 0.0))
+        self._wake.clear()  # _look_after polls every child next: no exit is missed
 
     def _look_after(self, child: Child) -> None:
         if self._stopping.is_set() or child.process is None:
@@ -372,7 +390,10 @@ class Launcher:
         for child in self.children:
             if child.alive:
                 seen = {p.pid: p for p in child.descendants if _running(p)}
-                seen.update({p.pid: p for p in _descendants(child.process.pid)})  # type: ignore[union-attr]
+                for pid in _descendant_pids(child.process.pid):  # type: ignore[union-attr]
+                    if pid not in seen:
+                        with contextlib.suppress(psutil.NoSuchProcess):
+                            seen[pid] = psutil.Process(pid)
                 child.descendants = list(seen.values())
 
     def _registry_healthy(self) -> bool:
@@ -477,12 +498,27 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        children: list[psutil.Process] = psutil.Process(pid).children(recursive=True)
-        return children
-    except psutil.NoSuchProcess:
-        return []
+def _descendant_pids(pid: int) -> list[int]:
+    """The processes below `pid`, from the kernel's per-thread children lists. psutil's children()
+    reads /proc/<pid>/stat of every process on the machine to find parents: about 440 files per
+    census on a busy machine, the supervisor's largest idle cost (docs/benchmarks.md)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            threads = os.listdir(f"/proc/{parent}/task")
+        except OSError:  # gone
+            continue
+        for tid in threads:
+            try:
+                with open(f"/proc/{parent}/task/{tid}/children") as listing:
+                    kids = [int(k) for k in listing.read().split()]
+            except OSError:  # the thread ended
+                continue
+            found += kids
+            todo += kids
+    return found
 
 
 def _running(process: psutil.Process) -> bool:
