@@ -74,9 +74,17 @@ async def test_restarts_a_dead_child_and_leaves_nothing_after_ctrl_c(
         what="nats-server restarted",
     )
     assert "nats-server exited unexpectedly" in (tmp_path / "up.out").read_text()
+    # Killed again at once: a SIGKILL from outside is no crash loop of its own, so no longer back-off.
+    second.kill()
+    third = await eventually(
+        lambda: (p := nats_server(up)) is not None and p.pid != second.pid and accepts(env["BERTH_NATS_PORT"]) and p,
+        timeout=30,
+        what="nats-server restarted again",
+    )
+    assert (tmp_path / "up.out").read_text().count("nats-server exited unexpectedly (code -9); restarting in 1s") == 2
 
     tree = psutil.Process(up.pid).children(recursive=True)
-    assert second in tree
+    assert third in tree
     up.send_signal(signal.SIGINT)
     assert up.wait(60) == 0
     _, alive = psutil.wait_procs(tree, timeout=5)
