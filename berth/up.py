@@ -3,8 +3,7 @@
 It starts nats-server with JetStream (unless BERTH_NATS_URL names one), then the router in a process of
 its own and the other services together in one (`python -m berth.plane`; with BERTH_UP_PROCESSES=
 per-service, each service in its own: `python -m services.<name>`), restarts any that dies, and on
-Ctrl-C or SIGTERM stops the
-services in reverse order and nats-server last. All state lives in the data directory (SQLite file,
+Ctrl-C or SIGTERM stops the services in reverse order and nats-server last. All state lives in the data directory (SQLite file,
 JetStream store, token, logs, the key sealing secret values), so the next `up` on it finds every deployment again; a lock file keeps
 two `up`s off one data directory. Everything in it is readable by its owner only (umask 077).
 
