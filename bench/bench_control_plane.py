@@ -12,7 +12,7 @@ scheduler holds that many in its state, then applies `--new` deployments one at 
 Prints p50 / p99 / max of each. Target: p99 to process started <= 100 ms.
 
     .venv/bin/python bench/bench_control_plane.py --footprint [--runs 3] [--window 20]
-    BERTH_UP_PROCESSES=shared .venv/bin/python bench/bench_control_plane.py --footprint
+    BERTH_UP_PROCESSES=per-service .venv/bin/python bench/bench_control_plane.py --footprint
 
 The footprint of an idle `berth up` (issue 15: <= 200 MiB, <= 0.5 % of a core): starts it on free ports
 in a fresh data directory, waits for the API, lets it settle, then reads every process of its tree

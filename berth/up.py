@@ -1,8 +1,9 @@
 """`berth up`: run the embedded default on this machine and supervise it.
 
-It starts nats-server with JetStream (unless BERTH_NATS_URL names one) and then each service as its own
-process (`python -m services.<name>`), restarts any that dies, and on Ctrl-C or SIGTERM stops the
-services in reverse order and nats-server last. All state lives in the data directory (SQLite file,
+It starts nats-server with JetStream (unless BERTH_NATS_URL names one), then the router in a process of
+its own and the other services together in one (`python -m berth.plane`; with BERTH_UP_PROCESSES=
+per-service, each service in its own: `python -m services.<name>`), restarts any that dies, and on
+Ctrl-C or SIGTERM stops the services in reverse order and nats-server last. All state lives in the data directory (SQLite file,
 JetStream store, token, logs, the key sealing secret values), so the next `up` on it finds every deployment again; a lock file keeps
 two `up`s off one data directory. Everything in it is readable by its owner only (umask 077).
 
@@ -19,6 +20,7 @@ with the same Python and packages as berth, whatever its working directory.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import importlib.util
 import os
@@ -55,7 +57,9 @@ OWN_PROCESS = ("router",)
 PLANE = "control-plane"
 CHECKOUT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_SECONDS = 60.0
-TICK_SECONDS = 0.25
+# The supervisor sleeps until something is due: a child's exit wakes it at once (SIGCHLD), else the
+# next restart, census, or (until the API answers) readiness poll.
+READY_POLL_SECONDS = 0.25
 # A child that ran this long before dying starts its back-off from the beginning again.
 STABLE_AFTER_SECONDS = 30.0
 BACKOFF_MAX_SECONDS = 30.0
@@ -138,6 +142,7 @@ class Launcher:
         self.nats_url = self.settings.resolved_nats_url
         self.grace = self.settings.stop_grace_seconds
         self._stopping = threading.Event()
+        self._wake = threading.Event()  # set by SIGCHLD and by the stop signals
         self.children: list[Child] = []
         self.registry_log: Path | None = None  # the log of the process that runs the spec-registry
 
@@ -150,6 +155,8 @@ class Launcher:
         lock = DataDirLock(self.data_dir)
         lock.acquire()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, self._on_child_signal)
+        _become_subreaper()
         try:
             self._check_ports()
             self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -196,6 +203,10 @@ class Launcher:
         if not self._stopping.is_set():
             self.console.print(f"\n[bold]{signal.Signals(signum).name}[/]: stopping berth …")
         self._stopping.set()
+        self._wake.set()
+
+    def _on_child_signal(self, _signum: int, _: FrameType | None) -> None:
+        self._wake.set()
 
     # -- what to run ------------------------------------------------------------------------------
 
@@ -327,9 +338,10 @@ class Launcher:
             self._announce_ready(registry=False)
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         next_census = 0.0
-        while not self._stopping.wait(TICK_SECONDS):
+        while not self._stopping.is_set():
             for child in self.children:
                 self._look_after(child)
+            _reap_orphans({c.process.pid for c in self.children if c.process is not None})
             if time.monotonic() >= next_census:
                 self._take_census()
                 next_census = time.monotonic() + CENSUS_SECONDS
@@ -342,6 +354,15 @@ class Launcher:
                     f" see {escape(str(self.registry_log))}[/]"
                 )
                 deadline = float("inf")
+            self._sleep(next_census, polling=not announced)
+
+    def _sleep(self, next_census: float, polling: bool) -> None:
+        """Until a child exits, a signal comes, or the next restart, census or readiness poll is due."""
+        due = [next_census, *(c.restart_at for c in self.children if c.restart_at is not None)]
+        if polling:
+            due.append(time.monotonic() + READY_POLL_SECONDS)
+        self._wake.wait(max(min(due) - time.monotonic(), 0.0))
+        self._wake.clear()  # _look_after polls every child next: no exit is missed
 
     def _look_after(self, child: Child) -> None:
         if self._stopping.is_set() or child.process is None:
@@ -351,7 +372,10 @@ class Launcher:
             code = child.process.poll()
             if code is None:
                 return
-            child.failures = 1 if now - child.started_at > STABLE_AFTER_SECONDS else child.failures + 1
+            # SIGKILL comes from outside (an operator, the OOM killer, chaos): not a crash loop of the
+            # child's own, so it does not grow the back-off; a child that fails by itself does.
+            own_failure = code != -signal.SIGKILL and now - child.started_at <= STABLE_AFTER_SECONDS
+            child.failures = child.failures + 1 if own_failure else 1
             delay = restart_delay(child.failures)
             child.restart_at = now + delay
             self.console.print(
@@ -372,7 +396,10 @@ class Launcher:
         for child in self.children:
             if child.alive:
                 seen = {p.pid: p for p in child.descendants if _running(p)}
-                seen.update({p.pid: p for p in _descendants(child.process.pid)})  # type: ignore[union-attr]
+                for pid in _descendant_pids(child.process.pid):  # type: ignore[union-attr]
+                    if pid not in seen:
+                        with contextlib.suppress(psutil.NoSuchProcess):
+                            seen[pid] = psutil.Process(pid)
                 child.descendants = list(seen.values())
 
     def _registry_healthy(self) -> bool:
@@ -393,11 +420,17 @@ class Launcher:
         grace = self.grace + 5.0
         for child in reversed(started):
             self._stop(child, grace)
-        leftovers = [p for c in started for p in c.descendants if _running(p)]
-        for process in leftovers:
+        leftovers = {p.pid: p for c in started for p in c.descendants if _running(p)}
+        # Orphans of a child killed between two censuses came to `up` (the subreaper): they are left too.
+        for pid in _descendant_pids(os.getpid()):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftovers.setdefault(pid, psutil.Process(pid))
+        leftovers = {pid: p for pid, p in leftovers.items() if _running(p)}
+        for process in leftovers.values():
             self.console.print(f"[yellow]killing leftover process {process.pid} ({process.name()})[/]")
-            process.kill()
-        psutil.wait_procs(leftovers, timeout=5)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        psutil.wait_procs(list(leftovers.values()), timeout=5)
         if started:
             self.console.print("berth stopped.")
 
@@ -477,12 +510,60 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def _descendants(pid: int) -> list[psutil.Process]:
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _become_subreaper() -> None:
+    """Linux: processes orphaned below `up` (the replicas of a killed scheduler) become its children
+    rather than init's, so that `up` still finds them when it stops. Elsewhere a no-op."""
+    if sys.platform != "linux":
+        return
+    import ctypes  # only here: the supervisor stays small
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _reap_orphans(own: set[int]) -> None:
+    """Collect the exit status of orphans that came to `up` (the subreaper) and ended, as init would.
+    The children `up` started are left to their Popen, which reads their status itself."""
+    for pid in _child_pids(os.getpid()):
+        if pid not in own:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+
+def _child_pids(pid: int) -> list[int]:
     try:
-        children: list[psutil.Process] = psutil.Process(pid).children(recursive=True)
-        return children
-    except psutil.NoSuchProcess:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:  # gone, or no /proc (not Linux)
         return []
+    found: list[int] = []
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as listing:
+                found += [int(k) for k in listing.read().split()]
+        except OSError:  # the thread ended
+            continue
+    return found
+
+
+def _descendant_pids(pid: int) -> list[int]:
+    """The processes below `pid`, from the kernel's per-thread children lists. psutil's children()
+    reads /proc/<pid>/stat of every process on the machine to find parents: about 440 files per
+    census on a busy machine, the supervisor's largest idle cost (docs/benchmarks.md). Without
+    those lists (not Linux) psutil's."""
+    if not os.path.isdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+        return []
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = _child_pids(todo.pop())
+        found += kids
+        todo += kids
+    return found
 
 
 def _running(process: psutil.Process) -> bool:

@@ -106,9 +106,10 @@ class Settings(BaseSettings):
     )
     stop_grace_seconds: float = 10.0
     up_processes: Literal["shared", "per-service"] = Field(
-        # Not yet the default: under the crash-consistency chaos on a loaded machine the shared process,
-        # restarted whole at each kill of any of its services, kept the API down past the test's 120 s.
-        default="per-service",
+        # The default since a SIGKILL no longer grows the supervisor's back-off: under the crash-consistency
+        # chaos the shared process, restarted whole at each kill of any of its services, had backed off to
+        # 30 s and kept the API down past the test's 120 s (docs/architecture.md).
+        default="shared",
         description="`berth up`: the control-plane services in one process (shared) or each in its own;"
         " the router always runs in its own (docs/architecture.md).",
     )

@@ -188,11 +188,11 @@ class Service:
                 return
             MESSAGES.labels(self.name, "watch", "handled").inc()
 
-        self._watches.append(
-            await self.js.subscribe(
-                subject, cb=deliver, ordered_consumer=True, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT
-            )
+        watch = await self.js.subscribe(
+            subject, cb=deliver, ordered_consumer=True, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT
         )
+        _answer_flow_control_on_demand(watch)
+        self._watches.append(watch)
 
     def every(self, seconds: float, job: Job, name: str | None = None, at_start: bool = False) -> None:
         """Run `job` every `seconds` once the service has started (the periodic resync), and at once
@@ -266,6 +266,49 @@ class Service:
             stream=DEAD.name,
         )
         await message.reject()  # terminated: JetStream will not redeliver it
+
+
+def _answer_flow_control_on_demand(watch: JetStreamContext.PushSubscription) -> None:
+    """Replace nats-py's flow-control task of an ordered consumer by one that sleeps until the server
+    asks for flow control. nats-py's wakes every 0.25 s for the life of the subscription, to see whether
+    a flow-control reply is due: with a dozen watches, 48 wakeups a second, the largest part of an idle
+    control plane's CPU (docs/benchmarks.md). For a subscription with a callback (every watch) nats-py
+    answers a request as it arrives, so that task has nothing to send in practice; a reply it does
+    schedule is sent here as nats-py sends it. Should another nats-py lack what this relies on, its own
+    task is left as it is."""
+    jsi = getattr(watch._sub, "_jsi", None)
+    library_task = getattr(jsi, "_fctask", None)
+    if library_task is None or not all(hasattr(jsi, a) for a in ("_fcr", "_fcd", "_fciseq", "_psub", "_conn")):
+        return
+    asked = asyncio.Event()
+    schedule = jsi.schedule_flow_control_response
+
+    def schedule_and_wake(reply: str) -> None:
+        schedule(reply)
+        asked.set()
+
+    jsi.schedule_flow_control_response = schedule_and_wake
+    library_task.cancel()
+    # Kept where nats-py keeps its own, so that unsubscribing cancels it.
+    jsi._fctask = asyncio.create_task(_flow_control_replies(jsi, asked), name="watch flow control")
+
+
+FLOW_CONTROL_CHECK_SECONDS = 0.25  # nats-py's period, while a reply waits for earlier messages
+
+
+async def _flow_control_replies(jsi: Any, asked: asyncio.Event) -> None:
+    """nats-py's check (JetStreamContext._JSI.check_flow_control_response), run only while a reply is
+    due: once the messages the server sent before its request have left the pending queue."""
+    while not jsi._conn.is_closed:
+        await asked.wait()
+        asked.clear()
+        while jsi._fcr is not None and not jsi._conn.is_closed:
+            if jsi._fciseq - jsi._psub._pending_queue.qsize() >= jsi._fcd:
+                with contextlib.suppress(Exception):  # as nats-py: a lost reply is asked for again
+                    await jsi._conn.publish(jsi._fcr)
+                jsi._fcr, jsi._fcd = None, 0
+            else:
+                await asyncio.sleep(FLOW_CONTROL_CHECK_SECONDS)
 
 
 async def _every(seconds: float, job: Job, name: str, at_start: bool) -> None:

@@ -7,8 +7,12 @@ FastStream: its per-message middleware (an OpenTelemetry publish span, serialisa
 the largest cost of an update after the store (docs/benchmarks.md); no span of the relay's own is
 recorded, the consumers' spans are children of the request's.
 
-It wakes as soon as a change commits (`notify`) and also every `poll_seconds`, so events left by a
-crash are published after the restart. A crash between publishing and marking makes the next run
+It wakes as soon as a change commits (`notify`) and also every `poll_seconds` while it may have missed
+rows: after a failed pass, and on a PostgreSQL shared with other registries (their commits do not
+notify this one). The only relay of a database, all caught up, waits for `notify` and polls every
+IDLE_POLL_SECONDS only as a safety net (a row an operator released by hand, docs/operations.md): an
+idle registry then wakes for nothing (docs/benchmarks.md). Events left by a crash are published by the
+first pass after the restart. A crash between publishing and marking makes the next run
 publish the event again; JetStream drops the copy because the `Nats-Msg-Id` (the event id) repeats
 within the stream's duplicate window.
 
@@ -55,6 +59,7 @@ log = get_logger("spec_registry")
 
 PUBLISHED_RETENTION = timedelta(days=1)  # far beyond the duplicate window: a pruned event is never resent
 PRUNE_EVERY_SECONDS = 600.0
+IDLE_POLL_SECONDS = 30.0
 # Failures of one row in a row, with the bus up, before it is set aside: about a minute of polls.
 MAX_ATTEMPTS = 60
 # The bus is away or busy: every row would fail alike, so these never count against a row.
@@ -118,18 +123,21 @@ class OutboxRelay:
     async def _run(self) -> None:
         with contextlib.suppress(Exception):  # the database may be away; the gauge waits for the next one
             OUTBOX_SET_ASIDE.set(await asyncio.to_thread(self._repo.set_aside_count))
+        alone = self._lock is None or not self._lock.shared
         while not self._stopping:
             self._wake.clear()  # before reading, so a commit during the pass triggers another one
+            caught_up = False
             try:
                 if await self._holds_lock():
                     while await self.relay_batch() == self._batch and not self._stopping:
                         pass
                     if time.monotonic() >= self._next_prune:
                         await self.prune()
+                    caught_up = alone
             except Exception:  # the bus or the database is away; the next pass retries
                 log.warning("outbox relay pass failed", exc_info=True)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._poll_seconds):
+                async with asyncio.timeout(IDLE_POLL_SECONDS if caught_up else self._poll_seconds):
                     await self._wake.wait()
         if self._lock is not None:
             await asyncio.to_thread(self._lock.close)  # another registry takes over at its next poll

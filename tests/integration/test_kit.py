@@ -3,6 +3,7 @@ messages instead of redelivering them for ever, watch the newest state, and stop
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from nats.aio.client import Client
@@ -105,6 +106,36 @@ async def test_watch_latest_delivers_the_newest_per_subject_then_new_ones(settin
         await eventually(lambda: seen == [("a", 3), ("b", 1)], what="only the newest of each deployment")
         await service.publish(assignment("a", 4))
         await eventually(lambda: seen[-1] == ("a", 4), what="a new assignment")
+    finally:
+        await service.stop()
+
+
+async def test_watch_latest_keeps_delivering_a_backlog_larger_than_the_flow_control_window(settings: Settings) -> None:
+    # Enough state (6 MB) that the server asks for flow control while the handler is behind; with
+    # nats-py's flow-control task replaced (libs/kit.py) the watch must not stall there.
+    service = Service("kit-test", settings)
+    await service.connect()
+    count = 1500
+
+    def assignment(i: int, generation: int) -> TrafficAssigned:
+        return TrafficAssigned(deployment_id=f"d{i}", project="p", slug=f"d{i}", name="x" * 4000,
+                               generation=generation, spec_version=1)  # fmt: skip
+
+    for first in range(0, count, 100):
+        await asyncio.gather(*(service.publish(assignment(i, 1)) for i in range(first, first + 100)))
+    seen: dict[str, int] = {}
+
+    async def record(event: Event) -> None:
+        assert isinstance(event, TrafficAssigned)
+        await asyncio.sleep(0.001)  # a handler slower than the network
+        seen[event.deployment_id] = event.generation
+
+    await service.watch_latest(TRAFFIC_EVENTS, record)
+    await service.start()
+    try:
+        await eventually(lambda: len(seen) == count, timeout=60, what=f"the state of all {count} deployments")
+        await service.publish(assignment(0, 2))
+        await eventually(lambda: seen["d0"] == 2, what="a new assignment after the backlog")
     finally:
         await service.stop()
 

@@ -84,7 +84,6 @@ def berth(tmp_path: Path) -> Berth:
     ports = {k: free_port() for k in ("API", "ROUTER", "NATS", "SCHEDULER_OPS", "HEALTH_MONITOR_OPS", "INTEGRATIONS_OPS",
                                       "AUTOSCALER_OPS", "ALERTING_OPS", "METRICS_OPS")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
-    env["BERTH_UP_PROCESSES"] = "shared"  # the control plane in one process (docs/architecture.md)
     env |= {f"BERTH_{k}_PORT": str(v) for k, v in ports.items()}
     env |= {
         "BERTH_DATA_DIR": str(tmp_path / "berth"),

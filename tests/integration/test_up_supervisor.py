@@ -25,6 +25,9 @@ def env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
     env |= {f"BERTH_{k}_PORT": str(v) for k, v in ports.items()}
     env |= {"BERTH_DATA_DIR": str(tmp_path / "berth"), "BERTH_STOP_GRACE_SECONDS": "3"}
+    # One process per service: the mode that is not the default keeps a test of its own (test_up_cli
+    # and the crash-consistency test run the default, shared).
+    env["BERTH_UP_PROCESSES"] = "per-service"
     return env
 
 
@@ -66,6 +69,7 @@ async def test_restarts_a_dead_child_and_leaves_nothing_after_ctrl_c(
     assert first is not None and accepts(env["BERTH_NATS_PORT"])
     logs = Path(env["BERTH_DATA_DIR"]) / "logs"
     assert str(logs / "nats-server.log") in (tmp_path / "up.out").read_text()
+    assert str(logs / "scheduler.log") in (tmp_path / "up.out").read_text()  # one process per service
 
     first.kill()
     second = await eventually(
@@ -74,9 +78,17 @@ async def test_restarts_a_dead_child_and_leaves_nothing_after_ctrl_c(
         what="nats-server restarted",
     )
     assert "nats-server exited unexpectedly" in (tmp_path / "up.out").read_text()
+    # Killed again at once: a SIGKILL from outside is no crash loop of its own, so no longer back-off.
+    second.kill()
+    third = await eventually(
+        lambda: (p := nats_server(up)) is not None and p.pid != second.pid and accepts(env["BERTH_NATS_PORT"]) and p,
+        timeout=30,
+        what="nats-server restarted again",
+    )
+    assert (tmp_path / "up.out").read_text().count("nats-server exited unexpectedly (code -9); restarting in 1s") == 2
 
     tree = psutil.Process(up.pid).children(recursive=True)
-    assert second in tree
+    assert third in tree
     up.send_signal(signal.SIGINT)
     assert up.wait(60) == 0
     _, alive = psutil.wait_procs(tree, timeout=5)
