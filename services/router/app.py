@@ -5,6 +5,8 @@ watch, the HTTP server, the metrics reporter; `start_router` starts it in-proces
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -47,12 +49,13 @@ class RouterHandle:
         await self._stop()
 
 
-async def start_router(settings: Settings) -> RouterHandle:
-    """Connect to the bus, load the routing table, then serve on router_host:router_port."""
+async def start_router(settings: Settings, reuse_port: bool = False) -> RouterHandle:
+    """Connect to the bus, load the routing table, then serve on router_host:router_port (shared with
+    the other workers when `reuse_port`)."""
     service = Service("router", settings)
     js = await service.connect()
     try:
-        handle = await _wire(service, js, settings)
+        handle = await _wire(service, js, settings, reuse_port)
     except BaseException:
         await service.stop()  # whatever was started so far
         raise
@@ -60,7 +63,7 @@ async def start_router(settings: Settings) -> RouterHandle:
     return handle
 
 
-async def _wire(service: Service, js: JetStreamContext, settings: Settings) -> RouterHandle:
+async def _wire(service: Service, js: JetStreamContext, settings: Settings, reuse_port: bool) -> RouterHandle:
     pools = UpstreamPools(CONNECT_TIMEOUT_SECONDS, KEEPALIVE_SECONDS, settings.router_response_timeout_seconds)
     table = RoutingTable(on_address_gone=pools.retire)
     secrets = await AuthSecrets.open(await SecretStore.open(js, Sealer.from_settings(settings)))
@@ -76,7 +79,8 @@ async def _wire(service: Service, js: JetStreamContext, settings: Settings) -> R
         revisions.fold(report)  # before any await: a scrape never sees a window in neither place
         await service.publish(report)
 
-    reporter = MetricsReporter(table.routes, publish)
+    # Each worker of each router reports its own windows: consumers add the reporters up.
+    reporter = MetricsReporter(table.routes, publish, f"{socket.gethostname()}/{os.getpid()}")
     service.every(settings.router_metrics_interval_seconds, reporter.report)
 
     registry = CollectorRegistry()
@@ -84,7 +88,7 @@ async def _wire(service: Service, js: JetStreamContext, settings: Settings) -> R
     registry.register(RouterCollector(table.routes, lambda: proxy.unrouted, revisions, settings.metrics_max_deployments))
     ProcessCollector(registry=registry)
     server = Server(proxy.handle, CLIENT_KEEPALIVE_SECONDS)
-    port = await server.start(settings.router_host, settings.router_port)
+    port = await server.start(settings.router_host, settings.router_port, reuse_port)
     # Registered last, so run first at stop: requests under way finish (within the kit's bound per step).
     grace = min(settings.stop_grace_seconds, STOP_STEP_TIMEOUT_SECONDS - 1)
     service.on_stop(lambda: server.close(grace))
@@ -92,7 +96,7 @@ async def _wire(service: Service, js: JetStreamContext, settings: Settings) -> R
     return RouterHandle(f"http://{settings.router_host}:{port}", port, table, secrets, pools, feed, service.stop)
 
 
-async def main(settings: Settings, stop: asyncio.Event) -> None:
-    handle = await start_router(settings)
+async def main(settings: Settings, stop: asyncio.Event, reuse_port: bool = False) -> None:
+    handle = await start_router(settings, reuse_port)
     await stop.wait()
     await handle.stop()
