@@ -35,8 +35,11 @@ _PR_SET_PDEATHSIG = 1
 
 
 def worker_count(settings: Settings) -> int:
-    """`router_workers`, or one per CPU core this process may run on when it is 0."""
-    return settings.router_workers or len(os.sched_getaffinity(0))
+    """`router_workers`, or when it is 0 one per CPU core this process may run on (Linux: elsewhere
+    SO_REUSEPORT gives every connection to one of the sockets, so one worker)."""
+    if settings.router_workers:
+        return settings.router_workers
+    return len(os.sched_getaffinity(0)) if sys.platform == "linux" else 1
 
 
 def run_workers(settings: Settings, count: int) -> int:
