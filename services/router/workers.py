@@ -23,6 +23,8 @@ from multiprocessing.connection import wait
 from types import FrameType
 
 import uvloop
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from libs.config import Settings
 from libs.logging import get_logger
@@ -99,4 +101,10 @@ def _worker(settings: Settings, parent: int) -> None:
         if os.getppid() != parent:
             return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    run_service("router", partial(main, reuse_port=True), settings)
+    try:
+        run_service("router", partial(main, reuse_port=True), settings)
+    finally:
+        # A forked worker leaves by os._exit, past the atexit hook that exports the last spans.
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, TracerProvider):
+            provider.shutdown()
