@@ -3,7 +3,8 @@ so a router with more cores runs a worker per core. Each worker is a whole route
 connection, routing table, upstream pools and metrics reporter) listening on router_port with
 SO_REUSEPORT: the kernel spreads the incoming connections over the workers.
 
-The parent only supervises: it forwards SIGTERM/SIGINT to the workers and waits for them (each drains
+A scrape of /_berth/metrics reaches one worker, which answers with all of theirs added up
+(services/router/peers.py). The parent only supervises: it forwards SIGTERM/SIGINT to the workers and waits for them (each drains
 its requests as a single router does), and when a worker exits on its own it stops the others and
 exits with that worker's code, so that whatever runs the router (`berth up`, Kubernetes) sees the
 failure and restarts it whole, as it would a single process.
@@ -15,11 +16,14 @@ import asyncio
 import ctypes
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from functools import partial
 from multiprocessing.connection import wait
+from pathlib import Path
 from types import FrameType
 
 import uvloop
@@ -51,6 +55,7 @@ def run_workers(settings: Settings, count: int) -> int:
     reserved = _reserve(settings.router_host, settings.router_port)
     port = int(reserved.getsockname()[1])
     worker_settings = settings.model_copy(update={"router_port": port, "router_workers": 1})
+    peers = Path(tempfile.mkdtemp(prefix="berth-router-"))  # where the workers meet for /_berth/metrics
     context = multiprocessing.get_context("fork")  # no event loop or thread runs yet in this process
     workers: list[multiprocessing.process.BaseProcess] = []
     stopping = False
@@ -67,7 +72,9 @@ def run_workers(settings: Settings, count: int) -> int:
     for index in range(count):
         if stopping:
             break
-        worker = context.Process(target=_worker, args=(worker_settings, os.getpid()), name=f"router-worker-{index}")
+        worker = context.Process(
+            target=_worker, args=(worker_settings, os.getpid(), peers), name=f"router-worker-{index}"
+        )
         worker.start()
         workers.append(worker)
     log.info("router workers started", port=port, workers=[w.pid for w in workers])
@@ -82,6 +89,7 @@ def run_workers(settings: Settings, count: int) -> int:
                 code = worker.exitcode or 1
                 stop()
     reserved.close()
+    shutil.rmtree(peers, ignore_errors=True)
     return code
 
 
@@ -93,7 +101,7 @@ def _reserve(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _worker(settings: Settings, parent: int) -> None:
+def _worker(settings: Settings, parent: int, peers: Path) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler: run_service sets its own
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     if sys.platform == "linux":  # a parent killed outright takes its workers with it
@@ -102,7 +110,7 @@ def _worker(settings: Settings, parent: int) -> None:
             return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     try:
-        run_service("router", partial(main, reuse_port=True), settings)
+        run_service("router", partial(main, reuse_port=True, peers=peers), settings)
     finally:
         # A forked worker leaves by os._exit, past the atexit hook that exports the last spans.
         provider = trace.get_tracer_provider()

@@ -14,6 +14,7 @@ import aiohttp
 import psutil
 import pytest
 from nats.aio.client import Client
+from prometheus_client.parser import text_string_to_metric_families
 
 from libs.config import Settings
 from libs.events import RequestMetricsReported
@@ -49,11 +50,13 @@ def _children(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
     return psutil.Process(process.pid).children()
 
 
-async def test_two_workers_share_the_port_and_each_reports_its_own_requests(
+async def test_two_workers_share_the_port_each_reports_its_own_requests_and_a_scrape_sees_both(
     workers: subprocess.Popen[bytes], settings: Settings, bus: Bus, nc: Client, upstreams: list[Upstream]  # noqa: F811
 ) -> None:
     reports: list[RequestMetricsReported] = []
+    everything: list[RequestMetricsReported] = []  # the wait's requests too
     await nc.subscribe("berth.metrics.v1.requests.d1", cb=_collect(reports))
+    await nc.subscribe("berth.metrics.v1.requests.d1", cb=_collect(everything))
     await bus.assign(serving=upstreams[:1])
     url = f"http://127.0.0.1:{settings.router_port}/default/iris/"
     # A new connection for each request: the kernel spreads connections (not requests) over the workers.
@@ -72,6 +75,18 @@ async def test_two_workers_share_the_port_and_each_reports_its_own_requests(
     pids = {str(child.pid) for child in _children(workers)}
     assert len(busy) == 2 and {reporter.rsplit("/", 1)[1] for reporter in busy} == pids
     assert sum(r.requests for r in reports) == 40
+
+    # Every scrape, whichever worker its connection reaches, counts both workers' requests.
+    scraped = set()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        for _ in range(6):
+            async with http.get(f"http://127.0.0.1:{settings.router_port}/_berth/metrics") as response:
+                assert response.status == 200
+                text = await response.text()
+            [total] = [s.value for f in text_string_to_metric_families(text) for s in f.samples
+                       if s.name == "berth_router_requests_total" and s.labels["deployment"] == "iris"]  # fmt: skip
+            scraped.add(total)
+    assert scraped == {sum(r.requests for r in everything)}
 
     workers.send_signal(signal.SIGTERM)
     assert workers.wait(15) == 0
