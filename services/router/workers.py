@@ -104,8 +104,8 @@ def _reserve(host: str, port: int) -> socket.socket:
 def _worker(settings: Settings, parent: int, peers: Path) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler: run_service sets its own
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    if sys.platform == "linux":  # a parent killed outright takes its workers with it
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if sys.platform == "linux":  # a parent killed outright (SIGKILL, after its grace) takes its workers with it
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:
             return
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

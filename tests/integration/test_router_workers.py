@@ -122,3 +122,10 @@ def _running(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+async def test_workers_go_with_a_parent_killed_outright(workers: subprocess.Popen[bytes]) -> None:
+    children = await eventually(lambda: len(_children(workers)) == 2 and _children(workers), what="two workers")
+    workers.kill()  # as `berth up` does to a router still running after its grace
+    workers.wait(10)
+    await eventually(lambda: not any(_running(child) for child in children), what="the workers gone with it")
