@@ -3,19 +3,26 @@
     .venv/bin/python bench/bench_router.py [--rounds 3] [--seconds 4] [--baseline DIR]
 
 Starts its own nats-server, one upstream replica (tests/servers/echo_fast.py), the router
-(`python -m services.router`), nginx and HAProxy (each one worker, upstream keep-alive on, the same
-path rewrite as the router's), registers the replica with the router by publishing the traffic
+(`python -m services.router`) with one worker and with two (`--workers`), nginx with one worker and
+with two, and HAProxy (one thread; upstream keep-alive on everywhere, the same path rewrite as the
+router's), registers the replica with the router by publishing the traffic
 assignment the scheduler would, then measures every proxy with wrk (one thread) at 16 and 64
 connections for `--seconds` each. Runs are interleaved: each round measures every proxy once, in
 turn, and the figures printed are medians over the rounds (the machine's cores are shared, so a single
 run says little). Per proxy and concurrency: requests per second, p99 latency, CPU seconds the proxy
-process spent per request (psutil), and after the c64 run the connections it holds to the upstream.
-Ratios are printed against nginx (with one worker, the reference a router should match).
+processes spent per request (psutil; summed over all of a proxy's processes, so a proxy with two
+workers shows its cost per request whichever cores it ran on: the per-core cost), and after the c64
+run the connections it holds to the upstream. Ratios are printed against nginx with one worker (the
+reference a one-worker router should match) and against nginx with as many workers as the row's
+proxy (the fair reference for several workers: same cores for the proxy). The upstream and wrk (one
+thread) share the machine's cores with the proxies, so a two-worker proxy's rps says more about them
+than about it on a small machine; its CPU per request still compares.
 
 `--instructions` instead runs every proxy under valgrind's callgrind and prints the user-space
 instructions each spends per request at 16 connections (collection on only around the measured wrk
 run): a figure that does not move with the machine's load, for comparing two versions of the router.
 It leaves out the kernel's share (the socket calls), which is most of nginx's and HAProxy's cost.
+Only one-worker proxies are counted (a worker's count per request does not depend on how many run).
 
 `--baseline DIR` also starts a router from another source tree (e.g. `git archive main | tar -x -C
 DIR`), measured in the same rounds: before/after figures from one run.
@@ -117,13 +124,14 @@ class Target:
     name: str
     port: int
     process: subprocess.Popen[bytes]
+    workers: int = 1
     runs: dict[int, list[dict[str, float]]] = field(default_factory=dict)
 
-    def worker(self) -> psutil.Process:
-        """The process doing the proxying (nginx's one worker, not its master)."""
+    def tree(self) -> list[psutil.Process]:
+        """Every process of the proxy: the one, or a parent (nginx's master, the router's supervisor)
+        and its workers."""
         process = psutil.Process(self.process.pid)
-        children = process.children()
-        return children[0] if self.name == "nginx" and children else process
+        return [process, *process.children(recursive=True)]
 
 
 # -- wrk ------------------------------------------------------------------------------------------------
@@ -147,26 +155,25 @@ def wrk(url: str, connections: int, seconds: float) -> dict[str, float]:
     return {"requests": float(done[1]), "rps": float(rps[1]), "p99_ms": float(p99[1]) * _UNITS[p99[2]]}
 
 
-def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    return sum(times.user + times.system for times in (process.cpu_times() for process in processes))
 
 
-def upstream_connections(process: psutil.Process, upstream_port: int) -> int:
+def upstream_connections(processes: list[psutil.Process], upstream_port: int) -> int:
     return sum(
-        1 for c in process.net_connections(kind="tcp")
+        1 for process in processes for c in process.net_connections(kind="tcp")
         if c.raddr and c.raddr.port == upstream_port and c.status == psutil.CONN_ESTABLISHED
     )
 
 
 def measure(target: Target, upstream_port: int, connections: int, seconds: float) -> None:
-    worker = target.worker()
-    before = cpu_seconds(worker)
+    processes = target.tree()
+    before = cpu_seconds(processes)
     run = wrk(f"http://127.0.0.1:{target.port}{PATH}", connections, seconds)
-    run["cpu_us"] = (cpu_seconds(worker) - before) / run["requests"] * 1e6
+    run["cpu_us"] = (cpu_seconds(processes) - before) / run["requests"] * 1e6
     if connections == max(CONCURRENCIES):
         time.sleep(2.5)  # what the pool keeps once the load is over (the router trims at its next sweep)
-    run["held"] = upstream_connections(worker, upstream_port)
+    run["held"] = upstream_connections(processes, upstream_port)
     target.runs.setdefault(connections, []).append(run)
 
 
@@ -231,10 +238,12 @@ async def wait_until_served(url: str, timeout: float = 15.0) -> None:
             await asyncio.sleep(0.05)
 
 
-def start_router(source: Path, nats_url: str, port: int, data_dir: Path, prefix: list[str]) -> subprocess.Popen[bytes]:
+def start_router(
+    source: Path, nats_url: str, port: int, data_dir: Path, prefix: list[str], workers: int
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ, "BERTH_NATS_URL": nats_url, "BERTH_ROUTER_PORT": str(port), "BERTH_LOG_LEVEL": "WARNING",
-        "BERTH_DATA_DIR": str(data_dir), "PYTHONPATH": str(source),
+        "BERTH_DATA_DIR": str(data_dir), "PYTHONPATH": str(source), "BERTH_ROUTER_WORKERS": str(workers),
     }
     return subprocess.Popen([*prefix, PYTHON, "-m", "services.router"], cwd=source, env=env)
 
@@ -265,28 +274,41 @@ def median(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
 
+def _ratios(runs: list[dict[str, float]], reference: Target | None, connections: int) -> str:
+    if reference is None:
+        return f"{'-':>10} {'-':>10} {'-':>10} "
+    ref = reference.runs[connections]
+    return (f"{median(runs, 'rps') / median(ref, 'rps'):10.2f}x{median(runs, 'cpu_us') / median(ref, 'cpu_us'):10.2f}x"
+            f"{median(runs, 'p99_ms') / median(ref, 'p99_ms'):10.2f}x")
+
+
 def report(targets: list[Target], rounds: int, seconds: float) -> None:
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"router vs nginx/HAProxy, 1 upstream replica (echo_fast), wrk -t1 for {seconds:g}s per run, "
-          f"medians of {rounds} interleaved rounds, {os.cpu_count()} cores shared by wrk, proxy and upstream")
+          f"medians of {rounds} interleaved rounds, {os.cpu_count()} cores shared by wrk, proxy and upstream; "
+          f"load average at the end {load}")
     print(f"{'':14}{'conns':>6}{'rps':>9}{'p99 ms':>9}{'CPU us/req':>12}{'held':>6}"
-          f"{'rps/nginx':>11}{'CPU/nginx':>11}{'p99/nginx':>11}")
-    reference = {t.name: t for t in targets}.get("nginx")
+          f"{'rps/nginx':>11}{'CPU/nginx':>11}{'p99/nginx':>11}"
+          f"{'rps/ngxN':>11}{'CPU/ngxN':>11}{'p99/ngxN':>11}")
+    nginx = {t.workers: t for t in targets if t.name.startswith("nginx")}
     for connections in CONCURRENCIES:
         for target in targets:
             runs = target.runs[connections]
             rps, p99, cpu = median(runs, "rps"), median(runs, "p99_ms"), median(runs, "cpu_us")
             held = f"{median(runs, 'held'):.0f}" if connections == max(CONCURRENCIES) else ""
             ratios = ""
-            if reference is not None and target.name not in ("direct", "nginx"):
-                ref = reference.runs[connections]
-                ratios = (f"{rps / median(ref, 'rps'):10.2f}x{cpu / median(ref, 'cpu_us'):10.2f}x"
-                          f"{p99 / median(ref, 'p99_ms'):10.2f}x")
+            if target.name != "direct" and target is not nginx.get(1):
+                ratios = _ratios(runs, nginx.get(1), connections)
+                if target.workers > 1 and not target.name.startswith("nginx"):
+                    ratios += _ratios(runs, nginx.get(target.workers), connections)
             cpu_text = f"{cpu:12.1f}" if target.name != "direct" else f"{'(upstream)':>12}"
             print(f"{target.name:14}{connections:6}{rps:9.0f}{p99:9.2f}{cpu_text}{held:>6} {ratios}")
+    print("CPU us/req: summed over every process of the proxy (all its workers): the cost per request on any core")
     print("held: ESTABLISHED connections from the proxy to the upstream 2.5 s after the c64 run")
+    print("x/nginx: against nginx with one worker; x/ngxN: against nginx with the row's number of workers")
 
 
-def bench(rounds: int, seconds: float, baseline: Path | None, new: int, instructions: bool) -> None:
+def bench(rounds: int, seconds: float, baseline: Path | None, new: int, instructions: bool, workers: list[int]) -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install -y wrk (and nginx haproxy for the references)")
     if instructions and shutil.which("valgrind") is None:
@@ -304,22 +326,28 @@ def bench(rounds: int, seconds: float, baseline: Path | None, new: int, instruct
             wait_for_port("127.0.0.1", upstream_port)
             asyncio.run(register_replica(nats_url, upstream_port))
             targets.append(Target("direct", upstream_port, upstream))
-            routers = [("router", ROOT)] + ([("router@base", baseline)] if baseline is not None else [])
-            for name, source in routers:
+            counts = [1] if instructions else workers
+            # The baseline runs one worker (an older tree without the setting ignores it).
+            routers = [(_named("router", n), ROOT, n) for n in counts]
+            routers += [("router@base", baseline, 1)] if baseline is not None else []
+            for name, source, count in routers:
                 port = free_port()
                 prefix = callgrind(tmp, name) if instructions else []
-                process = start_router(source, nats_url, port, tmp / name, prefix)
+                process = start_router(source, nats_url, port, tmp / name.replace(" ", "-"), prefix, count)
                 processes.append(process)
-                targets.append(Target(name, port, process))
+                targets.append(Target(name, port, process, count))
             if shutil.which("nginx"):
-                port = free_port()
-                master = "off" if instructions else "on"  # under valgrind: the one process does the work
-                conf = NGINX_CONF.format(tmp=tmp, upstream=upstream_port, port=port, master=master)
-                (tmp / "nginx.conf").write_text(conf)
-                prefix = callgrind(tmp, "nginx") if instructions else []
-                process = subprocess.Popen([*prefix, "nginx", "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
-                processes.append(process)
-                targets.append(Target("nginx", port, process))
+                for count in counts:
+                    name, port = _named("nginx", count), free_port()
+                    home = tmp / f"nginx{count}"
+                    home.mkdir()
+                    master = "off" if instructions else "on"  # under valgrind: the one process does the work
+                    conf = NGINX_CONF.format(tmp=home, upstream=upstream_port, port=port, master=master)
+                    (home / "nginx.conf").write_text(conf.replace("worker_processes 1;", f"worker_processes {count};"))
+                    prefix = callgrind(tmp, name) if instructions else []
+                    process = subprocess.Popen([*prefix, "nginx", "-c", str(home / "nginx.conf"), "-p", str(home)])
+                    processes.append(process)
+                    targets.append(Target(name, port, process, count))
             else:
                 print("nginx not installed: no nginx reference (apt-get install -y nginx)")
             if shutil.which("haproxy"):
@@ -361,7 +389,7 @@ def bench(rounds: int, seconds: float, baseline: Path | None, new: int, instruct
                     process.wait(10)
                 except subprocess.TimeoutExpired:
                     process.kill()  # a router whose bus went first may take its stop steps' full bound
-    targets.sort(key=lambda t: ["direct", "nginx", "haproxy", "router@base", "router"].index(t.name))
+    targets.sort(key=lambda t: (["direct", "nginx", "haproxy", "router@base", "router"].index(t.name.split(" ")[0]), t.workers))
     report(targets, rounds, seconds)
     print(f"assignment published -> first request served, {new} new deployments: "
           f"p50 {routable[49] * 1000:.2f} ms, p99 {routable[98] * 1000:.2f} ms")
@@ -374,8 +402,14 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="also run the router from this source tree")
     parser.add_argument("--new", type=int, default=100, help="new deployments timed to their first request")
     parser.add_argument("--instructions", action="store_true", help="count instructions under callgrind instead")
+    parser.add_argument("--workers", default="1,2", help="router and nginx worker counts measured (comma-separated)")
     args = parser.parse_args()
-    bench(args.rounds, args.seconds, args.baseline, args.new, args.instructions)
+    workers = sorted({int(n) for n in args.workers.split(",")})
+    bench(args.rounds, args.seconds, args.baseline, args.new, args.instructions, workers)
+
+
+def _named(proxy: str, workers: int) -> str:
+    return proxy if workers == 1 else f"{proxy} x{workers}"
 
 
 if __name__ == "__main__":

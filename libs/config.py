@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         default=4, ge=1, le=64,
         description="Integrations fetched at once (different sources; one source is never fetched twice at once).",
     )  # fmt: skip
+    router_workers: int = Field(
+        default=0, ge=0, le=256,
+        description="Router processes serving router_port together (SO_REUSEPORT), each with its own bus "
+        "connection, routing table and pools; 0: one per CPU core this process may run on.",
+    )  # fmt: skip
     router_metrics_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often the router publishes RequestMetricsReported."
     )

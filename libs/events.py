@@ -473,6 +473,10 @@ class RequestMetricsReported(Event, DeploymentRef):
         "(none ready, stopped, connection failed, response timed out).",
     )
     replicas: list[ReplicaRequests] = Field(default_factory=list, description="The same window per replica.")
+    reporter: str = Field(
+        default="", description="The router process that served the window (host/pid): a router runs "
+        "several workers and several replicas, each reporting its own windows. Empty in older reports.",
+    )
 
 
 class MetricsSummary(BaseModel):

@@ -39,6 +39,7 @@ class Requests(NamedTuple):
     errors: int
     client_errors: int
     buckets: tuple[int, ...]
+    reporter: str = ""  # the router worker: several report windows ending at the same time
 
 
 class Status(NamedTuple):
@@ -77,7 +78,7 @@ class Window:
         if isinstance(event, RequestMetricsReported):
             _insert(self.requests, Requests(
                 at, at - event.window_seconds, event.requests, event.errors, event.client_errors,
-                tuple(event.latency_buckets),
+                tuple(event.latency_buckets), event.reporter,
             ))  # fmt: skip
         elif isinstance(event, DeploymentStatusChanged):
             restarts = tuple((r.replica_id, r.restart_count) for r in event.replicas)
@@ -158,11 +159,18 @@ class Window:
 
 
 def _insert(samples: list[Any], sample: Requests | Status | Usage) -> None:
-    if any(held[0] == sample[0] for held in samples[-64:]):
+    if any(_same(held, sample) for held in samples[-64:]):
         return
     insort(samples, sample)
     if len(samples) > MAX_SAMPLES:
         del samples[0]
+
+
+def _same(held: Requests | Status | Usage, sample: Requests | Status | Usage) -> bool:
+    """The same event again (a replay): same time, and for requests the same reporter."""
+    if isinstance(sample, Requests):
+        return held[0] == sample[0] and held[-1] == sample.reporter
+    return held[0] == sample[0]
 
 
 def extrapolated_rate(samples: Sequence[tuple[float, float]], range_start: float, range_end: float) -> float | None:

@@ -3,8 +3,9 @@
 - The count in force is composed as the scheduler composes it: the autoscaler's last decision while
   the spec keeps the `resources.replicas` it was made against, else the spec's count.
 - Request metrics: the router's reports of the last `window` seconds combined: requestDuration is
-  their summed latency over their requests, rps their requests over their summed windows, concurrency
-  their mean in-flight count. No report within the window counts as no traffic (zeros) when the last
+  their summed latency over their requests; rps and concurrency are summed over the reporters (each
+  worker of each router reports its own windows), each reporter's rps its requests over its summed
+  windows and its concurrency its mean in-flight count. No report within the window counts as no traffic (zeros) when the last
   report known was quiet (the router stops reporting after one quiet window) or none was ever seen;
   a stale report with traffic means the router stopped reporting: the metrics are missing.
 - Replicas: the scheduler's last usage report; a report older than three of its windows gives no
@@ -54,13 +55,16 @@ def request_metrics(reports: Iterable[RequestMetricsReported], now: float, windo
         quiet = not held or (held[-1].requests == 0 and held[-1].in_flight == 0)
         return dict.fromkeys(REQUEST_METRICS, 0.0) if quiet else {}
     requests = sum(r.requests for r in recent)
-    seconds = sum(r.window_seconds for r in recent)
     latency = sum(r.latency_sum_seconds for r in recent)
-    return {
-        "requestDuration": latency / requests if requests else 0.0,
-        "rps": requests / seconds if seconds else 0.0,
-        "concurrency": sum(r.in_flight for r in recent) / len(recent),
-    }
+    by_reporter: dict[str, list[RequestMetricsReported]] = {}
+    for report in recent:
+        by_reporter.setdefault(report.reporter, []).append(report)
+    rps = concurrency = 0.0
+    for reports_of_one in by_reporter.values():
+        seconds = sum(r.window_seconds for r in reports_of_one)
+        rps += sum(r.requests for r in reports_of_one) / seconds if seconds else 0.0
+        concurrency += sum(r.in_flight for r in reports_of_one) / len(reports_of_one)
+    return {"requestDuration": latency / requests if requests else 0.0, "rps": rps, "concurrency": concurrency}
 
 
 def _ago(now: float, at: datetime | None) -> float | None:

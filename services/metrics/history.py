@@ -58,7 +58,7 @@ class _Deployment:
     project: str
     slug: str
     recent: deque[tuple[int, Slot]] = field(default_factory=deque)  # closed slots of the last minute
-    in_flight: int = 0
+    in_flight: dict[str, tuple[float, int]] = field(default_factory=dict)  # reporter -> (reported at, in flight)
     usage: dict[str, tuple[float | None, float | None, float | None]] = field(default_factory=dict)
     last_activity: float = 0.0
     replicas_desired: int = 0
@@ -112,15 +112,22 @@ class History:
         # The window ended at occurred_at; it belongs to the slot of its middle.
         at = report.occurred_at.timestamp() - report.window_seconds / 2
         deployment = self._deployment(report)
-        deployment.in_flight = report.in_flight
+        # The router runs several workers (and replicas), each reporting its own requests: counts add
+        # up as they are; in-flight is the sum over reporters of each one's latest (or mean).
+        reported_at = report.occurred_at.timestamp()
+        deployment.in_flight[report.reporter] = (reported_at, report.in_flight)
+        for reporter in [r for r, (t, _) in deployment.in_flight.items() if t < reported_at - SUMMARY_WINDOW_SECONDS]:
+            del deployment.in_flight[reporter]  # a worker gone (restarted, stopped)
         slot = self._slot(SeriesKey(report.deployment_id, DEPLOYMENT), at)
         slot.requests += report.requests
         slot.errors += report.errors
         slot.client_errors += report.client_errors
         slot.upstream_failures += report.upstream_failures
         slot.buckets = [a + b for a, b in zip(slot.buckets, report.latency_buckets, strict=False)]
-        slot.in_flight_sum += report.in_flight
-        slot.in_flight_n += 1
+        held, n = slot.in_flight_by.get(report.reporter, (0.0, 0))
+        slot.in_flight_sum += (held + report.in_flight) / (n + 1) - (held / n if n else 0.0)
+        slot.in_flight_by[report.reporter] = (held + report.in_flight, n + 1)
+        slot.in_flight_n = 1
         for part in report.replicas:
             replica = self._slot(SeriesKey(report.deployment_id, part.replica_id, part.revision_id), at)
             replica.requests += part.requests
@@ -279,7 +286,7 @@ class History:
             latency_p50=histogram_quantile(0.5, total.buckets),
             latency_p95=histogram_quantile(0.95, total.buckets),
             latency_p99=histogram_quantile(0.99, total.buckets),
-            in_flight=deployment.in_flight,
+            in_flight=sum(n for t, n in list(deployment.in_flight.values()) if t >= since),
             cpu_percent=_mean(u[0] for u in usage),
             memory_percent=_mean(u[1] for u in usage),
             gpu_percent=_mean(u[2] for u in usage),

@@ -113,6 +113,9 @@ class Slot:
     ready_sum: float = 0.0
     replicas_n: int = 0
     restarts: int = 0
+    # In memory only, while the slot is open: each router reporter's in-flight sum and count, so that
+    # in_flight_sum is the sum over reporters of their mean (in_flight_n 1) however many report.
+    in_flight_by: dict[str, tuple[float, int]] = field(default_factory=dict, repr=False, compare=False)
 
     def add(self, other: Slot) -> None:
         for name in _NUMERIC:
@@ -130,7 +133,7 @@ class Slot:
         return cls(**{name: mapping[name] for name in _NUMERIC}, buckets=[mapping[b] for b in _BUCKET_COLUMNS])
 
 
-_NUMERIC = tuple(f.name for f in fields(Slot) if f.name != "buckets")
+_NUMERIC = tuple(f.name for f in fields(Slot) if f.name not in ("buckets", "in_flight_by"))
 _BUCKET_COLUMNS = tuple(f"b{i}" for i in range(_BUCKETS))
 _SUMMED = (*_NUMERIC, *_BUCKET_COLUMNS)
 

@@ -5,8 +5,11 @@ watch, the HTTP server, the metrics reporter; `start_router` starts it in-proces
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -21,6 +24,7 @@ from libs.secrets import SecretStore
 from services.router.auth import AuthSecrets
 from services.router.handlers import RESYNC_SECONDS, Feed
 from services.router.metrics import MetricsReporter, RevisionTotals, RouterCollector
+from services.router.peers import WorkerMetrics
 from services.router.proxy import Proxy
 from services.router.server import Server
 from services.router.table import RoutingTable
@@ -47,12 +51,14 @@ class RouterHandle:
         await self._stop()
 
 
-async def start_router(settings: Settings) -> RouterHandle:
-    """Connect to the bus, load the routing table, then serve on router_host:router_port."""
+async def start_router(settings: Settings, reuse_port: bool = False, peers: Path | None = None) -> RouterHandle:
+    """Connect to the bus, load the routing table, then serve on router_host:router_port (shared with
+    the other workers when `reuse_port`; `peers`: the directory where the workers meet to answer
+    /_berth/metrics together)."""
     service = Service("router", settings)
     js = await service.connect()
     try:
-        handle = await _wire(service, js, settings)
+        handle = await _wire(service, js, settings, reuse_port, peers)
     except BaseException:
         await service.stop()  # whatever was started so far
         raise
@@ -60,7 +66,9 @@ async def start_router(settings: Settings) -> RouterHandle:
     return handle
 
 
-async def _wire(service: Service, js: JetStreamContext, settings: Settings) -> RouterHandle:
+async def _wire(
+    service: Service, js: JetStreamContext, settings: Settings, reuse_port: bool, peers: Path | None
+) -> RouterHandle:
     pools = UpstreamPools(CONNECT_TIMEOUT_SECONDS, KEEPALIVE_SECONDS, settings.router_response_timeout_seconds)
     table = RoutingTable(on_address_gone=pools.retire)
     secrets = await AuthSecrets.open(await SecretStore.open(js, Sealer.from_settings(settings)))
@@ -76,15 +84,21 @@ async def _wire(service: Service, js: JetStreamContext, settings: Settings) -> R
         revisions.fold(report)  # before any await: a scrape never sees a window in neither place
         await service.publish(report)
 
-    reporter = MetricsReporter(table.routes, publish)
+    # Each worker of each router reports its own windows: consumers add the reporters up.
+    reporter = MetricsReporter(table.routes, publish, f"{socket.gethostname()}/{os.getpid()}")
     service.every(settings.router_metrics_interval_seconds, reporter.report)
 
     registry = CollectorRegistry()
     proxy = Proxy(table, pools, settings.router_trust_forwarded_for, registry, lambda: service.connected)
     registry.register(RouterCollector(table.routes, lambda: proxy.unrouted, revisions, settings.metrics_max_deployments))
     ProcessCollector(registry=registry)
+    if peers is not None:
+        worker_metrics = WorkerMetrics(registry, peers)
+        await worker_metrics.start()
+        service.on_stop(worker_metrics.close)
+        proxy.exposition = worker_metrics.exposition
     server = Server(proxy.handle, CLIENT_KEEPALIVE_SECONDS)
-    port = await server.start(settings.router_host, settings.router_port)
+    port = await server.start(settings.router_host, settings.router_port, reuse_port)
     # Registered last, so run first at stop: requests under way finish (within the kit's bound per step).
     grace = min(settings.stop_grace_seconds, STOP_STEP_TIMEOUT_SECONDS - 1)
     service.on_stop(lambda: server.close(grace))
@@ -92,7 +106,7 @@ async def _wire(service: Service, js: JetStreamContext, settings: Settings) -> R
     return RouterHandle(f"http://{settings.router_host}:{port}", port, table, secrets, pools, feed, service.stop)
 
 
-async def main(settings: Settings, stop: asyncio.Event) -> None:
-    handle = await start_router(settings)
+async def main(settings: Settings, stop: asyncio.Event, reuse_port: bool = False, peers: Path | None = None) -> None:
+    handle = await start_router(settings, reuse_port, peers)
     await stop.wait()
     await handle.stop()

@@ -100,8 +100,8 @@ class Stats:
             counts[1] += error
             counts[2 + bucket] += 1
 
-    def close_window(self, route: Route, window_seconds: float) -> RequestMetricsReported | None:
-        """The window's report, or None when neither it nor the previous window saw traffic (a
+    def close_window(self, route: Route, window_seconds: float, reporter: str = "") -> RequestMetricsReported | None:
+        """The window's report (from `reporter`, this process), or None when neither it nor the previous window saw traffic (a
         deployment that went quiet gets one report of zeros, then nothing)."""
         busy = bool(self.requests or self.in_flight)
         if not busy and not self._had_traffic:
@@ -120,6 +120,7 @@ class Stats:
                 ReplicaRequests(replica_id=r, revision_id=rev, requests=c[0], errors=c[1], latency_buckets=c[2:])
                 for r, (rev, c) in self.replicas.items()
             ],
+            reporter=reporter,
         )
         self.total_requests += self.requests
         self.total_errors += self.errors
@@ -136,16 +137,22 @@ class Stats:
 class MetricsReporter:
     """Closes every deployment's window and publishes it; `report` is run every few seconds."""
 
-    def __init__(self, routes: Callable[[], Iterable[Route]], publish: Callable[[RequestMetricsReported], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        routes: Callable[[], Iterable[Route]],
+        publish: Callable[[RequestMetricsReported], Awaitable[None]],
+        reporter: str = "",
+    ) -> None:
         self._routes = routes
         self._publish = publish
+        self._reporter = reporter
         self._opened = time.monotonic()
 
     async def report(self) -> None:
         now = time.monotonic()
         window, self._opened = now - self._opened, now
         for route in list(self._routes()):
-            report = route.stats.close_window(route, window)
+            report = route.stats.close_window(route, window, self._reporter)
             if report is None:
                 continue
             try:

@@ -94,6 +94,8 @@ class Proxy:
         self._registry = registry
         self._bus_connected = bus_connected
         self.unrouted = 0
+        # Set when the router runs several workers: /_berth/metrics is all of theirs (peers.py).
+        self.exposition: Callable[[], Awaitable[bytes]] | None = None
 
     def handle(self, request: Request) -> Awaitable[None] | None:
         """Answer `request`, at once or from a callback (None), or by the awaitable returned."""
@@ -107,6 +109,8 @@ class Proxy:
             base, at, pin = key.partition("@")
             route = self._by_key.get(base) if at else None
             if route is None:
+                if self.exposition is not None and base == OPS_PREFIX + "metrics":
+                    return self._all_workers_metrics(request, self.exposition)
                 self._unrouted(base).send(request)
                 return None
         rest = path[second:] if second > 0 else "/"
@@ -117,6 +121,10 @@ class Proxy:
         except BaseException:
             exchange.done()
             raise
+
+    @staticmethod
+    async def _all_workers_metrics(request: Request, exposition: Callable[[], Awaitable[bytes]]) -> None:
+        reply(200, await exposition(), CONTENT_TYPE_LATEST).send(request)
 
     def _unrouted(self, key: str) -> Reply:
         if key.startswith(OPS_PREFIX):

@@ -439,10 +439,11 @@ class Server:
         self._busy: set[_Connection] = set()  # when closing: the connections answering a request
         self._drained: asyncio.Future[None] | None = None  # set when closing and none is left
 
-    async def start(self, host: str, port: int) -> int:
-        """Start listening; the port (the one chosen when `port` is 0)."""
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> int:
+        """Start listening; the port (the one chosen when `port` is 0). `reuse_port`: share the port
+        with the other workers of the router (SO_REUSEPORT: the kernel spreads connections over them)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Connection(self), host, port)
+        self._server = await loop.create_server(lambda: _Connection(self), host, port, reuse_port=reuse_port or None)
         self._sweeper = asyncio.create_task(self._sweep())
         return int(self._server.sockets[0].getsockname()[1])
 

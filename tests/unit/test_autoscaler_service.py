@@ -30,10 +30,11 @@ REF = {"deployment_id": "d1", "project": "default", "slug": "chat"}
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def report(at: float, requests: int = 0, latency: float = 0.0, in_flight: int = 0, window: float = 5.0) -> RequestMetricsReported:
+def report(at: float, requests: int = 0, latency: float = 0.0, in_flight: int = 0, window: float = 5.0,
+           reporter: str = "") -> RequestMetricsReported:  # fmt: skip
     return RequestMetricsReported(**REF, occurred_at=T0 + timedelta(seconds=at), window_seconds=window,
                                   requests=requests, errors=0, latency_sum_seconds=latency,
-                                  latency_buckets=[0] * 12, in_flight=in_flight)
+                                  latency_buckets=[0] * 12, in_flight=in_flight, reporter=reporter)
 
 
 NOW = T0.timestamp() + 100
@@ -49,6 +50,16 @@ NOW = T0.timestamp() + 100
          {"requestDuration": 35.0 / 40, "rps": 4.0, "concurrency": 3.0}),
         ([report(80, 100, 100.0, 9), report(95, 10, 1.0, 1)],  # the first is older than the window
          {"requestDuration": 0.1, "rps": 2.0, "concurrency": 1.0}),
+        # Two router workers, each reporting its windows: a, 10 then 30 requests over 2 x 5 s (4 rps),
+        # in flight 2 then 4 (mean 3); b, 20 requests over one 5 s window (4 rps), in flight 1. The
+        # router served 8 rps with 4 requests in flight on average, not 60 / 15 s and 7 / 3.
+        ([report(90, 10, 5.0, 2, reporter="h/1"), report(92, 20, 4.0, 1, reporter="h/2"),
+          report(95, 30, 30.0, 4, reporter="h/1")],
+         {"requestDuration": 39.0 / 60, "rps": 8.0, "concurrency": 4.0}),
+        # Traffic stopped: the last report (any worker's) is quiet, so no report in the window is zeros.
+        ([report(50, 10, 5.0, 2, reporter="h/1"), report(52, 5, 1.0, 1, reporter="h/2"),
+          report(55, reporter="h/1"), report(57, reporter="h/2")],
+         {"requestDuration": 0.0, "rps": 0.0, "concurrency": 0.0}),
     ],
 )
 def test_request_metrics_over_the_window(reports: list[RequestMetricsReported], expected: dict[str, float]) -> None:

@@ -202,3 +202,20 @@ async def test_a_late_report_for_a_written_slot_adds_up(history: History, clock:
     history.flush(everything=True)
     answer = history.series("d1", window=60, step=60, version=None)
     assert values(answer, "request_rate") == [pytest.approx(10 / 60)]
+
+
+async def test_reports_of_several_router_workers_add_up(history: History, clock: Clock) -> None:
+    # Two workers report the slot [T0, T0+10). Worker a: two windows of 10 requests, 2 then 4 in
+    # flight (mean 3); worker b: one window of 5 requests, 6 in flight. The router served 25 requests
+    # in 10 s with 3 + 6 = 9 in flight: not the mean of the three reports (4).
+    a, b = "host/1", "host/2"
+    await history.on_event(report(T0 + 5, [0.01] * 10, in_flight=2).model_copy(update={"reporter": a}))
+    await history.on_event(report(T0 + 6, [0.01] * 5, in_flight=6).model_copy(update={"reporter": b}))
+    await history.on_event(report(T0 + 10, [0.01] * 10, in_flight=4).model_copy(update={"reporter": a}))
+    clock.now = T0 + 10
+    assert history.summary("d1").in_flight == 4 + 6  # each worker's latest
+    clock.now = T0 + 20
+    history.flush()
+    answer = history.series("d1", window=20, step=10, version=None)
+    assert values(answer, "request_rate") == [pytest.approx(2.5), None]
+    assert values(answer, "in_flight") == [pytest.approx(9.0), None]
