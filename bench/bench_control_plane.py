@@ -210,12 +210,17 @@ def footprint_once(work: Path, window: float) -> dict[str, tuple[float, float, f
         before = {p.pid: sum(p.cpu_times()[:2]) for p in processes}
         time.sleep(window)  # the idle window CPU is measured over
         figures: dict[str, tuple[float, float, float, float]] = {}
+        count: dict[str, int] = {}
         for p in processes:
             info = p.memory_full_info()
             cpu = 100 * (sum(p.cpu_times()[:2]) - before[p.pid]) / window
             name = "supervisor" if p.pid == up.pid else _label(p)
-            figures[name] = (info.rss / MIB, info.uss / MIB, info.pss / MIB, cpu)
-        return figures
+            figure = (info.rss / MIB, info.uss / MIB, info.pss / MIB, cpu)
+            count[name] = count.get(name, 0) + 1
+            summed = figures.get(name, (0.0, 0.0, 0.0, 0.0))
+            figures[name] = tuple(a + b for a, b in zip(summed, figure, strict=True))  # type: ignore[assignment]
+        # Processes of one label (the router's parent and its workers) are summed on one row.
+        return {(f"{name} ({count[name]} processes)" if count[name] > 1 else name): f for name, f in figures.items()}
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(180)
@@ -243,7 +248,7 @@ def footprint(runs: int, window: float) -> None:
         print(f"{name:<70} {rss:8.1f} {uss:8.1f} {pss:8.1f} {cpu:6.2f}")
     totals = [tuple(sum(v[i] for v in r.values()) for i in range(4)) for r in results]
     rss, uss, pss, cpu = (statistics.median(t[i] for t in totals) for i in range(4))
-    print(f"{'total (' + str(len(results[0])) + ' processes)':<70} {rss:8.1f} {uss:8.1f} {pss:8.1f} {cpu:6.2f}")
+    print(f"{'total':<70} {rss:8.1f} {uss:8.1f} {pss:8.1f} {cpu:6.2f}")
 
 
 def main() -> None:

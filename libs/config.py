@@ -57,7 +57,7 @@ class Settings(BaseSettings):
         description="Integrations fetched at once (different sources; one source is never fetched twice at once).",
     )  # fmt: skip
     router_workers: int = Field(
-        default=0, ge=0, le=256,
+        default=1, ge=0, le=256,
         description="Router processes serving router_port together (SO_REUSEPORT), each with its own bus "
         "connection, routing table and pools; 0: one per CPU core this process may run on.",
     )  # fmt: skip
