@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import fcntl
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -39,7 +40,6 @@ from types import FrameType
 from typing import IO
 
 import psutil
-from pydantic import SecretStr
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
@@ -47,7 +47,6 @@ from rich.text import Text
 
 # Light on purpose: the supervisor idles for as long as berth runs, so what needs the bus libraries
 # (faststream, nats, cryptography) runs in short-lived `python -m berth.prepare` processes instead.
-from libs.config import Settings
 from libs.natsd import read_passwords, start_nats_server
 
 SERVICES = ("spec_registry", "integrations", "scheduler", "health_monitor", "router", "autoscaler", "metrics", "alerting")
@@ -132,9 +131,56 @@ class DataDirLock:
             self._file = None
 
 
+@dataclass(frozen=True)
+class UpSettings:
+    """What the supervisor needs of berth's settings (libs.config.Settings), resolved by a short-lived
+    `python -m berth.prepare settings`: the supervisor runs as long as berth does, and importing
+    pydantic-settings would make it hold about 15 MiB more (docs/benchmarks.md)."""
+
+    data_dir: Path
+    nats_url: str | None  # a NATS server of the user's; None: `up` runs nats-server
+    nats_port: int
+    api_host: str
+    router_host: str
+    ports: dict[str, int]  # BERTH_*_PORT of the API, the router and every ops surface
+    stop_grace_seconds: float
+    secrets_key_given: bool
+    secrets_key_file: Path
+    token_file: Path
+    up_processes: str
+
+    @classmethod
+    def resolve(cls, data_dir: Path | None) -> UpSettings:
+        command = [sys.executable, "-m", "berth.prepare", "settings"]
+        if data_dir is not None:
+            command += ["--data-dir", str(data_dir)]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [str(CHECKOUT), env.get("PYTHONPATH", "")] if p)
+        done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=PREPARE_TIMEOUT_SECONDS)  # fmt: skip
+        if done.returncode != 0:  # a setting refused: pydantic's message names the variable and the rule
+            raise CannotStart(f"berth's settings were refused:\n{done.stderr.strip()}")
+        values = json.loads(done.stdout)
+        for name in ("data_dir", "secrets_key_file", "token_file"):
+            values[name] = Path(values[name])
+        return cls(**values)
+
+    @property
+    def api_port(self) -> int:
+        return self.ports["BERTH_API_PORT"]
+
+    @property
+    def router_port(self) -> int:
+        return self.ports["BERTH_ROUTER_PORT"]
+
+    @property
+    def resolved_nats_url(self) -> str:
+        return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
+
+
 class Launcher:
-    def __init__(self, settings: Settings, console: Console | None = None) -> None:
-        self.settings = settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+    def __init__(self, settings: UpSettings, console: Console | None = None) -> None:
+        self.settings = settings
         self.data_dir = self.settings.data_dir
         self.logs_dir = self.data_dir / "logs"
         self.auth_dir = self.data_dir / "nats"
@@ -161,7 +207,7 @@ class Launcher:
             self._check_ports()
             self.logs_dir.mkdir(parents=True, exist_ok=True)
             # One interpreter start for both: the secrets key, the NATS passwords and config.
-            key = [] if self.settings.secrets_key else ["--key", str(self.settings.resolved_secrets_key_file)]
+            key = [] if self.settings.secrets_key_given else ["--key", str(self.settings.secrets_key_file)]
             auth = ["--auth", str(self.auth_dir)] if self.settings.nats_url is None else []
             if key or auth:
                 self._prepare("files", *key, *auth, env=None)
@@ -243,13 +289,13 @@ class Launcher:
             write_config=False,  # berth.prepare wrote it
         )
 
-    def _service_settings(self, name: str) -> Settings:
-        """The settings a service runs with: its own NATS user when `up` runs nats-server."""
-        if self.settings.nats_url is not None:
-            return self.settings
+    def _nats_credentials(self, name: str | None) -> tuple[str, str] | None:
+        """A service's own NATS user and password when `up` runs nats-server; None for the plane (each
+        of its services reads its own) and on a server of the user's (BERTH_NATS_* pass through)."""
+        if self.settings.nats_url is not None or name is None:
+            return None
         user = name.replace("_", "-")
-        password = read_passwords(self.auth_dir)[user]
-        return self.settings.model_copy(update={"nats_user": user, "nats_password": SecretStr(password)})
+        return user, read_passwords(self.auth_dir)[user]
 
     def _spawner(self, name: str) -> Callable[[], subprocess.Popen[bytes]]:
         def spawn() -> subprocess.Popen[bytes]:
@@ -283,25 +329,17 @@ class Launcher:
 
     def child_env(self, name: str | None) -> dict[str, str]:
         """The environment of a service's process; `name` None: of the plane (no NATS user of its own)."""
-        s = self._service_settings(name) if name is not None else self.settings
+        s = self.settings
         env = dict(os.environ)
-        if s.nats_user is not None:
-            env["BERTH_NATS_USER"] = s.nats_user
-        if s.nats_password is not None:
-            env["BERTH_NATS_PASSWORD"] = s.nats_password.get_secret_value()
+        credentials = self._nats_credentials(name)
+        if credentials is not None:
+            env["BERTH_NATS_USER"], env["BERTH_NATS_PASSWORD"] = credentials
+        env.update({variable: str(port) for variable, port in s.ports.items()})
         env.update(
             BERTH_DATA_DIR=str(self.data_dir),
             BERTH_NATS_URL=self.nats_url,
             BERTH_API_HOST=s.api_host,
-            BERTH_API_PORT=str(s.api_port),
             BERTH_ROUTER_HOST=s.router_host,
-            BERTH_ROUTER_PORT=str(s.router_port),
-            BERTH_SCHEDULER_OPS_PORT=str(s.scheduler_ops_port),
-            BERTH_HEALTH_MONITOR_OPS_PORT=str(s.health_monitor_ops_port),
-            BERTH_INTEGRATIONS_OPS_PORT=str(s.integrations_ops_port),
-            BERTH_AUTOSCALER_OPS_PORT=str(s.autoscaler_ops_port),
-            BERTH_ALERTING_OPS_PORT=str(s.alerting_ops_port),
-            BERTH_METRICS_OPS_PORT=str(s.metrics_ops_port),
             BERTH_STOP_REPLICAS_ON_EXIT="true",
             PYTHONUNBUFFERED="1",
         )
@@ -311,16 +349,7 @@ class Launcher:
 
     def _check_ports(self) -> None:
         s = self.settings
-        wanted = {
-            "BERTH_API_PORT": s.api_port,
-            "BERTH_ROUTER_PORT": s.router_port,
-            "BERTH_SCHEDULER_OPS_PORT": s.scheduler_ops_port,
-            "BERTH_HEALTH_MONITOR_OPS_PORT": s.health_monitor_ops_port,
-            "BERTH_INTEGRATIONS_OPS_PORT": s.integrations_ops_port,
-            "BERTH_AUTOSCALER_OPS_PORT": s.autoscaler_ops_port,
-            "BERTH_ALERTING_OPS_PORT": s.alerting_ops_port,
-            "BERTH_METRICS_OPS_PORT": s.metrics_ops_port,
-        }
+        wanted = dict(s.ports)
         if s.nats_url is None:
             wanted["BERTH_NATS_PORT"] = s.nats_port
         busy = [f"{port} ({var})" for var, port in wanted.items() if not _port_free(port)]
@@ -578,9 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="berth up")
     parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    settings = Settings(data_dir=args.data_dir) if args.data_dir else Settings()
     try:
-        return Launcher(settings).run()
+        return Launcher(UpSettings.resolve(args.data_dir)).run()
     except CannotStart as exc:
         Console(stderr=True, soft_wrap=True).print(f"[red]✗[/] {escape(str(exc))}")  # as berth.render.failure
         return 1

@@ -122,3 +122,14 @@ def test_refuses_ports_in_use(env: dict[str, str]) -> None:
         )
     assert result.returncode == 1
     assert f"ports already in use: {port} (BERTH_API_PORT)" in result.stderr
+
+
+def test_a_refused_setting_is_named_without_its_value(env: dict[str, str], tmp_path: Path) -> None:
+    """The supervisor's settings are resolved in a child process (berth.prepare settings): a variable
+    that does not parse stops `berth up` at once with its name and the rule, not the value given."""
+    env["BERTH_API_PORT"] = "not-a-port-7f3a"
+    done = subprocess.run([sys.executable, "-m", "berth", "up"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "BERTH_API_PORT" in done.stderr and "valid integer" in done.stderr
+    assert "not-a-port-7f3a" not in done.stderr + done.stdout
+    assert not (tmp_path / "berth").exists()  # nothing started, nothing written
