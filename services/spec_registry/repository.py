@@ -159,6 +159,8 @@ class Repository:
         self._engine = store.writer
         self._reader = store.reader
         self._canonical: dict[str, dict[str, Any]] = {}
+        # A file SQLite database: its one writer connection, WAL, synchronous=NORMAL (libs/store).
+        self._local_writer = self._engine.dialect.name == "sqlite" and isinstance(self._engine.pool, sa.pool.QueuePool)
         # Given the outbox events of each write after its commit (in the writer's thread): the relay's.
         self.on_commit: Callable[[list[Committed]], None] | None = None
 
@@ -210,6 +212,14 @@ class Repository:
             self._canonical.clear()
         self._canonical[spec_id] = canonical_spec
         return canonical_spec
+
+    def writes_inline(self) -> bool:
+        """Whether a write is best run on the caller's thread (the event loop) rather than a worker
+        thread: on SQLite a transaction is local CPU and a ~0.1 ms COMMIT, less than the hand-off to a
+        thread and back (docs/benchmarks.md), as long as the writer connection is free; when a worker
+        thread holds it the write goes to a thread too, so the loop never waits for it. PostgreSQL:
+        never (round trips over the network)."""
+        return self._local_writer and self._engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
     def ping(self) -> bool:
         with self._read() as session:
