@@ -163,3 +163,15 @@ async def test_relay_keeps_commit_order_across_handed_and_unhanded_events(store:
     assert await spec_versions_on_the_bus(streams) == {name: list(range(1, UPDATES + 2)) for name in names}
     assert (await streams.stream_info("BERTH_SPECS")).state.messages == len(names) * (UPDATES + 1)
     assert relaying.outbox_lag() == 0
+
+
+@pytest.mark.parametrize("database_url", SQL_BACKENDS, indirect=True)
+def test_writes_run_inline_only_on_sqlite_with_the_writer_free(store: Store, database_url: str) -> None:
+    """The API runs a SQLite write on the event loop only when the one writer connection is free: when a
+    worker thread holds it, the write goes to a thread too, so the loop never waits. PostgreSQL never."""
+    repo = Repository(store)
+    on_sqlite = database_url.startswith("sqlite")
+    assert repo.writes_inline() is on_sqlite
+    with store.writer.connect():
+        assert repo.writes_inline() is False
+    assert repo.writes_inline() is on_sqlite
