@@ -199,7 +199,12 @@ class OutboxRelay:
             if published:
                 done = set(published)
                 self._forget(done.__contains__)
-                await asyncio.to_thread(self._repo.mark_published, published)
+                # Inline on SQLite as the API's writes are (registry.py): a mark in a worker thread would
+                # hold the one writer connection and send the updates meanwhile to threads too.
+                if self._repo.writes_inline():
+                    self._repo.mark_published(published)
+                else:
+                    await asyncio.to_thread(self._repo.mark_published, published)
                 EVENTS_PUBLISHED.inc(len(published))
                 OUTBOX_LAG.dec(len(published))
         for failure in failures:
