@@ -7,12 +7,6 @@ FastStream: its per-message middleware (an OpenTelemetry publish span, serialisa
 the largest cost of an update after the store (docs/benchmarks.md); no span of the relay's own is
 recorded, the consumers' spans are children of the request's.
 
-A write hands the events it committed to the relay in memory (`hand_over`, the repository's
-`on_commit`): the relay then reads only the pending ids from the outbox (the table still decides what is
-pending and in which order) and publishes those events as they were built, without reading the rows
-back and decoding their JSON. Rows it was not handed (left by a crash, written by another registry,
-or committed while the hand-off buffer was full) are read whole, as before.
-
 It wakes as soon as a change commits (`notify`) and also every `poll_seconds`, so events left by a
 crash are published after the restart. A crash between publishing and marking makes the next run
 publish the event again; JetStream drops the copy because the `Nats-Msg-Id` (the event id) repeats
@@ -29,6 +23,13 @@ the bus being away are never held against a row: every row would fail alike, and
 
 Among several registries sharing a PostgreSQL database only the one holding the relay lock relays
 (relay_lock.py); the others stand by and try to take it at every poll.
+
+A write hands the events it committed to the relay in memory (`hand_over`, the repository's
+`on_commit`): the relay then reads only the pending ids from the outbox (the table still decides what is
+pending and in which order) and publishes those events as they were built, without reading the rows
+back and decoding their JSON. Rows it was not handed (left by a crash, written by another registry,
+or committed while the hand-off buffer was full) are read whole, as before. A registry standing by
+drops what it was handed.
 """
 
 from __future__ import annotations
@@ -142,9 +143,7 @@ class OutboxRelay:
         while not self._stopping:
             self._wake.clear()  # before reading, so a commit during the pass triggers another one
             try:
-                if not await self._holds_lock():
-                    self._forget(lambda _: True)  # the lock holder reads them from the table
-                else:
+                if await self._holds_lock():
                     while await self.relay_batch() == self._batch and not self._stopping:
                         pass
                     if time.monotonic() >= self._next_prune:
@@ -160,6 +159,8 @@ class OutboxRelay:
     async def _holds_lock(self) -> bool:
         # Unshared (SQLite): always held, and asked without a worker-thread hand-off at every pass.
         relaying = True if self._lock is None or not self._lock.shared else await asyncio.to_thread(self._lock.hold)
+        if not relaying:
+            self._forget(lambda _: True)  # the lock holder reads them from the table
         if relaying != self._relaying:
             self._relaying = relaying
             OUTBOX_RELAY.state("relaying" if relaying else "standby")
