@@ -117,6 +117,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         connection = await service.broker.connect()  # the same connection: for the logs request/reply
         _check_max_payload(connection.max_payload)
         relay = OutboxRelay(repo, js, lock=RelayLock(settings.sqlalchemy_url))
+        repo.on_commit = relay.hand_over
 
         feed = DeploymentFeed()
 

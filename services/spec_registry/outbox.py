@@ -27,13 +27,22 @@ the bus being away are never held against a row: every row would fail alike, and
 
 Among several registries sharing a PostgreSQL database only the one holding the relay lock relays
 (relay_lock.py); the others stand by and try to take it at every poll.
+
+A write hands the events it committed to the relay in memory (`hand_over`, the repository's
+`on_commit`): the relay then reads only the pending ids from the outbox (the table still decides what is
+pending and in which order) and publishes those events as they were built, without reading the rows
+back and decoding their JSON. Rows it was not handed (left by a crash, written by another registry,
+or committed while the hand-off buffer was full) are read whole, as before. A registry standing by
+drops what it was handed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import nats.errors
@@ -53,7 +62,7 @@ from services.spec_registry.metrics import (
     OUTBOX_SET_ASIDE,
 )
 from services.spec_registry.relay_lock import RelayLock
-from services.spec_registry.repository import Repository
+from services.spec_registry.repository import Committed, Repository
 
 log = get_logger("spec_registry")
 
@@ -74,6 +83,9 @@ BUS_TROUBLE = (
     nats.js.errors.ServiceUnavailableError,
     TimeoutError,
 )
+# Events handed over and not yet published, at most (the bus away for long): later ones are read back.
+HANDED_MAX = 10_000
+Pending = OutboxRow | Committed
 
 
 class Unpublishable(Exception):
@@ -104,6 +116,9 @@ class OutboxRelay:
         self._task: asyncio.Task[None] | None = None
         self._next_prune = 0.0
         self._failing: dict[int, int] = {}  # row id -> failures in a row (the first row of a stopped chain)
+        # Row id -> the event as committed (`hand_over`, from the writers' threads; hence the lock).
+        self._handed: dict[int, Committed] = {}
+        self._handed_lock = threading.Lock()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="outbox-relay")
@@ -115,6 +130,13 @@ class OutboxRelay:
         self._wake.set()
         if self._task is not None:
             await self._task
+
+    def hand_over(self, committed: list[Committed]) -> None:
+        """Committed events (the repository's `on_commit`, in the writer's thread): publish these
+        without reading them back. `notify` wakes the relay."""
+        with self._handed_lock:
+            if len(self._handed) < HANDED_MAX:
+                self._handed.update((event.id, event) for event in committed)
 
     def notify(self) -> None:
         """Something was committed: publish it now rather than at the next poll."""
@@ -145,6 +167,8 @@ class OutboxRelay:
     async def _holds_lock(self) -> bool:
         # Unshared (SQLite): always held, and asked without a worker-thread hand-off at every pass.
         relaying = True if self._lock is None or not self._lock.shared else await asyncio.to_thread(self._lock.hold)
+        if not relaying:
+            self._forget(lambda _: True)  # the lock holder reads them from the table
         if relaying != self._relaying:
             self._relaying = relaying
             OUTBOX_RELAY.state("relaying" if relaying else "standby")
@@ -160,10 +184,21 @@ class OutboxRelay:
         that deployment waits for the next pass). The events of different deployments go out
         concurrently, their acks awaited together, so a batch costs about one round trip per event
         of its busiest deployment rather than one per event."""
-        rows = await asyncio.to_thread(self._repo.pending_events, self._batch)
+        with self._handed_lock:
+            handed_before = max(self._handed, default=0)
+        found = await asyncio.to_thread(self._repo.pending_outbox, self._batch, self._handed)
+        rows = [self._handed[item] if isinstance(item, int) else item for item in found]
         full = len(rows) == self._batch
         OUTBOX_LAG.set(await asyncio.to_thread(self._repo.outbox_lag) if full else len(rows))
-        chains: dict[str, list[OutboxRow]] = {}
+        # Handed events no longer pending were published from the table (their hand-off came late):
+        # below the first pending id, or, the read being complete, any handed before it began.
+        first = rows[0].id if rows else None
+        pending = {row.id for row in rows}
+        if full and first is not None:
+            self._forget(lambda id_: id_ < first)
+        else:
+            self._forget(lambda id_: id_ <= handed_before and id_ not in pending)
+        chains: dict[str, list[Pending]] = {}
         for row in rows:
             chains.setdefault(_ordering_key(row), []).append(row)
         published: list[int] = []
@@ -171,7 +206,14 @@ class OutboxRelay:
             failures = await asyncio.gather(*(self._publish_chain(chain, published) for chain in chains.values()))
         finally:
             if published:
-                await asyncio.to_thread(self._repo.mark_published, published)
+                done = set(published)
+                self._forget(done.__contains__)
+                # Inline on SQLite as the API's writes are (registry.py): a mark in a worker thread would
+                # hold the one writer connection and send the updates meanwhile to threads too.
+                if self._repo.writes_inline():
+                    self._repo.mark_published(published)
+                else:
+                    await asyncio.to_thread(self._repo.mark_published, published)
                 EVENTS_PUBLISHED.inc(len(published))
                 OUTBOX_LAG.dec(len(published))
         for failure in failures:
@@ -179,7 +221,13 @@ class OutboxRelay:
                 raise failure  # the pass failed: logged, and the next pass retries from the first unpublished
         return len(rows)
 
-    async def _publish_chain(self, chain: list[OutboxRow], published: list[int]) -> Exception | None:
+    def _forget(self, done: Callable[[int], bool]) -> None:
+        """Drop the handed events `done` says need no publishing any more."""
+        with self._handed_lock:
+            for id_ in [id_ for id_ in self._handed if done(id_)]:
+                del self._handed[id_]
+
+    async def _publish_chain(self, chain: list[Pending], published: list[int]) -> Exception | None:
         """Publish one deployment's events in order, appending the ids acknowledged to `published`;
         stop at the first that fails (returned) so none of its later events overtakes it."""
         for row in chain:
@@ -195,13 +243,16 @@ class OutboxRelay:
             published.append(row.id)
         return None
 
-    async def _publish(self, row: OutboxRow) -> None:
+    async def _publish(self, row: Pending) -> None:
         """Publish one row; Unpublishable when it never can be, the error itself when it may pass."""
         assert row.id is not None
-        try:
-            event: Event = decode_event(row.payload)
-        except Exception as exc:  # a row written by another version of berth, or edited by hand
-            raise Unpublishable("undecodable", "not an event this version of berth can read") from exc
+        if isinstance(row, Committed):
+            event: Event = row.event
+        else:
+            try:
+                event = decode_event(row.payload)
+            except Exception as exc:  # a row written by another version of berth, or edited by hand
+                raise Unpublishable("undecodable", "not an event this version of berth can read") from exc
         try:
             await publish_raw(self._js, event, row.headers)
         except nats.errors.MaxPayloadError as exc:
@@ -218,9 +269,10 @@ class OutboxRelay:
             raise
         self._failing.pop(row.id, None)
 
-    async def _set_aside(self, row: OutboxRow, problem: Unpublishable) -> None:
+    async def _set_aside(self, row: Pending, problem: Unpublishable) -> None:
         assert row.id is not None
         self._failing.pop(row.id, None)
+        self._forget(lambda id_: id_ == row.id)
         await asyncio.to_thread(self._repo.set_aside, row.id, str(problem))
         EVENTS_SET_ASIDE.labels(problem.kind).inc()
         OUTBOX_SET_ASIDE.inc()
@@ -241,7 +293,10 @@ class OutboxRelay:
         return pruned
 
 
-def _ordering_key(row: OutboxRow) -> str:
+def _ordering_key(row: Pending) -> str:
     """Events about one deployment keep their order on the bus; those of others need not wait."""
-    deployment = row.payload.get("deployment_id") if isinstance(row.payload, dict) else None
+    if isinstance(row, Committed):
+        deployment = getattr(row.event, "deployment_id", None)
+    else:
+        deployment = row.payload.get("deployment_id") if isinstance(row.payload, dict) else None
     return deployment if isinstance(deployment, str) else row.subject

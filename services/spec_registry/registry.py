@@ -74,11 +74,17 @@ class Registry:
                 raise SpecInvalid(missing)
         return spec
 
+    async def _write(self, write: Callable[[], StoredDeployment]) -> StoredDeployment:
+        """Validation and the write together: on the event loop when the repository says the write
+        neither waits nor costs more than the hand-off (SQLite, its writer free), otherwise in one
+        worker thread. On SQLite a worker-thread hop cost more CPU than the transaction (docs/benchmarks.md)."""
+        return write() if self.repo.writes_inline() else await asyncio.to_thread(write)
+
     async def create(self, project: str, document: Any, by: int | None = None) -> StoredDeployment:
-        def create() -> StoredDeployment:  # validation and the write in one worker thread: one hand-off
+        def create() -> StoredDeployment:
             return self.repo.create_deployment(project, self._check(project, document), by)
 
-        stored = await asyncio.to_thread(create)
+        stored = await self._write(create)
         self._accepted(stored)
         return stored
 
@@ -87,10 +93,10 @@ class Registry:
     ) -> StoredDeployment:
         """A new spec version, based on the version whose spec_id is in `if_match`."""
 
-        def update() -> StoredDeployment:  # validation and the write in one worker thread: one hand-off
+        def update() -> StoredDeployment:
             return self.repo.update_deployment(project, ref, self._check(project, document), if_match, by)
 
-        stored = await asyncio.to_thread(update)
+        stored = await self._write(update)
         self._accepted(stored)
         return stored
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Container, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -90,6 +91,25 @@ def canonical(spec: DeploymentSpec | dict[str, Any]) -> dict[str, Any]:
     return model.model_dump(mode="json")
 
 
+@dataclass(frozen=True)
+class Committed:
+    """An outbox event as its transaction committed it, handed to the relay in memory so that it
+    publishes it without reading the row back and decoding it again (the row stays the durable copy)."""
+
+    id: int
+    subject: str
+    event: Event
+    headers: dict[str, str] | None
+
+    @property
+    def msg_id(self) -> str:
+        return self.event.event_id
+
+
+# The events the current write transaction added (set by `_write_with_event` in the thread that runs it).
+_COMMITTING: ContextVar[list[Committed] | None] = ContextVar("committing", default=None)
+
+
 # Canonical forms of recent current specs, by spec_id (immutable): an update compares against the
 # current spec without validating it again. Bounded; cleared whole when full (the next update refills).
 CANONICAL_CACHE_SIZE = 4096
@@ -122,6 +142,12 @@ _UPDATE_DEPLOYMENT = sa.update(_DEPLOYMENTS).where(_DEPLOYMENTS.c.id == sa.bindp
 _UPDATED_COLUMNS = tuple(c.name for c in _DEPLOYMENTS.c if c.name not in ("id", "created_at"))
 _INSERT_VERSION = sa.insert(_VERSIONS)
 _INSERT_EVENT = sa.insert(_OUTBOX)
+_PENDING_IDS = (
+    sa.select(_OUTBOX.c.id)
+    .where(_OUTBOX.c.published_at.is_(None), _OUTBOX.c.set_aside_at.is_(None))
+    .order_by(_OUTBOX.c.id)
+    .limit(sa.bindparam("limit"))
+)
 
 
 class Repository:
@@ -133,6 +159,10 @@ class Repository:
         self._engine = store.writer
         self._reader = store.reader
         self._canonical: dict[str, dict[str, Any]] = {}
+        # A file SQLite database: its one writer connection, WAL, synchronous=NORMAL (libs/store).
+        self._local_writer = self._engine.dialect.name == "sqlite" and isinstance(self._engine.pool, sa.pool.QueuePool)
+        # Given the outbox events of each write after its commit (in the writer's thread): the relay's.
+        self.on_commit: Callable[[list[Committed]], None] | None = None
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
@@ -146,17 +176,30 @@ class Repository:
 
     @contextmanager
     def _write_with_event(self) -> Iterator[Session]:
-        """A write that adds an outbox event: the test-only crash hook fires right after its commit."""
-        with self._write() as session:
+        """A write that adds an outbox event: the test-only crash hook fires right after its commit,
+        then the events committed are handed to `on_commit`."""
+        with self._handing_over(), self._write() as session:
             yield session
-        crash_point("crash_after_commit")
 
     @contextmanager
     def _core_write_with_event(self) -> Iterator[sa.Connection]:
         """`_write_with_event` on SQLAlchemy Core, for the hot path (spec updates): no unit of work."""
-        with self._engine.begin() as connection:
+        with self._handing_over(), self._engine.begin() as connection:
             yield connection
+
+    @contextmanager
+    def _handing_over(self) -> Iterator[None]:
+        """Collect the events `_add_event` inserts; after the commit (and only then: a write that
+        failed, even at COMMIT, hands nothing, and the relay reads whatever did commit) hand them over."""
+        committed: list[Committed] = []
+        token = _COMMITTING.set(committed)
+        try:
+            yield
+        finally:
+            _COMMITTING.reset(token)
         crash_point("crash_after_commit")
+        if committed and self.on_commit is not None:
+            self.on_commit(committed)
 
     def _canonical_of(self, spec_id: str, spec: dict[str, Any]) -> dict[str, Any]:
         found = self._canonical.get(spec_id)
@@ -169,6 +212,14 @@ class Repository:
             self._canonical.clear()
         self._canonical[spec_id] = canonical_spec
         return canonical_spec
+
+    def writes_inline(self) -> bool:
+        """Whether a write is best run on the caller's thread (the event loop) rather than a worker
+        thread: on SQLite a transaction is local CPU and a ~0.1 ms COMMIT, less than the hand-off to a
+        thread and back (docs/benchmarks.md), as long as the writer connection is free; when a worker
+        thread holds it the write goes to a thread too, so the loop never waits for it. PostgreSQL:
+        never (round trips over the network)."""
+        return self._local_writer and self._engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
     def ping(self) -> bool:
         with self._read() as session:
@@ -565,6 +616,18 @@ class Repository:
             query = select(OutboxRow).where(_pending()).order_by(col(OutboxRow.id)).limit(limit)
             return list(session.exec(query).all())
 
+    def pending_outbox(self, limit: int, known: Container[int]) -> list[OutboxRow | int]:
+        """`pending_events` for the relay: the ids in `known` (events it was handed, `on_commit`) as
+        they are, only the others read whole. The table decides what is pending and in which order."""
+        with self._read() as session:
+            ids = list(session.execute(_PENDING_IDS, {"limit": limit}).scalars())
+            unknown = {id_ for id_ in ids if id_ not in known}
+            rows: dict[int | None, OutboxRow] = {}
+            if unknown:
+                rows = {row.id: row for row in session.exec(select(OutboxRow).where(col(OutboxRow.id).in_(unknown)))}
+        # An unknown row gone between the two reads was published or pruned meanwhile: left out.
+        return [rows[id_] if id_ in unknown else id_ for id_ in ids if id_ not in unknown or id_ in rows]
+
     def set_aside(self, event_id: int, reason: str) -> None:
         """The relay cannot publish this event: keep it, with why, and pass over it from now on."""
         with self._write() as session:
@@ -722,16 +785,20 @@ class Repository:
     @staticmethod
     def _add_event(session: Session | sa.Connection, event: Event) -> None:
         """Commit the event with the change; it keeps the current trace context for the relay."""
-        session.execute(
+        subject, headers = event.subject(), trace_headers() or None
+        result = session.execute(
             _INSERT_EVENT,
             {
                 "msg_id": event.event_id,
-                "subject": event.subject(),
+                "subject": subject,
                 "payload": event.model_dump(mode="json"),
-                "headers": trace_headers() or None,
+                "headers": headers,
                 "created_at": utcnow(),
             },
         )
+        committing = _COMMITTING.get()
+        if committing is not None:
+            committing.append(Committed(result.inserted_primary_key[0], subject, event, headers))  # type: ignore[attr-defined]
 
 
 def _deployment_row(mapping: Mapping[str, Any]) -> DeploymentRow:

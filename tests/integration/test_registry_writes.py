@@ -140,3 +140,38 @@ async def test_relay_publishes_a_batch_in_order_per_deployment_and_once_across_a
     assert await spec_versions_on_the_bus(streams) == expected
     assert (await streams.stream_info("BERTH_SPECS")).state.messages == len(names) * (UPDATES + 1)
     assert repo.outbox_lag() == 0
+
+
+@pytest.mark.parametrize("database_url", SQL_BACKENDS, indirect=True)
+async def test_relay_keeps_commit_order_across_handed_and_unhanded_events(store: Store, streams: JetStreamContext) -> None:
+    """Events handed to the relay in memory by its own registry's writes and events it was not handed
+    (another registry's, on the same database) interleave on the same deployments: each deployment's
+    events still go out once each, in commit order, also when a pass runs half-way through."""
+    relaying, other = Repository(store), Repository(store)
+    relay = OutboxRelay(relaying, streams, batch=5)
+    relaying.on_commit = relay.hand_over
+    names = [f"mixed-{n}" for n in range(3)]
+    stored = {name: relaying.create_deployment("default", spec(name)) for name in names}
+    for n in range(1, UPDATES + 1):
+        writer = other if n % 3 == 0 else relaying
+        for name in names:
+            stored[name] = writer.update_deployment("default", name, spec(name, n), [stored[name].row.spec_id])
+        if n % 4 == 0:
+            await relay.relay_batch()
+    while await relay.relay_batch():
+        pass
+    assert await spec_versions_on_the_bus(streams) == {name: list(range(1, UPDATES + 2)) for name in names}
+    assert (await streams.stream_info("BERTH_SPECS")).state.messages == len(names) * (UPDATES + 1)
+    assert relaying.outbox_lag() == 0
+
+
+@pytest.mark.parametrize("database_url", SQL_BACKENDS, indirect=True)
+def test_writes_run_inline_only_on_sqlite_with_the_writer_free(store: Store, database_url: str) -> None:
+    """The API runs a SQLite write on the event loop only when the one writer connection is free: when a
+    worker thread holds it, the write goes to a thread too, so the loop never waits. PostgreSQL never."""
+    repo = Repository(store)
+    on_sqlite = database_url.startswith("sqlite")
+    assert repo.writes_inline() is on_sqlite
+    with store.writer.connect():
+        assert repo.writes_inline() is False
+    assert repo.writes_inline() is on_sqlite
