@@ -30,7 +30,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,13 +45,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import report  # noqa: E402
+from bench.harness import ECHO, report, to_listening  # noqa: E402
 from libs.natsd import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-ECHO = str(REPO / "tests" / "servers" / "echo.py")
 POLL_SECONDS = 0.005
-OWN_POLL_SECONDS = 0.001
 UP_TIMEOUT_SECONDS = 240.0  # a loaded machine starts it slowly
 READINESS = {"readiness": {"path": "/", "periodSeconds": 1}}
 
@@ -168,22 +165,7 @@ async def apply_and_call(api: httpx.AsyncClient, router: httpx.AsyncClient, name
 def own_start() -> float:
     """Seconds from spawning the replica's command directly (no berth) until its port accepts, tried
     every ~1 ms: the app's own start, which berth cannot make shorter."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")} | {"PORT": str(port), "PYTHONUNBUFFERED": "1"}
-    began = time.perf_counter()
-    process = subprocess.Popen([sys.executable, ECHO], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    return time.perf_counter() - began
-            except OSError:
-                if process.poll() is not None or time.perf_counter() - began > 60:
-                    raise SystemExit("the echo server did not start on its own") from None
-                time.sleep(OWN_POLL_SECONDS)
-    finally:
-        process.terminate()
-        process.wait(10)
+    return to_listening([], free_port())
 
 
 # -- where the time goes: the events' stream times and occurred_at, the runtime's files ----------

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,11 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import report  # noqa: E402
+from bench.harness import report, to_listening  # noqa: E402
 from libs.natsd import free_port  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-ECHO = str(REPO / "tests" / "servers" / "echo.py")
 
 
 def shim_command(tree: Path) -> Callable[[str], list[str]]:
@@ -59,28 +57,6 @@ def to_exec(shim: Callable[[str], list[str]]) -> tuple[float, float]:
         return float(printed) - began, cpu
 
 
-def to_listening(prefix: list[str]) -> float:
-    """Seconds from spawn until echo.py (under `prefix`, or directly) accepts on its port."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")} | {"PORT": str(port), "PYTHONUNBUFFERED": "1"}
-    began = time.perf_counter()
-    process = subprocess.Popen(
-        [*prefix, sys.executable, ECHO], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    return time.perf_counter() - began
-            except OSError:
-                if process.poll() is not None:
-                    raise SystemExit(f"{prefix or ECHO} exited before listening") from None
-                time.sleep(0.001)
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
 def summary(samples: list[float], unit: float = 1000) -> str:
     cuts = statistics.quantiles(samples, n=10, method="inclusive")
     return f"median {statistics.median(samples) * unit:6.1f} ms   p90 {cuts[8] * unit:6.1f} ms"
@@ -95,13 +71,13 @@ def main() -> None:
     shims = {name: shim_command(tree) for name, tree in trees.items()}
     found: dict[str, list[float]] = {}
     for _ in range(args.rounds):
-        found.setdefault("echo directly: spawn -> port accepts", []).append(to_listening([]))
+        found.setdefault("echo directly: spawn -> port accepts", []).append(to_listening([], free_port()))
         for name, shim in shims.items():
             exec_seconds, cpu = to_exec(shim)
             found.setdefault(f"{name}: spawn -> exec", []).append(exec_seconds)
             found.setdefault(f"{name}: shim CPU", []).append(cpu)
             with tempfile.TemporaryDirectory(prefix="berth-bench-shim-") as directory:
-                found.setdefault(f"{name}: spawn -> port accepts", []).append(to_listening(shim(directory)))
+                found.setdefault(f"{name}: spawn -> port accepts", []).append(to_listening(shim(directory), free_port()))
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     report(
         f"the shim's start, {args.rounds} rounds, {os.cpu_count()} cores, load average {load}",
