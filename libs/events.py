@@ -195,6 +195,14 @@ class AliasTarget(BaseModel):
     spec_id: str
     spec: DeploymentSpec
 
+    def applied(self, newest: SpecApplied) -> SpecApplied:
+        """This version as the SpecApplied it was (what fetching, rendering and announcing replicas
+        take), named as the deployment's newest SpecApplied names it."""
+        return SpecApplied(
+            deployment_id=newest.deployment_id, project=newest.project, slug=newest.slug, name=newest.name,
+            spec_id=self.spec_id, spec_version=self.spec_version, spec=self.spec,
+        )  # fmt: skip
+
 
 class DeploymentAliasSet(Event, DeploymentRef):
     """An alias of a deployment was set or moved (`target`), or removed (`target` null). One subject

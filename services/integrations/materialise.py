@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Protocol
 
 from libs.events import (
-    AliasTarget,
     DeploymentAliasSet,
     DeploymentDeleted,
     Event,
@@ -80,7 +79,7 @@ class Held:
             return []
         found = [self.newest]
         if self.newest.spec.enabled:
-            found += [as_applied(self.newest, e.target) for e in self.aliases.values() if e.target is not None]
+            found += [e.target.applied(self.newest) for e in self.aliases.values() if e.target is not None]
         return found
 
     def refresh(self) -> bool:
@@ -99,13 +98,6 @@ class Held:
             else:
                 self.revisions[revision], added = Wanted(applied), True
         return added
-
-
-def as_applied(newest: SpecApplied, target: AliasTarget) -> SpecApplied:
-    return SpecApplied(
-        deployment_id=newest.deployment_id, project=newest.project, slug=newest.slug, name=newest.name,
-        spec_id=target.spec_id, spec_version=target.spec_version, spec=target.spec,
-    )  # fmt: skip
 
 
 SpecEvent = SpecApplied | DeploymentDeleted | DeploymentAliasSet

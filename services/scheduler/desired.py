@@ -61,16 +61,8 @@ def pin(applied: SpecApplied, current: str, aliased: Iterable[AliasTarget]) -> d
             continue
         known = pinned.get(revision)
         replicas = max(1, target.spec.resources.replicas, known.replicas if known else 0)
-        pinned[revision] = Pinned(as_applied(applied, target), replicas)
+        pinned[revision] = Pinned(target.applied(applied), replicas)
     return pinned
-
-
-def as_applied(newest: SpecApplied, target: AliasTarget) -> SpecApplied:
-    """The aliased version as the SpecApplied it was (what rendering and announcing replicas take)."""
-    return SpecApplied(
-        deployment_id=newest.deployment_id, project=newest.project, slug=newest.slug, name=newest.name,
-        spec_id=target.spec_id, spec_version=target.spec_version, spec=target.spec,
-    )  # fmt: skip
 
 
 def newer_decision(known: DeploymentScaled | None, event: DeploymentScaled) -> bool:
