@@ -168,11 +168,16 @@ async def test_a_fetch_under_way_publishes_its_progress_then_the_outcome(tmp_pat
     materialiser = Materialiser(cache, FakeSecrets(), publish, progress_interval_seconds=0.01)
     steps = [asyncio.Event(), asyncio.Event()]
 
+    def put(source: Path, name: str, content: bytes) -> None:
+        # Whole files at once: progress is read in a worker thread, which could see a file half written.
+        (tmp_path / name).write_bytes(content)
+        (tmp_path / name).replace(source / name)
+
     async def fetch(project: str, integration: Any) -> Fetched:  # writes into its source, step by step
         source = cache.source_dir("git", integration.url)
-        (source / "a.bin").write_bytes(b"a" * 1000)
+        put(source, "a.bin", b"a" * 1000)
         await steps[0].wait()
-        (source / "b.bin").write_bytes(b"b" * 2000)
+        put(source, "b.bin", b"b" * 2000)
         await steps[1].wait()
         return Fetched("c0ffee", source, Tally(2, 3000), Tally(2, 3000))
 
