@@ -156,3 +156,34 @@ def upgrade(url: str, script_location: Path, adopt: Callable[[sa.Connection], st
             connection.commit()
     finally:
         engine.dispose()
+
+
+def run_chain(
+    metadata: sa.MetaData, include_name: Callable[[str | None, str, Any], bool], version_table: str = "alembic_version"
+) -> None:
+    """The body of a migration chain's Alembic env.py: migrate over the connection `upgrade` passes
+    in, or over one opened from `-x url=...` (the `alembic` command line)."""
+    from alembic import context  # the proxy Alembic sets up while it runs an env.py
+
+    def run(connection: sa.Connection) -> None:
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            version_table=version_table,
+            include_name=include_name,
+            render_as_batch=True,  # SQLite can only ALTER tables by copying them
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+    connection = context.config.attributes.get("connection")
+    if connection is not None:
+        run(connection)
+        return
+    engine = create_engine(context.get_x_argument(as_dictionary=True)["url"])
+    try:
+        with engine.connect() as own_connection:
+            run(own_connection)
+    finally:
+        engine.dispose()

@@ -8,13 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
-from alembic import context
-from sqlalchemy import Connection
-
+from libs.store.engine import run_chain
 from services.metrics.store import TABLE_PREFIX, VERSION_TABLE, metadata
-
-target_metadata = metadata
 
 
 def _ours(name: str | None, type_: str, _: Any) -> bool:
@@ -22,24 +17,4 @@ def _ours(name: str | None, type_: str, _: Any) -> bool:
     return type_ != "table" or (name or "").startswith(TABLE_PREFIX)
 
 
-def run_migrations(connection: Connection) -> None:
-    context.configure(
-        connection=connection,
-        target_metadata=target_metadata,
-        version_table=VERSION_TABLE,
-        include_name=_ours,
-        render_as_batch=True,  # SQLite can only ALTER tables by copying them
-        compare_type=True,
-    )
-    with context.begin_transaction():
-        context.run_migrations()
-
-
-connection = context.config.attributes.get("connection")
-if connection is not None:
-    run_migrations(connection)
-else:
-    engine = sa.create_engine(context.get_x_argument(as_dictionary=True)["url"])
-    with engine.connect() as own_connection:
-        run_migrations(own_connection)
-    engine.dispose()
+run_chain(metadata, _ours, VERSION_TABLE)
