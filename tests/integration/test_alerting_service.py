@@ -19,14 +19,13 @@ from pydantic import SecretStr
 from libs.bus import latest_per_subject, make_broker
 from libs.config import Settings
 from libs.events import AlertChanged, RequestMetricsReported, SpecApplied, Webhook, WebhooksChanged, utcnow
-from libs.natsd import free_port, service_passwords, start_nats_server
+from libs.natsd import free_port
 from libs.sealing import Sealer
 from libs.secrets import SecretStore
 from libs.spec import validate_spec
 from services.alerting.app import start_alerting
-from berth.prepare import set_up_bus
 from tests.helpers import eventually
-from tests.integration.test_autoscaler import _user, publish_as
+from tests.servers.bus import authenticated_bus, publish_as, user
 
 REF = {"deployment_id": "d1", "project": "default", "slug": "chat"}
 KEY = "webhook-signing-key-0123456789"
@@ -35,20 +34,11 @@ RULE = {"name": "Errors", "metric": "error_rate_percent", "op": ">", "threshold"
 
 @pytest.fixture
 async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
-    port = free_port()
-    auth_dir = tmp_path / "nats"
-    process = start_nats_server(tmp_path / "jetstream", port, auth_dir=auth_dir)
-    url = f"nats://127.0.0.1:{port}"
-    try:
-        passwords = service_passwords(auth_dir)
-        sealer = Sealer.from_settings(Settings(data_dir=tmp_path / "berth", _env_file=None))
-        await set_up_bus(url, _user("spec-registry", passwords), sealer)
+    sealer = Sealer.from_settings(Settings(data_dir=tmp_path / "berth", _env_file=None))
+    async with authenticated_bus(tmp_path, sealer) as (url, passwords):
         yield Settings(data_dir=tmp_path / "berth", nats_url=url, nats_user="alerting",
                        nats_password=SecretStr(passwords["alerting"]), alerting_ops_port=0,
                        alerting_interval_seconds=0.2, _env_file=None)  # fmt: skip
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 @pytest.fixture
@@ -78,7 +68,7 @@ def report(seconds_ago: float, errors: int) -> RequestMetricsReported:
 
 async def alert(settings: Settings) -> AlertChanged | None:
     """The alert's newest event, as the registry reads it under its permissions."""
-    broker = make_broker(settings.resolved_nats_url, "spec-registry", _user("spec-registry", _passwords(settings)))
+    broker = make_broker(settings.resolved_nats_url, "spec-registry", user(settings, "spec-registry"))
     await broker.connect()
     try:
         found = await latest_per_subject(broker.config.connection_state.stream, "berth.alerts.v1.d1.*")
@@ -91,15 +81,11 @@ def evaluations() -> float:
     return REGISTRY.get_sample_value("berth_alerting_evaluations_total") or 0.0
 
 
-def _passwords(settings: Settings) -> dict[str, str]:
-    return service_passwords(settings.data_dir.parent / "nats")
-
-
 async def test_rebuilt_from_the_streams_fires_signs_and_does_not_fire_again_after_a_restart(
     settings: Settings, hook: tuple[str, list[tuple[bytes, str]]]
 ) -> None:
     url, received = hook
-    registry = make_broker(settings.resolved_nats_url, "spec-registry", _user("spec-registry", _passwords(settings)))
+    registry = make_broker(settings.resolved_nats_url, "spec-registry", user(settings, "spec-registry"))
     connection = await registry.connect()
     try:
         await (await SecretStore.open(connection.jetstream(), Sealer.from_settings(settings))).put("default", "hook", KEY)

@@ -11,62 +11,35 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faststream.nats import NatsUserPassword
 from pydantic import SecretStr
 
-from berth.prepare import set_up_bus
 
 from libs.autoscaling import hpa
 from libs.autoscaling.trace import TraceDecision
-from libs.bus import SCALE_EVENTS, latest_per_subject, make_broker, publish
+from libs.bus import SCALE_EVENTS, latest_per_subject, make_broker
 from libs.config import Settings
 from libs.events import (
     DeploymentScaled,
-    Event,
     ReplicaUsage,
     ReplicaUsageReported,
     RequestMetricsReported,
     SpecApplied,
     utcnow,
 )
-from libs.natsd import free_port, service_passwords, start_nats_server
 from libs.spec import validate_spec
 from services.autoscaler.app import start_autoscaler
 from tests.helpers import eventually
+from tests.servers.bus import authenticated_bus, publish_as, user
 
 REF = {"deployment_id": "d1", "project": "default", "slug": "chat"}
 
 
 @pytest.fixture
 async def auth_settings(tmp_path: Path) -> AsyncIterator[Settings]:
-    port = free_port()
-    auth_dir = tmp_path / "nats"
-    process = start_nats_server(tmp_path / "jetstream", port, auth_dir=auth_dir)
-    url = f"nats://127.0.0.1:{port}"
-    try:
-        passwords = service_passwords(auth_dir)
-        await set_up_bus(url, _user("spec-registry", passwords))
+    async with authenticated_bus(tmp_path) as (url, passwords):
         yield Settings(data_dir=tmp_path / "berth", nats_url=url, nats_user="autoscaler",
                        nats_password=SecretStr(passwords["autoscaler"]), autoscaler_ops_port=0,
                        autoscaler_interval_seconds=0.2, autoscaler_metrics_window_seconds=2.0, _env_file=None)
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def _user(name: str, passwords: dict[str, str]) -> NatsUserPassword:
-    return NatsUserPassword(name, passwords[name])
-
-
-async def publish_as(settings: Settings, service: str, *events: Event) -> None:
-    passwords = service_passwords(settings.data_dir.parent / "nats")
-    broker = make_broker(settings.resolved_nats_url, service, _user(service, passwords))
-    await broker.connect()
-    try:
-        for event in events:
-            await publish(broker, event)
-    finally:
-        await broker.stop()
 
 
 def spec(metrics: list[dict[str, Any]], scale_down_window: int = 300) -> SpecApplied:
@@ -96,8 +69,7 @@ def requests(in_flight: int, count: int = 0, latency: float = 0.0) -> RequestMet
 async def decision(settings: Settings, replicas: int, reader: str = "scheduler") -> DeploymentScaled:
     """The autoscaler's decision of `replicas`, as `reader` (the scheduler applies it; the registry
     serves it to `berth autoscale record`) reads it under its own permissions."""
-    passwords = service_passwords(settings.data_dir.parent / "nats")
-    broker = make_broker(settings.resolved_nats_url, reader, _user(reader, passwords))
+    broker = make_broker(settings.resolved_nats_url, reader, user(settings, reader))
     await broker.connect()
     try:
         async def latest() -> DeploymentScaled | None:

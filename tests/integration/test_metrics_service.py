@@ -12,17 +12,14 @@ from typing import Any
 
 import nats
 import pytest
-from faststream.nats import NatsUserPassword
 from pydantic import SecretStr
 
-from berth.prepare import set_up_bus
-from libs.bus import METRICS_RPC, METRICS_SUMMARIES, latest_per_subject, make_broker, publish
+from libs.bus import METRICS_RPC, METRICS_SUMMARIES, latest_per_subject
 from libs.config import Settings
 from libs.events import (
     LATENCY_BUCKETS_SECONDS,
     DeploymentMetricsSummarized,
     DeploymentStatusChanged,
-    Event,
     ReplicaRequests,
     ReplicaStatus,
     ReplicaUsage,
@@ -31,9 +28,9 @@ from libs.events import (
     RevisionTarget,
     TrafficAssigned,
 )
-from libs.natsd import free_port, service_passwords, start_nats_server
 from services.metrics.app import start_metrics
 from tests.helpers import eventually
+from tests.servers.bus import authenticated_bus, publish_as, user
 
 REF = {"deployment_id": "d1", "project": "default", "slug": "iris"}
 BUCKET_100MS = LATENCY_BUCKETS_SECONDS.index(0.1)
@@ -41,38 +38,16 @@ BUCKET_100MS = LATENCY_BUCKETS_SECONDS.index(0.1)
 
 @pytest.fixture
 async def auth_settings(tmp_path: Path) -> AsyncIterator[Settings]:
-    port = free_port()
-    process = start_nats_server(tmp_path / "jetstream", port, auth_dir=tmp_path / "nats")
-    url = f"nats://127.0.0.1:{port}"
-    try:
-        passwords = service_passwords(tmp_path / "nats")
-        await set_up_bus(url, NatsUserPassword("spec-registry", passwords["spec-registry"]))
+    async with authenticated_bus(tmp_path) as (url, passwords):
         yield Settings(data_dir=tmp_path / "berth", nats_url=url, nats_user="metrics",
                        nats_password=SecretStr(passwords["metrics"]), metrics_ops_port=0,
                        metrics_summary_interval_seconds=0.2, metrics_resolution_seconds=1, _env_file=None)  # fmt: skip
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
-def passwords_of(settings: Settings) -> dict[str, str]:
-    return service_passwords(settings.data_dir.parent / "nats")
-
-
-async def publish_as(settings: Settings, service: str, *events: Event) -> None:
-    broker = make_broker(settings.resolved_nats_url, service, NatsUserPassword(service, passwords_of(settings)[service]))
-    await broker.connect()
-    try:
-        for event in events:
-            await publish(broker, event)
-    finally:
-        await broker.stop()
 
 
 async def query(settings: Settings, **params: Any) -> dict[str, Any]:
     """Ask as the registry does."""
     client = await nats.connect(
-        settings.resolved_nats_url, user="spec-registry", password=passwords_of(settings)["spec-registry"],
+        settings.resolved_nats_url, user="spec-registry", password=user(settings, "spec-registry").password,
         inbox_prefix=b"_INBOX_spec-registry",
     )  # fmt: skip
     try:
@@ -131,7 +106,7 @@ async def test_reports_usage_and_status_become_series_and_a_summary(auth_setting
 
         async def summarized() -> DeploymentMetricsSummarized | None:
             client = await nats.connect(auth_settings.resolved_nats_url, user="spec-registry",
-                                        password=passwords_of(auth_settings)["spec-registry"],
+                                        password=user(auth_settings, "spec-registry").password,
                                         inbox_prefix=b"_INBOX_spec-registry")  # fmt: skip
             try:
                 found = await latest_per_subject(client.jetstream(), METRICS_SUMMARIES)
