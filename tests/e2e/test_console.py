@@ -300,12 +300,8 @@ def metrics_answer(deployment_id: str) -> dict[str, Any]:
 
 @pytest.fixture
 def registry(tmp_path: Path, nats_url: str) -> Iterator[RegistryProcess]:
-    process = RegistryProcess(tmp_path, nats_url)
-    try:
-        process.start()
+    with RegistryProcess.running(tmp_path, nats_url) as process:
         yield process
-    finally:
-        process.stop()
 
 
 async def test_charts_list_figures_and_alerts_from_the_metrics_and_alerts_apis(registry: RegistryProcess, page: Any) -> None:

@@ -23,12 +23,8 @@ SPEC = {"name": "sse target", "image": "python:3.11", "environment": "staging", 
 
 @pytest.fixture
 def registry(tmp_path: Path, nats_url: str) -> Iterator[RegistryProcess]:
-    process = RegistryProcess(tmp_path, nats_url)
-    try:
-        process.start()
+    with RegistryProcess.running(tmp_path, nats_url) as process:
         yield process
-    finally:
-        process.stop()
 
 
 class Events:

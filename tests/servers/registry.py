@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -30,6 +32,17 @@ class RegistryProcess:
         for name in ("BERTH_TOKEN", "BERTH_DATABASE_URL", "BERTH_FAULT_INJECT"):
             self.env.pop(name, None)
         self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    @contextmanager
+    def running(cls, tmp_path: Path, nats_url: str) -> Iterator[RegistryProcess]:
+        """A registry started, and stopped when the block ends."""
+        process = cls(tmp_path, nats_url)
+        try:
+            process.start()
+            yield process
+        finally:
+            process.stop()
 
     def start(self, fault: str | None = None) -> None:
         env = {**self.env, **({"BERTH_FAULT_INJECT": fault} if fault else {})}
