@@ -529,6 +529,7 @@ async def test_a_scale_is_published_once_and_writes_that_change_nothing_publish_
 
     # Everything the relay publishes, as it is published (a stream keeps only the newest scale).
     subscriptions = [await nc.subscribe(subject, cb=record) for subject in ("berth.spec.v1.>", "berth.scale.v1.>")]
+    await nc.flush()  # subscribed at the server before anything is published
     created = await create(api, spec())
     assert (await api.post("/v1/deployments/my-cool-deployment/scale", json={"replicas": 5})).json()["unchanged"] is False
     for no_op in (
@@ -647,6 +648,7 @@ async def test_logs_come_from_the_scheduler_or_503(api: httpx.AsyncClient, nc: C
 
     since = encode_cursor({"r1": (7, "0123456789abcdef")})
     sub = await nc.subscribe(LOGS_RPC, cb=scheduler)
+    await nc.flush()  # the server has the subscription before the registry asks
     try:
         page = await api.get("/v1/deployments/my-cool-deployment/logs", params={"tail": 5, "since": since})
     finally:
@@ -659,6 +661,7 @@ async def test_logs_come_from_the_scheduler_or_503(api: httpx.AsyncClient, nc: C
                       "since_time": None, "until": None, "grep": None, "include_replaced": False}]
 
     sub = await nc.subscribe(LOGS_RPC, cb=scheduler)
+    await nc.flush()  # the server has the subscription before the registry asks
     try:
         params = {"since_time": "2026-01-02T03:04:05+02:00", "until": "2026-01-02T02:00:00Z", "grep": "ERROR",
                   "include_replaced": "true"}
@@ -691,6 +694,7 @@ async def test_metrics_come_from_the_metrics_service_and_its_summary_is_in_the_s
         await msg.respond(json.dumps({"deployment_id": asked[-1]["deployment_id"], "series": {}}).encode())
 
     sub = await nc.subscribe(METRICS_RPC, cb=metrics_service)
+    await nc.flush()  # the server has the subscription before the registry asks
     try:
         answer = await api.get(f"{target}/metrics", params={"window": "1h30m", "step": "5m", "version": 1})
         too_fine = await api.get(f"{target}/metrics", params={"step": "1s"})
@@ -770,6 +774,7 @@ async def test_aliases_are_set_moved_listed_and_removed(api: httpx.AsyncClient, 
         published.append(decode_event(msg.data))
 
     subscription = await nc.subscribe("berth.spec.v1.*.alias.*", cb=record)
+    await nc.flush()  # subscribed at the server before anything is published
     created = await create(api, spec())
     await put(api, "my-cool-deployment", spec(image="python:3.12"), created["spec_id"])
     base = "/v1/deployments/my-cool-deployment/aliases"
@@ -874,6 +879,7 @@ async def test_dry_run_answers_the_changes_and_stores_nothing(api: httpx.AsyncCl
         published.append(msg)
 
     subscription = await nc.subscribe("berth.spec.v1.>", cb=record)
+    await nc.flush()  # subscribed at the server before anything is published
     new = await api.post("/v1/deployments?dryRun=true", json=spec())
     assert new.status_code == 200 and new.json()["deployment_id"] is None
     assert (await api.get("/v1/deployments")).json()["items"] == []
